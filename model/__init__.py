@@ -1,0 +1,1 @@
+"""devise-search: model package."""
