@@ -169,7 +169,9 @@ def _torchvision_enum(name: str) -> object:
     }[name]
 
 
-def _resnet_state(name: str, weights: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
+def _resnet_state(
+    name: str, weights: str | os.PathLike[str]
+) -> tuple[dict[str, torch.Tensor], str]:
     """Explicit file, then torchvision's cache, then a download; the id says which weights."""
     if str(weights) not in ("default", "imagenet"):
         path = Path(weights).expanduser()

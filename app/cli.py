@@ -1,0 +1,288 @@
+"""The `devise` command line. Flags and environment are read here, once, and passed down.
+
+Heavy imports (torch, gensim, qdrant) happen inside each command, so `devise --help` and
+text searches stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v < 1.0 or math.isnan(v):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from model.features import default_cache_dir
+
+    return Path(args.cache) if getattr(args, "cache", None) else default_cache_dir()
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from model import datasets
+
+    out = Path(args.out)
+    if args.name == "fashion-mnist":
+        counts = datasets.export_fashion_mnist(out, split=args.split, limit=args.limit)
+    elif args.name == "imagenette":
+        counts = datasets.export_imagenette(out)
+    else:  # pragma: no cover - argparse restricts choices
+        raise CliError(f"unknown dataset {args.name}")
+    total = sum(counts.values()) if isinstance(counts, dict) else counts
+    print(f"wrote {total} images in {len(counts)} class folders under {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        backbone=args.backbone,
+        weights=args.weights or "default",
+        words=args.words,
+        holdout=args.holdout,
+        loss=args.loss,
+        head=args.head,
+        margin=args.margin,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        precision=args.precision,
+        cache_dir=_cache_dir(args),
+    )
+    result = train(Path(args.data), Path(args.out), cfg)
+    m = result.metrics
+    print(f"checkpoint {result.checkpoint} (content {result.content_hash})")
+    print(
+        f"validation: devise hit@1 {m['val_flat_hit@1']:.3f} hit@5 {m['val_flat_hit@5']:.3f} | "
+        f"softmax hit@1 {m['val_softmax_hit@1']:.3f} hit@5 {m['val_softmax_hit@5']:.3f} | "
+        f"loss {m['train_loss_first']:.4f} -> {m['train_loss_best']:.4f} | "
+        f"fit {m['fit_seconds']:.1f}s"
+        + (f" | features {m['extract_img_per_s']:.1f} img/s" if "extract_img_per_s" in m else "")
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate_checkpoint
+
+    if args.models and set(args.models) - {"devise", "softmax"}:
+        extra = ", ".join(sorted(set(args.models) - {"devise", "softmax"}))
+        raise CliError(
+            f"--models: {extra} not available yet; this version evaluates devise and softmax"
+        )
+    report = evaluate_checkpoint(
+        Path(args.data),
+        Path(args.checkpoint),
+        holdout=args.holdout or None,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        cache_dir=_cache_dir(args),
+    )
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(report.table())
+    print(
+        f"({report.counts.get('flat', 0)} seen-class and {report.counts.get('zeroshot', 0)} "
+        f"hold-out test images; {len(report.labels)} labels; hold-out: "
+        f"{', '.join(report.holdout) or 'none'})"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(Path(args.dir), launch=not args.no_launch, cache_dir=_cache_dir(args))
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="devise",
+        description="DeViSE image search and tagging: images and words in one vector space.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    p.add_argument(
+        "--cache",
+        default=None,
+        help="feature cache folder (default $DEVISE_CACHE or ~/.cache/devise-search)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("datasets", help="write a labelled dataset as class folders of images")
+    d.add_argument("name", choices=["fashion-mnist", "imagenette"])
+    d.add_argument("out", help="output folder")
+    d.add_argument("--split", choices=["train", "test"], default="train")
+    d.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="at most N images, taken evenly across classes",
+    )
+    d.set_defaults(func=cmd_datasets)
+
+    t = sub.add_parser("train", help="train a DeViSE projection on an ImageFolder tree")
+    t.add_argument("data", help="folder with one sub-folder of images per label")
+    t.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    t.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=["efficientnet_lite0", "resnet50", "resnet18"],
+        help="ImageNet backbone (efficientnet_lite0 works offline)",
+    )
+    t.add_argument(
+        "--weights",
+        default=None,
+        help="backbone weights file (.pth/.safetensors); default: ImageNet weights",
+    )
+    t.add_argument(
+        "--words",
+        default="glove-6b-50d",
+        help="word vectors: glove-6b-50d (packaged), a .txt/.bin path, or a gensim "
+        "downloader name such as glove-wiki-gigaword-300",
+    )
+    t.add_argument(
+        "--holdout",
+        type=_csv,
+        default=(),
+        help="comma-separated labels to keep out of training (zero-shot test)",
+    )
+    t.add_argument(
+        "--loss",
+        choices=["hinge", "cosine"],
+        default="hinge",
+        help="hinge rank loss (the paper) or cosine regression (the blog article)",
+    )
+    t.add_argument(
+        "--head",
+        choices=["linear", "mlp"],
+        default="linear",
+        help="linear projection (the paper) or Dense-BN-Dropout-Dense",
+    )
+    t.add_argument("--margin", type=float, default=0.1, help="hinge margin (default 0.1)")
+    t.add_argument("--epochs", type=_positive_int, default=40)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=_positive_int, default=256)
+    t.add_argument("--val-fraction", type=_fraction, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
+    t.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="backbone numerics for feature extraction (default fp32)",
+    )
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="hit@k, zero-shot hit@k and retrieval mAP of a checkpoint")
+    e.add_argument("data", help="ImageFolder tree of test images")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--models", type=_csv, default=("devise", "softmax"))
+    e.add_argument(
+        "--holdout",
+        type=_csv,
+        default=(),
+        help="labels to score as zero-shot (default: the checkpoint's hold-out)",
+    )
+    e.add_argument("--weights", default=None, help="backbone weights file, if not the default")
+    e.add_argument("--batch-size", type=_positive_int, default=64)
+    e.add_argument("--workers", type=_positive_int, default=None)
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo (and later launch it)")
+    m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
+    m.add_argument("--no-launch", action="store_true", help="stop after building")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [CliError]
+    for mod, name in [
+        ("model.features", "DataError"),
+        ("model.words", "WordsError"),
+        ("model.backbones", "BackboneError"),
+        ("model.checkpoint", "CheckpointError"),
+        ("model.images", "ImageError"),
+        ("model.embedder", "UnknownWordsError"),
+    ]:
+        module = sys.modules.get(mod)
+        if module is not None:
+            errors.append(getattr(module, name))
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - known errors print one line; others re-raise
+        if isinstance(e, _known_errors()):
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_ERROR
+        if args.verbose or os.environ.get("DEVISE_DEBUG"):
+            raise
+        print(f"error: {type(e).__name__}: {e} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

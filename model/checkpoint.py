@@ -1,0 +1,112 @@
+"""Checkpoints: one safetensors file holding tensors and, in its header, JSON metadata.
+
+Nothing here unpickles: a file that is not safetensors (a planted pickle, a torch .pt) is
+refused with a clear error. Writes go to a temporary file that is renamed into place, so a
+killed `devise train` never leaves a half-written checkpoint where a valid one was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "devise-search/1"
+_META_KEY = "devise"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass
+class Checkpoint:
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_id(self) -> str:
+        return str(self.meta.get("content_hash", ""))
+
+    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors under `prefix.`, with the prefix removed (a sub-module's state dict)."""
+        p = prefix + "."
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+
+def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    body = {k: v for k, v in meta.items() if k not in ("content_hash", "metrics")}
+    h.update(json.dumps(body, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Write atomically; returns the content hash, which is also stored in the metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = dict(meta, format=FORMAT)
+    meta["content_hash"] = content_hash(tensors, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(meta["content_hash"])
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """Only the metadata: cheap, reads the header without loading tensors."""
+    return _open(path, with_tensors=False).meta
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    return _open(path, with_tensors=True)
+
+
+def _open(path: Path, with_tensors: bool) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path}. Train one with `devise train DATA --out {path}`."
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad headers
+        raise CheckpointError(
+            f"{path} is not a devise-search checkpoint (not a safetensors file: {e}). "
+            "Checkpoints are never unpickled; retrain with `devise train`."
+        ) from e
+    if raw is None:
+        raise CheckpointError(f"{path} is a safetensors file without devise-search metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt metadata ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} was written by another version (format {meta.get('format')!r}, "
+            f"this version reads {FORMAT!r}); retrain it with `devise train`."
+        )
+    return Checkpoint(tensors, meta)

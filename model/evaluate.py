@@ -1,0 +1,287 @@
+"""Honest evaluation: hit@k (flat and zero-shot), retrieval precision and mAP, speed.
+
+Metric keys are the contract of `devise eval --json` (see ARCHITECTURE.md). A metric that
+does not apply to a model is left out; an absent model is `None`, never zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from model.embedder import DeviseEmbedder
+from model.features import extract_features, scan_image_folder
+from model.images import load_array
+from model.train import split_indices
+from model.words import WordVectors, load_words, unit
+
+log = logging.getLogger(__name__)
+Float32Array = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+METRICS = (
+    "flat_hit@1",
+    "flat_hit@5",
+    "zeroshot_hit@1",
+    "zeroshot_hit@5",
+    "mean_cosine",
+    "text2image_p@10",
+    "text2image_map",
+    "image2image_map@10",
+    "ms_per_image",
+)
+
+
+def hit_at_k(scores: Float32Array, targets: IntArray, k: int) -> float:
+    """Share of rows whose target column is among the k highest scores."""
+    if len(targets) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == targets[:, None], axis=1)))
+
+
+def _ap(relevant: npt.NDArray[np.bool_], n_relevant: int) -> float:
+    """Average precision of a ranked relevance list, over `n_relevant` relevant items."""
+    if n_relevant <= 0:
+        return 0.0
+    hits = np.cumsum(relevant)
+    precision = hits / np.arange(1, len(relevant) + 1)
+    return float(np.sum(precision * relevant) / n_relevant)
+
+
+def text_to_image(
+    queries: Float32Array,
+    images: Float32Array,
+    targets: IntArray,
+    classes: Sequence[int],
+    k: int = 10,
+) -> tuple[float, float]:
+    """(precision@k, mAP) of ranking all images by each class query; relevant = that class."""
+    p_at, aps = [], []
+    for c in classes:
+        order = np.argsort(-(images @ queries[c]), kind="stable")
+        rel = targets[order] == c
+        p_at.append(float(rel[:k].mean()))
+        aps.append(_ap(rel, int(rel.sum())))
+    return (float(np.mean(p_at)), float(np.mean(aps))) if aps else (float("nan"), float("nan"))
+
+
+def image_to_image_map(
+    images: Float32Array, targets: IntArray, k: int = 10, chunk: int = 1024
+) -> float:
+    """mAP@k of each image as a query against all others; relevant = same label."""
+    n = len(images)
+    if n < 2:
+        return float("nan")
+    counts = np.bincount(targets)
+    aps = np.empty(n)
+    kk = min(k, n - 1)
+    for s in range(0, n, chunk):
+        sims = images[s : s + chunk] @ images.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, s + rows] = -np.inf  # never retrieve the query itself
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        top_scores = np.take_along_axis(sims, top, axis=1)
+        top = np.take_along_axis(top, np.argsort(-top_scores, axis=1, kind="stable"), axis=1)
+        for r in range(sims.shape[0]):
+            q = s + r
+            rel = targets[top[r]] == targets[q]
+            aps[q] = _ap(rel, min(kk, int(counts[targets[q]]) - 1))
+    return float(aps.mean())
+
+
+def chance_levels(targets: IntArray, n_labels: int, zeroshot_targets: IntArray) -> dict[str, float]:
+    """What a random ranking scores, to stand beside each figure."""
+    counts = np.bincount(targets, minlength=n_labels).astype(float)
+    present = counts[counts > 0]
+    n = float(len(targets))
+    prevalence = float(np.mean(present / n)) if n else float("nan")
+    same = float(np.sum(counts * (counts - 1)) / (n * (n - 1))) if n > 1 else float("nan")
+    return {
+        "flat_hit@1": 1.0 / n_labels,
+        "flat_hit@5": min(5, n_labels) / n_labels,
+        "zeroshot_hit@1": 1.0 / n_labels if len(zeroshot_targets) else float("nan"),
+        "zeroshot_hit@5": min(5, n_labels) / n_labels if len(zeroshot_targets) else float("nan"),
+        "text2image_p@10": prevalence,
+        "text2image_map": prevalence,
+        "image2image_map@10": same,
+    }
+
+
+def embedding_metrics(
+    vectors: Float32Array,
+    targets: IntArray,
+    label_vectors: Float32Array,
+    seen: Sequence[int],
+    zeroshot: Sequence[int],
+) -> dict[str, float]:
+    """Every label-space metric for one model's unit image vectors (all ranked among all labels)."""
+    scores = vectors @ label_vectors.T
+    flat = np.isin(targets, list(seen))
+    zs = np.isin(targets, list(zeroshot))
+    out: dict[str, float] = {}
+    if flat.any():
+        out["flat_hit@1"] = hit_at_k(scores[flat], targets[flat], 1)
+        out["flat_hit@5"] = hit_at_k(scores[flat], targets[flat], 5)
+        out["mean_cosine"] = float(np.mean(scores[flat, targets[flat]]))
+    if zs.any():
+        out["zeroshot_hit@1"] = hit_at_k(scores[zs], targets[zs], 1)
+        out["zeroshot_hit@5"] = hit_at_k(scores[zs], targets[zs], 5)
+    classes = sorted(set(np.unique(targets).tolist()))
+    p10, mean_ap = text_to_image(label_vectors, vectors, targets, classes)
+    out["text2image_p@10"] = p10
+    out["text2image_map"] = mean_ap
+    out["image2image_map@10"] = image_to_image_map(vectors, targets)
+    return out
+
+
+@dataclass
+class EvalReport:
+    labels: list[str]
+    holdout: list[str]
+    chance: dict[str, float]
+    models: dict[str, dict[str, float] | None]
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(d: dict[str, float]) -> dict[str, float]:
+            return {k: round(v, 6) for k, v in d.items() if v == v}  # drop NaN
+
+        return {
+            "labels": self.labels,
+            "holdout": self.holdout,
+            "chance": clean(self.chance),
+            "models": {m: (clean(v) if v is not None else None) for m, v in self.models.items()},
+            "counts": self.counts,
+            "notes": self.notes,
+        }
+
+    def table(self) -> str:
+        cols = [m for m in METRICS if any(m in (v or {}) for v in self.models.values())]
+        head = f"{'model':<10}" + "".join(f"{c:>20}" for c in cols)
+        lines = [head, "-" * len(head)]
+
+        def fmt(v: float | None, metric: str) -> str:
+            if v is None or v != v:
+                return f"{'-':>20}"
+            return f"{v:>20.2f}" if metric == "ms_per_image" else f"{v:>20.3f}"
+
+        for name, vals in self.models.items():
+            if vals is None:
+                lines.append(f"{name:<10}{'absent':>20}")
+                continue
+            lines.append(f"{name:<10}" + "".join(fmt(vals.get(c), c) for c in cols))
+        lines.append(f"{'chance':<10}" + "".join(fmt(self.chance.get(c), c) for c in cols))
+        return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    data_dir: Path,
+    checkpoint: Path,
+    *,
+    holdout: Sequence[str] | None = None,
+    weights: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    words: WordVectors | None = None,
+) -> EvalReport:
+    """DeViSE against its softmax probe on an ImageFolder tree."""
+    model = DeviseEmbedder(checkpoint, weights=weights)
+    meta = model.meta
+    data = scan_image_folder(data_dir)
+    notes: list[str] = []
+
+    # Labels: the checkpoint's, plus any new label in DATA (mapped through the word space:
+    # DeViSE can rank labels it never saw).
+    labels = list(model.labels)
+    label_vectors = model.label_vectors
+    new = [lab for lab in data.labels if lab not in labels]
+    if new:
+        words = words or load_words(model.words_source)
+        labels += new
+        label_vectors = np.concatenate([label_vectors, words.label_matrix(new)])
+    index = {lab: i for i, lab in enumerate(labels)}
+    data_to_label = np.asarray([index[lab] for lab in data.labels], dtype=np.int64)
+    seen_names = set(meta.get("seen", labels))
+    zeroshot_names = set(holdout if holdout else meta.get("holdout", [])) | set(new)
+    for h in zeroshot_names & seen_names:
+        notes.append(f"{h!r} was seen in training: for devise it is not zero-shot")
+    zeroshot_names -= seen_names
+    seen = [index[n] for n in labels if n in seen_names]
+    zeroshot = [index[n] for n in labels if n in zeroshot_names]
+
+    feats = extract_features(
+        model.backbone,
+        data.paths,
+        batch_size=batch_size,
+        workers=workers,
+        cache_dir=cache_dir,
+        desc="eval features",
+    )
+    targets = data_to_label[data.targets[feats.ok]]
+    rows = np.arange(len(targets))
+    same_root = (
+        Path(data_dir).resolve() == Path(meta.get("data", {}).get("root", "")).resolve()
+        if meta.get("data")
+        else False
+    )
+    if same_root:
+        # Evaluating on the training folder: only its held-back validation split and the
+        # hold-out classes are honest test images.
+        d = meta["data"]
+        hold_idx = [i for i, lab in enumerate(data.labels) if lab in set(meta.get("holdout", []))]
+        _, va, zs = split_indices(data.targets[feats.ok], hold_idx, d["val_fraction"], d["seed"])
+        rows = np.sort(np.concatenate([va, zs]))
+        notes.append(
+            f"DATA is the training folder: evaluating its {len(va)} validation and "
+            f"{len(zs)} hold-out images only"
+        )
+    x = feats.features[rows]
+    y = targets[rows]
+    vectors = model.embed_features(x)
+    dv = embedding_metrics(vectors, y, unit(label_vectors), seen, zeroshot)
+
+    # Softmax probe: flat hit@k only, among the labels it was trained on.
+    probe_labels = list(meta.get("seen", []))
+    sm: dict[str, float] | None = None
+    flat = np.isin(y, seen)
+    if probe_labels and flat.any():
+        probe_index = {index[n]: i for i, n in enumerate(probe_labels)}
+        sy = np.asarray([probe_index.get(int(t), -1) for t in y[flat]], dtype=np.int64)
+        ss = model.softmax_scores(x[flat])
+        sm = {"flat_hit@1": hit_at_k(ss, sy, 1), "flat_hit@5": hit_at_k(ss, sy, 5)}
+
+    # Speed: a fresh end-to-end sample (decode, preprocess, backbone, head), not cache reads.
+    sample = [data.paths[i] for i in feats.ok[rows[: min(64, len(rows))]]]
+    if sample:
+        spec = model.backbone.spec.preprocess
+        t0 = time.perf_counter()
+        model.embed_arrays(np.stack([load_array(p, spec) for p in sample]))
+        ms = (time.perf_counter() - t0) * 1000 / len(sample)
+        dv["ms_per_image"] = ms
+        if sm is not None:
+            sm["ms_per_image"] = ms
+
+    chance = chance_levels(y, len(labels), y[np.isin(y, zeroshot)])
+    return EvalReport(
+        labels=labels,
+        holdout=[labels[i] for i in zeroshot],
+        chance=chance,
+        models={"devise": dv, "softmax": sm},
+        counts={
+            "flat": int(flat.sum()),
+            "zeroshot": int(np.isin(y, zeroshot).sum()),
+            "skipped": len(data.paths) - len(feats.ok),
+        },
+        notes=notes,
+    )

@@ -1,0 +1,155 @@
+"""Labelled image folders, and backbone features extracted once and cached on disk.
+
+The cache key covers the backbone, its weights, the numeric precision and the file list
+(path, size, mtime), so retraining a projection head costs seconds, not minutes, and any
+change to the images or the backbone recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+from model.backbones import Backbone
+from model.images import is_image_path
+from model.loader import iter_batches
+from model.words import label_name
+
+log = logging.getLogger(__name__)
+Float32Array = npt.NDArray[np.float32]
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class LabelledImages:
+    root: Path
+    paths: list[Path]
+    targets: npt.NDArray[np.int64]  # index into `labels`
+    labels: list[str]  # label names (wnid folders mapped to class names)
+    folders: list[str]  # the class folder names, same order as labels
+
+
+def scan_image_folder(root: Path) -> LabelledImages:
+    """An ImageFolder tree: one sub-folder per class, images anywhere beneath it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
+        raise DataError(
+            f"{root} has no class folders. Expected an ImageFolder tree: {root}/<label>/<image>; "
+            "`devise datasets fashion-mnist OUT` writes one."
+        )
+    paths: list[Path] = []
+    targets: list[int] = []
+    for ci, folder in enumerate(folders):
+        files = sorted(
+            Path(dp) / f
+            for dp, _, fs in os.walk(root / folder, followlinks=False)
+            for f in fs
+            if is_image_path(f)
+        )
+        paths.extend(files)
+        targets.extend([ci] * len(files))
+    if not paths:
+        raise DataError(f"{root} has class folders but no image files")
+    return LabelledImages(
+        root, paths, np.asarray(targets, dtype=np.int64), [label_name(f) for f in folders], folders
+    )
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("DEVISE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "devise-search"
+
+
+def _cache_key(backbone: Backbone, paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([backbone.name, backbone.weights_id, backbone.precision]).encode())
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class Features:
+    features: Float32Array  # (n_ok, D)
+    ok: npt.NDArray[np.int64]  # positions in the input path list that decoded
+    seconds: float  # extraction wall time (0 when read from the cache)
+    cached: bool
+
+
+def extract_features(
+    backbone: Backbone,
+    paths: list[Path],
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    desc: str = "features",
+) -> Features:
+    """Pooled backbone features of every decodable image; bad files are logged and skipped."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = (
+            Path(cache_dir)
+            / "features"
+            / f"{backbone.name}-{_cache_key(backbone, paths)}.safetensors"
+        )
+        if cache_file.is_file():
+            try:
+                d = load_file(str(cache_file))
+                return Features(d["features"], d["ok"].astype(np.int64), 0.0, True)
+            except Exception as e:  # noqa: BLE001 - a corrupt cache is recomputed, not fatal
+                log.warning("ignoring unreadable feature cache %s: %s", cache_file, e)
+    torch.set_grad_enabled(False)
+    feats: list[Float32Array] = []
+    ok: list[int] = []
+    t0 = time.perf_counter()
+    with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for batch in iter_batches(paths, backbone.spec.preprocess, batch_size, workers):
+            for _, err in batch.failures:
+                tqdm.write(
+                    f"skipping {err.source}: {err.reason}"
+                    + (f" ({err.detail})" if err.detail else "")
+                )
+            if batch.indices:
+                feats.append(backbone.features(batch.array))
+                ok.extend(batch.indices)
+            bar.update(len(batch.indices) + len(batch.failures))
+    torch.set_grad_enabled(True)
+    seconds = time.perf_counter() - t0
+    out = Features(
+        np.concatenate(feats) if feats else np.zeros((0, backbone.feature_dim), np.float32),
+        np.asarray(ok, dtype=np.int64),
+        seconds,
+        False,
+    )
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
+        os.close(fd)
+        save_file({"features": out.features, "ok": out.ok}, tmp)
+        os.replace(tmp, cache_file)
+    return out

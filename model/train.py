@@ -1,0 +1,284 @@
+"""`devise train`: fit the DeViSE projection (and a softmax probe) on cached frozen features."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from model.backbones import RANDOM_INIT, load_backbone
+from model.checkpoint import save_checkpoint
+from model.devise import LOSSES, DeviseHead, HeadKind, LossKind
+from model.features import DataError, LabelledImages, extract_features, scan_image_folder
+from model.words import DEFAULT_WORDS, WordVectors, load_words
+
+log = logging.getLogger(__name__)
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "default"  # None: random init (tests only)
+    words: str = DEFAULT_WORDS
+    holdout: tuple[str, ...] = ()
+    loss: LossKind = "hinge"
+    head: HeadKind = "linear"
+    margin: float = 0.1
+    epochs: int = 40
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 256
+    extract_batch_size: int = 64
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int | None = None
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    content_hash: str
+    metrics: dict[str, float]
+    losses: list[float] = field(default_factory=list)
+
+
+def resolve_holdout(data: LabelledImages, holdout: tuple[str, ...]) -> list[int]:
+    """Class indices of the hold-out labels, matched by label or folder name."""
+    idx: list[int] = []
+    unknown: list[str] = []
+    for h in holdout:
+        h = h.strip()
+        if not h:
+            continue
+        hits = [
+            i
+            for i, (lab, fol) in enumerate(zip(data.labels, data.folders, strict=True))
+            if h.lower() in (lab.lower(), fol.lower())
+        ]
+        if hits:
+            idx.extend(hits)
+        else:
+            unknown.append(h)
+    if unknown:
+        raise DataError(
+            f"--holdout names unknown label(s) {', '.join(map(repr, unknown))}; "
+            f"the labels are: {', '.join(data.labels)}"
+        )
+    if len(set(idx)) >= len(data.labels):
+        raise DataError("--holdout cannot hold out every label: nothing would be left to train on")
+    return sorted(set(idx))
+
+
+def split_indices(
+    targets: IntArray, holdout: list[int], val_fraction: float, seed: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    """(train, val, zeroshot) positions: a seeded stratified split of the seen classes."""
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for c in np.unique(targets):
+        pos = np.flatnonzero(targets == c)
+        if c in holdout:
+            continue
+        pos = rng.permutation(pos)
+        n_val = int(round(len(pos) * val_fraction)) if len(pos) > 1 else 0
+        val.extend(pos[:n_val].tolist())
+        train.extend(pos[n_val:].tolist())
+    zeroshot = np.flatnonzero(np.isin(targets, holdout))
+    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64)), zeroshot
+
+
+def hits_at(scores: torch.Tensor, target: torch.Tensor, k: int) -> float:
+    if len(target) == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    return float((top == target[:, None]).any(dim=1).float().mean())
+
+
+def _fit(
+    model: nn.Module,
+    loss_fn: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xv: torch.Tensor,
+    yv: torch.Tensor,
+    val_scores: Any,
+    cfg: TrainConfig,
+    desc: str,
+) -> tuple[nn.Module, list[float], float]:
+    """Adam on minibatches; keeps the epoch with the best validation hit@1."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    losses: list[float] = []
+    best, best_state = -1.0, copy.deepcopy(model.state_dict())
+    with tqdm(range(cfg.epochs), desc=desc, unit="epoch", dynamic_ncols=True) as bar:
+        for _ in bar:
+            model.train()
+            perm = torch.randperm(len(x), generator=gen)
+            total, n = 0.0, 0
+            for i in range(0, len(x), cfg.batch_size):
+                b = perm[i : i + cfg.batch_size]
+                if len(b) < 2 and len(x) >= 2:
+                    continue  # BatchNorm in the mlp head needs two samples
+                loss = loss_fn(model(x[b]), y[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b)
+                n += len(b)
+            sched.step()
+            losses.append(total / max(1, n))
+            model.eval()
+            with torch.no_grad():
+                score = hits_at(val_scores(model(xv)), yv, 1) if len(xv) else -losses[-1]
+            if score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", val_hit1=f"{score:.3f}")
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, losses, best
+
+
+def train(
+    data_dir: Path, out: Path, cfg: TrainConfig, words: WordVectors | None = None
+) -> TrainResult:
+    """Train DeViSE on an ImageFolder tree and write a checkpoint to `out`."""
+    data = scan_image_folder(data_dir)
+    holdout = resolve_holdout(data, cfg.holdout)
+    words = words or load_words(cfg.words)
+    # Every label must map to a vector before any expensive work starts.
+    label_vectors = torch.from_numpy(words.label_matrix(data.labels))
+    seen = [i for i in range(len(data.labels)) if i not in holdout]
+
+    backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
+    feats = extract_features(
+        backbone,
+        data.paths,
+        batch_size=cfg.extract_batch_size,
+        workers=cfg.workers,
+        cache_dir=cfg.cache_dir,
+        desc=f"{backbone.name} features",
+    )
+    targets = data.targets[feats.ok]
+    x_all = torch.from_numpy(feats.features)
+    tr, va, _ = split_indices(targets, holdout, cfg.val_fraction, cfg.seed)
+    if len(tr) == 0:
+        raise DataError(f"no training images left in {data_dir} after hold-out and validation")
+
+    # Targets re-indexed into the seen labels: the model never sees a hold-out vector.
+    seen_index = {c: i for i, c in enumerate(seen)}
+    y_seen = torch.tensor([seen_index.get(int(t), -1) for t in targets])
+    y_all = torch.from_numpy(targets)
+    x, xv = x_all[tr], x_all[va]
+    mean, std = x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1])
+
+    torch.manual_seed(cfg.seed)
+    head = DeviseHead(backbone.feature_dim, words.dim, cfg.head)
+    head.set_feature_stats(mean, std)
+    seen_vectors = label_vectors[seen]
+    loss_name = cfg.loss
+    t0 = time.perf_counter()
+    head_fit, losses, _ = _fit(
+        head,
+        lambda p, y: LOSSES[loss_name](p, y, seen_vectors, cfg.margin),
+        x,
+        y_seen[tr],
+        xv,
+        y_all[va],
+        lambda p: p @ label_vectors.T,  # validation ranks among all labels
+        cfg,
+        "devise",
+    )
+    head = head_fit  # type: ignore[assignment]
+    fit_seconds = time.perf_counter() - t0
+
+    # The paper's baseline: a softmax classifier on the same frozen features and split.
+    probe = nn.Sequential(_Standardize(mean, std), nn.Linear(backbone.feature_dim, len(seen)))
+    probe, _, _ = _fit(  # type: ignore[assignment]
+        probe,
+        lambda p, y: F.cross_entropy(p, y),
+        x,
+        y_seen[tr],
+        xv,
+        y_seen[va],
+        lambda p: p,
+        cfg,
+        "softmax",
+    )
+
+    with torch.no_grad():
+        pv = head(xv)
+        sv = probe(xv)
+        metrics = {
+            "val_flat_hit@1": hits_at(pv @ label_vectors.T, y_all[va], 1),
+            "val_flat_hit@5": hits_at(pv @ label_vectors.T, y_all[va], 5),
+            "val_softmax_hit@1": hits_at(sv, y_seen[va], 1),
+            "val_softmax_hit@5": hits_at(sv, y_seen[va], 5),
+            "train_loss_first": losses[0],
+            "train_loss_last": losses[-1],
+            "train_loss_best": min(losses),
+            "fit_seconds": fit_seconds,
+            "n_train": float(len(tr)),
+            "n_val": float(len(va)),
+            "skipped": float(len(data.paths) - len(feats.ok)),
+        }
+        if not feats.cached and feats.seconds > 0:
+            metrics["extract_img_per_s"] = len(feats.ok) / feats.seconds
+
+    tensors: dict[str, torch.Tensor] = {f"head.{k}": v for k, v in head.state_dict().items()}
+    tensors.update({f"softmax.{k}": v for k, v in probe.state_dict().items()})
+    tensors["labels.vectors"] = label_vectors
+    if backbone.weights_id == "random-init" or backbone.weights_id == RANDOM_INIT:
+        # A random backbone cannot be rebuilt from a name: carry it, so the checkpoint works.
+        tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
+    meta: dict[str, Any] = {
+        "backbone": backbone.name,
+        "weights": backbone.weights_id,
+        "weights_path": str(cfg.weights) if cfg.weights not in (None, "default") else None,
+        "words": {"source": words.source, "dim": words.dim},
+        "head": cfg.head,
+        "loss": cfg.loss,
+        "margin": cfg.margin,
+        "labels": data.labels,
+        "folders": data.folders,
+        "holdout": [data.labels[i] for i in holdout],
+        "seen": [data.labels[i] for i in seen],
+        "metrics": metrics,
+        "data": {
+            "root": str(Path(data_dir).resolve()),
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+            "files": len(data.paths),
+        },
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    digest = save_checkpoint(Path(out), tensors, meta)
+    return TrainResult(Path(out), digest, metrics, losses)
+
+
+class _Standardize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clamp_min(1e-6).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
