@@ -63,6 +63,7 @@ _ORIENT = {
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION = 0x0112
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 Float32Array = npt.NDArray[np.float32]
 Source = str | os.PathLike[str] | bytes
@@ -143,7 +144,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         hi = float(arr.max()) if arr.size else 0.0
         if lo < 0 or hi > 255:
             arr = (arr - lo) * (255.0 / (hi - lo))
-        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
         finite = np.isfinite(arr)
@@ -151,7 +152,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         lo = float(arr[finite].min()) if finite.any() else 0.0
         hi = float(arr[finite].max()) if finite.any() else 0.0
         arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
     if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")
     elif im.mode in ("LA", "PA", "RGBa"):
@@ -172,7 +173,9 @@ def _open(source: Source, name: str) -> tuple[IO[bytes], int]:
     if isinstance(source, bytes):
         return io.BytesIO(source), len(source)
     try:
-        f = open(source, "rb")  # noqa: SIM115 - closed by the caller
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever. It changes
+        # nothing for regular files, and anything else is refused just below.
+        fd = os.open(source, _OPEN_FLAGS)
     except FileNotFoundError as e:
         raise ImageError(name, "missing", "the file is gone") from e
     except NotADirectoryError as e:
@@ -186,15 +189,15 @@ def _open(source: Source, name: str) -> tuple[IO[bytes], int]:
     except (ValueError, TypeError) as e:  # a NUL byte in the path, or not a path at all
         raise ImageError(name, "unreadable", f"bad path: {e}") from e
     try:
-        st = os.fstat(f.fileno())
+        st = os.fstat(fd)
     except OSError as e:
-        f.close()
+        os.close(fd)
         raise ImageError(name, "unreadable", e.strerror or str(e)) from e
     if not stat.S_ISREG(st.st_mode):
         # A FIFO or a device (/dev/zero named x.jpg) would block or never end.
-        f.close()
+        os.close(fd)
         raise ImageError(name, "not an image", "not a regular file")
-    return f, st.st_size
+    return os.fdopen(fd, "rb"), st.st_size
 
 
 def decode_image_info(

@@ -60,14 +60,14 @@ def _blocks(width: int, height: int) -> Image.Image:
     arr[:hh, :hw] = RED
     arr[:hh, hw:] = GREEN
     arr[hh:, :hw] = BLUE
-    return Image.fromarray(arr, mode="RGB")
+    return Image.fromarray(arr)
 
 
 def _noise(width: int, height: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     # Smooth noise compresses like a photo, so truncating it cuts real entropy-coded data.
     small = rng.integers(0, 256, size=(max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
-    return Image.fromarray(small, mode="RGB").resize((width, height), Image.Resampling.BILINEAR)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
 
 
 def _encode(im: Image.Image, fmt: str, **params: object) -> bytes:
@@ -84,12 +84,12 @@ def _good_files(root: Path) -> list[Path]:
     made["one_pixel.png"] = _encode(Image.new("RGB", (1, 1), GREEN), "PNG")
     strip = np.zeros((10, 20_000, 3), dtype=np.uint8)
     strip[:, :, 0] = (np.arange(20_000) % 256).astype(np.uint8)
-    made["strip_20000x10.png"] = _encode(Image.fromarray(strip, mode="RGB"), "PNG")
+    made["strip_20000x10.png"] = _encode(Image.fromarray(strip), "PNG")
     made["cmyk.jpg"] = _encode(Image.new("CMYK", (32, 24), (255, 0, 0, 0)), "JPEG", quality=95)
 
     # 16-bit grey ramp over the whole 0..65535 range, left (dark) to right (bright).
     ramp16 = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (16, 1))
-    made["gray16.png"] = _encode(Image.fromarray(ramp16, mode="I;16"), "PNG")
+    made["gray16.png"] = _encode(Image.fromarray(ramp16), "PNG")
 
     # Palette picture: left half opaque blue, right half fully transparent (index 1).
     pal = Image.new("P", (32, 16), 0)
@@ -106,7 +106,7 @@ def _good_files(root: Path) -> list[Path]:
     made["bilevel.png"] = _encode(Image.new("1", (16, 16), 1), "PNG")
     made["gray.jpg"] = _encode(Image.new("L", (24, 24), 128), "JPEG")
     made["float.tif"] = _encode(
-        Image.fromarray(np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(8, 8), mode="F"),
+        Image.fromarray(np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(8, 8)),
         "TIFF",
     )
 
