@@ -80,7 +80,16 @@ class ImageError(ValueError):
         self.source = source
         self.reason = reason
         self.detail = detail
-        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+        message = f"{_printable(source)}: {reason}" + (f" ({_printable(detail)})" if detail else "")
+        super().__init__(message)
+
+
+def _printable(text: str) -> str:
+    """`text` with newlines, control characters and undecodable bytes escaped, so that
+    `skipping PATH: reason` stays one line a log can print; other Unicode is kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,22 @@ def test_odd_names_decode_from_str_and_path(
         assert decode_image(str(root / name)).size == (12, 12)
 
 
+def test_messages_stay_one_printable_line(tmp_path: Path) -> None:
+    odd = tmp_path / "two\nlines.jpg"
+    odd.write_bytes(b"")
+    raw = os.fsencode(tmp_path) + b"/latin1-\xe9t\xe9.jpg"  # not UTF-8: surrogates in str
+    with open(raw, "wb") as f:
+        f.write(b"plain text")
+    for path, reason in ((str(odd), "empty"), (os.fsdecode(raw), "not an image")):
+        with pytest.raises(ImageError) as caught:
+            decode_image(path)
+        message = str(caught.value)
+        assert caught.value.reason == reason and caught.value.source == path
+        assert "\n" not in message and message.encode("utf-8")
+    assert "two\\nlines.jpg: empty" in str(ImageError(str(odd), "empty"))
+    assert "猫.png: empty" in str(ImageError("猫.png", "empty"))
+
+
 def test_exif_orientation_6_is_applied_once(
     files: tuple[Path, list[Path], dict[Path, str]],
 ) -> None:
