@@ -3,22 +3,28 @@
 `decode_image` is the one pure function every face uses (ingest, search by image, tag,
 training). It never raises anything but `ImageError`, whose message names the file and
 the reason, so callers can log `skipping PATH: reason` and go on.
+
+`decode_image_info` does the same and also reports the file's own size (for payloads) and
+the size the codec actually produced (to see draft mode at work).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-import warnings
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 # Never let PIL decode a truncated file into a half-grey picture: that would be indexed
-# as if it were good.
+# as if it were good. (This is PIL's default; it is set here so no other import can relax it.)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 #: Default pixel budget: 64 megapixels is a large camera photo; 40000x40000 bombs are refused.
@@ -26,20 +32,64 @@ MAX_PIXELS = 64_000_000
 #: Decoded images are bounded to this longest side before anything else sees them.
 MAX_SIDE = 1024
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jfif",
+        ".png",
+        ".gif",
+        ".bmp",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
 )
+# The PIL decoders we let run, whatever a file's name says. Others are left out on purpose:
+# EPS runs Ghostscript, and rarely used parsers (PSD, FITS, TGA, ...) are more attack surface
+# than a photo search needs. JPEG covers MPO (phone cameras' multi-picture JPEGs).
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+# EXIF orientation tag value -> the transpose that makes the picture upright.
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION = 0x0112
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
 
 Float32Array = npt.NDArray[np.float32]
+Source = str | os.PathLike[str] | bytes
 
 
 class ImageError(ValueError):
-    """An image that cannot be used. `reason` is a short key used to count failures."""
+    """An image that cannot be used. `reason` is a short key used to count failures.
+
+    Reasons: "missing", "unreadable", "empty", "not an image", "too many pixels",
+    "truncated or corrupt", "unsupported".
+    """
 
     def __init__(self, source: str, reason: str, detail: str = "") -> None:
         self.source = source
         self.reason = reason
         self.detail = detail
-        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+        message = f"{_printable(source)}: {reason}" + (f" ({_printable(detail)})" if detail else "")
+        super().__init__(message)
+
+
+def _printable(text: str) -> str:
+    """`text` with newlines, control characters and undecodable bytes escaped, so that
+    `skipping PATH: reason` stays one line a log can print; other Unicode is kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -52,34 +102,72 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded picture and what was learnt on the way.
+
+    `width` and `height` are the file's own size, upright (after EXIF orientation).
+    `decoded_size` is what the codec produced (upright too): smaller than the file's own
+    size when JPEG draft mode decoded at 1/2, 1/4 or 1/8 scale. `image` is RGB, its
+    longest side at most `max_side`, with no metadata left (no EXIF to rotate it twice).
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+    decoded_size: tuple[int, int]
+
+
 def is_image_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _describe(source: str | os.PathLike[str] | bytes) -> str:
+def _describe(source: Source) -> str:
     if isinstance(source, bytes):
         return "<upload>"
-    return str(source)
+    return os.fsdecode(source)
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in _FORMATS if f in Image.OPEN)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+        return int(value) if value in _ORIENT else 1
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose a good picture
+        return 1
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; transparency is composited on white."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if im.mode.startswith("I"):
+        # 16/32-bit grey: map the value range onto 0..255 instead of clipping at 255,
+        # which would turn most of a 16-bit picture white.
         arr = np.asarray(im, dtype=np.float64)
+        lo = min(float(arr.min()), 0.0) if arr.size else 0.0
         hi = float(arr.max()) if arr.size else 0.0
-        scale = 255.0 / hi if hi > 255 else 1.0
-        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+        if lo < 0 or hi > 255:
+            arr = (arr - lo) * (255.0 / (hi - lo))
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        im = Image.fromarray(np.nan_to_num(arr).astype(np.uint8), mode="L")
-    if im.mode == "P":
-        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-    if im.mode in ("LA", "PA", "La"):
+        finite = np.isfinite(arr)
+        arr = np.where(finite, arr, 0.0)
+        lo = float(arr[finite].min()) if finite.any() else 0.0
+        hi = float(arr[finite].max()) if finite.any() else 0.0
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")
-    if im.mode == "RGBa":
+    elif im.mode in ("LA", "PA", "RGBa"):
         im = im.convert("RGBA")
+    elif im.mode == "La":
+        im = im.convert("RGBa").convert("RGBA")
     if im.mode == "RGBA":
         background = Image.new("RGB", im.size, (255, 255, 255))
         background.paste(im, mask=im.getchannel("A"))
@@ -89,8 +177,114 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
+def _open(source: Source, name: str) -> tuple[IO[bytes], int]:
+    """A binary file object for `source`, and its size in bytes."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source), len(source)
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever. It changes
+        # nothing for regular files, and anything else is refused just below.
+        fd = os.open(source, _OPEN_FLAGS)
+    except FileNotFoundError as e:
+        raise ImageError(name, "missing", "the file is gone") from e
+    except NotADirectoryError as e:
+        raise ImageError(name, "missing", "a parent is not a folder") from e
+    except PermissionError as e:
+        raise ImageError(name, "unreadable", "permission denied") from e
+    except IsADirectoryError as e:
+        raise ImageError(name, "not an image", "a directory") from e
+    except OSError as e:
+        raise ImageError(name, "unreadable", e.strerror or str(e)) from e
+    except (ValueError, TypeError) as e:  # a NUL byte in the path, or not a path at all
+        raise ImageError(name, "unreadable", f"bad path: {e}") from e
+    try:
+        st = os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise ImageError(name, "unreadable", e.strerror or str(e)) from e
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO or a device (/dev/zero named x.jpg) would block or never end.
+        os.close(fd)
+        raise ImageError(name, "not an image", "not a regular file")
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+def decode_image_info(
+    source: Source,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_side: int = MAX_SIDE,
+    draft_size: int | None = 256,
+) -> DecodedImage:
+    """Decode like `decode_image`, and also report the file's size and the decoded size."""
+    name = _describe(source)
+    f, nbytes = _open(source, name)
+    with f:
+        if nbytes == 0:
+            raise ImageError(name, "empty", "zero bytes")
+        try:
+            im: Image.Image = Image.open(f, formats=_formats())
+        except UnidentifiedImageError as e:
+            raise ImageError(name, "not an image", "unknown format") from e
+        except Image.DecompressionBombError as e:
+            # PIL's own guard (twice its MAX_IMAGE_PIXELS) fires inside open().
+            raise ImageError(name, "too many pixels", str(e)) from e
+        except OSError as e:
+            raise ImageError(name, "unreadable", e.strerror or str(e)) from e
+        except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
+            raise ImageError(name, "not an image", f"{type(e).__name__}: {e}") from e
+
+        # Only the header has been read so far: refuse bombs before a pixel is decoded.
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise ImageError(name, "not an image", f"size {w}x{h}")
+        if w * h > max_pixels:
+            raise ImageError(
+                name, "too many pixels", f"{w}x{h} is over the budget of {max_pixels:,} pixels"
+            )
+        fmt = im.format or "?"
+        # Image.open leaves animations (GIF, APNG, WebP) and multi-page TIFF on their first
+        # frame. Asking n_frames would walk every frame, so it is not asked.
+        try:
+            if draft_size and isinstance(im, ImageFile.ImageFile) and fmt in ("JPEG", "MPO"):
+                # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both sides at
+                # least `draft_size`, so the model sees the same detail for far less work.
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()
+            orientation = _orientation(im)
+            decoded = im.size
+            im = _to_rgb(im)
+            if orientation != 1:
+                im = im.transpose(_ORIENT[orientation])
+        except Image.DecompressionBombError as e:
+            raise ImageError(name, "too many pixels", str(e)) from e
+        except (OSError, SyntaxError, EOFError, struct.error) as e:
+            raise ImageError(name, "truncated or corrupt", str(e)) from e
+        except ValueError as e:
+            raise ImageError(name, "unsupported", str(e)) from e
+        except MemoryError as e:
+            raise ImageError(name, "too many pixels", "out of memory while decoding") from e
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not crash a whole ingest
+            raise ImageError(name, "truncated or corrupt", f"{type(e).__name__}: {e}") from e
+
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+        decoded = (decoded[1], decoded[0])
+    iw, ih = im.size
+    if max(iw, ih) > max_side:
+        scale = max_side / max(iw, ih)
+        size = (max(1, min(max_side, round(iw * scale))), max(1, min(max_side, round(ih * scale))))
+        im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    elif isinstance(im, ImageFile.ImageFile):
+        # Detach from the (now closed) file object.
+        im = im.copy()
+    # The orientation is applied: drop EXIF and the rest so nothing rotates it twice.
+    im.info = {}
+    return DecodedImage(image=im, width=w, height=h, format=fmt, decoded_size=decoded)
+
+
 def decode_image(
-    source: str | os.PathLike[str] | bytes,
+    source: Source,
     *,
     max_pixels: int = MAX_PIXELS,
     max_side: int = MAX_SIDE,
@@ -99,88 +293,43 @@ def decode_image(
     """Decode a file path or bytes into an RGB image whose longest side is at most `max_side`.
 
     Applies EXIF orientation, converts every mode (palette, alpha, CMYK, 16-bit, grey) to
-    RGB, takes the first frame of animations, refuses more than `max_pixels` pixels before
-    decoding them, and lets JPEG decode at a reduced scale (draft mode) when the result
-    only needs to be about `draft_size` pixels on its short side.
+    RGB, takes the first frame of animations and multi-page files, refuses more than
+    `max_pixels` pixels before decoding them, and lets JPEG decode at a reduced scale
+    (draft mode) when the result only needs about `draft_size` pixels on its short side.
+    `bytes` are image data (an upload), never a path.
 
     Raises:
-        ImageError: with `reason` one of "unreadable", "empty", "not an image",
-            "too many pixels", "truncated or corrupt".
+        ImageError: with `reason` one of "missing", "unreadable", "empty", "not an image",
+            "too many pixels", "truncated or corrupt", "unsupported".
     """
-    name = _describe(source)
-    try:
-        if isinstance(source, bytes):
-            data = source
-        else:
-            with open(source, "rb") as f:
-                data = f.read()
-    except FileNotFoundError as e:
-        raise ImageError(name, "missing", "the file is gone") from e
-    except PermissionError as e:
-        raise ImageError(name, "unreadable", "permission denied") from e
-    except IsADirectoryError as e:
-        raise ImageError(name, "not an image", "a directory") from e
-    except OSError as e:
-        raise ImageError(name, "unreadable", e.strerror or str(e)) from e
-    if not data:
-        raise ImageError(name, "empty", "zero bytes")
-
-    with warnings.catch_warnings():
-        # PIL warns (and past 2x raises) on its own bomb limit; we check ours first.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError as e:
-            raise ImageError(name, "not an image", "unknown format") from e
-        except Image.DecompressionBombError as e:
-            raise ImageError(name, "too many pixels", str(e)) from e
-        except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
-            raise ImageError(name, "not an image", f"{type(e).__name__}: {e}") from e
-
-        w, h = im.size
-        if w <= 0 or h <= 0:
-            raise ImageError(name, "not an image", f"size {w}x{h}")
-        if w * h > max_pixels:
-            raise ImageError(
-                name, "too many pixels", f"{w}x{h} is over the budget of {max_pixels:,} pixels"
-            )
-        try:
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
-            if im.format == "JPEG" and draft_size:
-                # Let libjpeg scale by 1/2, 1/4, 1/8 while decoding; it keeps at least
-                # the requested size, so quality for the model is unchanged.
-                im.draft("RGB", (draft_size, draft_size))
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            im = _to_rgb(im)
-        except Image.DecompressionBombError as e:
-            raise ImageError(name, "too many pixels", str(e)) from e
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageError(name, "truncated or corrupt", str(e)) from e
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not crash a whole ingest
-            raise ImageError(name, "truncated or corrupt", f"{type(e).__name__}: {e}") from e
-
-    if max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return im
+    return decode_image_info(
+        source, max_pixels=max_pixels, max_side=max_side, draft_size=draft_size
+    ).image
 
 
 def to_array(im: Image.Image, spec: Preprocess) -> Float32Array:
-    """Resize the short side to `spec.resize`, center-crop `spec.size`, normalise; CHW float32."""
+    """Resize the short side to `spec.resize`, center-crop `spec.size`, normalise; CHW float32.
+
+    The crop box is worked out on the source and resized in one step, which gives the same
+    pixels as resize-then-crop but never builds the resized whole: a 1024x1 strip would
+    otherwise become a 262144x256 intermediate.
+    """
+    if im.mode != "RGB":
+        im = im.convert("RGB")
     w, h = im.size
-    scale = spec.resize / min(w, h)
-    nw, nh = max(spec.size, round(w * scale)), max(spec.size, round(h * scale))
-    im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-    left, top = (nw - spec.size) // 2, (nh - spec.size) // 2
-    im = im.crop((left, top, left + spec.size, top + spec.size))
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    side = min(w, h) * spec.size / spec.resize  # the crop's side, in source pixels
+    left, top = (w - side) / 2, (h - side) / 2
+    im = im.resize(
+        (spec.size, spec.size),
+        Image.Resampling.BILINEAR,
+        box=(left, top, left + side, top + side),
+    )
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    arr: Float32Array = (np.asarray(im, dtype=np.float32) / np.float32(255.0) - mean) / std
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def load_array(
-    source: str | os.PathLike[str] | bytes, spec: Preprocess, *, max_pixels: int = MAX_PIXELS
-) -> Float32Array:
+def load_array(source: Source, spec: Preprocess, *, max_pixels: int = MAX_PIXELS) -> Float32Array:
     """Decode and preprocess in one call: what loader threads run."""
     return to_array(decode_image(source, max_pixels=max_pixels, draft_size=spec.resize), spec)
