@@ -57,7 +57,7 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from model import datasets
+    import model.datasets as datasets
 
     out = Path(args.out)
     if args.name == "fashion-mnist":

@@ -11,7 +11,7 @@ GALLERY_LIMIT = 2000
 
 
 def run_demo(root: Path, *, launch: bool, cache_dir: Path | None) -> int:
-    from model import datasets
+    import model.datasets as datasets
     from model.evaluate import evaluate_checkpoint
     from model.train import TrainConfig, train
 

@@ -49,7 +49,7 @@ def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     body = {k: v for k, v in meta.items() if k not in ("content_hash", "metrics")}
     h.update(json.dumps(body, sort_keys=True).encode())
     return h.hexdigest()[:16]

@@ -111,7 +111,9 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     digest = save_checkpoint(path, tensors, meta)
     ck = load_checkpoint(path)
     assert ck.content_id == digest and len(digest) == 16
-    assert torch.equal(ck.tensors["a"], tensors["a"]) and torch.equal(ck.tensors["b.c"], tensors["b.c"])
+    assert torch.equal(ck.tensors["a"], tensors["a"]) and torch.equal(
+        ck.tensors["b.c"], tensors["b.c"]
+    )
     assert read_meta(path)["labels"] == ["cat", "dog"]
     # same content -> same hash; metrics do not change the identity of the model
     assert save_checkpoint(tmp_path / "ck2.safetensors", tensors, dict(meta, metrics={})) == digest
@@ -167,8 +169,8 @@ def test_resnet_weights_from_explicit_file(tmp_path: Path) -> None:
     ref = load_backbone("resnet18", None)
     from safetensors.torch import save_file
 
-    state = {k: v for k, v in ref.body.state_dict().items()}
-    state.update({f"fc.{k}": v for k, v in ref.classifier.state_dict().items()})
+    state = {k: v.contiguous() for k, v in ref.body.state_dict().items()}
+    state.update({f"fc.{k}": v.contiguous() for k, v in ref.classifier.state_dict().items()})
     save_file(state, str(tmp_path / "r18.safetensors"))
     b = load_backbone("resnet18", tmp_path / "r18.safetensors")
     assert b.weights_id.startswith("sha256:")
