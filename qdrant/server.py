@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -64,6 +63,10 @@ class ServerStore:
         self.client = client
         self.url = url_for_messages
         self._sizes_cache: dict[str, dict[str, int]] = {}
+        options = client.init_options
+        # qdrant-client's local mode (tests) searches by brute force and ignores payload
+        # indexes, warning on every call that asks for either
+        self._local = options.get("location") == ":memory:" or bool(options.get("path"))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -157,9 +160,7 @@ class ServerStore:
                 shard_number=shard_number,
                 replication_factor=replication_factor,
             )
-            # local mode warns that it ignores payload indexes; a server builds them
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+            if not self._local:
                 for field, kind in indexes.items():
                     self.client.create_payload_index(collection, field, _schema(kind), wait=True)
         self._sizes_cache.pop(collection, None)
@@ -321,7 +322,7 @@ class ServerStore:
                 query_filter=to_server(flt),
                 score_threshold=score_threshold(flt),
                 # exact: same results as the embedded store, whatever HNSW the server built
-                search_params=m.SearchParams(exact=True),
+                search_params=None if self._local else m.SearchParams(exact=True),
                 limit=k,
                 with_payload=True,
                 with_vectors=False,
@@ -467,7 +468,11 @@ def connect(url: str, api_key: str | None = None, timeout: float = 5.0) -> Serve
     Raises StoreUnavailableError naming the URL when it does not.
     """
     try:
-        client = QdrantClient(url=url, api_key=api_key, timeout=max(1, round(timeout)))
+        # the version check would make a request of its own, with its own timeout and a
+        # warning instead of an error; ping() below is the check
+        client = QdrantClient(
+            url=url, api_key=api_key, timeout=max(1, round(timeout)), check_compatibility=False
+        )
     except Exception as e:  # a malformed URL fails here, before any request
         raise StoreUnavailableError(f"cannot use Qdrant URL {url}: {e}") from e
     store = ServerStore(client, url)
