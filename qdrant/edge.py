@@ -135,6 +135,8 @@ class EdgeStore:
         self._flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self._shards: dict[str, qe.EdgeShard] = {}
+        # named vector sizes per collection; dropped whenever a vector is added or removed
+        self._sizes_cache: dict[str, dict[str, int]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _PidLock(self.root)
         self._lock.acquire(self.root)
@@ -232,16 +234,23 @@ class EdgeStore:
         return shard
 
     def _sizes(self, name: str) -> dict[str, int]:
+        if name not in self._shards:
+            return {}
+        cached = self._sizes_cache.get(name)
+        if cached is not None:
+            return cached
         # the shard persists its own config here and rewrites it when a vector is added
         path = self.root / name / "edge_config.json"
-        if name not in self._shards or not path.exists():
+        if not path.exists():
             return {}
         config = json.loads(path.read_text(encoding="utf-8"))
-        return {str(k): int(v["size"]) for k, v in config.get("vectors", {}).items()}
+        sizes = {str(k): int(v["size"]) for k, v in config.get("vectors", {}).items()}
+        self._sizes_cache[name] = sizes
+        return sizes
 
     def vector_sizes(self) -> dict[str, int]:
         """The named vectors of `images` and their dimensions."""
-        return self._sizes(IMAGES)
+        return dict(self._sizes(IMAGES))
 
     def _create(self, name: str, vectors: dict[str, int], indexes: dict[str, IndexKind]) -> None:
         config = qe.EdgeConfig(
@@ -253,6 +262,7 @@ class EdgeStore:
         for field, kind in indexes.items():
             shard.update(qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
         shard.flush()
+        self._sizes_cache.pop(name, None)
 
     def _add_vectors(self, name: str, vectors: dict[str, int]) -> None:
         shard = self._require(name)
@@ -272,6 +282,8 @@ class EdgeStore:
                     )
                 except Exception as e:
                     raise StoreError(f"cannot add vector {vec!r} to {name!r}: {e}") from e
+                finally:
+                    self._sizes_cache.pop(name, None)
         shard.flush()
 
     def ensure_collections(
@@ -302,11 +314,13 @@ class EdgeStore:
         shard = self._require(IMAGES)
         if name in self.vector_sizes():
             shard.update(qe.UpdateOperation.delete_vector_name(name))
+            self._sizes_cache.pop(IMAGES, None)
             shard.flush()
 
     def drop_words(self) -> None:
         """Delete the words collection (before loading another vocabulary or dimension)."""
         shard = self._shards.pop(WORDS, None)
+        self._sizes_cache.pop(WORDS, None)
         if shard is not None:
             shard.close()
         shutil.rmtree(self.root / WORDS, ignore_errors=True)

@@ -176,15 +176,29 @@ class ServerStore:
             if name not in sizes:
                 # servers from v1.18 add a named vector to a live collection in place;
                 # existing points lack it until update_vectors() sets it
-                with self._guard(f"add vector {name} to {collection}"):
-                    self.client.create_vector_name(
-                        collection,
-                        name,
-                        m.DenseVectorNameConfig(
-                            dense=m.DenseVectorConfig(size=dim, distance=m.Distance.COSINE)
-                        ),
-                        wait=True,
-                    )
+                try:
+                    with self._guard(f"add vector {name} to {collection}"):
+                        self.client.create_vector_name(
+                            collection,
+                            name,
+                            m.DenseVectorNameConfig(
+                                dense=m.DenseVectorConfig(size=dim, distance=m.Distance.COSINE)
+                            ),
+                            wait=True,
+                        )
+                except StoreError as e:
+                    # an older server has no such endpoint: refuse rather than copy the
+                    # collection behind the user's back; nothing stored is touched
+                    if isinstance(e.__cause__, UnexpectedResponse) and e.__cause__.status_code in (
+                        404,
+                        405,
+                    ):
+                        raise StoreError(
+                            f"Qdrant at {self.url} cannot add vector {name!r} to the existing "
+                            f"{collection!r} collection: that needs Qdrant v1.18 or later "
+                            "(compose.yaml pins one)"
+                        ) from e
+                    raise
         self._sizes_cache.pop(collection, None)
 
     def ensure_collections(

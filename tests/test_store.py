@@ -427,3 +427,35 @@ def test_open_store_picks_backend(tmp_path: Path) -> None:
         assert isinstance(s, EdgeStore) and s.describe() == str(tmp_path / "ix")
     with pytest.raises(ValueError):
         open_store(None, None, None)
+
+
+def test_drop_words_allows_another_dimension(store: Store) -> None:
+    store.ensure_collections({}, word_dim=DIM)
+    store.upsert_words([0, 1], ["a", "b"], unit(np.random.default_rng(0), 2), "t")
+    with pytest.raises(StoreError, match="dimension"):
+        store.ensure_collections({}, word_dim=DIM * 2)
+    store.drop_words()
+    assert store.count(WORDS) == 0
+    store.ensure_collections({}, word_dim=DIM * 2)
+    store.upsert_words([0], ["a"], unit(np.random.default_rng(0), 1, DIM * 2), "t2")
+    assert store.search_words(np.ones(DIM * 2, np.float32), 1)[0].payload["source"] == "t2"
+
+
+def test_server_too_old_to_add_a_vector_is_refused_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import httpx
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    s = ServerStore(QdrantClient(":memory:"), "http://old-server:6333")
+    ids, payloads, vecs = make_images(10)
+    s.ensure_collections({"devise": DIM})
+    s.upsert_images(ids, payloads, {"devise": vecs})
+
+    def no_endpoint(*args: object, **kwargs: object) -> None:
+        raise UnexpectedResponse(404, "Not Found", b"", httpx.Headers())
+
+    monkeypatch.setattr(s.client, "create_vector_name", no_endpoint)
+    with pytest.raises(StoreError, match=r"old-server.*v1\.18"):
+        s.ensure_collections({"devise": DIM, "clip": 8})
+    assert s.count(IMAGES) == 10 and s.vector_sizes() == {"devise": DIM}
