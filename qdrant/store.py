@@ -195,8 +195,8 @@ def as_matrix(vectors: Matrix | Sequence[Vector], n: int, what: str) -> Matrix:
 
 def as_vector(vector: Vector | Sequence[float]) -> list[float]:
     """A query vector as a plain list of floats."""
-    arr = np.asarray(vector, dtype=np.float32).reshape(-1)
-    return [float(x) for x in arr]
+    values: list[float] = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+    return values
 
 
 def point_id_str(point_id: object) -> str:
