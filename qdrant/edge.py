@@ -96,7 +96,7 @@ class _PidLock:
         self._file: IO[str] | None = None
 
     def acquire(self, root: Path) -> None:
-        f = open(self.path, "a+", encoding="ascii")  # noqa: SIM115 - held until release()
+        f = open(self.path, "a+", encoding="ascii")  # held open, and locked, until release()
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -161,7 +161,8 @@ class EdgeStore:
 
     def _load(self, name: str) -> qe.EdgeShard:
         path = self.root / name
-        # a killed optimize() leaves its half-built segments here and nothing removes them
+        # a killed optimize() leaves its half-built segments here and nothing removes them;
+        # removing them is safe because this process holds root's lock
         shutil.rmtree(path / "temp_segments", ignore_errors=True)
         try:
             return qe.EdgeShard.load(str(path))

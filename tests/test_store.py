@@ -459,3 +459,12 @@ def test_server_too_old_to_add_a_vector_is_refused_cleanly(
     with pytest.raises(StoreError, match=r"old-server.*v1\.18"):
         s.ensure_collections({"devise": DIM, "clip": 8})
     assert s.count(IMAGES) == 10 and s.vector_sizes() == {"devise": DIM}
+
+
+def test_connect_passes_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qdrant import server
+
+    monkeypatch.setattr(server.ServerStore, "ping", lambda self: None)
+    with server.connect("https://qdrant.invalid:6333", api_key="s3cret", timeout=2.0) as s:
+        assert s.client.init_options["api_key"] == "s3cret"
+        assert s.describe() == "https://qdrant.invalid:6333"
