@@ -1,0 +1,569 @@
+"""Qdrant Edge backend: Qdrant's engine in process, one shard directory per collection.
+
+Layout under the index root:
+    root/images/        the `images` shard
+    root/words/         the `words` shard
+    root/meta.json      the meta document, replaced atomically
+    root/store.pid      PID of the process holding the index, flock-ed while open
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+import numpy as np
+import qdrant_edge as qe
+
+from qdrant.errors import IndexInUseError, StoreError
+from qdrant.filters import SearchFilter, score_threshold, to_edge
+from qdrant.schema import (
+    IMAGE_INDEXES,
+    IMAGES,
+    WORD_INDEXES,
+    WORD_VECTOR,
+    WORDS,
+    ImagePayload,
+    IndexKind,
+    abs_posix,
+)
+from qdrant.store import (
+    SCROLL_BATCH,
+    UPSERT_BATCH,
+    Hit,
+    Matrix,
+    Record,
+    Vector,
+    WithVectors,
+    as_matrix,
+    as_vector,
+    point_id_str,
+)
+
+META_FILE = "meta.json"
+PID_FILE = "store.pid"
+# Nothing reaches the disk with fsync until flush(); writes flush at most this often,
+# so an OS crash loses at most this much (a killed process loses nothing: the WAL replays).
+FLUSH_INTERVAL_S = 10.0
+_WAL_LOCKED = "Kind(WouldBlock)"
+_EXISTS_DIFFERENTLY = "already exists with different parameters"
+
+
+def _vector_params(size: int) -> qe.EdgeVectorParams:
+    return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)
+
+
+def _optimizers() -> qe.EdgeOptimizersConfig:
+    # indexing_threshold=0 keeps optimize() from ever building HNSW: exact search is a
+    # few ms at 100k x 300 and has recall 1.0, while HNSW on GloVe-like vectors measured
+    # recall 0.75-0.80 (see OFFLINE.md and bench/bench_store.py). optimize() then only
+    # merges segments and drops deleted points.
+    return qe.EdgeOptimizersConfig(indexing_threshold=0)
+
+
+def _index_schema(kind: IndexKind) -> qe.PayloadSchemaType:
+    return qe.PayloadSchemaType.Keyword if kind == "keyword" else qe.PayloadSchemaType.Integer
+
+
+def _vectors_of(raw: object) -> dict[str, Vector]:
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+
+
+def _with_vector(with_vectors: WithVectors) -> bool | list[str]:
+    return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
+
+
+class _PidLock:
+    """An exclusive flock on root/store.pid, which holds the owner's PID for messages.
+
+    flock conflicts between two opens in the same process too, so a second EdgeStore on
+    the same root fails here, before Edge's own WAL lock, with a message naming the PID.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / PID_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self, root: Path) -> None:
+        f = open(self.path, "a+", encoding="ascii")  # held open, and locked, until release()
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise IndexInUseError(
+                f"index {root} is in use by PID {pid}; close that process or use another --index"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        # unlink before unlocking, so nobody reads a PID that no longer holds the lock
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        self._file.close()
+        self._file = None
+
+
+class EdgeStore:
+    """The embedded store: Qdrant Edge shards under `root`, searched exactly.
+
+    Opening takes an exclusive lock on `root`: a second open, from this process or
+    another, raises IndexInUseError naming the holder's PID.
+    """
+
+    def __init__(self, root: Path, *, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.root = Path(abs_posix(root))
+        self._flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+        self._shards: dict[str, qe.EdgeShard] = {}
+        # named vector sizes per collection; dropped whenever a vector is added or removed
+        self._sizes_cache: dict[str, dict[str, int]] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = _PidLock(self.root)
+        self._lock.acquire(self.root)
+        try:
+            for name in (IMAGES, WORDS):
+                if self._shard_exists(name):
+                    self._shards[name] = self._load(name)
+        except BaseException:
+            self._close_shards()
+            self._lock.release()
+            raise
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def describe(self) -> str:
+        """The index directory."""
+        return str(self.root)
+
+    def _shard_exists(self, name: str) -> bool:
+        path = self.root / name
+        return path.is_dir() and any(path.iterdir())
+
+    def _load(self, name: str) -> qe.EdgeShard:
+        path = self.root / name
+        # a killed optimize() leaves its half-built segments here and nothing removes them;
+        # removing them is safe because this process holds root's lock
+        shutil.rmtree(path / "temp_segments", ignore_errors=True)
+        try:
+            return qe.EdgeShard.load(str(path))
+        except Exception as e:
+            if _WAL_LOCKED in str(e):
+                raise IndexInUseError(
+                    f"index {self.root} is in use by PID {self._holder_pid()}"
+                ) from e
+            raise StoreError(f"cannot open {path}: {e}") from e
+
+    def _holder_pid(self) -> str:
+        try:
+            return (self.root / PID_FILE).read_text(encoding="ascii").strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def flush(self) -> None:
+        """Flush every shard to disk (fsync)."""
+        for shard in self._shards.values():
+            shard.flush()
+        self._last_flush = time.monotonic()
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= self._flush_interval_s:
+            self.flush()
+
+    def _close_shards(self) -> None:
+        shards, self._shards = self._shards, {}
+        for shard in shards.values():
+            shard.close()
+
+    def close(self) -> None:
+        """Flush, close the shards and release the lock. Closing twice is harmless."""
+        try:
+            if self._shards:
+                self.flush()
+        finally:
+            self._close_shards()
+            self._lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def optimize(self) -> None:
+        """Merge segments and drop deleted points; never builds HNSW (see `_optimizers`).
+
+        Holds the GIL for its whole run: call it after ingest, never while serving.
+        """
+        for shard in self._shards.values():
+            shard.optimize()
+        self.flush()
+
+    # ---------------------------------------------------------------- schema
+
+    def _shard(self, name: str) -> qe.EdgeShard | None:
+        return self._shards.get(name)
+
+    def _require(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is None:
+            raise StoreError(f"collection {name!r} does not exist yet in {self.root}")
+        return shard
+
+    def _sizes(self, name: str) -> dict[str, int]:
+        if name not in self._shards:
+            return {}
+        cached = self._sizes_cache.get(name)
+        if cached is not None:
+            return cached
+        # the shard persists its own config here and rewrites it when a vector is added
+        path = self.root / name / "edge_config.json"
+        if not path.exists():
+            return {}
+        config = json.loads(path.read_text(encoding="utf-8"))
+        sizes = {str(k): int(v["size"]) for k, v in config.get("vectors", {}).items()}
+        self._sizes_cache[name] = sizes
+        return sizes
+
+    def vector_sizes(self) -> dict[str, int]:
+        """The named vectors of `images` and their dimensions."""
+        return dict(self._sizes(IMAGES))
+
+    def _create(self, name: str, vectors: dict[str, int], indexes: dict[str, IndexKind]) -> None:
+        config = qe.EdgeConfig(
+            vectors={k: _vector_params(d) for k, d in vectors.items()},
+            optimizers=_optimizers(),
+        )
+        shard = qe.EdgeShard.create(str(self.root / name), config)
+        self._shards[name] = shard
+        for field, kind in indexes.items():
+            shard.update(qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+        shard.flush()
+        self._sizes_cache.pop(name, None)
+
+    def _add_vectors(self, name: str, vectors: dict[str, int]) -> None:
+        shard = self._require(name)
+        sizes = self._sizes(name)
+        for vec, dim in vectors.items():
+            if vec in sizes and sizes[vec] != dim:
+                raise StoreError(
+                    f"{self.root}: vector {vec!r} of {name!r} has dimension {sizes[vec]}, "
+                    f"not {dim}; re-ingest after dropping it"
+                )
+            if vec not in sizes:
+                # Edge adds a named vector to a live shard in place: existing points simply
+                # lack it until update_vectors() sets it, so no copy is needed
+                try:
+                    shard.update(
+                        qe.UpdateOperation.create_dense_vector(vec, dim, qe.Distance.Cosine)
+                    )
+                except Exception as e:
+                    raise StoreError(f"cannot add vector {vec!r} to {name!r}: {e}") from e
+                finally:
+                    self._sizes_cache.pop(name, None)
+        shard.flush()
+
+    def ensure_collections(
+        self,
+        image_vectors: dict[str, int],
+        word_dim: int | None = None,
+        *,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+    ) -> None:
+        """Create the shards, named vectors and payload indexes that are missing.
+
+        `shard_number` and `replication_factor` are ignored: an Edge shard is local.
+        """
+        if image_vectors:
+            if IMAGES in self._shards:
+                self._add_vectors(IMAGES, image_vectors)
+            else:
+                self._create(IMAGES, image_vectors, IMAGE_INDEXES)
+        if word_dim is not None:
+            if WORDS in self._shards:
+                self._add_vectors(WORDS, {WORD_VECTOR: word_dim})
+            else:
+                self._create(WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES)
+
+    def drop_vector(self, name: str) -> None:
+        """Remove named vector `name` from `images` and from every image point."""
+        shard = self._require(IMAGES)
+        if name in self.vector_sizes():
+            shard.update(qe.UpdateOperation.delete_vector_name(name))
+            self._sizes_cache.pop(IMAGES, None)
+            shard.flush()
+
+    def drop_words(self) -> None:
+        """Delete the words collection (before loading another vocabulary or dimension)."""
+        shard = self._shards.pop(WORDS, None)
+        self._sizes_cache.pop(WORDS, None)
+        if shard is not None:
+            shard.close()
+        shutil.rmtree(self.root / WORDS, ignore_errors=True)
+
+    # ---------------------------------------------------------------- writes
+
+    def upsert_images(
+        self,
+        ids: Sequence[str],
+        payloads: Sequence[ImagePayload],
+        vectors: dict[str, Matrix],
+    ) -> None:
+        """Insert or replace image points."""
+        n = len(ids)
+        if len(payloads) != n:
+            raise ValueError(f"upsert_images: {n} ids but {len(payloads)} payloads")
+        mats = {k: as_matrix(v, n, f"vector {k!r}") for k, v in vectors.items()}
+        shard = self._require(IMAGES)
+        for start in range(0, n, UPSERT_BATCH):
+            stop = min(start + UPSERT_BATCH, n)
+            points = [
+                qe.Point(
+                    ids[i],
+                    {k: m[i].tolist() for k, m in mats.items()},
+                    dict(payloads[i]),
+                )
+                for i in range(start, stop)
+            ]
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            self._maybe_flush()
+
+    def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
+        """Set vector `name` on existing image points."""
+        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
+        shard = self._require(IMAGES)
+        for start in range(0, len(ids), UPSERT_BATCH):
+            stop = min(start + UPSERT_BATCH, len(ids))
+            pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
+            shard.update(qe.UpdateOperation.update_vectors(pvs))
+            self._maybe_flush()
+
+    def delete_images(self, ids: Sequence[str]) -> None:
+        """Delete image points by id."""
+        shard = self._shard(IMAGES)
+        if shard is None or not ids:
+            return
+        shard.update(qe.UpdateOperation.delete_points(list(ids)))
+        self._maybe_flush()
+
+    def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        """Merge `payload` into one image point's payload."""
+        self._require(IMAGES).update(qe.UpdateOperation.set_payload([point_id], payload))
+        self._maybe_flush()
+
+    def upsert_words(
+        self, ranks: Sequence[int], words: Sequence[str], vectors: Matrix, source: str
+    ) -> None:
+        """Insert or replace word points; the rank is the point id."""
+        n = len(ranks)
+        if len(words) != n:
+            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words")
+        mat = as_matrix(vectors, n, "word vectors")
+        shard = self._require(WORDS)
+        for start in range(0, n, UPSERT_BATCH * 4):
+            stop = min(start + UPSERT_BATCH * 4, n)
+            points = [
+                qe.Point(
+                    int(ranks[i]),
+                    {WORD_VECTOR: mat[i].tolist()},
+                    {"word": words[i], "rank": int(ranks[i]), "source": source},
+                )
+                for i in range(start, stop)
+            ]
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            self._maybe_flush()
+
+    # ---------------------------------------------------------------- reads
+
+    def _query(
+        self, collection: str, using: str, vector: Vector, k: int, flt: SearchFilter | None
+    ) -> list[Hit]:
+        shard = self._shard(collection)
+        if shard is None or k <= 0:
+            return []
+        if using not in self._sizes(collection):
+            raise StoreError(f"{self.root}: collection {collection!r} has no vector {using!r}")
+        request = qe.QueryRequest(
+            limit=k,
+            query=qe.Query.Nearest(as_vector(vector), using=using),
+            filter=to_edge(flt),
+            score_threshold=score_threshold(flt),
+            # exact even if a segment ever got HNSW: results stay identical to the server's
+            params=qe.SearchParams(exact=True),
+            with_payload=True,
+            with_vector=False,
+        )
+        return [
+            Hit(point_id_str(p.id), float(p.score), dict(p.payload or {}))
+            for p in shard.query(request)
+        ]
+
+    def search_images(
+        self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        """The `k` images nearest to `vector` by named vector `name`."""
+        return self._query(IMAGES, name, vector, k, flt)
+
+    def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """The `k` words nearest to `vector`."""
+        return self._query(WORDS, WORD_VECTOR, vector, k, flt)
+
+    def count(self, collection: str, flt: SearchFilter | None = None) -> int:
+        """Exact number of points in `collection` matching `flt`."""
+        shard = self._shard(collection)
+        if shard is None:
+            return 0
+        return int(shard.count(qe.CountRequest(exact=True, filter=to_edge(flt))))
+
+    def count_vectors(self, name: str) -> int:
+        """How many image points carry named vector `name`."""
+        shard = self._shard(IMAGES)
+        if shard is None or name not in self.vector_sizes():
+            return 0
+        flt = qe.Filter(must=[qe.HasVectorCondition(name)])
+        return int(shard.count(qe.CountRequest(exact=True, filter=flt)))
+
+    def facet_labels(self) -> dict[str, int]:
+        """Number of image points per label."""
+        shard = self._shard(IMAGES)
+        if shard is None:
+            return {}
+        # a facet returns at most `limit` values; no label set here comes near a million
+        response = shard.facet(qe.FacetRequest("label", limit=1_000_000, exact=True))
+        return {str(h.value): int(h.count) for h in response.hits}
+
+    def _records(self, raw: Sequence[qe.Record]) -> list[Record]:
+        return [
+            Record(point_id_str(r.id), dict(r.payload or {}), _vectors_of(r.vector)) for r in raw
+        ]
+
+    def scroll_images(
+        self,
+        with_vectors: WithVectors = False,
+        flt: SearchFilter | None = None,
+        batch: int = SCROLL_BATCH,
+    ) -> Iterator[Record]:
+        """Every image point matching `flt`."""
+        shard = self._shard(IMAGES)
+        if shard is None:
+            return
+        offset: qe.PointId | None = None
+        edge_filter = to_edge(flt)
+        while True:
+            raw, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=batch,
+                    filter=edge_filter,
+                    with_payload=True,
+                    with_vector=_with_vector(with_vectors),
+                )
+            )
+            yield from self._records(raw)
+            if offset is None:
+                return
+
+    def retrieve_images(
+        self, ids: Sequence[str], with_vectors: WithVectors = False
+    ) -> list[Record]:
+        """The image points with these ids that exist."""
+        shard = self._shard(IMAGES)
+        if shard is None or not ids:
+            return []
+        raw = shard.retrieve(list(ids), with_payload=True, with_vector=_with_vector(with_vectors))
+        return self._records(raw)
+
+    def _find(self, field: str, values: Sequence[str]) -> list[Record]:
+        shard = self._shard(IMAGES)
+        if shard is None:
+            return []
+        out: list[Record] = []
+        for start in range(0, len(values), SCROLL_BATCH):
+            chunk = list(values[start : start + SCROLL_BATCH])
+            flt = qe.Filter(must=[qe.FieldCondition(field, match=qe.MatchAny(chunk))])
+            offset: qe.PointId | None = None
+            while True:
+                raw, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=SCROLL_BATCH,
+                        filter=flt,
+                        with_payload=True,
+                        with_vector=False,
+                    )
+                )
+                out.extend(self._records(raw))
+                if offset is None:
+                    break
+        return out
+
+    def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
+        """Image points by content hash."""
+        found: dict[str, list[Record]] = {}
+        for rec in self._find("sha256", hashes):
+            found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
+        return found
+
+    def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
+        """Image points by absolute path."""
+        return {
+            str(r.payload.get("path")): r for r in self._find("path", [abs_posix(p) for p in paths])
+        }
+
+    # ---------------------------------------------------------------- meta
+
+    def get_meta(self) -> dict[str, Any]:
+        """The meta document from root/meta.json ({} if absent)."""
+        path = self.root / META_FILE
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path} is not valid JSON: {e}") from e
+        return data if isinstance(data, dict) else {}
+
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace root/meta.json atomically (temp file, fsync, rename, fsync the directory)."""
+        text = json.dumps(meta, indent=2, sort_keys=True)
+        fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / META_FILE)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

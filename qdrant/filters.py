@@ -1,0 +1,99 @@
+"""One filter builder for every query, translated per backend.
+
+`SearchFilter` says what the user asked for; `conditions()` turns it into neutral
+conditions once; `to_edge()` and `to_server()` only change the spelling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from qdrant.schema import abs_posix
+
+if TYPE_CHECKING:
+    import qdrant_edge
+    from qdrant_client import models
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """What narrows a query: labels (any of), a folder (recursive), a score floor, a rank cap."""
+
+    labels: tuple[str, ...] = ()
+    folder: str | None = None
+    min_score: float | None = None
+    max_rank: int | None = None
+
+
+NO_FILTER = SearchFilter()
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A backend-neutral payload condition: exactly one of `any_of`, `equals`, `lte` is set."""
+
+    key: str
+    any_of: tuple[str, ...] = ()
+    equals: str | None = None
+    lte: int | None = None
+
+
+def normalise_folder(folder: str) -> str | None:
+    """Absolute posix folder without a trailing slash; None for the root, which holds all."""
+    full = abs_posix(folder)
+    return None if full == "/" else full
+
+
+def conditions(flt: SearchFilter | None) -> list[Condition]:
+    """The payload conditions of `flt`, all of which must hold. The score floor is not one."""
+    if flt is None:
+        return []
+    out: list[Condition] = []
+    if flt.labels:
+        out.append(Condition("label", any_of=tuple(flt.labels)))
+    if flt.folder:
+        folder = normalise_folder(flt.folder)
+        if folder is not None:
+            # `folders` lists every ancestor directory, so an exact match on any element
+            # is a recursive "under this folder" test that a keyword index answers
+            out.append(Condition("folders", equals=folder))
+    if flt.max_rank is not None:
+        out.append(Condition("rank", lte=int(flt.max_rank)))
+    return out
+
+
+def score_threshold(flt: SearchFilter | None) -> float | None:
+    """The minimum cosine score of `flt`, if any."""
+    return None if flt is None or flt.min_score is None else float(flt.min_score)
+
+
+def to_edge(flt: SearchFilter | None) -> qdrant_edge.Filter | None:
+    """Spell `flt` with qdrant_edge's classes; None when nothing narrows."""
+    import qdrant_edge as qe
+
+    must: list[qe.FieldCondition] = []
+    for c in conditions(flt):
+        if c.any_of:
+            must.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.any_of))))
+        elif c.equals is not None:
+            must.append(qe.FieldCondition(c.key, match=qe.MatchValue(c.equals)))
+        elif c.lte is not None:
+            # Edge 0.9 has no integer range class; a float range works on an integer index
+            must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(lte=float(c.lte))))
+    return qe.Filter(must=list(must)) if must else None
+
+
+def to_server(flt: SearchFilter | None) -> models.Filter | None:
+    """Spell `flt` with qdrant_client's models; None when nothing narrows."""
+    from qdrant_client import models as m
+
+    must: list[m.Condition] = []
+    for c in conditions(flt):
+        if c.any_of:
+            must.append(m.FieldCondition(key=c.key, match=m.MatchAny(any=list(c.any_of))))
+        elif c.equals is not None:
+            must.append(m.FieldCondition(key=c.key, match=m.MatchValue(value=c.equals)))
+        elif c.lte is not None:
+            must.append(m.FieldCondition(key=c.key, range=m.Range(lte=c.lte)))
+    return m.Filter(must=must) if must else None

@@ -1,0 +1,104 @@
+"""Collections, point ids, payload shapes and payload indexes shared by every backend."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Literal, TypedDict
+from uuid import NAMESPACE_URL, uuid5
+
+IMAGES = "images"
+WORDS = "words"
+# The server backend keeps the meta document in this tiny collection (see server.py).
+META = "devise_meta"
+SCHEMA_VERSION = 1
+
+IndexKind = Literal["keyword", "integer"]
+
+# Payload indexes per collection. `folders` is a list field: a keyword index matches any
+# element exactly, which is what the folder prefix filter relies on. `sha256` lets ingest
+# find a moved file by content, `path` lets it find a file by name.
+IMAGE_INDEXES: dict[str, IndexKind] = {
+    "label": "keyword",
+    "folders": "keyword",
+    "sha256": "keyword",
+    "path": "keyword",
+}
+WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword"}
+# The words collection has one named vector.
+WORD_VECTOR = "word"
+
+
+class ImagePayload(TypedDict):
+    """Payload of one image point."""
+
+    path: str
+    folder: str
+    folders: list[str]
+    label: str
+    width: int
+    height: int
+    bytes: int
+    mtime: float
+    sha256: str
+
+
+class WordPayload(TypedDict):
+    """Payload of one word point."""
+
+    word: str
+    rank: int
+    source: str
+
+
+def abs_posix(path: str | os.PathLike[str]) -> str:
+    """Absolute, normalised posix form of `path`, without a trailing slash.
+
+    Symlinks are not resolved: the path the user typed is the path they filter by.
+    """
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).as_posix()
+
+
+def image_point_id(path: str | os.PathLike[str]) -> str:
+    """Point id of an image file: uuid5 of its absolute path, so re-ingesting is idempotent."""
+    return str(uuid5(NAMESPACE_URL, abs_posix(path)))
+
+
+def word_point_id(rank: int) -> int:
+    """Point id of a word: its frequency rank, unique within one vocabulary."""
+    return int(rank)
+
+
+def folders_of(path: str | os.PathLike[str]) -> list[str]:
+    """Every ancestor directory of `path`, outermost first, root excluded.
+
+    `/a/b/c/x.jpg` gives `["/a", "/a/b", "/a/b/c"]`.
+    """
+    parents = PurePosixPath(abs_posix(path)).parents
+    # parents runs innermost first and ends with the root "/", which would match everything
+    return [p.as_posix() for p in reversed(parents) if p.as_posix() != p.anchor]
+
+
+def image_payload(
+    path: str | os.PathLike[str],
+    *,
+    label: str,
+    width: int,
+    height: int,
+    size_bytes: int,
+    mtime: float,
+    sha256: str,
+) -> ImagePayload:
+    """Build the payload of an image point with `path`, `folder` and `folders` derived."""
+    full = abs_posix(path)
+    return ImagePayload(
+        path=full,
+        folder=PurePosixPath(full).parent.as_posix(),
+        folders=folders_of(full),
+        label=label,
+        width=int(width),
+        height=int(height),
+        bytes=int(size_bytes),
+        mtime=float(mtime),
+        sha256=sha256,
+    )

@@ -1,0 +1,498 @@
+"""Qdrant server backend over qdrant-client; tests run it on qdrant-client's local mode."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as m
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from qdrant.errors import StoreError, StoreUnavailableError
+from qdrant.filters import SearchFilter, score_threshold, to_server
+from qdrant.schema import (
+    IMAGE_INDEXES,
+    IMAGES,
+    META,
+    WORD_INDEXES,
+    WORD_VECTOR,
+    WORDS,
+    ImagePayload,
+    IndexKind,
+    abs_posix,
+)
+from qdrant.store import (
+    SCROLL_BATCH,
+    UPSERT_BATCH,
+    Hit,
+    Matrix,
+    Record,
+    Vector,
+    WithVectors,
+    as_matrix,
+    as_vector,
+    point_id_str,
+)
+
+_META_ID = 0
+
+
+def _vectors_of(raw: object) -> dict[str, Vector]:
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+
+
+def _with_vectors(with_vectors: WithVectors) -> bool | list[str]:
+    return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
+
+
+def _schema(kind: IndexKind) -> m.PayloadSchemaType:
+    return m.PayloadSchemaType.KEYWORD if kind == "keyword" else m.PayloadSchemaType.INTEGER
+
+
+class ServerStore:
+    """The store on a Qdrant server (or a cluster) through an injected QdrantClient."""
+
+    def __init__(self, client: QdrantClient, url_for_messages: str) -> None:
+        self.client = client
+        self.url = url_for_messages
+        self._sizes_cache: dict[str, dict[str, int]] = {}
+        options = client.init_options
+        # qdrant-client's local mode (tests) searches by brute force and ignores payload
+        # indexes, warning on every call that asks for either
+        self._local = options.get("location") == ":memory:" or bool(options.get("path"))
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def describe(self) -> str:
+        """The server URL."""
+        return self.url
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn transport failures into StoreUnavailableError naming the URL."""
+        try:
+            yield
+        except (ResponseHandlingException, httpx.TransportError, ConnectionError) as e:
+            raise StoreUnavailableError(
+                f"Qdrant at {self.url} is unreachable ({what}): {_reason(e)}"
+            ) from e
+        except UnexpectedResponse as e:
+            if e.status_code in (401, 403):
+                raise StoreUnavailableError(
+                    f"Qdrant at {self.url} refused the request ({what}): check QDRANT_API_KEY"
+                ) from e
+            raise StoreError(f"Qdrant at {self.url} failed ({what}): {e}") from e
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless the server answers."""
+        with self._guard("connect"):
+            self.client.get_collections()
+
+    def flush(self) -> None:
+        """Nothing to do: every write waits for the server to apply it."""
+
+    def optimize(self) -> None:
+        """Nothing to do: the server runs its own optimizers."""
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- schema
+
+    def _exists(self, collection: str) -> bool:
+        with self._guard(f"check {collection}"):
+            return bool(self.client.collection_exists(collection))
+
+    def _sizes(self, collection: str, refresh: bool = False) -> dict[str, int]:
+        if refresh or collection not in self._sizes_cache:
+            if not self._exists(collection):
+                return {}
+            with self._guard(f"describe {collection}"):
+                info = self.client.get_collection(collection)
+            vectors = info.config.params.vectors
+            sizes = (
+                {str(k): int(v.size) for k, v in vectors.items()}
+                if isinstance(vectors, dict)
+                else {}
+            )
+            self._sizes_cache[collection] = sizes
+        return self._sizes_cache[collection]
+
+    def vector_sizes(self) -> dict[str, int]:
+        """The named vectors of `images` and their dimensions."""
+        return dict(self._sizes(IMAGES, refresh=True))
+
+    def _create(
+        self,
+        collection: str,
+        vectors: dict[str, int],
+        indexes: dict[str, IndexKind],
+        shard_number: int | None,
+        replication_factor: int | None,
+    ) -> None:
+        with self._guard(f"create {collection}"):
+            self.client.create_collection(
+                collection,
+                vectors_config={
+                    k: m.VectorParams(size=d, distance=m.Distance.COSINE)
+                    for k, d in vectors.items()
+                },
+                shard_number=shard_number,
+                replication_factor=replication_factor,
+            )
+            if not self._local:
+                for field, kind in indexes.items():
+                    self.client.create_payload_index(collection, field, _schema(kind), wait=True)
+        self._sizes_cache.pop(collection, None)
+
+    def _add_vectors(self, collection: str, vectors: dict[str, int]) -> None:
+        sizes = self._sizes(collection, refresh=True)
+        for name, dim in vectors.items():
+            if name in sizes and sizes[name] != dim:
+                raise StoreError(
+                    f"{self.url}: vector {name!r} of {collection!r} has dimension "
+                    f"{sizes[name]}, not {dim}; re-ingest after dropping it"
+                )
+            if name not in sizes:
+                # servers from v1.18 add a named vector to a live collection in place;
+                # existing points lack it until update_vectors() sets it
+                try:
+                    with self._guard(f"add vector {name} to {collection}"):
+                        self.client.create_vector_name(
+                            collection,
+                            name,
+                            m.DenseVectorNameConfig(
+                                dense=m.DenseVectorConfig(size=dim, distance=m.Distance.COSINE)
+                            ),
+                            wait=True,
+                        )
+                except StoreError as e:
+                    # an older server has no such endpoint: refuse rather than copy the
+                    # collection behind the user's back; nothing stored is touched
+                    if isinstance(e.__cause__, UnexpectedResponse) and e.__cause__.status_code in (
+                        404,
+                        405,
+                    ):
+                        raise StoreError(
+                            f"Qdrant at {self.url} cannot add vector {name!r} to the existing "
+                            f"{collection!r} collection: that needs Qdrant v1.18 or later "
+                            "(compose.yaml pins one)"
+                        ) from e
+                    raise
+        self._sizes_cache.pop(collection, None)
+
+    def ensure_collections(
+        self,
+        image_vectors: dict[str, int],
+        word_dim: int | None = None,
+        *,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+    ) -> None:
+        """Create missing collections, named vectors and payload indexes.
+
+        `shard_number` and `replication_factor` apply to collections created now;
+        None leaves the server's defaults (1 and 1).
+        """
+        if image_vectors:
+            if self._exists(IMAGES):
+                self._add_vectors(IMAGES, image_vectors)
+            else:
+                self._create(IMAGES, image_vectors, IMAGE_INDEXES, shard_number, replication_factor)
+        if word_dim is not None:
+            if self._exists(WORDS):
+                self._add_vectors(WORDS, {WORD_VECTOR: word_dim})
+            else:
+                self._create(
+                    WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES, shard_number, replication_factor
+                )
+
+    def drop_vector(self, name: str) -> None:
+        """Remove named vector `name` from `images` and from every image point."""
+        if name in self.vector_sizes():
+            with self._guard(f"drop vector {name}"):
+                self.client.delete_vector_name(IMAGES, name, wait=True)
+            self._sizes_cache.pop(IMAGES, None)
+
+    def drop_words(self) -> None:
+        """Delete the words collection."""
+        if self._exists(WORDS):
+            with self._guard("drop words"):
+                self.client.delete_collection(WORDS)
+        self._sizes_cache.pop(WORDS, None)
+
+    # ---------------------------------------------------------------- writes
+
+    def _upsert(self, collection: str, points: list[m.PointStruct]) -> None:
+        with self._guard(f"upsert into {collection}"):
+            self.client.upsert(collection, points, wait=True)
+
+    def upsert_images(
+        self,
+        ids: Sequence[str],
+        payloads: Sequence[ImagePayload],
+        vectors: dict[str, Matrix],
+    ) -> None:
+        """Insert or replace image points."""
+        n = len(ids)
+        if len(payloads) != n:
+            raise ValueError(f"upsert_images: {n} ids but {len(payloads)} payloads")
+        mats = {k: as_matrix(v, n, f"vector {k!r}") for k, v in vectors.items()}
+        for start in range(0, n, UPSERT_BATCH):
+            stop = min(start + UPSERT_BATCH, n)
+            points = [
+                m.PointStruct(
+                    id=ids[i],
+                    vector={k: mat[i].tolist() for k, mat in mats.items()},
+                    payload=dict(payloads[i]),
+                )
+                for i in range(start, stop)
+            ]
+            self._upsert(IMAGES, points)
+
+    def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
+        """Set vector `name` on existing image points."""
+        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
+        for start in range(0, len(ids), UPSERT_BATCH):
+            stop = min(start + UPSERT_BATCH, len(ids))
+            pvs = [
+                m.PointVectors(id=ids[i], vector={name: mat[i].tolist()})
+                for i in range(start, stop)
+            ]
+            with self._guard(f"update vectors {name}"):
+                self.client.update_vectors(IMAGES, pvs, wait=True)
+
+    def delete_images(self, ids: Sequence[str]) -> None:
+        """Delete image points by id."""
+        if not ids or not self._exists(IMAGES):
+            return
+        with self._guard("delete images"):
+            self.client.delete(IMAGES, m.PointIdsList(points=list(ids)), wait=True)
+
+    def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        """Merge `payload` into one image point's payload."""
+        with self._guard("set payload"):
+            self.client.set_payload(IMAGES, payload, points=[point_id], wait=True)
+
+    def upsert_words(
+        self, ranks: Sequence[int], words: Sequence[str], vectors: Matrix, source: str
+    ) -> None:
+        """Insert or replace word points; the rank is the point id."""
+        n = len(ranks)
+        if len(words) != n:
+            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words")
+        mat = as_matrix(vectors, n, "word vectors")
+        for start in range(0, n, UPSERT_BATCH):
+            stop = min(start + UPSERT_BATCH, n)
+            points = [
+                m.PointStruct(
+                    id=int(ranks[i]),
+                    vector={WORD_VECTOR: mat[i].tolist()},
+                    payload={"word": words[i], "rank": int(ranks[i]), "source": source},
+                )
+                for i in range(start, stop)
+            ]
+            self._upsert(WORDS, points)
+
+    # ---------------------------------------------------------------- reads
+
+    def _query(
+        self, collection: str, using: str, vector: Vector, k: int, flt: SearchFilter | None
+    ) -> list[Hit]:
+        if k <= 0:
+            return []
+        sizes = self._sizes(collection)
+        if using not in sizes:
+            sizes = self._sizes(collection, refresh=True)
+        if not sizes:
+            return []
+        if using not in sizes:
+            raise StoreError(f"{self.url}: collection {collection!r} has no vector {using!r}")
+        with self._guard(f"search {collection}"):
+            response = self.client.query_points(
+                collection,
+                query=as_vector(vector),
+                using=using,
+                query_filter=to_server(flt),
+                score_threshold=score_threshold(flt),
+                # exact: same results as the embedded store, whatever HNSW the server built
+                search_params=None if self._local else m.SearchParams(exact=True),
+                limit=k,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [
+            Hit(point_id_str(p.id), float(p.score), dict(p.payload or {})) for p in response.points
+        ]
+
+    def search_images(
+        self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        """The `k` images nearest to `vector` by named vector `name`."""
+        return self._query(IMAGES, name, vector, k, flt)
+
+    def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """The `k` words nearest to `vector`."""
+        return self._query(WORDS, WORD_VECTOR, vector, k, flt)
+
+    def count(self, collection: str, flt: SearchFilter | None = None) -> int:
+        """Exact number of points in `collection` matching `flt`."""
+        if not self._exists(collection):
+            return 0
+        with self._guard(f"count {collection}"):
+            return int(self.client.count(collection, count_filter=to_server(flt), exact=True).count)
+
+    def count_vectors(self, name: str) -> int:
+        """How many image points carry named vector `name`."""
+        if name not in self.vector_sizes():
+            return 0
+        flt = m.Filter(must=[m.HasVectorCondition(has_vector=name)])
+        with self._guard("count vectors"):
+            return int(self.client.count(IMAGES, count_filter=flt, exact=True).count)
+
+    def facet_labels(self) -> dict[str, int]:
+        """Number of image points per label."""
+        if not self._exists(IMAGES):
+            return {}
+        with self._guard("facet labels"):
+            response = self.client.facet(IMAGES, "label", limit=1_000_000, exact=True)
+        return {str(h.value): int(h.count) for h in response.hits}
+
+    def _records(self, raw: Sequence[m.Record]) -> list[Record]:
+        return [
+            Record(point_id_str(r.id), dict(r.payload or {}), _vectors_of(r.vector)) for r in raw
+        ]
+
+    def _scroll(
+        self, flt: m.Filter | None, with_vectors: WithVectors, batch: int
+    ) -> Iterator[Record]:
+        if not self._exists(IMAGES):
+            return
+        offset: m.ExtendedPointId | None = None
+        while True:
+            with self._guard("scroll images"):
+                raw, offset = self.client.scroll(
+                    IMAGES,
+                    scroll_filter=flt,
+                    limit=batch,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=_with_vectors(with_vectors),
+                )
+            yield from self._records(raw)
+            if offset is None:
+                return
+
+    def scroll_images(
+        self,
+        with_vectors: WithVectors = False,
+        flt: SearchFilter | None = None,
+        batch: int = SCROLL_BATCH,
+    ) -> Iterator[Record]:
+        """Every image point matching `flt`."""
+        return self._scroll(to_server(flt), with_vectors, batch)
+
+    def retrieve_images(
+        self, ids: Sequence[str], with_vectors: WithVectors = False
+    ) -> list[Record]:
+        """The image points with these ids that exist."""
+        if not ids or not self._exists(IMAGES):
+            return []
+        with self._guard("retrieve images"):
+            raw = self.client.retrieve(
+                IMAGES, list(ids), with_payload=True, with_vectors=_with_vectors(with_vectors)
+            )
+        return self._records(raw)
+
+    def _find(self, field: str, values: Sequence[str]) -> list[Record]:
+        out: list[Record] = []
+        for start in range(0, len(values), SCROLL_BATCH):
+            chunk = list(values[start : start + SCROLL_BATCH])
+            flt = m.Filter(must=[m.FieldCondition(key=field, match=m.MatchAny(any=chunk))])
+            out.extend(self._scroll(flt, False, SCROLL_BATCH))
+        return out
+
+    def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
+        """Image points by content hash."""
+        found: dict[str, list[Record]] = {}
+        for rec in self._find("sha256", hashes):
+            found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
+        return found
+
+    def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
+        """Image points by absolute path."""
+        records = self._find("path", [abs_posix(p) for p in paths])
+        return {str(r.payload.get("path")): r for r in records}
+
+    # ---------------------------------------------------------------- meta
+
+    def get_meta(self) -> dict[str, Any]:
+        """The meta document, kept as the payload of one point in `devise_meta`."""
+        if not self._exists(META):
+            return {}
+        with self._guard("read meta"):
+            found = self.client.retrieve(META, [_META_ID], with_payload=True)
+        if not found or not found[0].payload:
+            return {}
+        meta = found[0].payload.get("meta")
+        return dict(meta) if isinstance(meta, dict) else {}
+
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the meta document (one upsert of one point, so it is atomic)."""
+        if not self._exists(META):
+            with self._guard("create meta"):
+                # a collection of payload-only points: it needs no vectors at all
+                self.client.create_collection(META, vectors_config={})
+        with self._guard("write meta"):
+            self.client.upsert(
+                META,
+                [m.PointStruct(id=_META_ID, vector={}, payload={"meta": meta})],
+                wait=True,
+            )
+
+
+def _reason(e: BaseException) -> str:
+    source = getattr(e, "source", None)
+    return str(source or e) or type(e).__name__
+
+
+def connect(url: str, api_key: str | None = None, timeout: float = 5.0) -> ServerStore:
+    """Open a ServerStore on `url` and check that the server answers within `timeout` s.
+
+    Raises StoreUnavailableError naming the URL when it does not.
+    """
+    try:
+        # the version check would make a request of its own, with its own timeout and a
+        # warning instead of an error; ping() below is the check
+        client = QdrantClient(
+            url=url, api_key=api_key, timeout=max(1, round(timeout)), check_compatibility=False
+        )
+    except Exception as e:  # a malformed URL fails here, before any request
+        raise StoreUnavailableError(f"cannot use Qdrant URL {url}: {e}") from e
+    store = ServerStore(client, url)
+    try:
+        store.ping()
+    except StoreError:
+        store.close()
+        raise
+    return store

@@ -1,0 +1,211 @@
+"""The store protocol every backend implements, and the records it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from qdrant.filters import SearchFilter
+from qdrant.schema import ImagePayload
+
+Vector = npt.NDArray[np.float32]
+# (N, D) float32, one row per point
+Matrix = npt.NDArray[np.float32]
+WithVectors = bool | Sequence[str]
+
+# How many points go to the backend in one call: large enough to amortise the call,
+# small enough that one failed batch loses little work.
+UPSERT_BATCH = 512
+SCROLL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: point id (as a string), cosine similarity and payload."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored point: id (as a string), payload and the vectors that were asked for."""
+
+    id: str
+    payload: dict[str, Any]
+    vectors: dict[str, Vector] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """What ingest and search need from a vector store; edge and server implement it.
+
+    Scores are cosine similarities in [-1, 1] on both backends. Vectors are named
+    (`devise`, `conse`, `clip`, ...); an image point may carry only some of them.
+    """
+
+    def describe(self) -> str:
+        """Where the data lives, for messages: a directory or a URL."""
+        ...
+
+    def ensure_collections(
+        self,
+        image_vectors: dict[str, int],
+        word_dim: int | None = None,
+        *,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+    ) -> None:
+        """Create missing collections, named vectors and payload indexes; keep existing data.
+
+        A named vector that is new to an existing `images` collection is added in place.
+        A name that exists with another dimension raises StoreError.
+        `shard_number` and `replication_factor` only matter to a server cluster.
+        """
+        ...
+
+    def vector_sizes(self) -> dict[str, int]:
+        """The named vectors of `images` and their dimensions ({} before any exist)."""
+        ...
+
+    def drop_vector(self, name: str) -> None:
+        """Remove named vector `name` from `images` and from every image point."""
+        ...
+
+    def drop_words(self) -> None:
+        """Delete the words collection (before loading another vocabulary or dimension)."""
+        ...
+
+    def upsert_images(
+        self,
+        ids: Sequence[str],
+        payloads: Sequence[ImagePayload],
+        vectors: dict[str, Matrix],
+    ) -> None:
+        """Insert or replace image points; `vectors` maps a name to an (N, D) array."""
+        ...
+
+    def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
+        """Set vector `name` on existing image points, keeping their payload and other vectors."""
+        ...
+
+    def delete_images(self, ids: Sequence[str]) -> None:
+        """Delete image points; unknown ids are ignored."""
+        ...
+
+    def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
+        """Merge `payload` into one image point's payload (e.g. a moved file's new path)."""
+        ...
+
+    def search_images(
+        self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
+    ) -> list[Hit]:
+        """The `k` images nearest to `vector` by named vector `name`, best first."""
+        ...
+
+    def upsert_words(
+        self, ranks: Sequence[int], words: Sequence[str], vectors: Matrix, source: str
+    ) -> None:
+        """Insert or replace word points, one per rank."""
+        ...
+
+    def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """The `k` words nearest to `vector`, best first (`max_rank` and `min_score` apply)."""
+        ...
+
+    def count(self, collection: str, flt: SearchFilter | None = None) -> int:
+        """Exact number of points in `collection` matching `flt` (0 if it does not exist)."""
+        ...
+
+    def count_vectors(self, name: str) -> int:
+        """How many image points carry named vector `name`."""
+        ...
+
+    def facet_labels(self) -> dict[str, int]:
+        """Number of image points per label."""
+        ...
+
+    def scroll_images(
+        self,
+        with_vectors: WithVectors = False,
+        flt: SearchFilter | None = None,
+        batch: int = SCROLL_BATCH,
+    ) -> Iterator[Record]:
+        """Every image point matching `flt`, fetched `batch` at a time."""
+        ...
+
+    def retrieve_images(
+        self, ids: Sequence[str], with_vectors: WithVectors = False
+    ) -> list[Record]:
+        """The image points with these ids that exist, in no particular order."""
+        ...
+
+    def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
+        """Image points by content hash (one hash may belong to several files)."""
+        ...
+
+    def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
+        """Image points by absolute path."""
+        ...
+
+    def get_meta(self) -> dict[str, Any]:
+        """The meta document (schema version, models per named vector, word source); {} if unset."""
+        ...
+
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        """Replace the meta document."""
+        ...
+
+    def optimize(self) -> None:
+        """Compact storage after large changes. Slow: call after ingest, never while serving."""
+        ...
+
+    def flush(self) -> None:
+        """Make everything written so far durable."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the store; closing twice is harmless."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def as_matrix(vectors: Matrix | Sequence[Vector], n: int, what: str) -> Matrix:
+    """Check that `vectors` is (n, D) and finite, and return it as C-contiguous float32."""
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(f"{what}: expected ({n}, D) vectors, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{what}: vectors contain NaN or infinity")
+    return arr
+
+
+def as_vector(vector: Vector | Sequence[float]) -> list[float]:
+    """A query vector as a plain list of floats."""
+    values: list[float] = np.asarray(vector, dtype=np.float32).reshape(-1).tolist()
+    return values
+
+
+def point_id_str(point_id: object) -> str:
+    """Point ids come back as int, str or uuid.UUID depending on backend: compare as strings."""
+    return str(point_id)
+
+
+def meta_template() -> dict[str, Any]:
+    """An empty meta document at the current schema version."""
+    from qdrant.schema import SCHEMA_VERSION
+
+    return {"schema": SCHEMA_VERSION, "models": {}, "words": None}
