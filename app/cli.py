@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -135,6 +136,212 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> Any:
+    from app.settings import Settings
+
+    return Settings.from_env(
+        index=getattr(args, "index", None),
+        qdrant_url=getattr(args, "qdrant_url", None),
+        checkpoint=getattr(args, "checkpoint", None),
+        precision=getattr(args, "precision", None),
+    )
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    settings = _settings(args)
+    if settings.qdrant_url is None and getattr(args, "must_exist", False):
+        if not settings.index.exists():
+            raise CliError(
+                f"no index at {settings.index}. Fill one with `devise ingest DIR --checkpoint "
+                "CKPT` and `devise words`, or point --index / DEVISE_INDEX at it."
+            )
+    return settings, settings.open_store()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.pipeline import ingest
+
+    settings = _settings(args)
+    names = list(args.models) if args.models else ["devise"]
+    unknown = set(names) - {"devise", "conse", "clip"}
+    if unknown:
+        raise CliError(
+            f"--models: unknown model(s) {', '.join(sorted(unknown))}; "
+            "choose from devise, conse, clip"
+        )
+    embedders: list[Any] = []
+    extra: dict[str, dict[str, Any]] = {}
+    if "devise" in names:
+        from model.embedder import DeviseEmbedder
+
+        ckpt = settings.checkpoint
+        if ckpt is None:
+            raise CliError(
+                "ingest needs a DeViSE checkpoint: pass --checkpoint CKPT "
+                "(train one with `devise train DATA --out CKPT`)"
+            )
+        emb = DeviseEmbedder(ckpt, weights=args.weights, precision=settings.precision)
+        embedders.append(emb)
+        extra["devise"] = {
+            "words": emb.words_source,
+            "checkpoint": str(Path(ckpt).resolve()),
+            "backbone": emb.meta["backbone"],
+        }
+    for other in names:
+        if other != "devise":
+            raise CliError(f"--models {other}: not available in this version yet")
+    for d in args.dirs:
+        if not Path(d).exists():
+            raise CliError(f"not found: {d}")
+    store = settings.open_store()
+    try:
+        if settings.shards or settings.replicas:
+            store.ensure_collections(
+                {e.name: e.dim for e in embedders},
+                shard_number=settings.shards,
+                replication_factor=settings.replicas,
+            )
+        summary = ingest(
+            store,
+            [Path(d) for d in args.dirs],
+            embedders,
+            prune=args.prune,
+            reembed=args.reembed,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.json and sys.stderr.isatty() or args.progress,
+            model_meta=extra,
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        print(summary.line())
+        if args.verbose and summary.batches:
+            print(
+                f"backbone waited {summary.wait_seconds / summary.batches * 1000:.1f} ms per "
+                f"batch for the loader; embedding took {summary.embed_seconds:.1f}s"
+            )
+    return 0
+
+
+def cmd_words(args: argparse.Namespace) -> int:
+    from ingest.vocabulary import load_vocabulary
+    from model.words import load_words
+
+    settings = _settings(args)
+    source = args.words
+    store = settings.open_store()
+    try:
+        if source is None:
+            devise = (store.get_meta().get("models") or {}).get("devise") or {}
+            source = devise.get("words") or "glove-6b-50d"
+        words = load_words(source)
+        summary = load_vocabulary(
+            store, words, None if args.all else args.top, progress=sys.stderr.isatty()
+        )
+    finally:
+        store.close()
+    print(
+        f"{summary.words} words from {summary.source} ({summary.dim} d) in "
+        f"{summary.seconds:.1f}s"
+        + (" (replaced the previous vocabulary)" if summary.replaced else "")
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from app.service import SearchService
+
+    args.must_exist = True
+    _, store = _open_store(args)
+    try:
+        st = SearchService(store).status()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    print(f"index   {st['index']}")
+    print(f"images  {st['images']}")
+    print(f"words   {st['words']}")
+    for name, m in st["models"].items():
+        print(f"model   {name}: {m['points']} points, {m['dim']} d, id {m['id']}")
+    if not st["models"]:
+        print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
+    return 0
+
+
+def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
+    if as_json:
+        print(json.dumps(answer.to_json()))
+        return
+    if not answer.results:
+        print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): loosen the filters?")
+        return
+    if kind == "tags":
+        print(f"{'score':>7}  word")
+        for r in answer.results:
+            print(f"{r.score:7.3f}  {r.word}")
+    else:
+        print(f"{'score':>7}  {'label':<16} path")
+        for r in answer.results:
+            print(f"{r.score:7.3f}  {r.label[:16]:<16} {r.path}")
+    print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
+
+
+def _query(args: argparse.Namespace, kind: str) -> int:
+    from app.service import SearchService
+
+    args.must_exist = True
+    settings, store = _open_store(args)
+    try:
+        service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
+        common = {"model": args.model, "min_score": args.min_score, "k": args.k}
+        if kind == "search":
+            answer = service.search_text(
+                args.text, labels=args.label or (), folder=args.folder, **common
+            )
+        elif kind == "similar":
+            answer = service.similar(
+                _image_arg(args.image), labels=args.label or (), folder=args.folder, **common
+            )
+        else:
+            answer = service.tag(_image_arg(args.image), **common)
+    finally:
+        store.close()
+    _print_answer(answer, args.json, "tags" if kind == "tag" else "images")
+    return 0
+
+
+def _image_arg(text: str) -> Path:
+    p = Path(text)
+    if not p.exists():
+        raise CliError(f"image not found: {text}")
+    if p.is_dir():
+        raise CliError(f"{text} is a folder; give one image file")
+    return p
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return _query(args, "search")
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    return _query(args, "similar")
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    return _query(args, "tag")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.web import serve
+
+    return serve(_settings(args), host=args.host, port=args.port, auth=args.auth)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -238,6 +445,123 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
     e.set_defaults(func=cmd_eval)
 
+    def index_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--index",
+            default=None,
+            help="embedded index folder (default $DEVISE_INDEX or ./data/index)",
+        )
+        sp.add_argument(
+            "--qdrant-url",
+            default=None,
+            help="use a Qdrant server instead ($QDRANT_URL; key in $QDRANT_API_KEY)",
+        )
+
+    i = sub.add_parser("ingest", help="index folders of images (incremental, idempotent)")
+    i.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or image files) to index")
+    i.add_argument(
+        "--checkpoint",
+        default=None,
+        help="DeViSE checkpoint ($DEVISE_CHECKPOINT); needed for --models devise",
+    )
+    i.add_argument(
+        "--models",
+        type=_csv,
+        default=None,
+        help="comma-separated models to compute (default: devise)",
+    )
+    i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
+    i.add_argument("--prune", action="store_true", help="delete points whose files are gone")
+    i.add_argument(
+        "--reembed",
+        action="store_true",
+        help="replace vectors made by a different model instead of refusing",
+    )
+    i.add_argument("--batch-size", type=_positive_int, default=32)
+    i.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
+    i.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default=None,
+        help="backbone numerics (default auto: bf16 where the CPU has it)",
+    )
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar even when stderr is not a terminal",
+    )
+    index_flags(i)
+    i.set_defaults(func=cmd_ingest)
+
+    w = sub.add_parser("words", help="load the vocabulary's word vectors into the index")
+    w.add_argument(
+        "--words",
+        default=None,
+        help="word source (default: the one the DeViSE checkpoint was trained with)",
+    )
+    w.add_argument(
+        "--top",
+        type=_positive_int,
+        default=100_000,
+        help="the N most frequent alphabetic words (default 100000)",
+    )
+    w.add_argument("--all", action="store_true", help="the whole vocabulary")
+    index_flags(w)
+    w.set_defaults(func=cmd_words)
+
+    st = sub.add_parser("status", help="what the index holds")
+    st.add_argument("--json", action="store_true")
+    index_flags(st)
+    st.set_defaults(func=cmd_status)
+
+    def query_flags(sp: argparse.ArgumentParser, filters: bool = True) -> None:
+        sp.add_argument("--model", choices=["devise", "conse", "clip"], default="devise")
+        if filters:
+            sp.add_argument(
+                "--label",
+                action="append",
+                default=None,
+                help="only images with this label (repeatable: any of)",
+            )
+            sp.add_argument("--folder", default=None, help="only images under this folder")
+        sp.add_argument("-k", type=int, default=10, help="number of results (1-1000)")
+        sp.add_argument(
+            "--min-score",
+            type=float,
+            default=None,
+            help="drop results scoring below this cosine (0-1)",
+        )
+        sp.add_argument("--json", action="store_true", help="print JSON")
+        sp.add_argument(
+            "--checkpoint",
+            default=None,
+            help="DeViSE checkpoint, if not the one that built the index",
+        )
+        sp.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None)
+        index_flags(sp)
+
+    s1 = sub.add_parser("search", help="text -> images: find images of a word or phrase")
+    s1.add_argument("text")
+    query_flags(s1)
+    s1.set_defaults(func=cmd_search)
+    s2 = sub.add_parser("similar", help="image -> images: find images like this one")
+    s2.add_argument("image")
+    query_flags(s2)
+    s2.set_defaults(func=cmd_similar)
+    s3 = sub.add_parser("tag", help="image -> tags: the words nearest to an image")
+    s3.add_argument("image")
+    query_flags(s3, filters=False)
+    s3.set_defaults(func=cmd_tag)
+
+    sv = sub.add_parser("serve", help="start the web app")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--auth", default=None, help="user:pass for the web app ($DEVISE_AUTH)")
+    sv.add_argument("--checkpoint", default=None)
+    index_flags(sv)
+    sv.set_defaults(func=cmd_serve)
+
     m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo (and later launch it)")
     m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
     m.add_argument("--no-launch", action="store_true", help="stop after building")
@@ -254,6 +578,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("model.checkpoint", "CheckpointError"),
         ("model.images", "ImageError"),
         ("model.embedder", "UnknownWordsError"),
+        ("qdrant.errors", "StoreError"),
+        ("ingest.pipeline", "IngestError"),
+        ("app.service", "ServiceError"),
     ]:
         module = sys.modules.get(mod)
         if module is not None:

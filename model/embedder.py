@@ -20,7 +20,7 @@ from PIL import Image
 from model.backbones import RANDOM_INIT, Backbone, load_backbone
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.devise import DeviseHead
-from model.images import to_array
+from model.images import Preprocess, to_array
 from model.words import WordVectors, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -123,6 +123,10 @@ class DeviseEmbedder:
                     bb = load_backbone(self.meta["backbone"], weights, self._precision)
                 self._backbone = bb
             return self._backbone
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.backbone.spec.preprocess
 
     def set_backbone(self, backbone: Backbone) -> None:
         """Inject an already built backbone (tests, or several embedders sharing one)."""

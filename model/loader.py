@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from model.images import ImageError, Preprocess, load_array
+from model.images import ImageError, Preprocess, decode_image_info, to_array
 
 #: Batches decoded ahead of the one being embedded: enough to hide decode jitter, small
 #: enough that 3 x 32 x 3 x 224 x 224 float32 (~58 MB) bounds the memory.
@@ -27,28 +27,42 @@ LOOKAHEAD_BATCHES = 3
 @dataclass
 class Batch:
     indices: list[int]  # positions in the input sequence of the images that decoded
-    array: npt.NDArray[np.float32]  # (len(indices), 3, H, W)
+    arrays: list[npt.NDArray[np.float32]]  # one (len(indices), 3, H, W) array per spec
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each file's own (w, h)
     failures: list[tuple[int, ImageError]] = field(default_factory=list)
     wait_s: float = 0.0  # how long the consumer waited for this batch (loader starvation)
 
+    @property
+    def array(self) -> npt.NDArray[np.float32]:
+        """The array for the first (usually only) preprocessing spec."""
+        return self.arrays[0]
+
+
+def _empty(spec: Preprocess) -> npt.NDArray[np.float32]:
+    return np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
+
 
 def _load_chunk(
-    chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]], spec: Preprocess
+    chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]], specs: Sequence[Preprocess]
 ) -> Batch:
-    arrays: list[npt.NDArray[np.float32]] = []
+    per_spec: list[list[npt.NDArray[np.float32]]] = [[] for _ in specs]
     indices: list[int] = []
+    sizes: list[tuple[int, int]] = []
     failures: list[tuple[int, ImageError]] = []
+    draft = max(s.resize for s in specs)
     for i, src in chunk:
         try:
-            arrays.append(load_array(src, spec))
-            indices.append(i)
+            info = decode_image_info(src, draft_size=draft)
+            arrays = [to_array(info.image, spec) for spec in specs]
         except ImageError as e:
             failures.append((i, e))
-    if arrays:
-        array = np.stack(arrays)
-    else:
-        array = np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
-    return Batch(indices, array, failures)
+            continue
+        for acc, arr in zip(per_spec, arrays, strict=True):
+            acc.append(arr)
+        indices.append(i)
+        sizes.append((info.width, info.height))
+    stacked = [np.stack(a) if a else _empty(s) for a, s in zip(per_spec, specs, strict=True)]
+    return Batch(indices, stacked, sizes, failures)
 
 
 def default_workers() -> int:
@@ -57,12 +71,17 @@ def default_workers() -> int:
 
 def iter_batches(
     sources: Sequence[str | os.PathLike[str] | bytes],
-    spec: Preprocess,
+    spec: Preprocess | Sequence[Preprocess],
     batch_size: int = 32,
     workers: int | None = None,
     lookahead: int = LOOKAHEAD_BATCHES,
 ) -> Iterator[Batch]:
-    """Yield decoded batches in input order; bad images are reported in `Batch.failures`."""
+    """Yield decoded batches in input order; bad images are reported in `Batch.failures`.
+
+    With several preprocessing specs (backbones that differ in size or normalisation),
+    each image is decoded once and preprocessed once per spec.
+    """
+    specs = [spec] if isinstance(spec, Preprocess) else list(spec)
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
     items = list(enumerate(sources))
@@ -78,7 +97,7 @@ def iter_batches(
             step = max(1, -(-len(chunk) // n_workers))
             pending.append(
                 [
-                    pool.submit(_load_chunk, chunk[j : j + step], spec)
+                    pool.submit(_load_chunk, chunk[j : j + step], specs)
                     for j in range(0, len(chunk), step)
                 ]
             )
@@ -96,10 +115,10 @@ def iter_batches(
             nxt = next(it, None)
             if nxt is not None:
                 submit(nxt)
-            arrays = [b.array for b in done if len(b.indices)]
             yield Batch(
                 indices=[i for b in done for i in b.indices],
-                array=np.concatenate(arrays) if arrays else done[0].array,
+                arrays=[np.concatenate([b.arrays[s] for b in done]) for s in range(len(specs))],
+                sizes=[sz for b in done for sz in b.sizes],
                 failures=[f for b in done for f in b.failures],
                 wait_s=wait,
             )

@@ -155,8 +155,12 @@ def _load_packaged_glove() -> KeyedVectors:
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
     words = pq.read_table(root / "glove_6B_index.parquet", columns=["index"]).column(0)
     keys = [str(w) for w in words.to_pylist()]
-    kv = KeyedVectors(vector_size=int(vectors.shape[1]), count=len(keys))
-    kv.add_vectors(keys, np.asarray(vectors, dtype=np.float32))
+    # Fill the table directly: KeyedVectors(count=n).add_vectors() would append after n
+    # empty slots, and add_vectors() alone spends seconds on checks we do not need.
+    kv = KeyedVectors(vector_size=int(vectors.shape[1]))
+    kv.index_to_key = keys
+    kv.key_to_index = {w: i for i, w in enumerate(keys)}
+    kv.vectors = np.asarray(vectors, dtype=np.float32)
     return kv
 
 

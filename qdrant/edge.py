@@ -529,6 +529,24 @@ class EdgeStore:
             found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
         return found
 
+    def find_words(self, words: Sequence[str]) -> dict[str, Vector]:
+        """Stored vectors of these words (those in the vocabulary), keyed by word."""
+        shard = self._shard(WORDS)
+        if shard is None or not words:
+            return {}
+        flt = qe.Filter(must=[qe.FieldCondition("word", match=qe.MatchAny(list(words)))])
+        raw, _ = shard.scroll(
+            qe.ScrollRequest(
+                limit=len(words) + 1, filter=flt, with_payload=True, with_vector=[WORD_VECTOR]
+            )
+        )
+        out: dict[str, Vector] = {}
+        for rec in self._records(raw):
+            vec = rec.vectors.get(WORD_VECTOR)
+            if vec is not None:
+                out[str(rec.payload.get("word"))] = vec
+        return out
+
     def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
         """Image points by absolute path."""
         return {

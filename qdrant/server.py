@@ -439,6 +439,26 @@ class ServerStore:
             found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
         return found
 
+    def find_words(self, words: Sequence[str]) -> dict[str, Vector]:
+        """Stored vectors of these words (those in the vocabulary), keyed by word."""
+        if not words or not self._exists(WORDS):
+            return {}
+        flt = m.Filter(must=[m.FieldCondition(key="word", match=m.MatchAny(any=list(words)))])
+        with self._guard("look up words"):
+            raw, _ = self.client.scroll(
+                WORDS,
+                scroll_filter=flt,
+                limit=len(words) + 1,
+                with_payload=True,
+                with_vectors=[WORD_VECTOR],
+            )
+        out: dict[str, Vector] = {}
+        for rec in self._records(raw):
+            vec = rec.vectors.get(WORD_VECTOR)
+            if vec is not None:
+                out[str(rec.payload.get("word"))] = vec
+        return out
+
     def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
         """Image points by absolute path."""
         records = self._find("path", [abs_posix(p) for p in paths])

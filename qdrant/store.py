@@ -149,6 +149,10 @@ class Store(Protocol):
         """Image points by content hash (one hash may belong to several files)."""
         ...
 
+    def find_words(self, words: Sequence[str]) -> dict[str, Vector]:
+        """Stored vectors of these words (those in the vocabulary), keyed by word."""
+        ...
+
     def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
         """Image points by absolute path."""
         ...

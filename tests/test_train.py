@@ -17,16 +17,28 @@ from model.words import WordVectors
 from tests.conftest import draw_image
 
 
-def test_training_smoke_random_resnet18(tiny_folder: Path, tmp_path: Path, glove: WordVectors) -> None:
+def test_training_smoke_random_resnet18(
+    tiny_folder: Path, tmp_path: Path, glove: WordVectors
+) -> None:
     out = tmp_path / "ck.safetensors"
-    cfg = TrainConfig(backbone="resnet18", weights=None, epochs=15, lr=3e-3, batch_size=8,
-                      val_fraction=0.25, cache_dir=tmp_path / "cache")
+    cfg = TrainConfig(
+        backbone="resnet18",
+        weights=None,
+        epochs=15,
+        lr=3e-3,
+        batch_size=8,
+        val_fraction=0.25,
+        cache_dir=tmp_path / "cache",
+    )
     result = train(tiny_folder, out, cfg, words=glove)
     assert result.losses[-1] < result.losses[0]
     assert min(result.losses) < 0.5 * result.losses[0]
     meta = read_meta(out)
     assert meta["backbone"] == "resnet18" and meta["weights"] == "random-init"
-    assert meta["labels"] == ["cat", "truck"] and meta["words"] == {"source": "glove-6b-50d", "dim": 50}
+    assert meta["labels"] == ["cat", "truck"] and meta["words"] == {
+        "source": "glove-6b-50d",
+        "dim": 50,
+    }
     assert meta["content_hash"] == result.content_hash
     # the checkpoint carries its random backbone, so it embeds the same way after reload
     model = DeviseEmbedder(out)
@@ -52,7 +64,9 @@ def test_unknown_labels_fail_before_training(tmp_path: Path, glove: WordVectors)
     assert not (tmp_path / "ck.safetensors").exists()
 
 
-def test_cli_reports_bad_input_with_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_bad_input_with_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["eval", str(tmp_path), "--checkpoint", str(tmp_path / "nope.safetensors")]) == 1
     err = capsys.readouterr().err
     assert "checkpoint not found" in err and "devise train" in err
@@ -78,13 +92,53 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 def test_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     assert main(["datasets", "fashion-mnist", str(tmp_path / "train"), "--limit", "300"]) == 0
-    assert main(["datasets", "fashion-mnist", str(tmp_path / "test"), "--split", "test",
-                 "--limit", "200"]) == 0
+    assert (
+        main(
+            [
+                "datasets",
+                "fashion-mnist",
+                str(tmp_path / "test"),
+                "--split",
+                "test",
+                "--limit",
+                "200",
+            ]
+        )
+        == 0
+    )
     ck = tmp_path / "ck.safetensors"
-    assert main(["--cache", str(cache), "train", str(tmp_path / "train"), "--out", str(ck),
-                 "--holdout", "sandal,shirt", "--epochs", "30", "--precision", "bf16"]) == 0
-    assert main(["--cache", str(cache), "eval", str(tmp_path / "test"), "--checkpoint", str(ck),
-                 "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "--cache",
+                str(cache),
+                "train",
+                str(tmp_path / "train"),
+                "--out",
+                str(ck),
+                "--holdout",
+                "sandal,shirt",
+                "--epochs",
+                "30",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--cache",
+                str(cache),
+                "eval",
+                str(tmp_path / "test"),
+                "--checkpoint",
+                str(ck),
+                "--json",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report) >= {"labels", "holdout", "chance", "models"}
     assert report["holdout"] == ["sandal", "shirt"]

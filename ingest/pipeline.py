@@ -1,0 +1,412 @@
+"""Folders of images become points: walk -> hash what changed -> load -> embed -> upsert.
+
+Idempotent and incremental:
+- a file whose path, mtime and size match its point is skipped;
+- a file whose content (sha256) is already indexed under a path that is gone is a move:
+  its vectors are reused, nothing is re-embedded;
+- every batch is upserted as soon as it is embedded, so a killed run loses only the batch
+  in flight, and the rerun finishes the job (point ids are uuid5 of the path: no duplicates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from model.images import Preprocess, is_image_path
+from model.loader import default_workers, iter_batches
+from model.words import label_name
+from qdrant.filters import SearchFilter
+from qdrant.schema import abs_posix, image_payload, image_point_id
+from qdrant.store import Record, Store
+
+log = logging.getLogger(__name__)
+Float32Array = npt.NDArray[np.float32]
+
+
+class IngestError(RuntimeError):
+    pass
+
+
+class ArrayEmbedder(Protocol):
+    """What ingest needs of an embedder: its identity, its input spec, and a batch call."""
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def content_id(self) -> str: ...
+
+    @property
+    def preprocess(self) -> Preprocess: ...
+
+    def embed_arrays(self, arrays: Float32Array) -> Float32Array: ...
+
+
+@dataclass
+class IngestSummary:
+    indexed: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    pruned: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    wait_seconds: float = 0.0  # time the embedders waited for the loader threads
+    batches: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "indexed": self.indexed,
+            "unchanged": self.unchanged,
+            "moved": self.moved,
+            "pruned": self.pruned,
+            "failed": dict(self.failed),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def line(self) -> str:
+        failed = sum(self.failed.values())
+        why = ", ".join(f"{r}: {n}" for r, n in sorted(self.failed.items()))
+        return (
+            f"indexed {self.indexed}, unchanged {self.unchanged}, moved {self.moved}, "
+            f"pruned {self.pruned}, failed {failed}"
+            + (f" ({why})" if why else "")
+            + f" in {self.seconds:.1f}s"
+        )
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # absolute posix path, symlinks not resolved
+    size: int
+    mtime: float
+    label: str
+
+
+def _label_for(path: Path, root: Path) -> str:
+    """The class folder name: the file's parent folder (wnids mapped to names)."""
+    parent = path.parent if path.parent != root.parent else root
+    return label_name(parent.name or root.name)
+
+
+def walk_images(roots: Sequence[Path], on_error: Callable[[str, str], None]) -> Iterator[FileEntry]:
+    """Image files under `roots`, following folder symlinks but never around a loop."""
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[str] = set()
+    for root in roots:
+        root = Path(abs_posix(root))
+        if root.is_file():
+            candidates: Iterator[tuple[Path, Path]] = iter([(root, root.parent)])
+        elif root.is_dir():
+            candidates = _walk_dir(root, seen_dirs, on_error)
+        else:
+            raise IngestError(f"not a folder or image file: {root}")
+        for path, label_root in candidates:
+            key = str(path)
+            if key in seen_files or not is_image_path(path):
+                continue
+            seen_files.add(key)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                on_error(key, "missing")
+                continue
+            except OSError as e:
+                on_error(key, "unreadable" if not isinstance(e, RecursionError) else "symlink loop")
+                continue
+            if not path.is_file():
+                continue
+            yield FileEntry(key, st.st_size, st.st_mtime, _label_for(path, label_root))
+
+
+def _walk_dir(
+    root: Path, seen_dirs: set[tuple[int, int]], on_error: Callable[[str, str], None]
+) -> Iterator[tuple[Path, Path]]:
+    def onerror(e: OSError) -> None:
+        on_error(str(e.filename), "unreadable folder")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:  # a symlink loop or a folder reached twice: walk it once
+            dirnames[:] = []
+            continue
+        seen_dirs.add(key)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith("."):
+                yield Path(dirpath) / f, root
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_models(store: Store, embedders: Sequence[ArrayEmbedder], reembed: bool) -> None:
+    """Refuse to mix vectors of two models under one name, unless asked to replace them."""
+    meta = store.get_meta()
+    sizes = store.vector_sizes()
+    for emb in embedders:
+        rec = (meta.get("models") or {}).get(emb.name)
+        if rec and rec.get("id") != emb.content_id:
+            if not reembed:
+                raise IngestError(
+                    f"the index {store.describe()} holds {emb.name} vectors of model "
+                    f"{rec.get('id')}, not {emb.content_id}. Re-run with --reembed to replace "
+                    f"them, or use another --index."
+                )
+            log.warning("replacing %s vectors of model %s", emb.name, rec.get("id"))
+            if emb.name in sizes:
+                store.drop_vector(emb.name)
+        elif emb.name in sizes and sizes[emb.name] != emb.dim:
+            raise IngestError(
+                f"the index has {emb.name} vectors of dimension {sizes[emb.name]}, "
+                f"the model makes {emb.dim}: re-run with --reembed or use another --index"
+            )
+
+
+def record_models(
+    store: Store, embedders: Sequence[ArrayEmbedder], extra: dict[str, dict[str, Any]]
+) -> None:
+    meta = store.get_meta()
+    models = dict(meta.get("models") or {})
+    for emb in embedders:
+        models[emb.name] = {"dim": emb.dim, "id": emb.content_id, **extra.get(emb.name, {})}
+    meta["models"] = models
+    store.set_meta(meta)
+
+
+class _Bar:
+    """A tqdm bar that goes to stderr, or nothing at all when progress is off."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(
+            total=total,
+            desc="ingest",
+            unit="img",
+            dynamic_ncols=True,
+            disable=not enabled,
+            file=sys.stderr,
+        )
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def ingest(
+    store: Store,
+    roots: Sequence[Path],
+    embedders: Sequence[ArrayEmbedder],
+    *,
+    prune: bool = False,
+    reembed: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: bool = True,
+    model_meta: dict[str, dict[str, Any]] | None = None,
+    on_batch: Callable[[IngestSummary], None] | None = None,
+) -> IngestSummary:
+    """Index every image under `roots` with every embedder; see the module doc."""
+    t0 = time.perf_counter()
+    if not embedders:
+        raise IngestError("no model to ingest with: pass --checkpoint or --models conse")
+    summary = IngestSummary()
+    names = [e.name for e in embedders]
+
+    def skip(path: str, reason: str, detail: str = "") -> None:
+        summary.failed[reason] += 1
+        msg = f"skipping {path!r}: {reason}" + (f" ({detail})" if detail else "")
+        tqdm.write(msg, file=sys.stderr) if progress else log.warning(msg)
+
+    _check_models(store, embedders, reembed)
+    store.ensure_collections({e.name: e.dim for e in embedders})
+    record_models(store, embedders, model_meta or {})
+
+    files = list(walk_images(roots, lambda p, r: skip(p, r)))
+    existing = store.find_by_path([f.path for f in files]) if files else {}
+    has_vectors = _vectors_present(store, existing, names)
+
+    todo: list[FileEntry] = []
+    for f in files:
+        rec = existing.get(f.path)
+        same = (
+            rec is not None
+            and int(rec.payload.get("bytes", -1)) == f.size
+            # stores keep mtime to the microsecond at best: compare within a millisecond
+            and abs(float(rec.payload.get("mtime", -1)) - f.mtime) < 1e-3
+        )
+        if same and has_vectors.get(f.path, set()) >= set(names):
+            summary.unchanged += 1
+        else:
+            todo.append(f)
+
+    # Hash what changed (in threads: it is I/O) to find moved files.
+    n_workers = workers or default_workers()
+    hashes: dict[str, str] = {}
+    if todo:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="hash") as pool:
+            for f, digest in zip(todo, pool.map(_safe_sha, [f.path for f in todo]), strict=True):
+                if digest:
+                    hashes[f.path] = digest
+    to_embed: list[FileEntry] = []
+    by_hash = store.find_by_sha256(sorted(set(hashes.values()))) if hashes else {}
+    for f in todo:
+        digest = hashes.get(f.path)
+        if digest is None:
+            skip(f.path, "unreadable")
+            continue
+        donor = _reusable(store, by_hash.get(digest, []), f.path, names)
+        if donor is None:
+            to_embed.append(f)
+            continue
+        payload = dict(donor.payload)
+        payload.update(
+            image_payload(
+                f.path,
+                label=f.label,
+                width=payload.get("width", 0),
+                height=payload.get("height", 0),
+                size_bytes=f.size,
+                mtime=f.mtime,
+                sha256=digest,
+            )
+        )
+        reused = {n: donor.vectors[n][None, :] for n in names}
+        store.upsert_images([image_point_id(f.path)], [payload], reused)  # type: ignore[list-item]
+        if not os.path.exists(donor.payload.get("path", "")):
+            store.delete_images([donor.id])  # after the upsert: a kill in between loses nothing
+            summary.moved += 1
+        else:
+            summary.indexed += 1  # a copy of an indexed file: same vectors, new point
+
+    bar = _Bar(len(to_embed), progress)
+    try:
+        specs = _unique_specs(embedders)
+        paths = [f.path for f in to_embed]
+        for batch in iter_batches(paths, [s for s, _ in specs], batch_size, n_workers):
+            summary.batches += 1
+            summary.wait_seconds += batch.wait_s
+            for i, err in batch.failures:
+                skip(to_embed[i].path, err.reason, err.detail)
+            if batch.indices:
+                te = time.perf_counter()
+                vectors: dict[str, Float32Array] = {}
+                for (_, members), arr in zip(specs, batch.arrays, strict=True):
+                    for emb in members:
+                        vectors[emb.name] = emb.embed_arrays(arr)
+                summary.embed_seconds += time.perf_counter() - te
+                entries = [to_embed[i] for i in batch.indices]
+                payloads = [
+                    image_payload(
+                        f.path,
+                        label=f.label,
+                        width=w,
+                        height=h,
+                        size_bytes=f.size,
+                        mtime=f.mtime,
+                        sha256=hashes[f.path],
+                    )
+                    for f, (w, h) in zip(entries, batch.sizes, strict=True)
+                ]
+                store.upsert_images([image_point_id(f.path) for f in entries], payloads, vectors)  # type: ignore[arg-type]
+                summary.indexed += len(entries)
+            bar.update(len(batch.indices) + len(batch.failures))
+            if on_batch is not None:
+                on_batch(summary)
+    finally:
+        bar.close()
+        store.flush()
+
+    if prune:
+        summary.pruned = prune_missing(store, roots)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _safe_sha(path: str) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def _unique_specs(
+    embedders: Sequence[ArrayEmbedder],
+) -> list[tuple[Preprocess, list[ArrayEmbedder]]]:
+    """Group embedders by input spec, so each image is preprocessed once per distinct spec."""
+    groups: dict[Preprocess, list[ArrayEmbedder]] = {}
+    for e in embedders:
+        groups.setdefault(e.preprocess, []).append(e)
+    return list(groups.items())
+
+
+def _vectors_present(
+    store: Store, existing: dict[str, Any], names: Sequence[str]
+) -> dict[str, set[str]]:
+    """Which of `names` each existing point already carries."""
+    if not existing:
+        return {}
+    ids = [rec.id for rec in existing.values()]
+    out: dict[str, set[str]] = {}
+    for start in range(0, len(ids), 512):
+        for rec in store.retrieve_images(ids[start : start + 512], with_vectors=list(names)):
+            out[str(rec.payload.get("path"))] = {n for n, v in rec.vectors.items() if v is not None}
+    return out
+
+
+def _reusable(
+    store: Store, candidates: Sequence[Record], path: str, names: Sequence[str]
+) -> Record | None:
+    """A point with the same content under another path that carries every vector we need."""
+    ids = [rec.id for rec in candidates if rec.payload.get("path") != path]
+    if not ids:
+        return None
+    for rec in store.retrieve_images(ids, with_vectors=list(names)):
+        if all(rec.vectors.get(n) is not None for n in names):
+            return rec
+    return None
+
+
+def prune_missing(store: Store, roots: Sequence[Path]) -> int:
+    """Delete the points under `roots` whose files are gone; returns how many."""
+    gone: list[str] = []
+    for root in roots:
+        if not Path(root).is_dir():
+            continue  # a single file given on the command line: nothing beneath it to prune
+        flt = SearchFilter(folder=abs_posix(root))
+        for rec in store.scroll_images(with_vectors=False, flt=flt):
+            if not os.path.exists(str(rec.payload.get("path", ""))):
+                gone.append(rec.id)
+    for start in range(0, len(gone), 512):
+        store.delete_images(gone[start : start + 512])
+    return len(gone)
