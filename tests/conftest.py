@@ -76,3 +76,24 @@ def glove() -> WordVectors:
     from model.words import load_words
 
     return load_words()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, glove: WordVectors) -> Path:
+    """A real DeViSE checkpoint on a random-init resnet18, trained for a few seconds."""
+    from model.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_image_folder(root / "data", {"cat": "disc", "truck": "stripes"}, 12)
+    cfg = TrainConfig(
+        backbone="resnet18",
+        weights=None,
+        epochs=10,
+        lr=3e-3,
+        batch_size=8,
+        val_fraction=0.25,
+        cache_dir=root / "cache",
+    )
+    out = root / "tiny.safetensors"
+    train(data, out, cfg, words=glove)
+    return out

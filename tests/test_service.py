@@ -1,0 +1,201 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from app.service import (
+    BadQueryError,
+    EmptyIndexError,
+    ModelMissingError,
+    SearchService,
+    fold_inflections,
+)
+from ingest.pipeline import ingest
+from model.images import ImageError
+from qdrant.edge import EdgeStore
+from tests.conftest import draw_image, make_image_folder
+from tests.fakes import FakeEmbedder
+from tests.test_ingest import make_tree
+
+
+def toy_vocabulary(store: EdgeStore, emb: FakeEmbedder) -> dict[str, np.ndarray]:
+    """Words placed where the fake embedder puts discs and stripes, plus inflections."""
+    disc = emb.embed_images([draw_image("disc", 1)])[0]
+    stripes = emb.embed_images([draw_image("stripes", 1)])[0]
+    rng = np.random.default_rng(0)
+    words = {
+        "ball": disc,
+        "balls": disc * 0.99 + 0.01 * rng.standard_normal(8).astype(np.float32),
+        "zebra": stripes,
+        "stripe": stripes * 0.95 + 0.05 * rng.standard_normal(8).astype(np.float32),
+        "rare": rng.standard_normal(8).astype(np.float32),
+    }
+    ranks = {"ball": 10, "balls": 11, "zebra": 20, "stripe": 30, "rare": 90_000}
+    names = list(words)
+    vecs = np.stack([words[w] / np.linalg.norm(words[w]) for w in names]).astype(np.float32)
+    store.ensure_collections({}, 8)
+    store.upsert_words([ranks[w] for w in names], names, vecs, "toy")
+    meta = store.get_meta()
+    meta["words"] = {"source": "toy", "dim": 8, "count": len(names)}
+    store.set_meta(meta)
+    return words
+
+
+@pytest.fixture
+def indexed(tmp_path: Path):  # type: ignore[no-untyped-def]
+    root = tmp_path / "photos"
+    make_tree(root)
+    store = EdgeStore(tmp_path / "index")
+    emb = FakeEmbedder()
+    ingest(store, [root], [emb], progress=False, model_meta={"devise": {"words": "toy"}})  # type: ignore[list-item]
+    toy_vocabulary(store, emb)
+
+    def factory(model: str, rec: dict[str, Any]) -> FakeEmbedder:
+        if model != "devise":
+            raise ModelMissingError(model)
+        return emb
+
+    yield SearchService(store, embedder_factory=factory), root, emb
+    store.close()
+
+
+def test_text_search_and_every_filter(indexed) -> None:  # type: ignore[no-untyped-def]
+    service, root, _ = indexed
+    a = service.search_text("zebra", k=5)
+    assert a.model == "devise" and a.took_ms >= 0 and len(a.results) == 5
+    assert all(r.label == "truck" for r in a.results)  # stripes are the trucks
+    scores = [r.score for r in a.results]
+    assert scores == sorted(scores, reverse=True)
+    # phrase = mean of its words; unknown words among known ones are ignored
+    assert service.search_text("ball qqqzzz", k=3).results[0].label in {"cat", "dog"}
+    # labels (any of)
+    only = service.search_text("zebra", labels=["cat", "dog"], k=20).results
+    assert {r.label for r in only} == {"cat", "dog"} and len(only) == 9
+    # folder prefix
+    animals = service.search_text("zebra", folder=str(root / "animals"), k=20).results
+    assert len(animals) == 9 and all("/animals/" in r.path for r in animals)
+    assert service.search_text("zebra", folder=str(root / "anim"), k=20).results == []
+    # both together
+    both = service.search_text("ball", labels=["dog"], folder=str(root / "animals"), k=20).results
+    assert len(both) == 4 and {r.label for r in both} == {"dog"}
+    # minimum score
+    all_scores = [r.score for r in service.search_text("ball", k=15).results]
+    cut = sorted(all_scores)[len(all_scores) // 2]
+    above = service.search_text("ball", min_score=cut, k=15).results
+    assert above and all(r.score >= cut - 1e-6 for r in above)
+    assert len(above) < len(all_scores)
+    # all together
+    combo = service.search_text("ball", labels=["cat"], folder=str(root), min_score=cut, k=15)
+    assert all(r.label == "cat" and r.score >= cut - 1e-6 for r in combo.results)
+
+
+def test_similar_uses_the_stored_vector_of_an_indexed_image(indexed) -> None:  # type: ignore[no-untyped-def]
+    service, root, emb = indexed
+    query = root / "vehicles/truck/0.png"
+    before = emb.calls
+    a = service.similar(query, k=3)
+    assert emb.calls == before  # no recompute for an indexed path
+    assert len(a.results) == 3 and str(query) not in [r.path for r in a.results]
+    assert all(r.label == "truck" for r in a.results)
+    # an upload (bytes) is embedded
+    b = service.similar(query.read_bytes(), k=3)
+    assert emb.calls == before + 1 and b.results[0].path == str(query)
+    with pytest.raises(ImageError):
+        service.similar(b"<html>not an image</html>", k=3)
+
+
+def test_tags_fold_inflections_and_respect_max_rank(indexed) -> None:  # type: ignore[no-untyped-def]
+    service, root, _ = indexed
+    tags = service.tag(root / "animals/cat/0.png", k=5)
+    words = [t.word for t in tags.results]
+    assert words[0] in {"ball", "balls"} and not {"ball", "balls"} <= set(words)
+    assert "rare" not in words  # rank 90000 is beyond the default max rank
+    assert "rare" in [
+        t.word for t in service.tag(root / "animals/cat/0.png", k=5, max_rank=100_000).results
+    ]
+    assert fold_inflections(
+        [("cats", 0.9), ("cat", 0.8), ("boxes", 0.7), ("box", 0.6), ("bus", 0.5)]
+    ) == [("cats", 0.9), ("boxes", 0.7), ("bus", 0.5)]
+
+
+def test_errors_are_clear(indexed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    service, _, _ = indexed
+    with pytest.raises(BadQueryError, match="empty"):
+        service.search_text("   ")
+    with pytest.raises(BadQueryError, match="'qqqzzz'"):
+        service.search_text("qqqzzz")
+    with pytest.raises(BadQueryError, match="limit"):
+        service.search_text("ball " * 2000)
+    for k in (0, 100_000):
+        with pytest.raises(BadQueryError, match="k must be"):
+            service.search_text("ball", k=k)
+    with pytest.raises(BadQueryError, match="min score"):
+        service.search_text("ball", min_score=-0.5)
+    with pytest.raises(ModelMissingError, match="no 'conse' vectors"):
+        service.search_text("ball", model="conse")
+    empty = SearchService(EdgeStore(tmp_path / "empty"))
+    with pytest.raises(EmptyIndexError, match="devise ingest"):
+        empty.search_text("ball")
+    empty.store.close()
+
+
+def test_unknown_word_suggests_near_spellings(tmp_path: Path, glove) -> None:  # type: ignore[no-untyped-def]
+    from ingest.vocabulary import load_vocabulary
+
+    store = EdgeStore(tmp_path / "index")
+    make_image_folder(tmp_path / "p", {"cat": "disc"}, 2)
+    ingest(store, [tmp_path / "p"], [FakeEmbedder()], progress=False)  # type: ignore[list-item]
+    load_vocabulary(store, glove, 2000, progress=False)
+    service = SearchService(store)
+    with pytest.raises(BadQueryError, match=r"'housse' \(did you mean .*house"):
+        service.search_text("housse")
+    store.close()
+
+
+def test_cli_json_shapes_end_to_end(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_image_folder(tmp_path / "gallery", {"cat": "disc", "truck": "stripes"}, 6)
+    idx = ["--index", str(tmp_path / "index")]
+
+    def run_json(argv: list[str]) -> Any:
+        capsys.readouterr()
+        assert main(argv) == 0
+        return json.loads(capsys.readouterr().out)
+
+    ing = run_json(["ingest", str(data), "--checkpoint", str(tiny_checkpoint), "--json", *idx])
+    assert set(ing) == {"indexed", "unchanged", "moved", "pruned", "failed", "seconds"}
+    assert ing["indexed"] == 12 and ing["failed"] == {}
+    assert main(["words", "--top", "20000", *idx]) == 0
+    st = run_json(["status", "--json", *idx])
+    assert set(st) == {"index", "images", "words", "models"}
+    assert st["images"] == 12 and st["words"] == 20000
+    assert set(st["models"]["devise"]) == {"dim", "id", "points"}
+    assert st["models"]["devise"]["points"] == 12 and st["models"]["devise"]["dim"] == 50
+    s = run_json(["search", "cat", "-k", "4", "--json", *idx])
+    assert set(s) == {"model", "took_ms", "results"} and len(s["results"]) == 4
+    assert set(s["results"][0]) == {"path", "score", "label", "folder"}
+    img = str(data / "cat" / "000.png")
+    sim = run_json(["similar", img, "-k", "3", "--label", "truck", "--json", *idx])
+    assert len(sim["results"]) == 3 and {r["label"] for r in sim["results"]} == {"truck"}
+    tags = run_json(["tag", img, "-k", "5", "--json", *idx])
+    assert len(tags["results"]) == 5 and set(tags["results"][0]) == {"word", "score"}
+    # a photo that is not in the index is embedded with the checkpoint's backbone
+    draw_image("disc", 4242).save(tmp_path / "new.png")
+    tags2 = run_json(["tag", str(tmp_path / "new.png"), "--json", *idx])
+    assert len(tags2["results"]) == 10
+    # bad input: clear message, non-zero exit, no traceback
+    capsys.readouterr()
+    assert main(["search", "", *idx]) == 1
+    assert main(["tag", str(tmp_path / "missing.png"), *idx]) == 1
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    assert main(["tag", str(tmp_path / "bad.jpg"), *idx]) == 1
+    assert main(["search", "cat", "--index", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "empty" in err and "not found" in err
+    assert "not an image" in err and "no index at" in err
