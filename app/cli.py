@@ -569,6 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(text: str) -> None:
+    """Print to stderr even when the text holds undecodable path bytes (surrogates)."""
+    data = text.encode(sys.stderr.encoding or "utf-8", errors="backslashreplace")
+    print(data.decode(sys.stderr.encoding or "utf-8", errors="replace"), file=sys.stderr)
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CliError]
     for mod, name in [
@@ -603,11 +609,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001 - known errors print one line; others re-raise
         if isinstance(e, _known_errors()):
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}")
             return EXIT_ERROR
         if args.verbose or os.environ.get("DEVISE_DEBUG"):
             raise
-        print(f"error: {type(e).__name__}: {e} (run with -v for the traceback)", file=sys.stderr)
+        _say(f"error: {type(e).__name__}: {e} (run with -v for the traceback)")
         return EXIT_ERROR
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qdrant.filters import SearchFilter
-from qdrant.schema import IMAGES, WORDS, abs_posix
+from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,9 @@ class SearchService:
     # ------------------------------------------------------------------ state
 
     def meta(self) -> dict[str, Any]:
-        return self.store.get_meta()
+        meta = self.store.get_meta()
+        check_schema(meta, self.store.describe())
+        return meta
 
     def models(self) -> list[str]:
         """The models whose vectors the index holds, in display order."""

@@ -30,7 +30,7 @@ from model.images import Preprocess, is_image_path
 from model.loader import default_workers, iter_batches
 from model.words import label_name
 from qdrant.filters import SearchFilter
-from qdrant.schema import abs_posix, image_payload, image_point_id
+from qdrant.schema import SCHEMA_VERSION, abs_posix, check_schema, image_payload, image_point_id
 from qdrant.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ def sha256_file(path: str) -> str:
 def _check_models(store: Store, embedders: Sequence[ArrayEmbedder], reembed: bool) -> None:
     """Refuse to mix vectors of two models under one name, unless asked to replace them."""
     meta = store.get_meta()
+    check_schema(meta, store.describe())
     sizes = store.vector_sizes()
     for emb in embedders:
         rec = (meta.get("models") or {}).get(emb.name)
@@ -193,6 +194,8 @@ def record_models(
     store: Store, embedders: Sequence[ArrayEmbedder], extra: dict[str, dict[str, Any]]
 ) -> None:
     meta = store.get_meta()
+    check_schema(meta, store.describe())
+    meta["schema"] = SCHEMA_VERSION
     models = dict(meta.get("models") or {})
     for emb in embedders:
         models[emb.name] = {"dim": emb.dim, "id": emb.content_id, **extra.get(emb.name, {})}

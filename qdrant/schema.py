@@ -102,3 +102,16 @@ def image_payload(
         mtime=float(mtime),
         sha256=sha256,
     )
+
+
+def check_schema(meta: dict[str, object], where: str) -> None:
+    """Refuse an index written by another version of the schema, with what to do."""
+    from qdrant.errors import StoreError
+
+    found = meta.get("schema")
+    if found is not None and found != SCHEMA_VERSION:
+        raise StoreError(
+            f"the index {where} was made by another version of devise-search (schema "
+            f"{found}; this version reads {SCHEMA_VERSION}). Index into a new --index, or "
+            "use the version that made it."
+        )
