@@ -137,7 +137,8 @@ def test_two_processes_on_one_embedded_index(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time; sys.path.insert(0, sys.argv[1]);"
-            "from qdrant.edge import EdgeStore; s = EdgeStore(__import__('pathlib').Path(sys.argv[2]));"
+            "from pathlib import Path; from qdrant.edge import EdgeStore;"
+            "s = EdgeStore(Path(sys.argv[2]));"
             "print('open', flush=True); time.sleep(60)",
             str(REPO),
             str(tmp_path / "index"),
