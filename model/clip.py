@@ -77,6 +77,19 @@ def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
     return repo, names
 
 
+def _hf_cached(hf_hub: str, cache_dir: Path | None) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # open_clip then downloads by URL only
+        return None
+    repo, names = _hf_candidates(hf_hub)
+    for name in names:
+        hit = try_to_load_from_cache(repo, name, cache_dir=str(cache_dir) if cache_dir else None)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return Path(hit)
+    return None
+
+
 def cached_weights(model_name: str, pretrained: str, cache_dir: Path | None = None) -> Path | None:
     """The weights file of a tag when already in a local cache; never touches the network."""
     cfg = _pretrained_cfg(model_name, pretrained)
@@ -84,18 +97,9 @@ def cached_weights(model_name: str, pretrained: str, cache_dir: Path | None = No
         p = Path(cfg["file"])
         return p if p.is_file() else None
     if cfg.get("hf_hub"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo, names = _hf_candidates(cfg["hf_hub"])
-            for name in names:
-                hit = try_to_load_from_cache(
-                    repo, name, cache_dir=str(cache_dir) if cache_dir else None
-                )
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return Path(hit)
+        hit = _hf_cached(cfg["hf_hub"], cache_dir)
+        if hit is not None:
+            return hit
     if cfg.get("url"):
         base = cache_dir if cache_dir else Path("~/.cache/clip").expanduser()
         p = base / os.path.basename(cfg["url"])
