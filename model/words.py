@@ -155,7 +155,8 @@ def _load_packaged_glove() -> KeyedVectors:
     vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
     words = pq.read_table(root / "glove_6B_index.parquet", columns=["index"]).column(0)
     keys = [str(w) for w in words.to_pylist()]
-    kv = KeyedVectors(vector_size=int(vectors.shape[1]), count=len(keys))
+    # No `count=`: that preallocates empty (None) slots and add_vectors appends after them.
+    kv = KeyedVectors(vector_size=int(vectors.shape[1]))
     kv.add_vectors(keys, np.asarray(vectors, dtype=np.float32))
     return kv
 
