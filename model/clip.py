@@ -152,13 +152,13 @@ def resolve_weights(
         if not p.is_file():
             raise ClipUnavailable(f"clip absent: --clip-weights {p} is not a file")
         return p
+    cfg = _pretrained_cfg(model_name, pretrained)  # an unknown name or tag fails first
     hit = cached_weights(model_name, pretrained, cache_dir)
     if hit is not None:
         return hit
     if not allow_download or _offline_env():
         why = "no weights in the local caches and downloads are off"
         raise _absent(model_name, pretrained, why)
-    cfg = _pretrained_cfg(model_name, pretrained)
     if not _host_answers(_download_host(cfg)):
         raise _absent(model_name, pretrained, "no weights in the local caches and no network")
     from open_clip.pretrained import download_pretrained
