@@ -52,7 +52,12 @@ def _absent(model_name: str, pretrained: str, why: str) -> ClipUnavailable:
 
 
 def _pretrained_cfg(model_name: str, pretrained: str) -> dict[str, Any]:
-    import open_clip
+    try:
+        import open_clip
+    except ImportError as e:
+        raise ClipUnavailable(
+            "clip absent: open_clip is not installed; pip install open-clip-torch"
+        ) from e
 
     if model_name not in open_clip.list_models():
         raise ClipUnavailable(f"clip: unknown open_clip model {model_name!r}")

@@ -76,7 +76,7 @@ def _tiny_clip() -> ClipEmbedder:
     """open_clip's smallest built-in config (ViT-S-32) shrunk to one layer, random weights.
 
     Tests only: shapes and storage. The product never builds CLIP without weights."""
-    import open_clip
+    open_clip = pytest.importorskip("open_clip")
 
     model, _, preprocess = open_clip.create_model_and_transforms(
         "ViT-S-32",
@@ -105,6 +105,8 @@ def test_clip_plumbing_tiny_random_model(tmp_path: Path) -> None:
 
 
 def test_clip_missing_weights_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("open_clip")
+
     def no_network(*a: Any, **k: Any) -> None:
         raise AssertionError("the network was touched")
 
