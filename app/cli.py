@@ -106,18 +106,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate_checkpoint
+    from model.embedders import EMBEDDER_NAMES, available_models
+    from model.evaluate import evaluate_models, tags_report
 
-    if args.models and set(args.models) - {"devise", "softmax"}:
-        extra = ", ".join(sorted(set(args.models) - {"devise", "softmax"}))
+    requested = [m for m in (args.models or ()) if m != "softmax"]
+    unknown = sorted(set(requested) - set(EMBEDDER_NAMES))
+    if unknown:
         raise CliError(
-            f"--models: {extra} not available yet; this version evaluates devise and softmax"
+            f"--models: unknown {', '.join(unknown)}; choose from {', '.join(EMBEDDER_NAMES)}"
         )
-    report = evaluate_checkpoint(
-        Path(args.data),
-        Path(args.checkpoint),
-        holdout=args.holdout or None,
+    explicit = bool(requested)
+    names = requested or list(EMBEDDER_NAMES)
+    if explicit and "devise" in names and not args.checkpoint:
+        raise CliError("--models devise needs --checkpoint CKPT (from `devise train`)")
+    avail = available_models(
+        names,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         weights=args.weights,
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        clip_weights=Path(args.clip_weights) if args.clip_weights else None,
+        precision=args.precision,
+        cache_dir=_cache_dir(args),
+    )
+    models = avail.models
+    if not explicit:
+        # By default every model that can run here; say once why the others cannot.
+        models = {n: m for n, m in models.items() if m is not None or n == "clip"}
+    for name, message in avail.messages.items():
+        if name in models:
+            print(message, file=sys.stderr)
+    if all(m is None for m in models.values()):
+        raise CliError("no model to evaluate: " + "; ".join(avail.messages.values()))
+    report = evaluate_models(
+        Path(args.data),
+        models,
+        holdout=args.holdout or None,
         batch_size=args.batch_size,
         workers=args.workers,
         cache_dir=_cache_dir(args),
@@ -126,13 +150,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     print(report.table())
     print(
-        f"({report.counts.get('flat', 0)} seen-class and {report.counts.get('zeroshot', 0)} "
-        f"hold-out test images; {len(report.labels)} labels; hold-out: "
+        f"({report.counts.get('images', 0)} test images, {report.counts.get('zeroshot', 0)} "
+        f"of them hold-out; {len(report.labels)} labels; hold-out: "
         f"{', '.join(report.holdout) or 'none'})"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
         print(f"wrote {args.json}")
+    if args.report:
+        text = tags_report(_cache_dir(args) / "photos", models)
+        Path(args.report).write_text(text)
+        print(f"wrote {args.report}")
     return 0
 
 
@@ -429,10 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="hit@k, zero-shot hit@k and retrieval mAP of a checkpoint")
+    e = sub.add_parser("eval", help="compare models: hit@k, zero-shot hit@k, retrieval mAP, speed")
     e.add_argument("data", help="ImageFolder tree of test images")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--models", type=_csv, default=("devise", "softmax"))
+    e.add_argument("--checkpoint", default=None, help="DeViSE checkpoint (needed for devise)")
+    e.add_argument(
+        "--models",
+        type=_csv,
+        default=(),
+        help="comma-separated: devise,conse,clip (default: every one that can run here)",
+    )
     e.add_argument(
         "--holdout",
         type=_csv,
@@ -442,7 +475,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     e.add_argument("--batch-size", type=_positive_int, default=64)
     e.add_argument("--workers", type=_positive_int, default=None)
+    e.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
+    e.add_argument(
+        "--clip-pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag"
+    )
+    e.add_argument(
+        "--clip-weights", default=None, metavar="FILE", help="open_clip weights file for clip"
+    )
+    e.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="backbone numerics (default fp32)",
+    )
     e.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    e.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="write each model's top tags on scikit-image's photos (markdown)",
+    )
     e.set_defaults(func=cmd_eval)
 
     def index_flags(sp: argparse.ArgumentParser) -> None:
@@ -587,6 +639,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("qdrant.errors", "StoreError"),
         ("ingest.pipeline", "IngestError"),
         ("app.service", "ServiceError"),
+        ("model.clip", "ClipUnavailable"),
+        ("model.datasets", "DatasetError"),
     ]:
         module = sys.modules.get(mod)
         if module is not None:

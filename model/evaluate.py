@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.embedder import DeviseEmbedder
+from model.conse import ConseEmbedder
+from model.embedder import DeviseEmbedder, Embedder
 from model.features import extract_features, scan_image_folder
 from model.images import load_array
 from model.train import split_indices
@@ -285,3 +286,268 @@ def evaluate_checkpoint(
         },
         notes=notes,
     )
+
+
+# ---------------------------------------------------------------------------- model comparison
+
+
+def _decode_batch(paths: Sequence[Path]) -> tuple[list[Any], list[int]]:
+    """PIL images of the decodable paths and their positions; bad files are logged."""
+    from model.images import ImageError, decode_image
+
+    images, ok = [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(decode_image(p))
+            ok.append(i)
+        except ImageError as e:
+            log.warning("skipping %s: %s", p, e)
+    return images, ok
+
+
+def _embed_paths(
+    model: Embedder, paths: Sequence[Path], batch_size: int
+) -> dict[int, Float32Array]:
+    """Embed images through the model's own `embed_images` (CLIP's own preprocessing)."""
+    from tqdm import tqdm
+
+    out: dict[int, Float32Array] = {}
+    for s in tqdm(range(0, len(paths), batch_size), desc=f"{model.name} images", unit="batch"):
+        images, ok = _decode_batch(paths[s : s + batch_size])
+        if images:
+            vecs = model.embed_images(images)
+            for j, v in zip(ok, vecs, strict=True):
+                out[s + j] = v
+    return out
+
+
+def _ms_per_image(model: Embedder, paths: Sequence[Path]) -> float | None:
+    """Fresh end to end (decode, preprocess, embed) on a sample: never cache reads."""
+    if not paths:
+        return None
+    t0 = time.perf_counter()
+    images, _ = _decode_batch(paths)
+    if not images:
+        return None
+    model.embed_images(images)
+    return (time.perf_counter() - t0) * 1000 / len(paths)
+
+
+def _label_vectors(model: Embedder, labels: Sequence[str]) -> Float32Array:
+    """Each model's own vectors for the labels: word-space labels, or CLIP's prompted texts."""
+    if isinstance(model, DeviseEmbedder | ConseEmbedder):
+        words = model.words if isinstance(model, ConseEmbedder) else model._words_loaded()
+        return unit(words.label_matrix(labels))
+    return unit(model.embed_texts(list(labels)))
+
+
+def evaluate_models(
+    data_dir: Path,
+    models: dict[str, Embedder | None],
+    *,
+    holdout: Sequence[str] | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    speed_sample: int = 32,
+) -> EvalReport:
+    """The same metrics for every model on the same images of an ImageFolder tree.
+
+    Every model ranks all of the dataset's labels. Flat hit@k is scored on the images of
+    the labels a model was trained on; zero-shot hit@k on the hold-out labels. DeViSE was
+    trained on its checkpoint's labels; ConSE and CLIP never train, so for them the
+    hold-out labels are zero-shot and every other label is "flat". A DeViSE checkpoint
+    also brings its softmax probe (`softmax`, flat hit@k among its training labels).
+    Absent models (`None`) stay `None` in the report.
+    """
+    data = scan_image_folder(data_dir)
+    labels = list(data.labels)
+    index = {lab: i for i, lab in enumerate(labels)}
+    notes: list[str] = []
+    present = {n: m for n, m in models.items() if m is not None}
+    devise = next((m for m in present.values() if isinstance(m, DeviseEmbedder)), None)
+    conse = next((m for m in present.values() if isinstance(m, ConseEmbedder)), None)
+
+    hold_names = (
+        list(holdout) if holdout else list(devise.meta.get("holdout", [])) if devise else []
+    )
+    for h in hold_names:
+        if h not in index:
+            notes.append(f"hold-out label {h!r} is not in DATA")
+    zs_names = {h for h in hold_names if h in index}
+
+    # Rows: every image, unless DATA is the DeViSE training folder (then only its
+    # validation and hold-out images are honest test images, for every model alike).
+    rows = np.arange(len(data.paths))
+    if devise is not None and devise.meta.get("data"):
+        d = devise.meta["data"]
+        if Path(data_dir).resolve() == Path(d.get("root", "")).resolve():
+            hold_idx = [
+                i for i, lab in enumerate(labels) if lab in set(devise.meta.get("holdout", []))
+            ]
+            _, va, zs = split_indices(data.targets, hold_idx, d["val_fraction"], d["seed"])
+            rows = np.sort(np.concatenate([va, zs])).astype(np.int64)
+            notes.append(
+                f"DATA is the training folder: evaluating its {len(va)} validation and "
+                f"{len(zs)} hold-out images only"
+            )
+    paths = [data.paths[i] for i in rows]
+
+    # Share words and backbone between DeViSE and ConSE where they are the same.
+    if devise is not None and conse is not None:
+        if devise._words is None and conse.words_source == devise.words_source:
+            devise._words = conse.words
+        bb = devise.backbone
+        if (
+            bb.name == conse.backbone_name
+            and bb.weights_id != "random-init"
+            and conse._backbone is None
+        ):
+            conse.set_backbone(bb)
+
+    vectors: dict[str, dict[int, Float32Array]] = {}
+    feature_rows: dict[int, Float32Array] = {}  # devise's backbone features, for the probe
+    feats_by_backbone: dict[tuple[str, str, str], tuple[Float32Array, npt.NDArray[np.int64]]] = {}
+    for name, model in present.items():
+        if isinstance(model, DeviseEmbedder | ConseEmbedder):
+            bb = model.backbone
+            key = (bb.name, bb.weights_id, bb.precision)
+            if key not in feats_by_backbone:
+                f = extract_features(
+                    bb,
+                    paths,
+                    batch_size=batch_size,
+                    workers=workers,
+                    cache_dir=cache_dir,
+                    desc=f"{bb.name} features",
+                )
+                feats_by_backbone[key] = (f.features, f.ok)
+            x, ok = feats_by_backbone[key]
+            emb = model.embed_features(x)
+            vectors[name] = {int(i): v for i, v in zip(ok, emb, strict=True)}
+            if model is devise:
+                feature_rows = {int(i): v for i, v in zip(ok, x, strict=True)}
+        else:
+            vectors[name] = _embed_paths(model, paths, batch_size)
+
+    common = sorted(set.intersection(*(set(v) for v in vectors.values()))) if vectors else []
+    skipped = len(paths) - len(common)
+    y = np.asarray([index[labels[int(data.targets[rows[i]])]] for i in common], dtype=np.int64)
+    zeroshot = sorted(index[n] for n in zs_names)
+    all_classes = list(range(len(labels)))
+    sample = [paths[i] for i in common[:speed_sample]]
+
+    results: dict[str, dict[str, float] | None] = {}
+    for name, maybe in models.items():
+        if maybe is None:
+            results[name] = None
+            continue
+        model = maybe
+        v = np.stack([vectors[name][i] for i in common]) if common else np.zeros((0, 1), np.float32)
+        if isinstance(model, DeviseEmbedder):
+            seen_names = set(model.meta.get("seen", model.labels))
+            for h in sorted(zs_names & seen_names):
+                notes.append(f"{h!r} was seen in training: for devise it is not zero-shot")
+            model_zs = [index[n] for n in labels if n in zs_names - seen_names]
+            seen = [index[n] for n in labels if n in seen_names]
+        else:
+            model_zs = zeroshot
+            seen = [c for c in all_classes if c not in set(zeroshot)]
+        m = embedding_metrics(v, y, _label_vectors(model, labels), seen, model_zs)
+        ms = _ms_per_image(model, sample)
+        if ms is not None:
+            m["ms_per_image"] = ms
+        results[name] = m
+        if isinstance(model, DeviseEmbedder) and feature_rows:
+            results["softmax"] = _softmax_row(model, feature_rows, common, y, labels, seen)
+            if results["softmax"] is not None and ms is not None:
+                results["softmax"]["ms_per_image"] = ms  # type: ignore[index]
+
+    zs_mask = np.isin(y, zeroshot)
+    return EvalReport(
+        labels=labels,
+        holdout=[labels[i] for i in zeroshot],
+        chance=chance_levels(y, len(labels), y[zs_mask]),
+        models=results,
+        counts={"images": len(common), "zeroshot": int(zs_mask.sum()), "skipped": skipped},
+        notes=notes,
+    )
+
+
+def _softmax_row(
+    model: DeviseEmbedder,
+    feature_rows: dict[int, Float32Array],
+    common: Sequence[int],
+    y: IntArray,
+    labels: Sequence[str],
+    seen: Sequence[int],
+) -> dict[str, float] | None:
+    """The checkpoint's softmax probe: flat hit@k among the labels it was trained on."""
+    probe_labels = list(model.meta.get("seen", []))
+    flat = np.isin(y, list(seen))
+    if not probe_labels or not flat.any():
+        return None
+    probe_index = {labels.index(n): i for i, n in enumerate(probe_labels) if n in labels}
+    sy = np.asarray([probe_index.get(int(t), -1) for t in y[flat]], dtype=np.int64)
+    x = np.stack([feature_rows[i] for i, f in zip(common, flat, strict=True) if f])
+    ss = model.softmax_scores(x)
+    return {"flat_hit@1": hit_at_k(ss, sy, 1), "flat_hit@5": hit_at_k(ss, sy, 5)}
+
+
+def _word_tagger(words: WordVectors, top: int = 20_000) -> tuple[list[str], Float32Array]:
+    from model.words import alphabetic_vocabulary
+
+    vocab = [w for _, w in alphabetic_vocabulary(words, top)]
+    return vocab, unit(np.stack([words.kv[w] for w in vocab]).astype(np.float32))
+
+
+def tags_report(
+    photos_dir: Path, models: dict[str, Embedder | None], k: int = 5, vocab_top: int = 20_000
+) -> str:
+    """Markdown: each scikit-image photo, its hand label, and every model's top-k tags.
+
+    DeViSE and ConSE tag with the nearest of the `vocab_top` most frequent alphabetic
+    words; CLIP with the nearest ImageNet class names (prompted). Photos are exported into
+    `photos_dir` when missing.
+    """
+    from model.datasets import export_photos
+
+    photos = export_photos(Path(photos_dir))
+    names = list(models)
+    vocabs: dict[str, tuple[list[str], Float32Array]] = {}
+    for name, model in models.items():
+        if isinstance(model, ConseEmbedder):
+            vocabs[name] = _word_tagger(model.words, vocab_top)
+        elif isinstance(model, DeviseEmbedder):
+            vocabs[name] = _word_tagger(model._words_loaded(), vocab_top)
+        elif model is not None and hasattr(model, "tag_vocabulary"):
+            vocabs[name] = model.tag_vocabulary()
+    images, ok = _decode_batch([Path(photos_dir) / f for f in photos])
+    files = [list(photos)[i] for i in ok]
+    tags: dict[str, list[list[tuple[str, float]]]] = {}
+    for name, model in models.items():
+        if model is None or name not in vocabs:
+            continue
+        vecs = model.embed_images(images)
+        words, mat = vocabs[name]
+        scores = vecs @ mat.T
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        tags[name] = [[(words[j], float(scores[r, j])) for j in top[r]] for r in range(len(files))]
+    lines = [
+        f"# Top-{k} tags on scikit-image photos",
+        "",
+        "DeViSE and ConSE: nearest of the "
+        f"{vocab_top:,} most frequent words; CLIP: nearest ImageNet class names.",
+        "",
+        "| photo | label | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for r, f in enumerate(files):
+        cells = []
+        for name in names:
+            if name not in tags:
+                cells.append("absent")
+            else:
+                cells.append(", ".join(f"{w} ({s:.2f})" for w, s in tags[name][r]))
+        lines.append(f"| {Path(f).stem} | {photos[f]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -49,7 +49,7 @@ def tiny_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def toy_words() -> WordVectors:
     """A 4-d word space small enough to check by hand."""
-    kv = KeyedVectors(vector_size=4, count=6)
+    kv = KeyedVectors(vector_size=4)
     kv.add_vectors(
         ["cat", "dog", "ankle", "boot", "truck", "zero"],
         np.array(

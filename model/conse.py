@@ -1,0 +1,164 @@
+"""ConSE (Norouzi et al., ICLR 2014): a convex combination of class word vectors.
+
+No training: the backbone's own ImageNet-1k classifier gives softmax probabilities; the
+image vector is the probability-weighted mean of the word vectors of its top-T classes
+(T = 10, as in the paper). A class whose name has several words ("tiger cat") uses the
+unit mean of those words (`WordVectors.label_vector`). It lives in the same word space as
+DeViSE, so word tags and word queries serve it unchanged.
+
+Classes whose name has no known word in the word space have a zero vector. They keep
+their place in the classifier's top-T ranking (the ranking is the classifier's), but get
+zero weight: the remaining top-T probabilities are renormalised over the known classes.
+A row whose top-T classes are all unknown becomes the zero vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from model.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from model.embedder import embed_phrase
+from model.images import to_array
+from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
+
+Float32Array = npt.NDArray[np.float32]
+DEFAULT_TOP_T = 10
+
+
+def softmax(logits: Float32Array) -> Float32Array:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def conse_vectors(probs: Float32Array, class_vectors: Float32Array, top_t: int) -> Float32Array:
+    """(N, C) class probabilities and (C, D) class vectors -> (N, D) unit ConSE vectors.
+
+    Each row is sum_t p_t * v_t / sum_t p_t over its `top_t` most probable classes, with
+    classes whose vector is all zeros (no known word) dropped from the sum and the weights
+    renormalised over the rest; then unit-normalised.
+    """
+    probs = np.asarray(probs, dtype=np.float32)
+    class_vectors = np.asarray(class_vectors, dtype=np.float32)
+    n, c = probs.shape
+    t = max(1, min(int(top_t), c))
+    top = np.argpartition(-probs, t - 1, axis=1)[:, :t]  # (N, T), order within T irrelevant
+    weights = np.take_along_axis(probs, top, axis=1)
+    known = np.any(class_vectors != 0, axis=1)
+    weights = weights * known[top]
+    total = weights.sum(axis=1, keepdims=True)
+    weights = weights / np.where(total > 0, total, 1.0)
+    out = np.einsum("nt,ntd->nd", weights, class_vectors[top])
+    return unit(out.astype(np.float32)) if n else np.zeros((0, class_vectors.shape[1]), np.float32)
+
+
+def imagenet_class_vectors(words: WordVectors) -> Float32Array:
+    """(1000, D) unit word vectors of the ImageNet-1k class names; zero rows where unknown."""
+    rows = np.zeros((1000, words.dim), np.float32)
+    for i, name in enumerate(imagenet_class_names()):
+        v = words.label_vector(name)
+        if v is not None:
+            rows[i] = v
+    return rows
+
+
+class ConseEmbedder:
+    """ConSE over an ImageNet backbone's classifier, in a word space. Built lazily."""
+
+    name = "conse"
+
+    def __init__(
+        self,
+        backbone_name: str = DEFAULT_BACKBONE,
+        words: WordVectors | str = DEFAULT_WORDS,
+        top_t: int = DEFAULT_TOP_T,
+        weights: str | None = "default",
+        precision: str = "fp32",
+        *,
+        backbone: Backbone | None = None,
+        class_vectors: Float32Array | None = None,
+    ) -> None:
+        if top_t < 1:
+            raise ValueError(f"top_t must be at least 1, got {top_t}")
+        self.backbone_name = backbone.name if backbone is not None else backbone_name
+        self.top_t = int(top_t)
+        self._weights = weights
+        self._precision = precision
+        self._words: WordVectors | None = words if isinstance(words, WordVectors) else None
+        self._words_name = words.source if isinstance(words, WordVectors) else str(words)
+        self._backbone = backbone
+        self._class_vectors = class_vectors
+        self._lock = threading.Lock()
+
+    # -- lazily built parts, each under the lock so two threads never build twice
+    @property
+    def words(self) -> WordVectors:
+        with self._lock:
+            if self._words is None:
+                self._words = load_words(self._words_name)
+            return self._words
+
+    @property
+    def backbone(self) -> Backbone:
+        with self._lock:
+            if self._backbone is None:
+                self._backbone = load_backbone(self.backbone_name, self._weights, self._precision)
+            return self._backbone
+
+    def set_backbone(self, backbone: Backbone) -> None:
+        """Inject an already built backbone (tests, or sharing DeViSE's)."""
+        if backbone.name != self.backbone_name:
+            raise ValueError(f"backbone {backbone.name} is not {self.backbone_name}")
+        with self._lock:
+            self._backbone = backbone
+
+    @property
+    def class_vectors(self) -> Float32Array:
+        words = self.words
+        with self._lock:
+            if self._class_vectors is None:
+                self._class_vectors = imagenet_class_vectors(words)
+            return self._class_vectors
+
+    @property
+    def words_source(self) -> str:
+        return self._words_name
+
+    @property
+    def dim(self) -> int:
+        return self.words.dim
+
+    @property
+    def content_id(self) -> str:
+        bb = self.backbone
+        key = f"conse|{bb.name}|{bb.weights_id}|{self._words_name}|T={self.top_t}"
+        return "conse:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def embed_features(self, features: Float32Array) -> Float32Array:
+        """Pooled backbone features (N, F) -> (N, D): reuses cached features in evaluation."""
+        if len(features) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        probs = softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
+        return conse_vectors(probs, self.class_vectors, self.top_t)
+
+    def embed_arrays(self, arrays: Float32Array) -> Float32Array:
+        return self.embed_features(self.backbone.features(arrays))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        spec = self.backbone.spec.preprocess
+        return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
+
+    def embed_texts(self, texts: Sequence[str]) -> Float32Array:
+        """Word-space phrase vectors, as for DeViSE; raises UnknownWordsError."""
+        words = self.words
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return unit(np.stack([embed_phrase(words, t) for t in texts]))

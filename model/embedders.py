@@ -1,0 +1,110 @@
+"""Which embedders can run here: `devise` (a checkpoint), `conse` (offline, no training)
+and `clip` (only with its weights). An absent one is `None`, with one line saying why and
+how to get it; nothing ever falls back to a random or partial model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from model.backbones import DEFAULT_BACKBONE, RANDOM_INIT, BackboneError
+from model.checkpoint import CheckpointError
+from model.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipEmbedder, ClipUnavailable
+from model.conse import DEFAULT_TOP_T, ConseEmbedder
+from model.embedder import DeviseEmbedder, Embedder
+from model.words import DEFAULT_WORDS, WordsError, WordVectors
+
+EMBEDDER_NAMES = ("devise", "conse", "clip")
+
+
+class Availability(NamedTuple):
+    models: dict[str, Embedder | None]  # in the order asked for; None = absent
+    messages: dict[str, str]  # one line per absent model
+
+
+def _parse_names(names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in EMBEDDER_NAMES]
+    if unknown:
+        raise ValueError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(EMBEDDER_NAMES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def available_models(
+    names: Sequence[str] = EMBEDDER_NAMES,
+    *,
+    checkpoint: Path | None = None,
+    weights: str | None = None,
+    words: WordVectors | str | None = None,
+    conse_backbone: str | None = None,
+    top_t: int = DEFAULT_TOP_T,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_pretrained: str = DEFAULT_CLIP_PRETRAINED,
+    clip_weights: Path | None = None,
+    allow_download: bool = True,
+    precision: str = "fp32",
+    cache_dir: Path | None = None,
+) -> Availability:
+    """Build (lazily) each requested embedder that can run here.
+
+    - devise: needs `checkpoint`; a missing or broken one raises (the user named it).
+    - conse: the checkpoint's backbone and word space when it has ImageNet weights, so both
+      share features and words; else `efficientnet_lite0` and the packaged GloVe.
+    - clip: absent unless its weights are a file, in a local cache, or downloadable.
+    """
+    models: dict[str, Embedder | None] = {}
+    messages: dict[str, str] = {}
+    devise: DeviseEmbedder | None = None
+    for name in _parse_names(names):
+        if name == "devise":
+            if checkpoint is None:
+                models[name] = None
+                messages[name] = (
+                    "devise absent: no checkpoint; train one with `devise train DATA --out "
+                    "CKPT` and pass --checkpoint CKPT"
+                )
+                continue
+            devise = DeviseEmbedder(
+                checkpoint,
+                weights=weights,
+                precision=precision,
+                words=words if isinstance(words, WordVectors) else None,
+            )
+            models[name] = devise
+        elif name == "conse":
+            backbone = conse_backbone or DEFAULT_BACKBONE
+            source: WordVectors | str = words if words is not None else DEFAULT_WORDS
+            bb_weights: str | None = "default"
+            if devise is None and checkpoint is not None:
+                try:
+                    devise = DeviseEmbedder(checkpoint, weights=weights, precision=precision)
+                except CheckpointError:
+                    devise = None
+            if devise is not None and devise.meta.get("weights") != RANDOM_INIT:
+                backbone = conse_backbone or devise.meta["backbone"]
+                if words is None:
+                    source = devise.words_source
+                if backbone == devise.meta["backbone"] and weights:
+                    bb_weights = weights
+            try:
+                models[name] = ConseEmbedder(backbone, source, top_t, bb_weights, precision)
+            except (BackboneError, WordsError) as e:
+                models[name] = None
+                messages[name] = f"conse absent: {e}"
+        elif name == "clip":
+            try:
+                models[name] = ClipEmbedder(
+                    clip_model,
+                    clip_pretrained,
+                    clip_weights,
+                    precision,
+                    allow_download=allow_download,
+                    cache_dir=cache_dir,
+                )
+            except ClipUnavailable as e:
+                models[name] = None
+                messages[name] = str(e)
+    return Availability(models, messages)
