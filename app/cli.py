@@ -186,41 +186,79 @@ def _open_store(args: argparse.Namespace) -> Any:
     return settings, settings.open_store()
 
 
+def build_embedders(
+    names: Sequence[str] | None, settings: Any, args: argparse.Namespace
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """The embedders to ingest with, and what the index records of each. With no --models,
+    every model that can run here; an absent one is said in one line."""
+    from model.embedders import EMBEDDER_NAMES, available_models
+
+    explicit = names is not None
+    wanted = list(names) if names else list(EMBEDDER_NAMES)
+    unknown = set(wanted) - set(EMBEDDER_NAMES)
+    if unknown:
+        raise CliError(
+            f"--models: unknown model(s) {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(EMBEDDER_NAMES)}"
+        )
+    if "devise" in wanted and settings.checkpoint is None:
+        if explicit:
+            raise CliError(
+                "--models devise needs a checkpoint: pass --checkpoint CKPT "
+                "(train one with `devise train DATA --out CKPT`)"
+            )
+        wanted.remove("devise")
+    clip_weights = getattr(args, "clip_weights", None)
+    avail = available_models(
+        wanted,
+        checkpoint=settings.checkpoint,
+        weights=args.weights,
+        clip_weights=Path(clip_weights) if clip_weights else None,
+        precision=settings.precision,
+        cache_dir=_cache_dir(args),
+    )
+    embedders: list[Any] = []
+    extra: dict[str, dict[str, Any]] = {}
+    emb: Any
+    for name, emb in avail.models.items():
+        if emb is None:
+            if explicit:
+                raise CliError(avail.messages[name])
+            print(avail.messages[name], file=sys.stderr)
+            continue
+        embedders.append(emb)
+        if name == "devise":
+            extra[name] = {
+                "words": emb.words_source,
+                "backbone": emb.meta["backbone"],
+                "checkpoint": str(Path(settings.checkpoint).resolve()),
+            }
+        elif name == "conse":
+            extra[name] = {
+                "words": emb.words_source,
+                "backbone": emb.backbone.name,
+                "weights": emb.backbone.weights_id,
+                "top_t": emb.top_t,
+            }
+        elif name == "clip":
+            extra[name] = {
+                "model": emb.model_name,
+                "pretrained": emb.pretrained,
+                "weights_file": str(emb.weights_path) if emb.weights_path else None,
+            }
+    if not embedders:
+        raise CliError("no model to ingest with: pass --checkpoint CKPT or --models conse")
+    return embedders, extra
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.pipeline import ingest
 
     settings = _settings(args)
-    names = list(args.models) if args.models else ["devise"]
-    unknown = set(names) - {"devise", "conse", "clip"}
-    if unknown:
-        raise CliError(
-            f"--models: unknown model(s) {', '.join(sorted(unknown))}; "
-            "choose from devise, conse, clip"
-        )
-    embedders: list[Any] = []
-    extra: dict[str, dict[str, Any]] = {}
-    if "devise" in names:
-        from model.embedder import DeviseEmbedder
-
-        ckpt = settings.checkpoint
-        if ckpt is None:
-            raise CliError(
-                "ingest needs a DeViSE checkpoint: pass --checkpoint CKPT "
-                "(train one with `devise train DATA --out CKPT`)"
-            )
-        emb = DeviseEmbedder(ckpt, weights=args.weights, precision=settings.precision)
-        embedders.append(emb)
-        extra["devise"] = {
-            "words": emb.words_source,
-            "checkpoint": str(Path(ckpt).resolve()),
-            "backbone": emb.meta["backbone"],
-        }
-    for other in names:
-        if other != "devise":
-            raise CliError(f"--models {other}: not available in this version yet")
     for d in args.dirs:
         if not Path(d).exists():
             raise CliError(f"not found: {d}")
+    embedders, extra = build_embedders(args.models, settings, args)
     store = settings.open_store()
     try:
         if settings.shards or settings.replicas:
@@ -520,7 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         type=_csv,
         default=None,
-        help="comma-separated models to compute (default: devise)",
+        help="comma-separated models: devise,conse,clip (default: every model that can run)",
+    )
+    i.add_argument(
+        "--clip-weights",
+        default=None,
+        metavar="FILE",
+        help="open_clip weights file for clip (else the local cache, or a download)",
     )
     i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     i.add_argument("--prune", action="store_true", help="delete points whose files are gone")

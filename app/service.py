@@ -221,6 +221,32 @@ class SearchService:
             if ckpt is None:
                 raise ModelMissingError("no DeViSE checkpoint: pass --checkpoint CKPT")
             return DeviseEmbedder(ckpt, precision=self.precision)
+        if model == "conse":
+            from model.conse import ConseEmbedder
+
+            weights = rec.get("weights")
+            return ConseEmbedder(
+                rec.get("backbone", "efficientnet_lite0"),
+                rec.get("words", "glove-6b-50d"),
+                int(rec.get("top_t", 10)),
+                # the packaged or torchvision weights resolve by name; a file by its id only
+                "default" if not str(weights or "").startswith("sha256:") else None,
+                self.precision,
+            )
+        if model == "clip":
+            from model.clip import ClipEmbedder, ClipUnavailable
+
+            wf = rec.get("weights_file")
+            try:
+                return ClipEmbedder(
+                    rec.get("model", "ViT-B-32"),
+                    rec.get("pretrained", "laion2b_s34b_b79k"),
+                    Path(wf) if wf and Path(wf).exists() else None,
+                    self.precision,
+                    allow_download=False,
+                )
+            except ClipUnavailable as e:
+                raise ModelMissingError(str(e)) from e
         raise ModelMissingError(f"model {model!r} cannot be loaded by this version")
 
     # ------------------------------------------------------------------ queries

@@ -323,10 +323,7 @@ def ingest(
                 skip(to_embed[i].path, err.reason, err.detail)
             if batch.indices:
                 te = time.perf_counter()
-                vectors: dict[str, Float32Array] = {}
-                for (_, members), arr in zip(specs, batch.arrays, strict=True):
-                    for emb in members:
-                        vectors[emb.name] = emb.embed_arrays(arr)
+                vectors = embed_batch(specs, batch.arrays)
                 summary.embed_seconds += time.perf_counter() - te
                 entries = [to_embed[i] for i in batch.indices]
                 payloads = [
@@ -354,6 +351,34 @@ def ingest(
         summary.pruned = prune_missing(store, roots)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def embed_batch(
+    specs: Sequence[tuple[Preprocess, list[ArrayEmbedder]]],
+    arrays: Sequence[Float32Array],
+) -> dict[str, Float32Array]:
+    """Every embedder's vectors for one batch. Embedders on the same backbone (devise and
+    conse on efficientnet_lite0) share one forward pass: only their heads differ."""
+    vectors: dict[str, Float32Array] = {}
+    for (_, members), arr in zip(specs, arrays, strict=True):
+        features: dict[tuple[str, str, str], Float32Array] = {}
+        for emb in members:
+            backbone = getattr(emb, "backbone", None)
+            head = getattr(emb, "embed_features", None)
+            if backbone is None or head is None:
+                vectors[emb.name] = emb.embed_arrays(arr)
+                continue
+            wid = backbone.weights_id
+            # random-init backbones are only alike if they are the same object
+            key = (
+                backbone.name,
+                wid if wid != "random-init" else str(id(backbone)),
+                backbone.precision,
+            )
+            if key not in features:
+                features[key] = backbone.features(arr)
+            vectors[emb.name] = head(features[key])
+    return vectors
 
 
 def _safe_sha(path: str) -> str | None:

@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from model.images import Preprocess
 from model.words import imagenet_class_names, unit
 
 log = logging.getLogger(__name__)
@@ -360,6 +361,37 @@ class ClipEmbedder:
         prompts = [t.format(x.strip()) for x in texts for t in self.templates]
         enc = self._encode_prompts(prompts).reshape(len(texts), len(self.templates), -1)
         return unit(enc.mean(axis=1))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The image tower's input as a shared preprocessing spec, for batched ingest.
+
+        open_clip resizes the short side to the input size with bicubic filtering and
+        center-crops; ingest's loader uses bilinear filtering, a difference far below what
+        changes a ranking. Mean and std are the model's own.
+        """
+        self._build()
+        cfg = getattr(getattr(self._model, "visual", None), "preprocess_cfg", {}) or {}
+        size = cfg.get("size", 224)
+        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        mean = tuple(float(x) for x in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+        std = tuple(float(x) for x in cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        return Preprocess(size, size, mean=mean, std=std)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def embed_arrays(self, arrays: Float32Array) -> Float32Array:
+        """(N, 3, H, W) arrays preprocessed with `preprocess` -> (N, D) unit vectors."""
+        self._build()
+        with self._autocast():
+            f = self._model.encode_image(torch.from_numpy(np.ascontiguousarray(arrays)))
+        return unit(f.float().numpy())
+
+    def tag(self, vector: Float32Array, k: int) -> list[tuple[str, float]]:
+        """The `k` ImageNet class names nearest to an image vector."""
+        names, vecs = self.tag_vocabulary()
+        scores = vecs @ np.asarray(vector, dtype=np.float32)
+        top = np.argsort(-scores)[:k]
+        return [(names[i], float(scores[i])) for i in top]
 
     def tag_vocabulary(self) -> tuple[list[str], Float32Array]:
         """The 1000 ImageNet class names and their prompted text vectors; cached on disk

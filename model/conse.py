@@ -24,7 +24,7 @@ from PIL import Image
 
 from model.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from model.embedder import embed_phrase
-from model.images import to_array
+from model.images import Preprocess, to_array
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -146,6 +146,10 @@ class ConseEmbedder:
             return np.zeros((0, self.dim), np.float32)
         probs = softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
         return conse_vectors(probs, self.class_vectors, self.top_t)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.backbone.spec.preprocess
 
     def embed_arrays(self, arrays: Float32Array) -> Float32Array:
         return self.embed_features(self.backbone.features(arrays))

@@ -312,3 +312,33 @@ def test_conse_tags_chelsea_as_a_cat(glove: WordVectors) -> None:
     vocab, mat = _word_tagger(glove, 20_000)
     top = [vocab[i] for i in np.argsort(-(mat @ v[0]))[:10]]
     assert {"cat", "cats", "kitten", "dog", "tabby", "feline"} & set(top), top
+
+
+def test_clip_and_conse_vectors_are_stored_and_queried(tmp_path: Path, glove: WordVectors) -> None:
+    """Storage plumbing: the tiny random CLIP (tests only) and ConSE on one set of points."""
+    from app.service import SearchService
+    from ingest.pipeline import ingest
+    from ingest.vocabulary import load_vocabulary
+    from model.backbones import load_backbone
+    from qdrant.edge import EdgeStore
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "p", {"cat": "disc", "truck": "stripes"}, 4)
+    clip = _tiny_clip()
+    conse = ConseEmbedder(words=glove, backbone=load_backbone("resnet18", None))
+    with EdgeStore(tmp_path / "index") as store:
+        s = ingest(store, [data], [conse, clip], progress=False)  # type: ignore[list-item]
+        assert s.indexed == 8
+        assert store.vector_sizes() == {"conse": 50, "clip": 32}
+        assert store.count_vectors("clip") == 8 == store.count_vectors("conse")
+        load_vocabulary(store, glove, 20_000, progress=False)
+        service = SearchService(store, embedders={"clip": clip, "conse": conse})
+        assert service.models() == ["conse", "clip"]
+        a = service.search_text("cat", model="clip", k=3)
+        assert len(a.results) == 3 and a.model == "clip"
+        img = data / "cat" / "000.png"
+        t = service.tag(img, model="clip", k=4)
+        assert len(t.results) == 4 and all(isinstance(r.word, str) for r in t.results)
+        assert len(service.tag(img, model="conse", k=4).results) == 4
+        both = service.compare("text", "truck", k=2)
+        assert set(both) == {"conse", "clip"}
