@@ -104,7 +104,7 @@ def main() -> None:
                 s = ingest(
                     store,
                     [root / "photos"],
-                    [Emb()],
+                    [_Features(quick)],
                     batch_size=args.batch_size,  # type: ignore[list-item]
                     progress=False,
                 )
