@@ -91,6 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         precision=args.precision,
         cache_dir=_cache_dir(args),
+        finetune_epochs=args.finetune,
     )
     result = train(Path(args.data), Path(args.out), cfg)
     m = result.metrics
@@ -481,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear projection (the paper) or Dense-BN-Dropout-Dense",
     )
     t.add_argument("--margin", type=float, default=0.1, help="hinge margin (default 0.1)")
+    t.add_argument(
+        "--finetune",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="after the projection, also train the backbone's last stage for this "
+        "many epochs (slow on a CPU: images are decoded every epoch)",
+    )
     t.add_argument("--epochs", type=_positive_int, default=40)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=_positive_int, default=256)

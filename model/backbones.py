@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -149,6 +149,18 @@ class Backbone(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             f = self(x)
         return f.float().numpy()
+
+    def last_stage(self) -> list[nn.Parameter]:
+        """The parameters of the last stage, the part `devise train --finetune` unfreezes."""
+        body: nn.Module = self.body
+        if self.name.startswith("resnet"):
+            return list(body.layer4.parameters())  # type: ignore[union-attr]
+        inner: Any = body.inner  # efficientnet-lite: last block and the 1x1 head conv
+        return [
+            *inner._blocks[-1].parameters(),
+            *inner._conv_head.parameters(),
+            *inner._bn1.parameters(),
+        ]
 
     @torch.inference_mode()
     def logits(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

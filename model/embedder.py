@@ -115,7 +115,8 @@ class DeviseEmbedder:
         with self._lock:
             if self._backbone is None:
                 wid = self.meta["weights"]
-                if wid == RANDOM_INIT:
+                if wid == RANDOM_INIT or self.meta.get("finetuned"):
+                    # the checkpoint carries the whole backbone (random-init or fine-tuned)
                     bb = load_backbone(self.meta["backbone"], None, self._precision)
                     bb.load_state_dict(self.ckpt.prefixed("backbone"))
                 else:

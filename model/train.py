@@ -45,6 +45,8 @@ class TrainConfig:
     workers: int | None = None
     precision: str = "fp32"
     cache_dir: Path | None = None
+    finetune_epochs: int = 0  # > 0: then unfreeze the backbone's last stage for this many
+    finetune_lr: float = 1e-4
 
 
 @dataclass
@@ -205,6 +207,21 @@ def train(
         "devise",
     )
     head = head_fit  # type: ignore[assignment]
+    if cfg.finetune_epochs > 0:
+        extra = finetune(
+            backbone, head, [data.paths[i] for i in feats.ok[tr]], y_seen[tr], seen_vectors, cfg
+        )
+        losses.extend(extra)
+        # the backbone changed: validation features must be computed again
+        xv = torch.from_numpy(
+            extract_features(
+                backbone,
+                [data.paths[i] for i in feats.ok[va]],
+                batch_size=cfg.extract_batch_size,
+                workers=cfg.workers,
+                desc="validation features",
+            ).features
+        )
     fit_seconds = time.perf_counter() - t0
 
     # The paper's baseline: a softmax classifier on the same frozen features and split.
@@ -243,8 +260,8 @@ def train(
     tensors: dict[str, torch.Tensor] = {f"head.{k}": v for k, v in head.state_dict().items()}
     tensors.update({f"softmax.{k}": v for k, v in probe.state_dict().items()})
     tensors["labels.vectors"] = label_vectors
-    if backbone.weights_id == "random-init" or backbone.weights_id == RANDOM_INIT:
-        # A random backbone cannot be rebuilt from a name: carry it, so the checkpoint works.
+    if backbone.weights_id == RANDOM_INIT or cfg.finetune_epochs > 0:
+        # A random or fine-tuned backbone cannot be rebuilt from a name: carry it.
         tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
     meta: dict[str, Any] = {
         "backbone": backbone.name,
@@ -252,6 +269,7 @@ def train(
         "weights_path": str(cfg.weights) if cfg.weights not in (None, "default") else None,
         "words": {"source": words.source, "dim": words.dim},
         "head": cfg.head,
+        "finetuned": cfg.finetune_epochs > 0,
         "loss": cfg.loss,
         "margin": cfg.margin,
         "labels": data.labels,
@@ -269,6 +287,62 @@ def train(
     }
     digest = save_checkpoint(Path(out), tensors, meta)
     return TrainResult(Path(out), digest, metrics, losses)
+
+
+def finetune(
+    backbone: Any,
+    head: DeviseHead,
+    paths: list[Path],
+    targets: torch.Tensor,
+    label_vectors: torch.Tensor,
+    cfg: TrainConfig,
+) -> list[float]:
+    """Train the backbone's last stage with the head, from images (features change, so
+    nothing is cached). BatchNorm statistics stay frozen: batches are small on a CPU."""
+    from model.loader import iter_batches
+
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    stage = backbone.last_stage()
+    for p in stage:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(
+        [
+            {"params": stage, "lr": cfg.finetune_lr},
+            {"params": head.parameters(), "lr": cfg.finetune_lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+    backbone.eval()
+    head.train()
+    losses: list[float] = []
+    order = np.random.default_rng(cfg.seed).permutation(len(paths))
+    batch = min(cfg.extract_batch_size, 32)
+    with tqdm(
+        total=cfg.finetune_epochs * len(paths), desc="finetune", unit="img", dynamic_ncols=True
+    ) as bar:
+        for _ in range(cfg.finetune_epochs):
+            total, n = 0.0, 0
+            shuffled = [paths[i] for i in order]
+            for b in iter_batches(shuffled, backbone.spec.preprocess, batch, cfg.workers):
+                if len(b.indices) < 2:
+                    bar.update(len(b.indices) + len(b.failures))
+                    continue
+                x = torch.from_numpy(b.array).contiguous(memory_format=torch.channels_last)
+                y = targets[torch.from_numpy(order[b.indices])]
+                loss = LOSSES[cfg.loss](head(backbone(x)), y, label_vectors, cfg.margin)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b.indices)
+                n += len(b.indices)
+                bar.update(len(b.indices) + len(b.failures))
+            losses.append(total / max(1, n))
+            order = np.random.default_rng(cfg.seed + len(losses)).permutation(len(paths))
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    head.eval()
+    return losses
 
 
 class _Standardize(nn.Module):

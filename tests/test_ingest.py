@@ -194,3 +194,65 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         assert store.count(IMAGES) == good == len(paths) == len(set(paths))
         assert "broken.jpg" not in " ".join(paths)
         assert store.count_vectors("devise") == good
+
+
+def test_file_deleted_between_scan_and_load(tmp_path: Path, store: EdgeStore) -> None:
+    root = tmp_path / "p"
+    files = make_tree(root)
+    victim = files[-1]  # in the last batch
+    state = {"first": True}
+
+    def delete_once(summary: object) -> None:
+        if state["first"]:
+            victim.unlink()
+            state["first"] = False
+
+    s = ingest(
+        store,
+        [root],
+        [FakeEmbedder()],
+        progress=False,
+        batch_size=4,
+        workers=1,  # type: ignore[list-item]
+        on_batch=delete_once,
+    )
+    assert dict(s.failed) == {"missing": 1} and s.indexed == 14
+    assert store.find_by_path([str(victim)]) == {}
+
+
+def test_queries_keep_answering_during_an_ingest_on_a_server(tmp_path: Path) -> None:
+    """With a Qdrant server (qdrant-client local mode here), ingest and serving share it."""
+    import threading
+
+    from qdrant_client import QdrantClient
+
+    from app.service import SearchService
+    from qdrant.server import ServerStore
+
+    store = ServerStore(QdrantClient(":memory:"), "memory")
+    first = tmp_path / "first"
+    make_tree(first)
+    emb = FakeEmbedder()
+    ingest(store, [first], [emb], progress=False)  # type: ignore[list-item]
+    second = tmp_path / "second"
+    for i in range(40):
+        d = second / ("a" if i % 2 else "b")
+        d.mkdir(parents=True, exist_ok=True)
+        draw_image("disc" if i % 2 else "stripes", seed=900 + i).save(d / f"{i}.png")
+    service = SearchService(store, embedder_factory=lambda m, r: emb)
+    query = first / "animals/cat/0.png"
+    worker = threading.Thread(
+        target=ingest,
+        args=(store, [second], [FakeEmbedder(delay=0.05)]),
+        kwargs={"progress": False, "batch_size": 4},
+    )
+    worker.start()
+    answered = 0
+    counts = []
+    while worker.is_alive():
+        a = service.similar(query, k=5)
+        assert len(a.results) == 5
+        answered += 1
+        counts.append(store.count(IMAGES))
+    worker.join()
+    assert answered >= 3 and counts[0] < 55 and store.count(IMAGES) == 55

@@ -151,3 +151,38 @@ def test_fashion_mnist_end_to_end(tmp_path: Path) -> None:
     # evaluating on the training folder uses only its held-back images
     direct = evaluate_checkpoint(tmp_path / "train", ck, cache_dir=cache)
     assert direct.counts["flat"] < 300 * 0.8 * 0.3
+
+
+def test_finetune_trains_only_the_last_stage(
+    tiny_folder: Path, tmp_path: Path, glove: WordVectors
+) -> None:
+    import torch
+
+    from model.backbones import load_backbone
+    from model.checkpoint import load_checkpoint
+
+    out = tmp_path / "ft.safetensors"
+    cfg = TrainConfig(
+        backbone="resnet18",
+        weights=None,
+        epochs=3,
+        batch_size=8,
+        val_fraction=0.25,
+        cache_dir=tmp_path / "cache",
+        finetune_epochs=1,
+        finetune_lr=1e-3,
+    )
+    result = train(tiny_folder, out, cfg, words=glove)
+    assert len(result.losses) == 4  # 3 head epochs, then 1 fine-tuning epoch
+    ck = load_checkpoint(out)
+    assert ck.meta["finetuned"] is True
+    base = load_backbone("resnet18", None).state_dict()
+    tuned = ck.prefixed("backbone")
+    assert torch.equal(tuned["body.layer1.0.conv1.weight"], base["body.layer1.0.conv1.weight"])
+    assert not torch.equal(tuned["body.layer4.1.conv2.weight"], base["body.layer4.1.conv2.weight"])
+    # a reload embeds with the tuned backbone
+    model = DeviseEmbedder(out)
+    assert torch.equal(
+        model.backbone.state_dict()["body.layer4.1.conv2.weight"],
+        tuned["body.layer4.1.conv2.weight"],
+    )
