@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch import nn
 
 from model.images import Preprocess
 
+log = logging.getLogger(__name__)
 Precision = Literal["fp32", "bf16"]
 DEFAULT_BACKBONE = "efficientnet_lite0"
 RANDOM_INIT = "random-init"
@@ -128,6 +130,7 @@ class Backbone(nn.Module):
         self._pool = pool
         self.weights_id = weights_id
         self.precision: Precision = precision
+        self._bf16_checked = False
         self.eval()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -142,13 +145,30 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))
 
+    #: bf16 must agree with fp32 at least this well on the first real batch, or it is dropped.
+    BF16_MIN_COSINE = 0.995
+
     @torch.inference_mode()
     def features(self, batch: npt.NDArray[np.float32] | torch.Tensor) -> npt.NDArray[np.float32]:
         """(N, 3, H, W) preprocessed images -> (N, feature_dim) float32 pooled features."""
         x = torch.as_tensor(batch).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            f = self(x)
-        return f.float().numpy()
+            f = self(x).float()
+        if self.precision == "bf16" and not self._bf16_checked and len(x):
+            self._bf16_checked = True
+            exact = self(x).float()
+            cos = float(nn.functional.cosine_similarity(f, exact, dim=1).min())
+            if cos < self.BF16_MIN_COSINE:
+                log.warning(
+                    "%s: bf16 features agree with fp32 only to cosine %.4f (< %.3f) on the "
+                    "first batch; falling back to fp32",
+                    self.name,
+                    cos,
+                    self.BF16_MIN_COSINE,
+                )
+                self.precision = "fp32"
+                return exact.numpy()
+        return f.numpy()
 
     def last_stage(self) -> list[nn.Parameter]:
         """The parameters of the last stage, the part `devise train --finetune` unfreezes."""

@@ -176,3 +176,33 @@ def test_resnet_weights_from_explicit_file(tmp_path: Path) -> None:
     assert b.weights_id.startswith("sha256:")
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     assert np.allclose(b.features(x), ref.features(x), atol=1e-5)
+
+
+def test_bf16_falls_back_to_fp32_when_it_disagrees(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from model.backbones import Backbone
+
+    b = load_backbone("resnet18", None, "bf16")
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    monkeypatch.setattr(Backbone, "BF16_MIN_COSINE", 1.01)  # no bf16 result can pass this
+    out = b.features(x)
+    assert b.precision == "fp32" and "falling back to fp32" in caplog.text
+    assert np.allclose(out, load_backbone("resnet18", None, "fp32").features(x), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_bf16_embeddings_match_fp32_on_real_photos(tmp_path: Path) -> None:
+    """The fast path's results must not change: cosine >= 0.995 on real photos."""
+    from model.backbones import cpu_has_bf16
+    from model.datasets import export_photos
+    from model.images import load_array
+
+    export_photos(tmp_path, names=["chelsea", "rocket"])  # emulated bf16 is slow: two photos
+    fp32 = load_backbone("efficientnet_lite0", "default", "fp32")
+    bf16 = load_backbone("efficientnet_lite0", "default", "bf16")
+    arr = np.stack([load_array(p, fp32.spec.preprocess) for p in sorted(tmp_path.glob("*.png"))])
+    a, b = unit(fp32.features(arr)), unit(bf16.features(arr))
+    assert bf16.precision == "bf16", f"bf16 fell back (native bf16: {cpu_has_bf16()})"
+    assert float((a * b).sum(axis=1).min()) >= 0.995
