@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 
 from model.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from model.embedder import embed_phrase
-from model.images import Preprocess, to_array
+from model.embedder import WordSpaceEmbedder
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -68,7 +65,7 @@ def imagenet_class_vectors(words: WordVectors) -> Float32Array:
     return rows
 
 
-class ConseEmbedder:
+class ConseEmbedder(WordSpaceEmbedder):
     """ConSE over an ImageNet backbone's classifier, in a word space. Built lazily."""
 
     name = "conse"
@@ -146,23 +143,3 @@ class ConseEmbedder:
             return np.zeros((0, self.dim), np.float32)
         probs = softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
         return conse_vectors(probs, self.class_vectors, self.top_t)
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return self.backbone.spec.preprocess
-
-    def embed_arrays(self, arrays: Float32Array) -> Float32Array:
-        return self.embed_features(self.backbone.features(arrays))
-
-    def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        spec = self.backbone.spec.preprocess
-        return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
-
-    def embed_texts(self, texts: Sequence[str]) -> Float32Array:
-        """Word-space phrase vectors, as for DeViSE; raises UnknownWordsError."""
-        words = self.words
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        return unit(np.stack([embed_phrase(words, t) for t in texts]))

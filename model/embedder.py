@@ -67,7 +67,47 @@ def embed_phrase(words: WordVectors, text: str) -> Float32Array:
     return vec
 
 
-class DeviseEmbedder:
+class WordSpaceEmbedder:
+    """An ImageNet backbone plus a head into a word space (DeViSE, ConSE): the parts both
+    share. Subclasses provide `backbone`, `words`, `dim` and `embed_features`."""
+
+    @property
+    def backbone(self) -> Backbone:
+        raise NotImplementedError
+
+    @property
+    def words(self) -> WordVectors:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def embed_features(self, features: Float32Array) -> Float32Array:
+        raise NotImplementedError
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.backbone.spec.preprocess
+
+    def embed_arrays(self, arrays: Float32Array) -> Float32Array:
+        return self.embed_features(self.backbone.features(arrays))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        spec = self.backbone.spec.preprocess
+        return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
+
+    def embed_texts(self, texts: Sequence[str]) -> Float32Array:
+        """A phrase is the unit mean of its known words; raises UnknownWordsError."""
+        words = self.words
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return unit(np.stack([embed_phrase(words, t) for t in texts]))
+
+
+class DeviseEmbedder(WordSpaceEmbedder):
     """A trained DeViSE checkpoint: backbone + projection into the word space."""
 
     name = "devise"
@@ -125,10 +165,6 @@ class DeviseEmbedder:
                 self._backbone = bb
             return self._backbone
 
-    @property
-    def preprocess(self) -> Preprocess:
-        return self.backbone.spec.preprocess
-
     def set_backbone(self, backbone: Backbone) -> None:
         """Inject an already built backbone (tests, or several embedders sharing one)."""
         self._backbone = backbone
@@ -143,24 +179,18 @@ class DeviseEmbedder:
         x = (torch.from_numpy(features) - probe["0.mean"]) / probe["0.std"]
         return (x @ probe["1.weight"].T + probe["1.bias"]).numpy()
 
-    def embed_arrays(self, arrays: Float32Array) -> Float32Array:
-        return self.embed_features(self.backbone.features(arrays))
+    @property
+    def words(self) -> WordVectors:
+        """The checkpoint's word space, loaded on first use."""
+        with self._lock:
+            if self._words is None:
+                from model.words import load_words
 
-    def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        spec = self.backbone.spec.preprocess
-        return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
+                self._words = load_words(self.words_source)
+            return self._words
 
-    def _words_loaded(self) -> WordVectors:
-        if self._words is None:
-            from model.words import load_words
-
-            self._words = load_words(self.words_source)
-        return self._words
-
-    def embed_texts(self, texts: Sequence[str]) -> Float32Array:
-        words = self._words_loaded()
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        return unit(np.stack([embed_phrase(words, t) for t in texts]))
+    def share_words(self, words: WordVectors) -> None:
+        """Reuse an already loaded word space (it must be the checkpoint's own)."""
+        if words.source != self.words_source:
+            raise ValueError(f"{words.source} is not this checkpoint's {self.words_source}")
+        self._words = words

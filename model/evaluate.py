@@ -336,7 +336,7 @@ def _ms_per_image(model: Embedder, paths: Sequence[Path]) -> float | None:
 def _label_vectors(model: Embedder, labels: Sequence[str]) -> Float32Array:
     """Each model's own vectors for the labels: word-space labels, or CLIP's prompted texts."""
     if isinstance(model, DeviseEmbedder | ConseEmbedder):
-        words = model.words if isinstance(model, ConseEmbedder) else model._words_loaded()
+        words = model.words
         return unit(words.label_matrix(labels))
     return unit(model.embed_texts(list(labels)))
 
@@ -395,8 +395,8 @@ def evaluate_models(
 
     # Share words and backbone between DeViSE and ConSE where they are the same.
     if devise is not None and conse is not None:
-        if devise._words is None and conse.words_source == devise.words_source:
-            devise._words = conse.words
+        if conse.words_source == devise.words_source:
+            devise.share_words(conse.words)
         bb = devise.backbone
         if (
             bb.name == conse.backbone_name
@@ -519,7 +519,7 @@ def tags_report(
         if isinstance(model, ConseEmbedder):
             vocabs[name] = _word_tagger(model.words, vocab_top)
         elif isinstance(model, DeviseEmbedder):
-            vocabs[name] = _word_tagger(model._words_loaded(), vocab_top)
+            vocabs[name] = _word_tagger(model.words, vocab_top)
         elif model is not None and hasattr(model, "tag_vocabulary"):
             vocabs[name] = model.tag_vocabulary()
     images, ok = _decode_batch([Path(photos_dir) / f for f in photos])
