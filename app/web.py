@@ -556,7 +556,9 @@ def build_demo(
             )
             folder = gr.Textbox(label="Folder prefix", placeholder="/photos/2024", scale=2)
             min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum score", scale=1)
-            k = gr.Slider(1, MAX_UI_K, value=DEFAULT_K, step=1, label="Results (k)", scale=1)
+            k = gr.Slider(
+                1, MAX_UI_K, value=DEFAULT_K, step=1, label="Results (k)", scale=1, elem_id="k"
+            )
         filters = [model, labels, folder, min_score, k]
 
         def results_gallery(label: str, elem_id: str) -> gr.Gallery:
@@ -567,8 +569,8 @@ def build_demo(
 
         with gr.Tab("Search by text"):
             with gr.Row():
-                text = gr.Textbox(label="Words", placeholder="ankle boot", scale=4)
-                text_btn = gr.Button("Search", variant="primary", scale=1)
+                text = gr.Textbox(label="Words", placeholder="ankle boot", scale=4, elem_id="query")
+                text_btn = gr.Button("Search", variant="primary", scale=1, elem_id="search")
             text_status = gr.Markdown()
             text_gallery = results_gallery("Results (click one for more like it)", "text-results")
             text_paths = gr.State([])

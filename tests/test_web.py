@@ -293,8 +293,11 @@ def test_live_app_answers_like_the_service(live: WebApp, web_index: WebIndex) ->
     assert words == [r.word for r in svc.tag(probe.read_bytes(), k=4).results]
 
     out = client.predict("text", "cat", None, [], "", 0, 3, api_name="/compare")
-    devise_gallery, status = out[0], out[-1]
-    assert _gallery_rows(devise_gallery) == _want_rows(svc.search_text("cat", k=3).results)
+    # each slot comes back as an update: its value, its label (model and time), visibility
+    devise, clip, status = out[0], out[4], out[-1]
+    assert _gallery_rows(devise["value"]) == _want_rows(svc.search_text("cat", k=3).results)
+    assert devise["visible"] is True and devise["label"].startswith("devise · 3 result(s)")
+    assert clip["visible"] is False
     assert "devise:" in status and "ms" in status
 
     _, status = client.predict("", "devise", [], "", 0, 6, api_name="/search_text")
@@ -373,14 +376,29 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(live.url, wait_until="networkidle")
-            page.get_by_label("Results (k)").first.fill("7")
-            page.get_by_label("Results (k)").first.press("Enter")
-            page.get_by_label("Words").first.fill("truck")
-            page.get_by_role("button", name="Search").first.click()
+            # offline: anything not from the app (web fonts, say) is refused, not awaited
+            page.route(
+                "**/*",
+                lambda route: (
+                    route.continue_() if route.request.url.startswith(live.url) else route.abort()
+                ),
+            )
+            page.goto(live.url, wait_until="domcontentloaded")
+            k = page.locator("#k input[type=number]")
+            k.wait_for(timeout=30_000)
+            k.fill("7")
+            k.press("Enter")
+            page.locator("#query textarea").fill("truck")
+            page.locator("#search").click()
             images = page.locator("#text-results img")
             images.nth(want - 1).wait_for(timeout=30_000)
             assert images.count() == want
+            # every result image arrives through the file guard, not just its tag
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#text-results img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)",
+                timeout=30_000,
+            )
             page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
         finally:
             browser.close()
