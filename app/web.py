@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from app.service import MODELS, Answer, ImageResult, ServiceError, TagResult
 from model.images import ImageError, is_image_path
@@ -123,7 +122,7 @@ class FileGuard:
         await self.app(scope, receive, send)
 
     def _ok(self, target: str) -> bool:
-        target = unquote(target)  # a client may encode twice; judge what Gradio will open
+        # judge exactly what Gradio will open: the path as decoded once by the server
         if "://" in target or not os.path.isabs(target):
             return False
         return self.served.allows(target, cache_too=True)
