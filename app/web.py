@@ -578,7 +578,7 @@ def build_demo(
             with gr.Row():
                 image = gr.Image(
                     type="filepath", sources=["upload", "webcam", "clipboard"],
-                    image_mode=None, label="Image", height=240,
+                    image_mode=None, label="Image", height=240, elem_id="image-query",
                 )  # fmt: skip
                 image_btn = gr.Button("Find similar", variant="primary")
             image_status = gr.Markdown()
@@ -589,7 +589,7 @@ def build_demo(
             with gr.Row():
                 tag_image = gr.Image(
                     type="filepath", sources=["upload", "webcam", "clipboard"],
-                    image_mode=None, label="Image", height=240,
+                    image_mode=None, label="Image", height=240, elem_id="tag-query",
                 )  # fmt: skip
                 with gr.Column():
                     tag_btn = gr.Button("Tag", variant="primary")
