@@ -406,13 +406,23 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.web import serve
 
-    return serve(_settings(args), host=args.host, port=args.port, auth=args.auth)
+    roots = [Path(r) for r in args.ingest_root] if args.ingest_root else None
+    return serve(
+        _settings(args), host=args.host, port=args.port, auth=args.auth, ingest_roots=roots
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
-    return run_demo(Path(args.dir), launch=not args.no_launch, cache_dir=_cache_dir(args))
+    return run_demo(
+        Path(args.dir),
+        launch=not args.no_launch,
+        cache_dir=_cache_dir(args),
+        settings=_settings(args),
+        host=args.host,
+        port=args.port,
+    )
 
 
 # ---------------------------------------------------------------------------- parser
@@ -664,12 +674,23 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=7860)
     sv.add_argument("--auth", default=None, help="user:pass for the web app ($DEVISE_AUTH)")
     sv.add_argument("--checkpoint", default=None)
+    sv.add_argument(
+        "--ingest-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folders the app's Index box may index (repeatable; default: your home folder "
+        "when bound to loopback, none otherwise)",
+    )
     index_flags(sv)
     sv.set_defaults(func=cmd_serve)
 
-    m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo (and later launch it)")
+    m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo and launch the web app")
     m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
     m.add_argument("--no-launch", action="store_true", help="stop after building")
+    m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    m.add_argument("--port", type=int, default=7860)
+    index_flags(m)
     m.set_defaults(func=cmd_demo)
     return p
 

@@ -1,43 +1,161 @@
-"""`devise demo`: build the offline Fashion-MNIST demo, skipping stages already done."""
+"""`devise demo`: build the offline Fashion-MNIST demo, skipping stages already done,
+then launch the web app on it.
+
+Stages: export images -> train -> evaluate -> ingest the gallery -> load the vocabulary.
+Each is skipped when its result is there: files for the exports, the checkpoint, the
+report, and the index's own counts and meta for ingest and vocabulary. So a second
+`devise demo` goes straight to the app.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from qdrant.store import Store
 
 DEMO_HOLDOUT = ("sandal", "shirt")
 TRAIN_LIMIT = 6000
 GALLERY_LIMIT = 2000
+VOCABULARY = 100_000
 
 
-def run_demo(root: Path, *, launch: bool, cache_dir: Path | None) -> int:
+def export_labelled_photos(out: Path) -> int:
+    """scikit-image's photos as `out/<label>/<name>.png`, so their label means something."""
     import model.datasets as datasets
-    from model.evaluate import evaluate_checkpoint
-    from model.train import TrainConfig, train
 
+    staging = out / ".staging"
+    labels = datasets.export_photos(staging)
+    for name, label in labels.items():
+        dest = out / label / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for src in (staging / name, out / name):  # out/<name>.png: an older demo's layout
+            if src.exists() and not dest.exists():
+                src.replace(dest)
+    shutil.rmtree(staging, ignore_errors=True)
+    for stale in out.glob("*.png"):
+        stale.unlink()
+    return len(labels)
+
+
+def count_images(root: Path) -> int:
+    from model.images import is_image_path
+
+    return sum(1 for p in root.rglob("*") if is_image_path(p) and p.is_file())
+
+
+def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
+    """True when every gallery image has a point made by this checkpoint."""
+    from qdrant.filters import SearchFilter
+    from qdrant.schema import IMAGES, abs_posix
+
+    rec = (store.get_meta().get("models") or {}).get("devise") or {}
+    if rec.get("id") != content_id:
+        return False
+    indexed = store.count(IMAGES, SearchFilter(folder=abs_posix(gallery)))
+    return indexed >= count_images(gallery)
+
+
+def vocabulary_loaded(store: Store, source: str, top: int) -> bool:
+    from qdrant.schema import WORDS
+
+    words = store.get_meta().get("words") or {}
+    needed = min(top, int(words.get("count") or top))
+    return words.get("source") == source and store.count(WORDS) >= needed
+
+
+def run_demo(
+    root: Path,
+    *,
+    launch: bool,
+    cache_dir: Path | None,
+    settings: Settings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+) -> int:
+    import model.datasets as datasets
+    from app.settings import Settings
+
+    t_start = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
     train_dir, gallery = root / "train", root / "gallery"
     ckpt = root / "devise.safetensors"
     if not (train_dir / ".done").exists():
-        print(f"[1/3] exporting {TRAIN_LIMIT} Fashion-MNIST training images to {train_dir}")
+        print(f"[1/5] exporting {TRAIN_LIMIT} Fashion-MNIST training images to {train_dir}")
         datasets.export_fashion_mnist(train_dir, split="train", limit=TRAIN_LIMIT)
         (train_dir / ".done").touch()
     if not (gallery / ".done").exists():
-        print(f"[1/3] exporting a {GALLERY_LIMIT}-image gallery and sample photos to {gallery}")
+        print(f"[1/5] exporting a {GALLERY_LIMIT}-image gallery and sample photos to {gallery}")
         datasets.export_fashion_mnist(gallery / "fashion", split="test", limit=GALLERY_LIMIT)
-        datasets.export_photos(gallery / "photos")
+        export_labelled_photos(gallery / "photos")
         (gallery / ".done").touch()
+    elif any((gallery / "photos").glob("*.png")):
+        export_labelled_photos(gallery / "photos")  # an older demo: photos into label folders
     if not ckpt.exists():
-        print(f"[2/3] training DeViSE (efficientnet_lite0 + GloVe 50d), hold-out {DEMO_HOLDOUT}")
+        from model.train import TrainConfig, train
+
+        print(f"[2/5] training DeViSE (efficientnet_lite0 + GloVe 50d), hold-out {DEMO_HOLDOUT}")
         train(train_dir, ckpt, TrainConfig(holdout=DEMO_HOLDOUT, cache_dir=cache_dir))
     report_file = root / "eval.json"
     if not report_file.exists():
-        print("[3/3] evaluating on the gallery")
+        from model.evaluate import evaluate_checkpoint
+
+        print("[3/5] evaluating on the gallery")
         report = evaluate_checkpoint(gallery / "fashion", ckpt, cache_dir=cache_dir)
         report_file.write_text(json.dumps(report.to_json(), indent=2))
         print(report.table())
-    else:
-        print(f"already built: {ckpt} ({report_file})")
-    if launch:
-        print("the web app arrives with the app issue; rerun with --no-launch for scripts")
-    return 0
+
+    settings = settings or Settings.from_env()
+    settings = dataclasses.replace(settings, checkpoint=ckpt.resolve())
+    store = settings.open_store()
+    try:
+        build_index(store, gallery, ckpt)
+        if not launch:
+            print(f"built in {time.perf_counter() - t_start:.1f}s: {store.describe()}")
+            return 0
+    finally:
+        store.close()
+    from app.web import serve
+
+    print(f"starting the app ({time.perf_counter() - t_start:.1f}s since start)")
+    return serve(settings, host=host, port=port, ingest_roots=[root.resolve()])
+
+
+def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
+    """Ingest the gallery and load the vocabulary, each only when not already done."""
+    from model.checkpoint import read_meta
+
+    meta = read_meta(ckpt)
+    content_id = str(meta["content_hash"])
+    words_source = str(meta["words"]["source"])
+    if not gallery_indexed(store, gallery, content_id):
+        from ingest.pipeline import ingest
+        from model.embedder import DeviseEmbedder
+
+        print(f"[4/5] indexing the gallery {gallery} into {store.describe()}")
+        emb = DeviseEmbedder(ckpt)
+        summary = ingest(
+            store,
+            [gallery],
+            [emb],
+            model_meta={
+                "devise": {
+                    "words": emb.words_source,
+                    "checkpoint": str(ckpt.resolve()),
+                    "backbone": emb.meta["backbone"],
+                }
+            },
+        )
+        print(summary.line())
+    if not vocabulary_loaded(store, words_source, VOCABULARY):
+        from ingest.vocabulary import load_vocabulary
+        from model.words import load_words
+
+        print(f"[5/5] loading the {VOCABULARY} most frequent words of {words_source}")
+        load_vocabulary(store, load_words(words_source), VOCABULARY)

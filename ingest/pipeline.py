@@ -203,6 +203,17 @@ def record_models(
     store.set_meta(meta)
 
 
+def record_roots(store: Store, roots: Sequence[Path]) -> None:
+    """Remember the folders (or files) given to ingest: the web app serves images from
+    these only."""
+    meta = store.get_meta()
+    known = [str(r) for r in meta.get("roots") or []]
+    new = [abs_posix(r) for r in roots if abs_posix(r) not in known]
+    if new:
+        meta["roots"] = sorted(known + new)
+        store.set_meta(meta)
+
+
 class _Bar:
     """A tqdm bar that goes to stderr, or nothing at all when progress is off."""
 
@@ -254,6 +265,7 @@ def ingest(
     _check_models(store, embedders, reembed)
     store.ensure_collections({e.name: e.dim for e in embedders})
     record_models(store, embedders, model_meta or {})
+    record_roots(store, roots)
 
     files = list(walk_images(roots, lambda p, r: skip(p, r)))
     existing = store.find_by_path([f.path for f in files]) if files else {}

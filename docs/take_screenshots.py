@@ -1,0 +1,86 @@
+"""README screenshots from a running app (`devise demo`), with headless Chromium.
+
+    python docs/take_screenshots.py URL [--photo PATH] [--out docs]
+
+Needs the `playwright` package and Debian's chromium (no browser is downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+from PIL import Image
+from playwright.sync_api import Page, sync_playwright
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def save_small(png: bytes, dest: Path, limit: int = 300_000) -> None:
+    """A palette PNG: screenshots are mostly flat colour, so 256 colours keep them sharp."""
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    for width in (im.width, 1100, 960):
+        small = im.resize((width, im.height * width // im.width)) if width < im.width else im
+        buf = io.BytesIO()
+        small.quantize(256).save(buf, format="PNG", optimize=True)
+        if buf.tell() <= limit:
+            break
+    dest.write_bytes(buf.getvalue())
+    print(f"{dest}: {buf.tell() // 1024} KB")
+
+
+def wait_images(page: Page, selector: str) -> None:
+    page.locator(f"{selector} img").first.wait_for(timeout=60_000)
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('{selector} img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+        timeout=60_000,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("--photo", type=Path, default=None, help="an image to tag and search by")
+    p.add_argument("--query", default="ankle boot")
+    p.add_argument("--out", type=Path, default=Path("docs"))
+    args = p.parse_args()
+    url = args.url.rstrip("/") + "/"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.route(
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith(url) else route.abort(),
+        )
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#query textarea").fill(args.query)
+        page.locator("#search").click()
+        wait_images(page, "#text-results")
+        save_small(page.screenshot(), args.out / "search_text.png")
+        if args.photo is not None:
+            page.get_by_role("tab", name="Tag an image").click()
+            page.locator("#tag-query input[type=file]").set_input_files(str(args.photo))
+            page.get_by_role("button", name="Tag", exact=True).click()
+            page.get_by_text("tag(s) by").wait_for(timeout=120_000)
+            save_small(page.screenshot(), args.out / "tag.png")
+            page.get_by_role("tab", name="Search by image").click()
+            page.locator("#image-query input[type=file]").set_input_files(str(args.photo))
+            page.get_by_role("button", name="Find similar").click()
+            wait_images(page, "#image-results")
+            save_small(page.screenshot(), args.out / "search_image.png")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
