@@ -162,7 +162,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         text = tags_report(_cache_dir(args) / "photos", models)
         Path(args.report).write_text(text)
         print(f"wrote {args.report}")
+    if args.record:
+        record_evaluation(args, report.to_json(), Path(args.data))
     return 0
+
+
+def record_evaluation(args: argparse.Namespace, data: dict[str, Any], where: Path) -> None:
+    """Keep the table in the index's meta, where the web app's Compare tab shows it."""
+    store = _settings(args).open_store()
+    try:
+        meta = store.get_meta()
+        meta["evaluation"] = dict(data, data=str(where.resolve()))
+        store.set_meta(meta)
+        print(f"recorded in {store.describe()}")
+    finally:
+        store.close()
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -552,6 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write each model's top tags on scikit-image's photos (markdown)",
     )
+    e.add_argument(
+        "--record",
+        action="store_true",
+        help="also keep the table in the index, for the web app's Compare tab",
+    )
+    e.add_argument("--index", default=None, help="index for --record (default ./data/index)")
+    e.add_argument("--qdrant-url", default=None, help="Qdrant server for --record")
     e.set_defaults(func=cmd_eval)
 
     def index_flags(sp: argparse.ArgumentParser) -> None:

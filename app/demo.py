@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from qdrant.store import Store
 
 DEMO_HOLDOUT = ("sandal", "shirt")
-TRAIN_LIMIT = 6000
-GALLERY_LIMIT = 2000
+# Sizes that keep the first build to a few minutes on two CPU cores (~14 img/s).
+TRAIN_LIMIT = 3000
+GALLERY_LIMIT = 1000
 VOCABULARY = 100_000
 
 
@@ -55,8 +56,9 @@ def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
     from qdrant.filters import SearchFilter
     from qdrant.schema import IMAGES, abs_posix
 
-    rec = (store.get_meta().get("models") or {}).get("devise") or {}
-    if rec.get("id") != content_id:
+    models = store.get_meta().get("models") or {}
+    rec = models.get("devise") or {}
+    if rec.get("id") != content_id or "conse" not in models:
         return False
     indexed = store.count(IMAGES, SearchFilter(folder=abs_posix(gallery)))
     return indexed >= count_images(gallery)
@@ -104,10 +106,12 @@ def run_demo(
         train(train_dir, ckpt, TrainConfig(holdout=DEMO_HOLDOUT, cache_dir=cache_dir))
     report_file = root / "eval.json"
     if not report_file.exists():
-        from model.evaluate import evaluate_checkpoint
+        from model.embedders import available_models
+        from model.evaluate import evaluate_models
 
-        print("[3/5] evaluating on the gallery")
-        report = evaluate_checkpoint(gallery / "fashion", ckpt, cache_dir=cache_dir)
+        print("[3/5] evaluating devise and conse on the gallery")
+        models = available_models(["devise", "conse"], checkpoint=ckpt, cache_dir=cache_dir)
+        report = evaluate_models(gallery / "fashion", models.models, cache_dir=cache_dir)
         report_file.write_text(json.dumps(report.to_json(), indent=2))
         print(report.table())
 
@@ -116,6 +120,7 @@ def run_demo(
     store = settings.open_store()
     try:
         build_index(store, gallery, ckpt)
+        record_report(store, report_file, gallery / "fashion")
         if not launch:
             print(f"built in {time.perf_counter() - t_start:.1f}s: {store.describe()}")
             return 0
@@ -127,6 +132,17 @@ def run_demo(
     return serve(settings, host=host, port=port, ingest_roots=[root.resolve()])
 
 
+def record_report(store: Store, report_file: Path, where: Path) -> None:
+    """The demo's evaluation table, kept in the index for the app's Compare tab."""
+    if not report_file.exists():
+        return
+    data = dict(json.loads(report_file.read_text()), data=str(where.resolve()))
+    meta = store.get_meta()
+    if meta.get("evaluation") != data:
+        meta["evaluation"] = data
+        store.set_meta(meta)
+
+
 def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
     """Ingest the gallery and load the vocabulary, each only when not already done."""
     from model.checkpoint import read_meta
@@ -136,20 +152,29 @@ def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
     words_source = str(meta["words"]["source"])
     if not gallery_indexed(store, gallery, content_id):
         from ingest.pipeline import ingest
+        from model.conse import ConseEmbedder
         from model.embedder import DeviseEmbedder
 
-        print(f"[4/5] indexing the gallery {gallery} into {store.describe()}")
+        print(f"[4/5] indexing the gallery {gallery} into {store.describe()} (devise, conse)")
         emb = DeviseEmbedder(ckpt)
+        # ConSE on the same backbone: one forward pass per image serves both models
+        conse = ConseEmbedder(emb.meta["backbone"], emb.words, backbone=emb.backbone)
         summary = ingest(
             store,
             [gallery],
-            [emb],
+            [emb, conse],
             model_meta={
                 "devise": {
                     "words": emb.words_source,
                     "checkpoint": str(ckpt.resolve()),
                     "backbone": emb.meta["backbone"],
-                }
+                },
+                "conse": {
+                    "words": conse.words_source,
+                    "backbone": conse.backbone.name,
+                    "weights": conse.backbone.weights_id,
+                    "top_t": conse.top_t,
+                },
             },
         )
         print(summary.line())

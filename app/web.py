@@ -523,6 +523,24 @@ class WebHandlers:
 # ---------------------------------------------------------------------------- the page
 
 
+def evaluation_markdown(service: SearchService) -> str:
+    """The evaluation table recorded in the index (`devise eval ... --record`), as text."""
+    from model.evaluate import EvalReport
+
+    data = (service.meta().get("evaluation") or {}) if service is not None else {}
+    if not data:
+        return (
+            "No evaluation is recorded in this index. Run `devise eval DATA --checkpoint "
+            "CKPT --models devise,conse,clip --record` to show one here."
+        )
+    report = EvalReport.from_json(data)
+    where = data.get("data", "")
+    return (
+        f"Test images: `{where}`; hold-out (zero-shot) labels: "
+        f"{', '.join(report.holdout) or 'none'}.\n\n```\n{report.table()}\n```"
+    )
+
+
 def build_demo(
     service: SearchService,
     *,
@@ -606,6 +624,8 @@ def build_demo(
                 )  # fmt: skip
                 cmp_btn = gr.Button("Compare", variant="primary")
             cmp_status = gr.Markdown()
+            with gr.Accordion("Evaluation: the same models, measured (devise eval)", open=False):
+                gr.Markdown(evaluation_markdown(service))
             slots: list[tuple[gr.Gallery, gr.Label]] = []
             with gr.Row():
                 for m in slot_models:

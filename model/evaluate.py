@@ -153,6 +153,26 @@ class EvalReport:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EvalReport:
+        """The inverse of `to_json` (absent metrics come back as NaN, absent models as None)."""
+        nan = float("nan")
+        return (
+            cls(
+                labels=list(data.get("labels", [])),
+                holdout=list(data.get("holdout", [])),
+                chance={k: float(v) for k, v in (data.get("chance") or {}).items()},
+                models={
+                    m: ({k: float(x) for k, x in v.items()} if v is not None else None)
+                    for m, v in (data.get("models") or {}).items()
+                },
+                counts=dict(data.get("counts") or {}),
+                notes=list(data.get("notes") or []),
+            )
+            if data
+            else cls([], [], {"flat_hit@1": nan}, {})
+        )
+
     def to_json(self) -> dict[str, Any]:
         def clean(d: dict[str, float]) -> dict[str, float]:
             return {k: round(v, 6) for k, v in d.items() if v == v}  # drop NaN

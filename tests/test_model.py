@@ -206,3 +206,18 @@ def test_bf16_embeddings_match_fp32_on_real_photos(tmp_path: Path) -> None:
     a, b = unit(fp32.features(arr)), unit(bf16.features(arr))
     assert bf16.precision == "bf16", f"bf16 fell back (native bf16: {cpu_has_bf16()})"
     assert float((a * b).sum(axis=1).min()) >= 0.995
+
+
+@pytest.mark.weights
+def test_efficientnet_lite0_sees_a_cat_in_chelsea() -> None:
+    """The packaged ImageNet weights are real: scikit-image's cat photo is a cat class."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from model.images import to_array
+    from model.words import imagenet_class_names
+
+    b = load_backbone("efficientnet_lite0", "default", "fp32")
+    arr = to_array(Image.fromarray(skimage_data.chelsea()), b.spec.preprocess)[None]
+    top5 = [imagenet_class_names()[i] for i in np.argsort(-b.logits(b.features(arr))[0])[:5]]
+    assert {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"} & set(top5), top5

@@ -403,3 +403,25 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
         finally:
             browser.close()
     assert (tmp_path / "web.png").stat().st_size > 10_000
+
+
+def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
+    from app.service import SearchService
+    from app.web import evaluation_markdown
+    from model.evaluate import EvalReport
+    from qdrant.edge import EdgeStore
+
+    report = EvalReport(
+        labels=["cat", "dog"],
+        holdout=["dog"],
+        chance={"flat_hit@1": 0.5, "zeroshot_hit@1": 0.5},
+        models={"devise": {"flat_hit@1": 0.9, "zeroshot_hit@1": 0.25}, "clip": None},
+    )
+    with EdgeStore(tmp_path / "index") as store:
+        service = SearchService(store)
+        assert "No evaluation is recorded" in evaluation_markdown(service)
+        store.set_meta(dict(store.get_meta(), evaluation=report.to_json()))
+        text = evaluation_markdown(service)
+    assert "0.900" in text and "0.250" in text and "absent" in text and "chance" in text
+    back = EvalReport.from_json(report.to_json())
+    assert back.models["clip"] is None and back.table() == report.table()
