@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("url")
     p.add_argument("--photo", type=Path, default=None, help="an image to tag and search by")
     p.add_argument("--query", default="ankle boot")
+    p.add_argument("--compare", default="sneaker", help="the Compare tab's query")
     p.add_argument("--out", type=Path, default=Path("docs"))
     args = p.parse_args()
     url = args.url.rstrip("/") + "/"
@@ -79,6 +80,12 @@ def main() -> None:
             page.get_by_role("button", name="Find similar").click()
             wait_images(page, "#image-results")
             save_small(page.screenshot(), args.out / "search_image.png")
+        page.get_by_role("tab", name="Compare models").click()
+        page.get_by_label("Words").last.fill(args.compare)
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.get_by_text("model(s):").wait_for(timeout=120_000)
+        page.wait_for_timeout(1500)
+        save_small(page.screenshot(full_page=True), args.out / "compare.png")
         browser.close()
 
 
