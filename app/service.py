@@ -178,8 +178,12 @@ class SearchService:
             "models": models,
         }
 
+    def _has_images(self) -> bool:
+        # one point is enough to know: an exact count costs ~20 ms at 100,000 points
+        return next(iter(self.store.scroll_images(batch=1)), None) is not None
+
     def _require_images(self, model: str) -> dict[str, Any]:
-        if self.store.count(IMAGES) == 0:
+        if not self._has_images():
             raise EmptyIndexError(
                 f"the index {self.store.describe()} holds no images yet. Fill it with "
                 "`devise ingest DIR --checkpoint CKPT` (or `devise demo` for the sample)."

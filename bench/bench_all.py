@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,4 +13,6 @@ if __name__ == "__main__":
         if script.name == "bench_all.py":
             continue
         print(f"== {script.name}", flush=True)
-        subprocess.run([sys.executable, str(script)], check=False)
+        # the repo root on the path: some benchmarks reuse the tests' image helpers
+        env = dict(os.environ, PYTHONPATH=str(here.parent))
+        subprocess.run([sys.executable, str(script)], check=False, env=env)
