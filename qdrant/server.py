@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -67,6 +68,12 @@ class ServerStore:
         # qdrant-client's local mode (tests) searches by brute force and ignores payload
         # indexes, warning on every call that asks for either
         self._local = options.get("location") == ":memory:" or bool(options.get("path"))
+        # A real server serialises concurrent requests itself; local mode's in-process
+        # collections do not (a search racing an upsert sees arrays of different lengths),
+        # so there every call takes one lock.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self._local else contextlib.nullcontext()
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -78,7 +85,8 @@ class ServerStore:
     def _guard(self, what: str) -> Iterator[None]:
         """Turn transport failures into StoreUnavailableError naming the URL."""
         try:
-            yield
+            with self._lock:
+                yield
         except (ResponseHandlingException, httpx.TransportError, ConnectionError) as e:
             raise StoreUnavailableError(
                 f"Qdrant at {self.url} is unreachable ({what}): {_reason(e)}"
