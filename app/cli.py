@@ -49,7 +49,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
-    from model.features import default_cache_dir
+    from model.paths import default_cache_dir
 
     return Path(args.cache) if getattr(args, "cache", None) else default_cache_dir()
 

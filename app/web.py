@@ -525,7 +525,7 @@ class WebHandlers:
 
 def evaluation_markdown(service: SearchService) -> str:
     """The evaluation table recorded in the index (`devise eval ... --record`), as text."""
-    from model.evaluate import EvalReport
+    from model.report import EvalReport
 
     data = (service.meta().get("evaluation") or {}) if service is not None else {}
     if not data:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "devise-search/1"
 _META_KEY = "devise"
@@ -43,6 +43,8 @@ class Checkpoint:
 
 
 def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
@@ -57,6 +59,8 @@ def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """Write atomically; returns the content hash, which is also stored in the metadata."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = dict(meta, format=FORMAT)
     meta["content_hash"] = content_hash(tensors, meta)
@@ -75,8 +79,21 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    """Only the metadata: cheap, reads the header without loading tensors."""
-    return _open(path, with_tensors=False).meta
+    """Only the metadata, from the safetensors header (an 8-byte little-endian length, then
+    JSON), without torch: the demo and the app read it at start-up."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header of {n} bytes")
+            header = json.loads(f.read(n))
+        raw = (header.get("__metadata__") or {}).get(_META_KEY)
+    except (OSError, ValueError, struct.error, AttributeError):
+        raw = None
+    if raw is None:  # let the full reader say what is wrong (missing, not safetensors, ...)
+        return _open(path, with_tensors=False).meta
+    return _check(path, raw)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -84,6 +101,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def _open(path: Path, with_tensors: bool) -> Checkpoint:
+    from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -100,13 +119,19 @@ def _open(path: Path, with_tensors: bool) -> Checkpoint:
         ) from e
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file without devise-search metadata")
+    return Checkpoint(tensors, _check(path, raw))
+
+
+def _check(path: Path, raw: str) -> dict[str, Any]:
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt metadata (not an object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} was written by another version (format {meta.get('format')!r}, "
             f"this version reads {FORMAT!r}); retrain it with `devise train`."
         )
-    return Checkpoint(tensors, meta)
+    return meta

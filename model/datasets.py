@@ -30,6 +30,7 @@ import numpy.typing as npt
 from PIL import Image
 from tqdm import tqdm
 
+from model.paths import default_cache_dir
 from model.words import label_name
 
 UInt8Array = npt.NDArray[np.uint8]
@@ -83,11 +84,6 @@ _CHUNK = 1 << 20
 
 class DatasetError(RuntimeError):
     """A data set that cannot be read, downloaded or written; the message says what to do."""
-
-
-def default_cache_dir() -> Path:
-    """Where downloads are kept: `~/.cache/devise-search`."""
-    return Path.home() / ".cache" / "devise-search"
 
 
 # ---------------------------------------------------------------------------- downloads

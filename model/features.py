@@ -25,6 +25,7 @@ from tqdm import tqdm
 from model.backbones import Backbone
 from model.images import is_image_path
 from model.loader import iter_batches
+from model.paths import default_cache_dir as default_cache_dir
 from model.words import label_name
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,6 @@ def scan_image_folder(root: Path) -> LabelledImages:
     return LabelledImages(
         root, paths, np.asarray(targets, dtype=np.int64), [label_name(f) for f in folders], folders
     )
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("DEVISE_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "devise-search"
 
 
 def _cache_key(backbone: Backbone, paths: list[Path]) -> str:
