@@ -207,13 +207,15 @@ def test_file_deleted_between_scan_and_load(tmp_path: Path, store: EdgeStore) ->
             victim.unlink()
             state["first"] = False
 
+    # One image a batch: the loader reads LOOKAHEAD_BATCHES + 1 batches ahead, so the last
+    # file is not yet submitted when the first batch comes back and deletes it.
     s = ingest(
         store,
         [root],
-        [FakeEmbedder()],
+        [FakeEmbedder()],  # type: ignore[list-item]
         progress=False,
-        batch_size=4,
-        workers=1,  # type: ignore[list-item]
+        batch_size=1,
+        workers=1,
         on_batch=delete_once,
     )
     assert dict(s.failed) == {"missing": 1} and s.indexed == 14
