@@ -584,6 +584,13 @@ def build_demo(
                 object_fit="contain", elem_id=elem_id,
             )  # fmt: skip
 
+        def image_input(elem_id: str | None, height: int = 240) -> gr.Image:
+            """An image query: upload, webcam or clipboard, kept as a file path."""
+            return gr.Image(
+                type="filepath", sources=["upload", "webcam", "clipboard"],
+                image_mode=None, label="Image", height=height, elem_id=elem_id,
+            )  # fmt: skip
+
         with gr.Tab("Search by text"):
             with gr.Row():
                 text = gr.Textbox(label="Words", placeholder="ankle boot", scale=4, elem_id="query")
@@ -594,10 +601,7 @@ def build_demo(
 
         with gr.Tab("Search by image"):
             with gr.Row():
-                image = gr.Image(
-                    type="filepath", sources=["upload", "webcam", "clipboard"],
-                    image_mode=None, label="Image", height=240, elem_id="image-query",
-                )  # fmt: skip
+                image = image_input("image-query")
                 image_btn = gr.Button("Find similar", variant="primary")
             image_status = gr.Markdown()
             image_gallery = results_gallery("Similar images (click for more)", "image-results")
@@ -605,10 +609,7 @@ def build_demo(
 
         with gr.Tab("Tag an image"):
             with gr.Row():
-                tag_image = gr.Image(
-                    type="filepath", sources=["upload", "webcam", "clipboard"],
-                    image_mode=None, label="Image", height=240, elem_id="tag-query",
-                )  # fmt: skip
+                tag_image = image_input("tag-query")
                 with gr.Column():
                     tag_btn = gr.Button("Tag", variant="primary")
                     tag_status = gr.Markdown()
@@ -618,10 +619,7 @@ def build_demo(
             with gr.Row():
                 kind = gr.Radio(list(COMPARE_KINDS), value="text", label="Query")
                 cmp_text = gr.Textbox(label="Words", placeholder="sneaker", scale=3)
-                cmp_image = gr.Image(
-                    type="filepath", sources=["upload", "webcam", "clipboard"],
-                    image_mode=None, label="Image", height=160,
-                )  # fmt: skip
+                cmp_image = image_input(None, height=160)
                 cmp_btn = gr.Button("Compare", variant="primary")
             cmp_status = gr.Markdown()
             with gr.Accordion("Evaluation: the same models, measured (devise eval)", open=False):

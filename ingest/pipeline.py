@@ -214,29 +214,6 @@ def record_roots(store: Store, roots: Sequence[Path]) -> None:
         store.set_meta(meta)
 
 
-class _Bar:
-    """A tqdm bar that goes to stderr, or nothing at all when progress is off."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = tqdm(
-            total=total,
-            desc="ingest",
-            unit="img",
-            dynamic_ncols=True,
-            disable=not enabled,
-            file=sys.stderr,
-        )
-
-    def write(self, text: str) -> None:
-        tqdm.write(text, file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def ingest(
     store: Store,
     roots: Sequence[Path],
@@ -324,7 +301,14 @@ def ingest(
         else:
             summary.indexed += 1  # a copy of an indexed file: same vectors, new point
 
-    bar = _Bar(len(to_embed), progress)
+    bar = tqdm(
+        total=len(to_embed),
+        desc="ingest",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress,
+        file=sys.stderr,
+    )
     try:
         specs = _unique_specs(embedders)
         paths = [f.path for f in to_embed]

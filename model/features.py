@@ -25,7 +25,6 @@ from tqdm import tqdm
 from model.backbones import Backbone
 from model.images import is_image_path
 from model.loader import iter_batches
-from model.paths import default_cache_dir as default_cache_dir
 from model.words import label_name
 
 log = logging.getLogger(__name__)
@@ -124,10 +123,7 @@ def extract_features(
     with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
         for batch in iter_batches(paths, backbone.spec.preprocess, batch_size, workers):
             for _, err in batch.failures:
-                tqdm.write(
-                    f"skipping {err.source}: {err.reason}"
-                    + (f" ({err.detail})" if err.detail else "")
-                )
+                tqdm.write(f"skipping {err}")  # ImageError says "PATH: reason (detail)"
             if batch.indices:
                 feats.append(backbone.features(batch.array))
                 ok.extend(batch.indices)
