@@ -451,7 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache",
         default=None,
-        help="feature cache folder (default $DEVISE_CACHE or ~/.cache/devise-search)",
+        help="cache folder for features, compiled models and downloads "
+        "(default $DEVISE_CACHE, else ~/.cache/devise-search)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "openvino", "torch"],
+        default=None,
+        help="what runs the backbones: openvino (the fast path: the model compiled for this "
+        "CPU, same results), torch (plain PyTorch), or auto, the default: openvino when "
+        "installed ($DEVISE_RUNTIME sets the default)",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -746,6 +755,24 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from model.fastpath import set_default_runtime
+
+    saved_cache = os.environ.get("DEVISE_CACHE")
+    if args.cache:
+        os.environ["DEVISE_CACHE"] = str(Path(args.cache).expanduser())
+    saved_runtime = set_default_runtime(args.runtime) if args.runtime else None
+    try:
+        return _run(args)
+    finally:  # main() is also called in-process (tests, the demo): leave no trace
+        if saved_cache is None:
+            os.environ.pop("DEVISE_CACHE", None)
+        else:
+            os.environ["DEVISE_CACHE"] = saved_cache
+        if args.runtime:
+            set_default_runtime(saved_runtime)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

