@@ -1,0 +1,168 @@
+"""The fast path: backbones compiled by OpenVINO give the eager model's results, are cached,
+follow weight changes, and fall back to PyTorch on any failure."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import fastpath
+from model.backbones import BackboneError, load_backbone
+from model.words import unit
+
+pytest.importorskip("openvino", reason="the fast path needs OpenVINO (a project dependency)")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def batch(n: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float32)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray((unit(a) * unit(b)).sum(axis=1))
+
+
+def test_openvino_gives_the_eager_results(cache: Path) -> None:
+    x = batch()
+    fast = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    eager = load_backbone("resnet18", None, "fp32", runtime="torch")
+    got, ref = fast.features(x), eager.features(x)
+    assert fast.runtime == "openvino" and eager.runtime == "torch"
+    assert cosines(got, ref).min() > 0.9999
+    assert np.allclose(got, ref, atol=1e-3)
+    assert list(cache.glob("openvino/resnet18-*.xml")), "the compiled model was not cached"
+
+
+def test_the_cached_model_is_reused_not_converted_again(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = batch()
+    first = load_backbone("resnet18", None, "fp32", runtime="openvino").features(x)
+
+    def no_conversion(*a: object, **k: object) -> None:
+        raise AssertionError("converted again despite the cache")
+
+    monkeypatch.setattr(fastpath, "_convert", no_conversion)
+    second = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    assert np.array_equal(second.features(x), first)
+    assert second.runtime == "openvino"
+
+
+def test_new_weights_are_compiled_again_not_read_from_a_stale_cache(cache: Path) -> None:
+    x = batch()
+    bb = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    before = bb.features(x)
+    state = {k: v.clone() for k, v in bb.state_dict().items()}
+    state["body.layer4.1.conv2.weight"] *= -1.0  # other weights, same name
+    bb.load_state_dict(state)
+    after = bb.features(x)
+    eager = load_backbone("resnet18", None, "fp32", runtime="torch")
+    eager.load_state_dict(state)
+    assert not np.allclose(before, after, atol=1e-3), "still the old compiled weights"
+    assert cosines(after, eager.features(x)).min() > 0.9999
+    # and a fresh backbone with the original weights still gets the original model
+    again = load_backbone("resnet18", None, "fp32", runtime="openvino").features(x)
+    assert np.allclose(again, before, atol=1e-5)
+
+
+def test_training_mode_drops_the_compiled_copy(cache: Path) -> None:
+    bb = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    bb.features(batch(1))
+    bb.train()
+    assert bb._fast() is None  # fine-tuning runs in torch
+    bb.eval()
+    assert bb._fast() is not None
+
+
+def test_a_failed_conversion_falls_back_to_torch_and_says_so(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*a: object, **k: object) -> None:
+        raise RuntimeError("unsupported operation aten::mystery")
+
+    monkeypatch.setattr(fastpath, "_convert", broken)
+    x = batch()
+    bb = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    with caplog.at_level(logging.WARNING):
+        got = bb.features(x)
+    assert bb.runtime == "torch"
+    assert "OpenVINO could not compile it" in caplog.text and "aten::mystery" in caplog.text
+    ref = load_backbone("resnet18", None, "fp32", runtime="torch").features(x)
+    assert np.allclose(got, ref, atol=1e-5)
+
+
+def test_a_damaged_cache_is_rebuilt(cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x = batch()
+    good = load_backbone("resnet18", None, "fp32", runtime="openvino").features(x)
+    (xml,) = cache.glob("openvino/resnet18-*.xml")
+    xml.write_text("<net>not really</net>")
+    with caplog.at_level(logging.WARNING):
+        again = load_backbone("resnet18", None, "fp32", runtime="openvino").features(x)
+    assert "ignoring unreadable OpenVINO cache" in caplog.text
+    assert np.allclose(again, good, atol=1e-5)
+    assert "not really" not in xml.read_text()  # rewritten
+
+
+def test_other_input_sizes_run_eagerly(cache: Path) -> None:
+    bb = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    small = batch()[:, :, :64, :64]
+    ref = load_backbone("resnet18", None, "fp32", runtime="torch").features(small)
+    assert np.allclose(bb.features(small), ref, atol=1e-5)
+
+
+def test_concurrent_callers_get_their_own_answers(cache: Path) -> None:
+    bb = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    inputs = [batch(2, seed=s) for s in range(6)]
+    expected = [bb.features(x) for x in inputs]
+    got: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        got[i] = bb.features(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, e in enumerate(expected):
+        assert np.array_equal(got[i], e), f"caller {i} got another caller's features"
+
+
+def test_runtime_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(BackboneError, match="unknown runtime 'tensorrt'"):
+        load_backbone("resnet18", None, runtime="tensorrt")
+    assert load_backbone("resnet18", None, runtime="torch").runtime == "torch"
+    monkeypatch.setenv("DEVISE_RUNTIME", "torch")
+    assert load_backbone("resnet18", None).runtime == "torch"
+    previous = fastpath.set_default_runtime("openvino")
+    try:
+        assert load_backbone("resnet18", None).runtime == "openvino"  # beats the environment
+    finally:
+        fastpath.set_default_runtime(previous)
+    monkeypatch.setattr(fastpath, "openvino_version", lambda: None)  # as if not installed
+    assert load_backbone("resnet18", None, runtime="auto").runtime == "torch"
+    with pytest.raises(BackboneError, match="pip install openvino"):
+        load_backbone("resnet18", None, runtime="openvino")
+
+
+def test_cli_runtime_flag_is_checked_and_leaves_no_trace(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--runtime", "cuda", "search", "dog"])
+    assert "invalid choice: 'cuda'" in capsys.readouterr().err
+    main(["--runtime", "torch", "--cache", "/nonexistent/x", "search", "dog", "--index", "/no"])
+    assert fastpath._default_runtime is None
+    assert os.environ.get("DEVISE_CACHE") != "/nonexistent/x"
