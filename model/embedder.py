@@ -8,19 +8,17 @@ are never mixed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from PIL import Image
 
-from model.backbones import RANDOM_INIT, Backbone, load_backbone
 from model.checkpoint import Checkpoint, load_checkpoint
-from model.devise import DeviseHead
 from model.images import Preprocess, to_array
+from model.specs import RANDOM_INIT, BackboneLike
 from model.words import WordVectors, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -72,7 +70,7 @@ class WordSpaceEmbedder:
     share. Subclasses provide `backbone`, `words`, `dim` and `embed_features`."""
 
     @property
-    def backbone(self) -> Backbone:
+    def backbone(self) -> BackboneLike:
         raise NotImplementedError
 
     @property
@@ -107,8 +105,33 @@ class WordSpaceEmbedder:
         return unit(np.stack([embed_phrase(words, t) for t in texts]))
 
 
+def head_forward(
+    head: Mapping[str, npt.NDArray[np.float32]], kind: str, features: Float32Array
+) -> Float32Array:
+    """`model.devise.DeviseHead.forward` in eval mode, in numpy: queries need no torch.
+
+    `head` is the head's state dict. A test checks this against the torch module.
+    """
+    x = (np.asarray(features, dtype=np.float32) - head["feat_mean"]) / head["feat_std"]
+    if kind == "linear":
+        y = x @ head["proj.weight"].T + head["proj.bias"]
+    elif kind == "mlp":  # Linear, BatchNorm1d (running statistics), ReLU, Dropout, Linear
+        h = x @ head["proj.0.weight"].T + head["proj.0.bias"]
+        h = (h - head["proj.1.running_mean"]) / np.sqrt(head["proj.1.running_var"] + 1e-5)
+        h = np.maximum(h * head["proj.1.weight"] + head["proj.1.bias"], 0.0)
+        y = h @ head["proj.4.weight"].T + head["proj.4.bias"]
+    else:
+        raise ValueError(f"unknown head {kind!r}: use linear or mlp")
+    norm = np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)  # F.normalize
+    return np.asarray(y / norm, dtype=np.float32)
+
+
 class DeviseEmbedder(WordSpaceEmbedder):
-    """A trained DeViSE checkpoint: backbone + projection into the word space."""
+    """A trained DeViSE checkpoint: backbone + projection into the word space.
+
+    Inference needs no torch when the backbone's compiled model is cached
+    (`model.fastpath.load_compiled`): the head runs in numpy.
+    """
 
     name = "devise"
 
@@ -120,22 +143,24 @@ class DeviseEmbedder(WordSpaceEmbedder):
         precision: str = "fp32",
         words: WordVectors | None = None,
     ) -> None:
-        self.ckpt = (
-            checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-        )
+        if isinstance(checkpoint, Checkpoint):
+            self.ckpt = Checkpoint(
+                {k: np.asarray(v) for k, v in checkpoint.tensors.items()}, checkpoint.meta
+            )
+        else:
+            self.ckpt = load_checkpoint(checkpoint, framework="numpy")
         self.meta: dict[str, Any] = self.ckpt.meta
         self._weights = weights
         self._precision = precision
         self._words = words
         self._lock = threading.Lock()
-        self._backbone: Backbone | None = None
-        hd = self.ckpt.prefixed("head")
-        feature_dim = int(hd["feat_mean"].shape[0])
-        self.head = DeviseHead(feature_dim, self.dim, self.meta.get("head", "linear"))
-        self.head.load_state_dict(hd)
-        self.head.eval()
+        self._backbone: BackboneLike | None = None
+        self.head_kind = str(self.meta.get("head", "linear"))
+        self.head_state: dict[str, Float32Array] = {
+            k: v.astype(np.float32) for k, v in self.ckpt.prefixed("head").items()
+        }
         self.labels: list[str] = list(self.meta["labels"])
-        self.label_vectors: Float32Array = self.ckpt.tensors["labels.vectors"].numpy()
+        self.label_vectors: Float32Array = self.ckpt.tensors["labels.vectors"]
 
     @property
     def dim(self) -> int:
@@ -150,34 +175,49 @@ class DeviseEmbedder(WordSpaceEmbedder):
         return str(self.meta["words"]["source"])
 
     @property
-    def backbone(self) -> Backbone:
+    def backbone(self) -> BackboneLike:
         """Built on first use, under a lock: text queries never pay for it."""
         with self._lock:
             if self._backbone is None:
-                wid = self.meta["weights"]
-                if wid == RANDOM_INIT or self.meta.get("finetuned"):
-                    # the checkpoint carries the whole backbone (random-init or fine-tuned)
-                    bb = load_backbone(self.meta["backbone"], None, self._precision)
-                    bb.load_state_dict(self.ckpt.prefixed("backbone"))
-                else:
-                    weights = self._weights or self.meta.get("weights_path") or "default"
-                    bb = load_backbone(self.meta["backbone"], weights, self._precision)
-                self._backbone = bb
+                self._backbone = self._load_backbone()
             return self._backbone
 
-    def set_backbone(self, backbone: Backbone) -> None:
+    def _load_backbone(self) -> BackboneLike:
+        from model import fastpath
+
+        name, wid = self.meta["backbone"], self.meta["weights"]
+        if wid == RANDOM_INIT or self.meta.get("finetuned"):
+            # The checkpoint carries the whole backbone (random-init or fine-tuned): its
+            # compiled model is cached under the checkpoint's own id.
+            key = f"{self.content_id}:backbone"
+            cached = fastpath.load_compiled(name, RANDOM_INIT, self._precision, key)
+            if cached is not None:
+                return cached
+            import torch
+
+            from model.backbones import load_backbone
+
+            bb = load_backbone(name, None, self._precision)
+            bb.load_state_dict({k: torch.from_numpy(v) for k, v in self._carried().items()})
+            bb.set_weights_key(key)
+            return bb
+        weights = self._weights or self.meta.get("weights_path") or "default"
+        return fastpath.load_for_inference(name, weights, self._precision)
+
+    def _carried(self) -> dict[str, Any]:
+        return self.ckpt.prefixed("backbone")
+
+    def set_backbone(self, backbone: BackboneLike) -> None:
         """Inject an already built backbone (tests, or several embedders sharing one)."""
         self._backbone = backbone
 
-    @torch.inference_mode()
     def embed_features(self, features: Float32Array) -> Float32Array:
-        return self.head(torch.from_numpy(np.ascontiguousarray(features))).float().numpy()
+        return head_forward(self.head_state, self.head_kind, features)
 
-    @torch.inference_mode()
     def softmax_scores(self, features: Float32Array) -> Float32Array:
         probe = self.ckpt.prefixed("softmax")
-        x = (torch.from_numpy(features) - probe["0.mean"]) / probe["0.std"]
-        return (x @ probe["1.weight"].T + probe["1.bias"]).numpy()
+        x = (np.asarray(features, dtype=np.float32) - probe["0.mean"]) / probe["0.std"]
+        return np.asarray(x @ probe["1.weight"].T + probe["1.bias"], dtype=np.float32)
 
     @property
     def words(self) -> WordVectors:

@@ -26,12 +26,15 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from model.paths import default_cache_dir
+
+if TYPE_CHECKING:
+    from model.specs import BackboneLike, BackboneSpec, Precision
 
 log = logging.getLogger(__name__)
 Runtime = Literal["auto", "openvino", "torch"]
@@ -178,9 +181,11 @@ def compile_module(
     key: str | None,
     precision: str,
     cache_dir: Path | None = None,
+    classifier: tuple[Float32Array, Float32Array] | None = None,
 ) -> CompiledModel:
     """`module` compiled by OpenVINO; `key` names its weights for the on-disk cache (None:
-    convert every time). Raises whatever conversion raises; callers fall back to torch."""
+    convert every time), and `classifier` (weight, bias) is cached beside it for
+    `load_compiled`. Raises whatever conversion raises; callers fall back to torch."""
     model = None
     xml = ir_path(name, key, cache_dir) if key is not None else None
     if xml is not None and xml.is_file() and xml.with_suffix(".bin").is_file():
@@ -193,9 +198,128 @@ def compile_module(
         model = _convert(module, example_shape)
         if xml is not None:
             _save(model, xml)
+    if xml is not None and classifier is not None and xml.is_file():
+        save_classifier(xml, *classifier)
+    return _compile(model, precision)
+
+
+def _compile(model: Any, precision: str) -> CompiledModel:
     hint = "bf16" if precision == "bf16" else "f32"
     compiled = _core().compile_model(
         model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
     )
     got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return CompiledModel(compiled, "bf16" if "bf16" in got else "fp32")
+
+
+def backbone_key(name: str, weights_key: str) -> str:
+    """The cache key of a backbone's compiled features model."""
+    return cache_key([name, weights_key, "features"])
+
+
+def _classifier_path(xml: Path) -> Path:
+    return xml.with_suffix(".classifier.npz")
+
+
+def save_classifier(xml: Path, weight: Float32Array, bias: Float32Array) -> None:
+    """The ImageNet classifier beside the compiled features model, so that ConSE and a
+    torch-free `CompiledBackbone` have logits too."""
+    out = _classifier_path(xml)
+    if out.is_file():
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=xml.parent, suffix=".tmp.npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, weight=weight.astype(np.float32), bias=bias.astype(np.float32))
+        os.replace(tmp, out)
+    except OSError as e:
+        log.warning("could not cache the classifier at %s (%s)", out, e)
+
+
+class CompiledBackbone:
+    """A backbone served from the compiled-model cache alone: no torch is imported.
+
+    Built by `load_compiled` once a torch `Backbone` has compiled and cached the same
+    weights; queries (`devise tag`, the app's image searches) then start in a fraction of
+    the time. Inputs must have the backbone's own size (the loader makes them so).
+    """
+
+    runtime = "openvino"
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        weights_id: str,
+        compiled: CompiledModel,
+        classifier: tuple[Float32Array, Float32Array],
+    ) -> None:
+        self.spec = spec
+        self.weights_id = weights_id
+        self.precision: Precision = "bf16" if compiled.precision == "bf16" else "fp32"
+        self._compiled = compiled
+        self._weight, self._bias = classifier
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+    def features(self, batch: Float32Array) -> Float32Array:
+        x = np.asarray(batch, dtype=np.float32)
+        size = self.spec.preprocess.size
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"{self.name} takes (N, 3, {size}, {size}) arrays, got {x.shape}")
+        if not len(x):
+            return np.zeros((0, self.feature_dim), np.float32)
+        return self._compiled(x)
+
+    def logits(self, features: Float32Array) -> Float32Array:
+        f = np.asarray(features, dtype=np.float32)
+        out: Float32Array = f @ self._weight.T + self._bias
+        return out
+
+
+def load_compiled(
+    name: str, weights_id: str, precision: str, weights_key: str | None = None
+) -> CompiledBackbone | None:
+    """The backbone from the compiled-model cache, or None when it is not cached (or the
+    runtime is torch, or bf16 is asked for where OpenVINO cannot run it natively)."""
+    from model.specs import get_spec, resolve_precision
+
+    spec = get_spec(name)
+    prec = resolve_precision(precision)
+    if resolve_runtime(None) != "openvino" or (prec == "bf16" and not openvino_has_bf16()):
+        return None
+    xml = ir_path(name, backbone_key(name, weights_key or weights_id))
+    cls = _classifier_path(xml)
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file() and cls.is_file()):
+        return None
+    try:
+        with np.load(cls, allow_pickle=False) as z:
+            classifier = (z["weight"], z["bias"])
+        model = _core().read_model(str(xml))
+        compiled = _compile(model, prec)
+    except Exception as e:  # noqa: BLE001 - a damaged cache: the torch path rebuilds it
+        log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+        return None
+    return CompiledBackbone(spec, weights_id, compiled, classifier)
+
+
+def load_for_inference(
+    name: str, weights: str | os.PathLike[str] | None, precision: str
+) -> BackboneLike:
+    """A backbone for queries: from the compiled-model cache without torch when it is there,
+    else built with torch (which compiles and caches it for the next process)."""
+    from model.specs import weights_identity
+
+    wid = weights_identity(name, weights)
+    if wid is not None:
+        cached = load_compiled(name, wid, precision)
+        if cached is not None:
+            return cached
+    from model.backbones import load_backbone
+
+    return load_backbone(name, weights, precision)

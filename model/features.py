@@ -22,9 +22,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from model.backbones import Backbone
 from model.images import is_image_path
 from model.loader import iter_batches
+from model.specs import BackboneLike
 from model.words import label_name
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def scan_image_folder(root: Path) -> LabelledImages:
     )
 
 
-def _cache_key(backbone: Backbone, paths: list[Path]) -> str:
+def _cache_key(backbone: BackboneLike, paths: list[Path]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([backbone.name, backbone.weights_id, backbone.precision]).encode())
     for p in paths:
@@ -94,7 +94,7 @@ class Features:
 
 
 def extract_features(
-    backbone: Backbone,
+    backbone: BackboneLike,
     paths: list[Path],
     *,
     batch_size: int = 64,

@@ -134,6 +134,7 @@ class EdgeStore:
         self.root = Path(abs_posix(root))
         self._flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
+        self._dirty = False  # anything written since the last flush
         self._shards: dict[str, qe.EdgeShard] = {}
         # named vector sizes per collection; dropped whenever a vector is added or removed
         self._sizes_cache: dict[str, dict[str, int]] = {}
@@ -184,6 +185,11 @@ class EdgeStore:
         for shard in self._shards.values():
             shard.flush()
         self._last_flush = time.monotonic()
+        self._dirty = False
+
+    def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
+        shard.update(op)
+        self._dirty = True
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
@@ -195,9 +201,10 @@ class EdgeStore:
             shard.close()
 
     def close(self) -> None:
-        """Flush, close the shards and release the lock. Closing twice is harmless."""
+        """Flush what was written, close the shards and release the lock. Closing twice is
+        harmless; a read-only session skips the flush (0.1 s of fsyncs for nothing)."""
         try:
-            if self._shards:
+            if self._shards and self._dirty:
                 self.flush()
         finally:
             self._close_shards()
@@ -260,8 +267,9 @@ class EdgeStore:
         )
         shard = qe.EdgeShard.create(str(self.root / name), config)
         self._shards[name] = shard
+        self._dirty = True
         for field, kind in indexes.items():
-            shard.update(qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+            self._write(shard, qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
         shard.flush()
         self._sizes_cache.pop(name, None)
 
@@ -278,8 +286,8 @@ class EdgeStore:
                 # Edge adds a named vector to a live shard in place: existing points simply
                 # lack it until update_vectors() sets it, so no copy is needed
                 try:
-                    shard.update(
-                        qe.UpdateOperation.create_dense_vector(vec, dim, qe.Distance.Cosine)
+                    self._write(
+                        shard, qe.UpdateOperation.create_dense_vector(vec, dim, qe.Distance.Cosine)
                     )
                 except Exception as e:
                     raise StoreError(f"cannot add vector {vec!r} to {name!r}: {e}") from e
@@ -314,7 +322,7 @@ class EdgeStore:
         """Remove named vector `name` from `images` and from every image point."""
         shard = self._require(IMAGES)
         if name in self.vector_sizes():
-            shard.update(qe.UpdateOperation.delete_vector_name(name))
+            self._write(shard, qe.UpdateOperation.delete_vector_name(name))
             self._sizes_cache.pop(IMAGES, None)
             shard.flush()
 
@@ -350,7 +358,7 @@ class EdgeStore:
                 )
                 for i in range(start, stop)
             ]
-            shard.update(qe.UpdateOperation.upsert_points(points))
+            self._write(shard, qe.UpdateOperation.upsert_points(points))
             self._maybe_flush()
 
     def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
@@ -360,7 +368,7 @@ class EdgeStore:
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = min(start + UPSERT_BATCH, len(ids))
             pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
-            shard.update(qe.UpdateOperation.update_vectors(pvs))
+            self._write(shard, qe.UpdateOperation.update_vectors(pvs))
             self._maybe_flush()
 
     def delete_images(self, ids: Sequence[str]) -> None:
@@ -368,12 +376,12 @@ class EdgeStore:
         shard = self._shard(IMAGES)
         if shard is None or not ids:
             return
-        shard.update(qe.UpdateOperation.delete_points(list(ids)))
+        self._write(shard, qe.UpdateOperation.delete_points(list(ids)))
         self._maybe_flush()
 
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         """Merge `payload` into one image point's payload."""
-        self._require(IMAGES).update(qe.UpdateOperation.set_payload([point_id], payload))
+        self._write(self._require(IMAGES), qe.UpdateOperation.set_payload([point_id], payload))
         self._maybe_flush()
 
     def upsert_words(
@@ -395,7 +403,7 @@ class EdgeStore:
                 )
                 for i in range(start, stop)
             ]
-            shard.update(qe.UpdateOperation.upsert_points(points))
+            self._write(shard, qe.UpdateOperation.upsert_points(points))
             self._maybe_flush()
 
     # ---------------------------------------------------------------- reads

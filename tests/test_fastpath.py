@@ -166,3 +166,93 @@ def test_cli_runtime_flag_is_checked_and_leaves_no_trace(
     main(["--runtime", "torch", "--cache", "/nonexistent/x", "search", "dog", "--index", "/no"])
     assert fastpath._default_runtime is None
     assert os.environ.get("DEVISE_CACHE") != "/nonexistent/x"
+
+
+# ------------------------------------------------------------------ queries without torch
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_the_numpy_head_is_the_torch_head(kind: str) -> None:
+    import torch
+
+    from model.devise import DeviseHead
+    from model.embedder import head_forward
+
+    torch.manual_seed(1)
+    head = DeviseHead(64, 50, kind, hidden=32)  # type: ignore[arg-type]
+    head.set_feature_stats(torch.randn(64), torch.rand(64) + 0.5)
+    if kind == "mlp":  # non-trivial running statistics, as after training
+        bn = head.proj[1]  # type: ignore[index]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    head.eval()
+    x = np.random.default_rng(2).standard_normal((5, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = head(torch.from_numpy(x)).numpy()
+    state = {k: v.numpy() for k, v in head.state_dict().items()}
+    assert np.allclose(head_forward(state, kind, x), ref, atol=1e-5)
+
+
+def test_a_compiled_backbone_needs_no_torch_and_matches(cache: Path) -> None:
+    x = batch()
+    bb = load_backbone("resnet18", None, "fp32", runtime="openvino")
+    assert fastpath.load_compiled("resnet18", "random-init", "fp32") is None  # not cached yet
+    feats = bb.features(x)
+    compiled = fastpath.load_compiled("resnet18", "random-init", "fp32")
+    assert compiled is not None and compiled.runtime == "openvino"
+    assert np.allclose(compiled.features(x), feats, atol=1e-5)
+    assert np.allclose(compiled.logits(feats), bb.logits(feats), atol=1e-4)
+    with pytest.raises(ValueError, match=r"takes \(N, 3, 224, 224\) arrays"):
+        compiled.features(x[:, :, :64, :64])
+    previous = fastpath.set_default_runtime("torch")
+    try:
+        assert fastpath.load_compiled("resnet18", "random-init", "fp32") is None
+    finally:
+        fastpath.set_default_runtime(previous)
+
+
+def test_tag_runs_without_torch_once_compiled(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Once ingest has compiled the checkpoint's backbone, `devise tag` reads it from the
+    cache and imports no torch, and it answers as PyTorch does."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", {"cat": "disc", "truck": "stripes"}, 3)
+    query = tmp_path / "query.png"
+    (data / "cat" / "000.png").rename(query)
+    env = {**os.environ, "DEVISE_CACHE": str(tmp_path / "cache")}
+    idx = ["--index", str(tmp_path / "index")]
+
+    def cli(*argv: str, runtime: str = "auto") -> str:
+        code = (
+            "import sys; from app.cli import main; rc = main(sys.argv[1:]); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr); "
+            "sys.exit(rc)"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code, "--runtime", runtime, *argv, *idx],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return r.stdout + r.stderr
+
+    ingest = cli("ingest", str(data), "--checkpoint", str(tiny_checkpoint), "--models", "devise")
+    cli("words", "--top", "5000")
+    second = cli("tag", str(query), "--json")
+    eager = cli("tag", str(query), "--json", runtime="torch")
+    assert "TORCH" in ingest.split()  # the first use compiles with torch, and caches
+    assert "NO-TORCH" in second.split()
+    assert "TORCH" in eager.split()
+
+    def tags(out: str) -> list[tuple[str, float]]:
+        doc = json.loads(out[: out.rindex("}") + 1])
+        return [(r["word"], r["score"]) for r in doc["results"]]
+
+    a, b = tags(second), tags(eager)
+    assert [t for t, _ in a] == [t for t, _ in b]
+    assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-4)
