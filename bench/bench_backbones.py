@@ -14,6 +14,7 @@ on them.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -174,27 +175,41 @@ def cli_times() -> None:
         )
         Image.open(data / "cat" / "000.png").save(root / "query.png")
 
-        def wall(argv: list[str]) -> float:
+        def wall(argv: list[str], env: dict[str, str] | None = None) -> float:
             best = float("inf")
             for _ in range(3):
                 t = time.perf_counter()
-                subprocess.run(argv, check=True, capture_output=True, cwd=repo)
+                subprocess.run(argv, check=True, capture_output=True, cwd=repo, env=env)
                 best = min(best, time.perf_counter() - t)
             return best
 
         search = wall([*run, "search", "cat", *idx])
         tag = wall([*run, "tag", str(root / "query.png"), *idx])
-        load = wall(
+        env = {**os.environ, "DEVISE_CACHE": str(root / "cache")}
+        load_torch = wall(
             [
                 sys.executable,
                 "-c",
                 "from model.backbones import load_backbone;load_backbone('efficientnet_lite0')",
             ]
         )
+        # what `devise tag` loads: the compiled backbone from the cache ingest filled
+        load_fast = wall(
+            [
+                sys.executable,
+                "-c",
+                "import numpy as np;from model.fastpath import load_for_inference as f;"
+                "f('efficientnet_lite0','default','auto').features(np.zeros((1,3,224,224),'f4'))",
+            ],
+            env,
+        )
         print(f"devise search (whole process, best of 3): {search:.2f}s (goal < 2 s)")
         print(
-            f"devise tag (whole process): {tag:.2f}s; backbone load alone {load:.2f}s; "
-            f"tag - load = {tag - load:.2f}s (goal < 0.5 s)"
+            f"devise tag (whole process, best of 3): {tag:.2f}s\n"
+            f"  backbone load as tag does it (compiled, from the cache, one image run): "
+            f"{load_fast:.2f}s -> tag - load = {tag - load_fast:.2f}s (goal < 0.5 s)\n"
+            f"  PyTorch backbone load alone: {load_torch:.2f}s -> tag - load = "
+            f"{tag - load_torch:.2f}s"
         )
 
 
