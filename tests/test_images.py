@@ -288,3 +288,18 @@ def test_unreadable_file(files: tuple[Path, list[Path], dict[Path, str]], tmp_pa
 def test_is_image_path() -> None:
     assert is_image_path("a/B.JPG") and is_image_path(Path("x.tiff"))
     assert not is_image_path("notes.txt") and not is_image_path("jpg")
+
+
+def test_to_array_normalises_like_the_plain_formula() -> None:
+    from model.images import Preprocess, to_array
+
+    rng = np.random.default_rng(3)
+    im = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    spec = Preprocess(224, 256, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    got = to_array(im, spec)
+    side = 300 * 224 / 256
+    box = ((400 - side) / 2, (300 - side) / 2, (400 + side) / 2, (300 + side) / 2)
+    px = np.asarray(im.resize((224, 224), Image.Resampling.BILINEAR, box=box), np.float64)
+    ref = ((px / 255.0 - spec.mean) / spec.std).transpose(2, 0, 1)
+    assert got.shape == (3, 224, 224) and got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.allclose(got, ref, atol=1e-5)
