@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from model.images import Preprocess
+from model.specs import cpu_has_bf16
 from model.words import imagenet_class_names, unit
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,53 @@ class ClipEmbedder:
     def _autocast(self) -> torch.autocast:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    #: "openvino" once the image tower is compiled, "torch" when it runs eagerly
+    runtime = "torch"
+
+    def _compiled_visual(self, shape: tuple[int, ...]) -> Any:
+        """The image tower compiled by OpenVINO (the fast path), built on first use; None
+        where the runtime is torch, bf16 cannot run natively, or compilation failed."""
+        from model import fastpath
+
+        if getattr(self, "_visual_tried", False):
+            same = tuple(shape[1:]) == getattr(self, "_visual_shape", None)
+            return getattr(self, "_visual", None) if same else None
+        self._visual_tried = True
+        self._visual_shape = tuple(shape[1:])
+        self._visual = None
+        prec = "bf16" if self.precision in ("bf16", "auto") and cpu_has_bf16() else "fp32"
+        if self.precision == "bf16" and not fastpath.openvino_has_bf16():
+            return None
+        if fastpath.resolve_runtime(None) != "openvino":
+            return None
+        # random test weights are never written to the cache
+        key = None if self.pretrained == "random-init" else f"{self.content_id}:visual"
+        try:
+            self._visual = fastpath.compile_module(
+                self._model.visual,
+                (1, *shape[1:]),
+                name=f"clip-{self.model_name}",
+                key=None if key is None else fastpath.cache_key([key]),
+                precision=prec,
+            )
+            self.runtime = "openvino"
+        except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
+            log.warning(
+                "clip: OpenVINO could not compile the image tower (%s: %s); using PyTorch",
+                type(e).__name__,
+                str(e).splitlines()[0][:200] if str(e) else "",
+            )
+        return self._visual
+
     @torch.inference_mode()
+    def _encode_images(self, x: torch.Tensor) -> Float32Array:
+        compiled = self._compiled_visual(tuple(x.shape)) if len(x) else None
+        if compiled is not None:
+            return np.asarray(compiled(x.numpy()), dtype=np.float32)
+        with self._autocast():
+            f = self._model.encode_image(x)
+        return np.asarray(f.float().numpy(), dtype=np.float32)
+
     def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
         self._build()
         assert self._preprocess is not None
@@ -337,9 +384,7 @@ class ClipEmbedder:
             x = torch.stack(
                 [self._preprocess(im.convert("RGB")) for im in images[s : s + self.batch_size]]
             )
-            with self._autocast():
-                f = self._model.encode_image(x)
-            out.append(f.float().numpy())
+            out.append(self._encode_images(x))
         return unit(np.concatenate(out))
 
     @torch.inference_mode()
@@ -378,13 +423,10 @@ class ClipEmbedder:
         std = tuple(float(x) for x in cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
         return Preprocess(size, size, mean=mean, std=std)  # type: ignore[arg-type]
 
-    @torch.inference_mode()
     def embed_arrays(self, arrays: Float32Array) -> Float32Array:
         """(N, 3, H, W) arrays preprocessed with `preprocess` -> (N, D) unit vectors."""
         self._build()
-        with self._autocast():
-            f = self._model.encode_image(torch.from_numpy(np.ascontiguousarray(arrays)))
-        return unit(f.float().numpy())
+        return unit(self._encode_images(torch.from_numpy(np.ascontiguousarray(arrays))))
 
     def tag(self, vector: Float32Array, k: int) -> list[tuple[str, float]]:
         """The `k` ImageNet class names nearest to an image vector."""

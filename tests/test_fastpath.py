@@ -256,3 +256,22 @@ def test_tag_runs_without_torch_once_compiled(tiny_checkpoint: Path, tmp_path: P
     a, b = tags(second), tags(eager)
     assert [t for t, _ in a] == [t for t, _ in b]
     assert np.allclose([s for _, s in a], [s for _, s in b], atol=1e-4)
+
+
+def test_clip_image_tower_takes_the_fast_path_with_the_same_vectors() -> None:
+    from tests.conftest import draw_image
+    from tests.test_compare import _tiny_clip
+
+    images = [draw_image("disc", 1), draw_image("stripes", 2, size=90)]
+    previous = fastpath.set_default_runtime("torch")
+    try:
+        eager = _tiny_clip()
+        ref = eager.embed_images(images)
+        assert eager.runtime == "torch"
+    finally:
+        fastpath.set_default_runtime(previous)
+    fast = _tiny_clip()
+    fast._model.load_state_dict(eager._model.state_dict())  # the same random weights
+    got = fast.embed_images(images)
+    assert fast.runtime == "openvino"
+    assert cosines(got, ref).min() > 0.9999
