@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from model.backbones import Backbone
 from model.conse import ConseEmbedder
 from model.embedder import DeviseEmbedder, Embedder
 from model.features import extract_features, scan_image_folder
@@ -142,10 +143,19 @@ def evaluate_checkpoint(
     workers: int | None = None,
     cache_dir: Path | None = None,
     words: WordVectors | None = None,
+    backbone: Backbone | None = None,
 ) -> EvalReport:
-    """DeViSE against its softmax probe on an ImageFolder tree."""
+    """DeViSE against its softmax probe on an ImageFolder tree.
+
+    `backbone`: an already built backbone to extract the features with (it must be the
+    checkpoint's), e.g. one running under `model.bf16.emulate_bf16`.
+    """
     model = DeviseEmbedder(checkpoint, weights=weights)
     meta = model.meta
+    if backbone is not None:
+        if backbone.name != meta["backbone"]:
+            raise ValueError(f"{backbone.name} is not the checkpoint's {meta['backbone']}")
+        model.set_backbone(backbone)
     data = scan_image_folder(data_dir)
     notes: list[str] = []
 
