@@ -30,7 +30,6 @@ import torch
 from PIL import Image
 
 from model.images import Preprocess
-from model.specs import cpu_has_bf16
 from model.words import imagenet_class_names, unit
 
 log = logging.getLogger(__name__)
@@ -341,8 +340,8 @@ class ClipEmbedder:
         self._visual_tried = True
         self._visual_shape = tuple(shape[1:])
         self._visual = None
-        prec = "bf16" if self.precision in ("bf16", "auto") and cpu_has_bf16() else "fp32"
-        if self.precision == "bf16" and not fastpath.openvino_has_bf16():
+        prec = "bf16" if self.precision == "bf16" else "fp32"
+        if prec == "bf16" and not fastpath.openvino_has_bf16():
             return None
         if fastpath.resolve_runtime(None) != "openvino":
             return None

@@ -87,9 +87,17 @@ def cpu_has_bf16() -> bool:
     return False
 
 
+#: What `--precision auto` means. The issue's rule is that bf16 may replace fp32 only if
+#: results do not change: embedding cosine >= 0.995 on real photos (it passes) and
+#: Fashion-MNIST flat hit@1 and zero-shot hit@5 within 0.5 points (zero-shot hit@5 loses
+#: 0.75-1 point under bf16 numerics: tests/test_bf16.py, bench/bench_bf16.py). So `auto`
+#: is fp32, on every CPU; bf16 runs only when asked for (`--precision bf16`).
+AUTO_PRECISION: Precision = "fp32"
+
+
 def resolve_precision(precision: str) -> Precision:
     if precision == "auto":
-        return "bf16" if cpu_has_bf16() else "fp32"
+        return AUTO_PRECISION
     if precision in ("fp32", "bf16"):
         return precision  # type: ignore[return-value]
     raise BackboneError(f"unknown precision {precision!r}: use fp32, bf16 or auto")

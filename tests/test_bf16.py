@@ -156,3 +156,31 @@ def test_fashion_mnist_zeroshot_hit5_under_bf16_within_half_a_point(
 ) -> None:
     fp32, bf16 = fashion_reports
     assert abs(fp32["zeroshot_hit@5"] - bf16["zeroshot_hit@5"]) <= TOLERANCE, (fp32, bf16)
+
+
+def test_auto_precision_is_fp32_even_where_the_cpu_has_bf16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bf16 fails the zero-shot half of the results-unchanged rule (the xfail above), so the
+    rule's fallback applies everywhere: `auto` is fp32, and bf16 only runs when asked."""
+    from model import specs
+
+    specs.cpu_has_bf16.cache_clear()
+    monkeypatch.setattr("builtins.open", _cpuinfo_with_bf16(open))
+    try:
+        assert specs.cpu_has_bf16()
+        assert specs.resolve_precision("auto") == "fp32"
+        assert specs.resolve_precision("bf16") == "bf16"
+    finally:
+        specs.cpu_has_bf16.cache_clear()
+
+
+def _cpuinfo_with_bf16(real_open):  # type: ignore[no-untyped-def]
+    import io
+
+    def fake(path, *a, **k):  # type: ignore[no-untyped-def]
+        if str(path) == "/proc/cpuinfo":
+            return io.StringIO("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+        return real_open(path, *a, **k)
+
+    return fake
