@@ -34,6 +34,7 @@ from model.specs import (
     BackboneError,
     BackboneSpec,
     Precision,
+    SpecNamed,
     cpu_has_bf16,
     file_id,
     get_spec,
@@ -80,7 +81,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class Backbone(nn.Module):
+class Backbone(SpecNamed, nn.Module):
     """Pooled features and ImageNet logits of one backbone, with a fast inference path."""
 
     def __init__(
@@ -109,14 +110,6 @@ class Backbone(nn.Module):
         self._weights_key_override: str | None = None
         self.eval()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def feature_dim(self) -> int:
-        return self.spec.feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.paths import default_cache_dir
+from model.specs import SpecNamed
 
 if TYPE_CHECKING:
     from model.specs import BackboneLike, BackboneSpec, Precision
@@ -236,7 +237,7 @@ def save_classifier(xml: Path, weight: Float32Array, bias: Float32Array) -> None
         log.warning("could not cache the classifier at %s (%s)", out, e)
 
 
-class CompiledBackbone:
+class CompiledBackbone(SpecNamed):
     """A backbone served from the compiled-model cache alone: no torch is imported.
 
     Built by `load_compiled` once a torch `Backbone` has compiled and cached the same
@@ -258,14 +259,6 @@ class CompiledBackbone:
         self.precision: Precision = "bf16" if compiled.precision == "bf16" else "fp32"
         self._compiled = compiled
         self._weight, self._bias = classifier
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def feature_dim(self) -> int:
-        return self.spec.feature_dim
 
     def features(self, batch: Float32Array) -> Float32Array:
         x = np.asarray(batch, dtype=np.float32)

@@ -120,6 +120,20 @@ def get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
+class SpecNamed:
+    """`name` and `feature_dim` read off a backbone's `spec`."""
+
+    spec: BackboneSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def feature_dim(self) -> int:
+        return self.spec.feature_dim
+
+
 class BackboneLike(Protocol):
     """What inference needs of a backbone: the torch `Backbone` or OpenVINO's
     `fastpath.CompiledBackbone` (which needs no torch)."""
