@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,10 +98,20 @@ AUTO_PRECISION: Precision = "fp32"
 
 def resolve_precision(precision: str) -> Precision:
     if precision == "auto":
+        if cpu_has_bf16():
+            _say_auto_is_fp32()
         return AUTO_PRECISION
     if precision in ("fp32", "bf16"):
         return precision  # type: ignore[return-value]
     raise BackboneError(f"unknown precision {precision!r}: use fp32, bf16 or auto")
+
+
+@functools.lru_cache(maxsize=1)
+def _say_auto_is_fp32() -> None:
+    logging.getLogger(__name__).info(
+        "this CPU computes bf16 natively, but --precision auto runs fp32: bf16 costs about "
+        "1 point of zero-shot hit@5 (pass --precision bf16 to use it anyway)"
+    )
 
 
 def file_id(path: Path) -> str:
