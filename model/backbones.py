@@ -106,8 +106,8 @@ class Backbone(SpecNamed, nn.Module):
         self._bf16_checked = False
         self._compiled: fastpath.CompiledModel | None = None
         self._compile_lock = threading.Lock()
-        self._weights_changed = False
-        self._weights_key_override: str | None = None
+        # names the weights in the compiled-model cache; None once they changed in place
+        self._weights_key: str | None = weights_id
         self.eval()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
@@ -127,20 +127,18 @@ class Backbone(SpecNamed, nn.Module):
 
     def _forget_compiled(self) -> None:
         self._compiled = None
-        self._weights_changed = True
-        self._weights_key_override = None
+        self._weights_key = None
 
     def set_weights_key(self, key: str) -> None:
         """Name weights loaded in place (a checkpoint's own backbone) for the compiled-model
         cache, so that `fastpath.load_compiled` finds them without torch next time."""
-        self._weights_key_override = key
-        self._weights_changed = False
+        self._weights_key = key
 
-    def _weights_key(self) -> str:
-        """What names these weights in the compiled-model cache: the weights id, or a
-        digest of the tensors once they were loaded or trained in place."""
-        if not self._weights_changed:
-            return self._weights_key_override or self.weights_id
+    def _cache_name(self) -> str:
+        """What names these weights in the compiled-model cache: the weights id (or the name
+        given by `set_weights_key`), or a digest of the tensors once they changed in place."""
+        if self._weights_key is not None:
+            return self._weights_key
         h = hashlib.sha256()
         for k, v in self.state_dict().items():
             h.update(k.encode())
@@ -149,33 +147,24 @@ class Backbone(SpecNamed, nn.Module):
 
     def _fast(self) -> fastpath.CompiledModel | None:
         """The OpenVINO-compiled forward pass, built on first use; None on the torch path."""
-        if self.runtime != "openvino" or self.training:
+        if self.training or not fastpath.takes_fast_path(self.precision, self.runtime):
             return None
-        if self.precision == "bf16" and not fastpath.openvino_has_bf16():
-            return None  # bf16 without native support: torch's autocast, as asked
         with self._compile_lock:
             if self._compiled is None:
-                try:
-                    self._compiled = fastpath.compile_module(
-                        self,
-                        (1, 3, self.spec.preprocess.size, self.spec.preprocess.size),
-                        name=self.name,
-                        key=fastpath.backbone_key(self.name, self._weights_key()),
-                        precision=self.precision,
-                        classifier=(
-                            self.classifier.weight.detach().numpy(),  # type: ignore[operator]
-                            self.classifier.bias.detach().numpy(),  # type: ignore[operator]
-                        ),
-                    )
-                except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
-                    log.warning(
-                        "%s: OpenVINO could not compile it (%s: %s); using PyTorch",
-                        self.name,
-                        type(e).__name__,
-                        str(e).splitlines()[0][:200] if str(e) else "",
-                    )
+                self._compiled = fastpath.try_compile_module(
+                    self,
+                    (1, 3, self.spec.preprocess.size, self.spec.preprocess.size),
+                    what=self.name,
+                    name=self.name,
+                    key=fastpath.backbone_key(self.name, self._cache_name()),
+                    precision=self.precision,
+                    classifier=(
+                        self.classifier.weight.detach().numpy(),  # type: ignore[operator]
+                        self.classifier.bias.detach().numpy(),  # type: ignore[operator]
+                    ),
+                )
+                if self._compiled is None:
                     self.runtime = "torch"
-                    return None
             return self._compiled
 
     #: bf16 must agree with fp32 at least this well on the first real batch, or it is dropped.
@@ -184,13 +173,14 @@ class Backbone(SpecNamed, nn.Module):
     @torch.inference_mode()
     def features(self, batch: npt.NDArray[np.float32] | torch.Tensor) -> npt.NDArray[np.float32]:
         """(N, 3, H, W) preprocessed images -> (N, feature_dim) float32 pooled features."""
-        x = torch.as_tensor(batch).contiguous(memory_format=torch.channels_last)
+        x = torch.as_tensor(batch)
         size = self.spec.preprocess.size
         # compiled for the backbone's own input size; anything else runs eagerly
         compiled = self._fast() if len(x) and tuple(x.shape[1:]) == (3, size, size) else None
         if compiled is not None:
-            f = torch.from_numpy(compiled(np.asarray(batch, dtype=np.float32)))
-        else:
+            f = torch.from_numpy(compiled(x.numpy()))
+        else:  # the channels_last copy only where torch runs the batch
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 f = self(x).float()
         if self.precision == "bf16" and not self._bf16_checked and len(x):

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from model.images import Preprocess
+from model.specs import file_id
 from model.words import imagenet_class_names, unit
 
 log = logging.getLogger(__name__)
@@ -195,14 +196,6 @@ def clip_available(
     return True, str(p)
 
 
-def _file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def _output_dim(model: Any) -> int | None:
     proj = getattr(model, "text_projection", None)
     if isinstance(proj, torch.Tensor):
@@ -318,7 +311,7 @@ class ClipEmbedder:
     def content_id(self) -> str:
         if self._content_id is None:
             if self._explicit and self.weights_path is not None:
-                self._content_id = f"clip:{self.model_name}:sha256:{_file_id(self.weights_path)}"
+                self._content_id = f"clip:{self.model_name}:{file_id(self.weights_path)}"
             else:
                 self._content_id = f"clip:{self.model_name}:{self.pretrained}"
         return self._content_id
@@ -328,40 +321,33 @@ class ClipEmbedder:
 
     #: "openvino" once the image tower is compiled, "torch" when it runs eagerly
     runtime = "torch"
+    #: the input shape (C, H, W) the image tower was compiled for (None: not tried yet)
+    _visual_shape: tuple[int, ...] | None = None
+    _visual: Any = None
 
     def _compiled_visual(self, shape: tuple[int, ...]) -> Any:
         """The image tower compiled by OpenVINO (the fast path), built on first use; None
         where the runtime is torch, bf16 cannot run natively, or compilation failed."""
         from model import fastpath
 
-        if getattr(self, "_visual_tried", False):
-            same = tuple(shape[1:]) == getattr(self, "_visual_shape", None)
-            return getattr(self, "_visual", None) if same else None
-        self._visual_tried = True
+        if self._visual_shape is not None:
+            return self._visual if tuple(shape[1:]) == self._visual_shape else None
         self._visual_shape = tuple(shape[1:])
-        self._visual = None
         prec = "bf16" if self.precision == "bf16" else "fp32"
-        if prec == "bf16" and not fastpath.openvino_has_bf16():
-            return None
-        if fastpath.resolve_runtime(None) != "openvino":
+        if not fastpath.takes_fast_path(prec):
             return None
         # random test weights are never written to the cache
         key = None if self.pretrained == "random-init" else f"{self.content_id}:visual"
-        try:
-            self._visual = fastpath.compile_module(
-                self._model.visual,
-                (1, *shape[1:]),
-                name=f"clip-{self.model_name}",
-                key=None if key is None else fastpath.cache_key([key]),
-                precision=prec,
-            )
+        self._visual = fastpath.try_compile_module(
+            self._model.visual,
+            (1, *shape[1:]),
+            what="clip image tower",
+            name=f"clip-{self.model_name}",
+            key=None if key is None else fastpath.cache_key([key]),
+            precision=prec,
+        )
+        if self._visual is not None:
             self.runtime = "openvino"
-        except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
-            log.warning(
-                "clip: OpenVINO could not compile the image tower (%s: %s); using PyTorch",
-                type(e).__name__,
-                str(e).splitlines()[0][:200] if str(e) else "",
-            )
         return self._visual
 
     @torch.inference_mode()

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.backbones import Backbone
 from model.conse import ConseEmbedder
 from model.embedder import DeviseEmbedder, Embedder
 from model.features import extract_features, scan_image_folder
 from model.images import load_array
 from model.report import EvalReport
+from model.specs import BackboneLike
 from model.train import split_indices
 from model.words import WordVectors, load_words, unit
 
@@ -143,7 +143,7 @@ def evaluate_checkpoint(
     workers: int | None = None,
     cache_dir: Path | None = None,
     words: WordVectors | None = None,
-    backbone: Backbone | None = None,
+    backbone: BackboneLike | None = None,
 ) -> EvalReport:
     """DeViSE against its softmax probe on an ImageFolder tree.
 

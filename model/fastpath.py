@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.paths import default_cache_dir
-from model.specs import SpecNamed
+from model.specs import SpecNamed, get_spec, resolve_precision, weights_identity
 
 if TYPE_CHECKING:
     from model.specs import BackboneLike, BackboneSpec, Precision
@@ -65,10 +65,7 @@ def default_runtime() -> str:
 
 @functools.lru_cache(maxsize=1)
 def openvino_version() -> str | None:
-    try:
-        return importlib.metadata.version("openvino")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return _version("openvino")
 
 
 def resolve_runtime(runtime: str | None) -> Literal["openvino", "torch"]:
@@ -102,6 +99,14 @@ def openvino_has_bf16() -> bool:
     except Exception:  # noqa: BLE001 - no plugin, no capability
         return False
     return "BF16" in caps
+
+
+def takes_fast_path(precision: str, runtime: str | None = None) -> bool:
+    """Whether OpenVINO runs a model: the runtime resolves to it, and bf16, if asked for,
+    is native (without it, PyTorch's autocast runs bf16, as asked)."""
+    if (runtime or resolve_runtime(None)) != "openvino":
+        return False
+    return precision != "bf16" or openvino_has_bf16()
 
 
 class CompiledModel:
@@ -204,6 +209,24 @@ def compile_module(
     return _compile(model, precision)
 
 
+def try_compile_module(
+    module: Any, example_shape: tuple[int, ...], *, what: str, **kwargs: Any
+) -> CompiledModel | None:
+    """`compile_module`, or None after one warning naming `what` when conversion or
+    compilation fails: the caller runs the model in PyTorch instead."""
+    try:
+        return compile_module(module, example_shape, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        log.warning(
+            "%s: OpenVINO could not compile it (%s: %s); using PyTorch",
+            what,
+            type(e).__name__,
+            detail,
+        )
+        return None
+
+
 def _compile(model: Any, precision: str) -> CompiledModel:
     hint = "bf16" if precision == "bf16" else "f32"
     compiled = _core().compile_model(
@@ -280,11 +303,9 @@ def load_compiled(
 ) -> CompiledBackbone | None:
     """The backbone from the compiled-model cache, or None when it is not cached (or the
     runtime is torch, or bf16 is asked for where OpenVINO cannot run it natively)."""
-    from model.specs import get_spec, resolve_precision
-
     spec = get_spec(name)
     prec = resolve_precision(precision)
-    if resolve_runtime(None) != "openvino" or (prec == "bf16" and not openvino_has_bf16()):
+    if not takes_fast_path(prec):
         return None
     xml = ir_path(name, backbone_key(name, weights_key or weights_id))
     cls = _classifier_path(xml)
@@ -306,8 +327,6 @@ def load_for_inference(
 ) -> BackboneLike:
     """A backbone for queries: from the compiled-model cache without torch when it is there,
     else built with torch (which compiles and caches it for the next process)."""
-    from model.specs import weights_identity
-
     wid = weights_identity(name, weights)
     if wid is not None:
         cached = load_compiled(name, wid, precision)
