@@ -142,13 +142,29 @@ class WordVectors:
 
     def suggest(self, word: str, n: int = 3, limit: int = 50_000) -> list[str]:
         """Near spellings among the `limit` most frequent words, for "did you mean" messages."""
-        import difflib
-
-        vocab = self.kv.index_to_key[:limit]
-        return difflib.get_close_matches(word.lower(), vocab, n=n, cutoff=0.75)
+        return suggest_words(word, self.kv.index_to_key[:limit], n=n)
 
     def nearest(self, vector: Float32Array, topn: int = 10) -> list[tuple[str, float]]:
         return [(w, float(s)) for w, s in self.kv.similar_by_vector(vector, topn=topn)]
+
+
+def suggest_words(word: str, vocab: Sequence[str], n: int = 3, max_edits: int = 2) -> list[str]:
+    """Words of `vocab` (most frequent first) within `max_edits` Damerau-Levenshtein edits
+    of `word` (a transposition is one edit): fewest edits first; among equals, the same
+    letters reordered (the commonest typo), then the same length, then most frequent."""
+    from rapidfuzz.distance import DamerauLevenshtein
+
+    word = word.lower()
+    letters = sorted(word)
+    hits = []
+    for rank, w in enumerate(vocab):
+        if w == word or abs(len(w) - len(word)) > max_edits:
+            continue
+        d = DamerauLevenshtein.distance(word, w, score_cutoff=max_edits)
+        if d <= max_edits:
+            hits.append((d, sorted(w) != letters, abs(len(w) - len(word)), rank, w))
+    hits.sort()
+    return [h[-1] for h in hits[:n]]
 
 
 def _load_packaged_glove() -> KeyedVectors:
