@@ -308,7 +308,12 @@ class SearchService:
         tokens = [t.lower() for t in _TOKEN.findall(text)]
         if not tokens:
             raise BadQueryError(f"no word in the query {text!r}: use letters, such as 'dog'")
-        found = self.store.find_words(sorted(set(tokens)))
+        parts = {p for t in tokens if "-" in t for p in t.split("-") if p}
+        found = self.store.find_words(sorted(set(tokens) | parts))
+        # like a label: a hyphenated word whole if known, else its known parts
+        tokens = [
+            p for t in tokens for p in ([t] if t in found or "-" not in t else t.split("-")) if p
+        ]
         unknown = [t for t in dict.fromkeys(tokens) if t not in found]
         if len(unknown) == len(set(tokens)):
             raise BadQueryError(self._unknown_message(unknown))

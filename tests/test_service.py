@@ -199,3 +199,10 @@ def test_cli_json_shapes_end_to_end(
     err = capsys.readouterr().err
     assert "Traceback" not in err and "empty" in err and "not found" in err
     assert "not an image" in err and "no index at" in err
+
+
+def test_hyphenated_query_uses_its_parts_when_the_whole_is_unknown(indexed) -> None:  # type: ignore[no-untyped-def]
+    service, _, _ = indexed
+    v = service.text_vector("zebra-ball", "devise")
+    assert np.allclose(v, service.text_vector("zebra ball", "devise"), atol=1e-6)
+    assert not np.allclose(v, service.text_vector("zebra", "devise"), atol=1e-3)
