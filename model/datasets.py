@@ -53,6 +53,16 @@ FASHION_MNIST_CLASSES = [
 ]
 #: Where the Debian package `dataset-fashion-mnist` puts the idx files.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Environment variable naming another folder that holds the four idx files.
+FASHION_MNIST_ENV = "DEVISE_FASHION_MNIST_DIR"
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder read before any download: `$DEVISE_FASHION_MNIST_DIR`, else the package's."""
+    env = os.environ.get(FASHION_MNIST_ENV)
+    return Path(env) if env else FASHION_MNIST_SYSTEM_DIR
+
+
 #: The dataset's own release (Zalando Research).
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _FASHION_FILES: dict[str, tuple[str, str]] = {
@@ -69,8 +79,8 @@ _FASHION_SHA256 = {
     "t10k-labels-idx1": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 _OFFLINE_FASHION = (
-    f"no internet and no {FASHION_MNIST_SYSTEM_DIR}: "
-    "install the Debian package dataset-fashion-mnist"
+    f"no internet and no {FASHION_MNIST_SYSTEM_DIR}: run "
+    "`sudo apt-get install -y dataset-fashion-mnist` (or set DEVISE_FASHION_MNIST_DIR)"
 )
 
 #: fastai's Imagenette release; `{}` is "-160", "-320" or "" (full size).
@@ -170,8 +180,9 @@ def _fashion_files(
         if missing:
             raise DatasetError(f"{source_dir} lacks {', '.join(missing)}")
         return source_dir / names[0], source_dir / names[1]
-    if all((FASHION_MNIST_SYSTEM_DIR / n).is_file() for n in names):
-        return FASHION_MNIST_SYSTEM_DIR / names[0], FASHION_MNIST_SYSTEM_DIR / names[1]
+    system = fashion_mnist_dir()
+    if all((system / n).is_file() for n in names):
+        return system / names[0], system / names[1]
     cache = (cache_dir or default_cache_dir()) / "fashion-mnist"
     for n in names:
         path = cache / n

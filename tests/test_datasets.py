@@ -112,7 +112,7 @@ def test_offline_without_the_package_says_what_to_install(
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(datasets, "urlopen", offline)
-    with pytest.raises(DatasetError, match="install the Debian package dataset-fashion-mnist"):
+    with pytest.raises(DatasetError, match="apt-get install -y dataset-fashion-mnist"):
         read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").rglob("*.part"))
 
