@@ -106,6 +106,7 @@ def test_read_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
 def test_offline_without_the_package_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(datasets, "apt_install_command", lambda: None)
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
 
     def offline(url: str, timeout: float) -> None:

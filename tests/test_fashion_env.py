@@ -25,5 +25,21 @@ def test_empty_env_dir_offline_names_the_install_command(
         raise OSError("no network")
 
     monkeypatch.setattr(datasets, "urlopen", offline)
+    monkeypatch.setattr(datasets, "apt_install_command", lambda: None)
     with pytest.raises(datasets.DatasetError, match="apt-get install -y dataset-fashion-mnist"):
         datasets.read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_offline_installs_the_package_when_it_can(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(empty))
+    monkeypatch.setattr(datasets, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
+    monkeypatch.setattr(datasets, "apt_install_command", lambda: ["apt-get"])
+    ran: list[list[str]] = []
+    monkeypatch.setattr(datasets, "_apt_install_fashion", lambda apt: ran.append(apt) or False)
+    with pytest.raises(datasets.DatasetError, match="dataset-fashion-mnist"):
+        datasets.read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
+    assert ran == [["apt-get"]]
