@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import struct
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,16 @@ FASHION_MNIST_CLASSES = [
 ]
 #: Where the Debian package `dataset-fashion-mnist` puts the idx files.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Environment variable naming another folder that holds the four idx files.
+FASHION_MNIST_ENV = "DEVISE_FASHION_MNIST_DIR"
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder read before any download: `$DEVISE_FASHION_MNIST_DIR`, else the package's."""
+    env = os.environ.get(FASHION_MNIST_ENV)
+    return Path(env) if env else FASHION_MNIST_SYSTEM_DIR
+
+
 #: The dataset's own release (Zalando Research).
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _FASHION_FILES: dict[str, tuple[str, str]] = {
@@ -69,8 +80,8 @@ _FASHION_SHA256 = {
     "t10k-labels-idx1": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 _OFFLINE_FASHION = (
-    f"no internet and no {FASHION_MNIST_SYSTEM_DIR}: "
-    "install the Debian package dataset-fashion-mnist"
+    f"no internet and no {FASHION_MNIST_SYSTEM_DIR}: run "
+    "`sudo apt-get install -y dataset-fashion-mnist` (or set DEVISE_FASHION_MNIST_DIR)"
 )
 
 #: fastai's Imagenette release; `{}` is "-160", "-320" or "" (full size).
@@ -161,6 +172,37 @@ def _sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def apt_install_command() -> list[str] | None:
+    """The command that installs the Debian package here, or None when it cannot run.
+
+    It can when apt-get exists and we are root or have passwordless sudo.
+    """
+    if shutil.which("apt-get") is None:
+        return None
+    if os.geteuid() == 0:
+        return ["apt-get"]
+    if (
+        shutil.which("sudo")
+        and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    ):
+        return ["sudo", "-n", "apt-get"]
+    return None
+
+
+def _apt_install_fashion(apt: list[str]) -> bool:
+    """Install dataset-fashion-mnist with `apt` (after one `update` if needed); True on success."""
+    print(
+        "Fashion-MNIST is not here and cannot be downloaded: "
+        "installing dataset-fashion-mnist with apt-get"
+    )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*apt, "install", "-y", "-qq", "--no-install-recommends", "dataset-fashion-mnist"]
+    if subprocess.run(install, env=env, capture_output=True).returncode == 0:
+        return True
+    subprocess.run([*apt, "update", "-qq"], env=env, capture_output=True)
+    return subprocess.run(install, env=env, capture_output=True).returncode == 0
+
+
 def _fashion_files(
     split: str, source_dir: Path | None, cache_dir: Path | None, progress: bool
 ) -> tuple[Path, Path]:
@@ -170,14 +212,22 @@ def _fashion_files(
         if missing:
             raise DatasetError(f"{source_dir} lacks {', '.join(missing)}")
         return source_dir / names[0], source_dir / names[1]
-    if all((FASHION_MNIST_SYSTEM_DIR / n).is_file() for n in names):
-        return FASHION_MNIST_SYSTEM_DIR / names[0], FASHION_MNIST_SYSTEM_DIR / names[1]
+    system = fashion_mnist_dir()
+    if all((system / n).is_file() for n in names):
+        return system / names[0], system / names[1]
     cache = (cache_dir or default_cache_dir()) / "fashion-mnist"
     for n in names:
         path = cache / n
         if path.is_file():
             continue
-        _download(FASHION_MNIST_URL + n, path, offline_hint=_OFFLINE_FASHION, progress=progress)
+        try:
+            _download(FASHION_MNIST_URL + n, path, offline_hint=_OFFLINE_FASHION, progress=progress)
+        except DatasetError:
+            apt = apt_install_command()
+            if apt is not None and _apt_install_fashion(apt):
+                if all((system / m).is_file() for m in names):
+                    return system / names[0], system / names[1]
+            raise
         digest = _sha256(gzip.decompress(path.read_bytes()))
         if digest != _FASHION_SHA256[n.removesuffix("-ubyte.gz")]:
             path.unlink()

@@ -106,13 +106,14 @@ def test_read_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
 def test_offline_without_the_package_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(datasets, "apt_install_command", lambda: None)
     monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
 
     def offline(url: str, timeout: float) -> None:
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(datasets, "urlopen", offline)
-    with pytest.raises(DatasetError, match="install the Debian package dataset-fashion-mnist"):
+    with pytest.raises(DatasetError, match="apt-get install -y dataset-fashion-mnist"):
         read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").rglob("*.part"))
 

@@ -1,0 +1,45 @@
+"""DEVISE_FASHION_MNIST_DIR: the folder read before any download, and the offline hint."""
+
+from pathlib import Path
+
+import pytest
+
+from model import datasets
+
+
+def test_env_dir_is_read_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(tmp_path))
+    assert datasets.fashion_mnist_dir() == tmp_path
+    monkeypatch.delenv(datasets.FASHION_MNIST_ENV)
+    assert datasets.fashion_mnist_dir() == datasets.FASHION_MNIST_SYSTEM_DIR
+
+
+def test_empty_env_dir_offline_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(empty))
+
+    def offline(*_a: object, **_k: object) -> None:
+        raise OSError("no network")
+
+    monkeypatch.setattr(datasets, "urlopen", offline)
+    monkeypatch.setattr(datasets, "apt_install_command", lambda: None)
+    with pytest.raises(datasets.DatasetError, match="apt-get install -y dataset-fashion-mnist"):
+        datasets.read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_offline_installs_the_package_when_it_can(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(empty))
+    monkeypatch.setattr(datasets, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
+    monkeypatch.setattr(datasets, "apt_install_command", lambda: ["apt-get"])
+    ran: list[list[str]] = []
+    monkeypatch.setattr(datasets, "_apt_install_fashion", lambda apt: ran.append(apt) or False)
+    with pytest.raises(datasets.DatasetError, match="dataset-fashion-mnist"):
+        datasets.read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
+    assert ran == [["apt-get"]]
