@@ -225,8 +225,10 @@ def _fashion_files(
         except DatasetError:
             apt = apt_install_command()
             if apt is not None and _apt_install_fashion(apt):
-                if all((system / m).is_file() for m in names):
-                    return system / names[0], system / names[1]
+                # the package installs into its own folder, whatever the variable says
+                for where in (system, FASHION_MNIST_SYSTEM_DIR):
+                    if all((where / m).is_file() for m in names):
+                        return where / names[0], where / names[1]
             raise
         digest = _sha256(gzip.decompress(path.read_bytes()))
         if digest != _FASHION_SHA256[n.removesuffix("-ubyte.gz")]:
