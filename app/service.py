@@ -79,6 +79,8 @@ class Answer:
     model: str
     took_ms: float
     results: list[Any] = field(default_factory=list)
+    #: why an image query came back empty, when a filter can never match (not in JSON)
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -346,6 +348,24 @@ class SearchService:
             return lambda w: []
         return lambda w: words.suggest(w, limit=DEFAULT_MAX_RANK * 2)
 
+    def unmatched_filter(self, labels: Sequence[str], folder: str | None) -> str | None:
+        """Which filter no indexed image matches, in one line; None when each matches some."""
+        known = self.store.facet_labels()
+        for label in labels or ():
+            if label and label not in known:
+                names = sorted(known)
+                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+                return f"no image has the label {label!r} (labels: {shown or 'none'})"
+        folder = folder.strip() if folder else None
+        if folder and not self.store.count(IMAGES, SearchFilter(folder=folder)):
+            return f"no indexed image is under {abs_posix(folder)}"
+        return None
+
+    def _explain_empty(self, answer: Answer, labels: Sequence[str], folder: str | None) -> Answer:
+        if not answer.results and (labels or folder):
+            answer.note = self.unmatched_filter(labels, folder)
+        return answer
+
     def search_text(
         self,
         text: str,
@@ -360,7 +380,8 @@ class SearchService:
         t0 = time.perf_counter()
         vector = self.text_vector(text, model)
         results = self._images(model, vector, k, self._filter(labels, folder, min_score))
-        return Answer(model, (time.perf_counter() - t0) * 1000, results)
+        answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
+        return self._explain_empty(answer, labels, folder)
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
         """(vector, indexed path or None). An indexed path reuses its stored vector."""
@@ -400,7 +421,8 @@ class SearchService:
         results = self._images(
             model, vector, k, self._filter(labels, folder, min_score), exclude=path
         )
-        return Answer(model, (time.perf_counter() - t0) * 1000, results)
+        answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
+        return self._explain_empty(answer, labels, folder)
 
     def tag(
         self,

@@ -349,7 +349,7 @@ class WebHandlers:
         if hidden:
             out.status += f"; {hidden} not shown (missing, or outside the indexed folders)"
         if not answer.results:
-            out.status += ": try fewer filters or a lower minimum score"
+            out.status += f": {answer.note or 'try fewer filters or a lower minimum score'}"
         return out
 
     @staticmethod

@@ -206,3 +206,20 @@ def test_hyphenated_query_uses_its_parts_when_the_whole_is_unknown(indexed) -> N
     v = service.text_vector("zebra-ball", "devise")
     assert np.allclose(v, service.text_vector("zebra ball", "devise"), atol=1e-6)
     assert not np.allclose(v, service.text_vector("zebra", "devise"), atol=1e-3)
+
+
+def test_empty_answer_names_the_filter_that_can_never_match(indexed) -> None:  # type: ignore[no-untyped-def]
+    service, root, _ = indexed
+    nowhere = service.search_text("zebra", folder=str(root / "nonexistent"), k=5)
+    assert nowhere.results == [] and nowhere.note is not None
+    assert nowhere.note == f"no indexed image is under {(root / 'nonexistent').as_posix()}"
+    nope = service.search_text("zebra", labels=["nope"], k=5)
+    assert nope.results == [] and nope.note is not None
+    assert nope.note.startswith("no image has the label 'nope' (labels: ")
+    assert "cat" in nope.note and "truck" in nope.note
+    # a score floor that nothing reaches is not a filter that can never match: no note
+    high = service.search_text("zebra", min_score=1.0, k=5)
+    assert high.results == [] and high.note is None
+    # filters that do match leave no note even when they narrow the answer
+    assert service.search_text("zebra", labels=["cat"], k=5).note is None
+    assert "note" not in service.search_text("zebra", labels=["nope"], k=5).to_json()
