@@ -359,7 +359,7 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
         print(json.dumps(answer.to_json()))
         return
     if not answer.results:
-        why = getattr(answer, "note", None) or "loosen the filters?"
+        why = answer.note or "loosen the filters?"
         print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): {why}")
         return
     if kind == "tags":

@@ -350,9 +350,10 @@ class SearchService:
 
     def unmatched_filter(self, labels: Sequence[str], folder: str | None) -> str | None:
         """Which filter no indexed image matches, in one line; None when each matches some."""
-        known = self.store.facet_labels()
-        for label in labels or ():
-            if label and label not in known:
+        wanted = [x for x in labels if x]
+        known = self.store.facet_labels() if wanted else {}
+        for label in wanted:
+            if label not in known:
                 names = sorted(known)
                 shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
                 return f"no image has the label {label!r} (labels: {shown or 'none'})"

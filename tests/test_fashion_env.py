@@ -14,9 +14,9 @@ def test_env_dir_is_read_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert datasets.fashion_mnist_dir() == datasets.FASHION_MNIST_SYSTEM_DIR
 
 
-def test_empty_env_dir_offline_names_the_install_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def offline_empty_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """DEVISE_FASHION_MNIST_DIR names an empty folder, and every download fails."""
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(empty))
@@ -25,18 +25,22 @@ def test_empty_env_dir_offline_names_the_install_command(
         raise OSError("no network")
 
     monkeypatch.setattr(datasets, "urlopen", offline)
+    return empty
+
+
+@pytest.mark.usefixtures("offline_empty_dir")
+def test_empty_env_dir_offline_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(datasets, "apt_install_command", lambda: None)
     with pytest.raises(datasets.DatasetError, match="apt-get install -y dataset-fashion-mnist"):
         datasets.read_fashion_mnist("test", cache_dir=tmp_path / "cache", progress=False)
 
 
+@pytest.mark.usefixtures("offline_empty_dir")
 def test_offline_installs_the_package_when_it_can(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setenv(datasets.FASHION_MNIST_ENV, str(empty))
-    monkeypatch.setattr(datasets, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
     monkeypatch.setattr(datasets, "apt_install_command", lambda: ["apt-get"])
     ran: list[list[str]] = []
     monkeypatch.setattr(datasets, "_apt_install_fashion", lambda apt: ran.append(apt) or False)
