@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from model.embedder import WordSpaceEmbedder
+from model.images import to_array
 from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
@@ -141,9 +144,22 @@ class ConseEmbedder(WordSpaceEmbedder):
         key = f"conse|{bb.name}|{bb.weights_id}|{self._words_name}|T={self.top_t}"
         return "conse:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
+    def class_probs(self, features: Float32Array) -> Float32Array:
+        """Pooled backbone features (N, F) -> (N, 1000) ImageNet class probabilities."""
+        if len(features) == 0:
+            return np.zeros((0, 1000), np.float32)
+        return softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
+
+    def probs_images(self, images: Sequence[Image.Image]) -> Float32Array:
+        """Images -> (N, 1000) class probabilities: what hedged tags are scored from."""
+        if not images:
+            return np.zeros((0, 1000), np.float32)
+        spec = self.backbone.spec.preprocess
+        arrays = np.stack([to_array(im, spec) for im in images])
+        return self.class_probs(self.backbone.features(arrays))
+
     def embed_features(self, features: Float32Array) -> Float32Array:
         """Pooled backbone features (N, F) -> (N, D): reuses cached features in evaluation."""
         if len(features) == 0:
             return np.zeros((0, self.dim), np.float32)
-        probs = softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
-        return conse_vectors(probs, self.class_vectors, self.top_t)
+        return conse_vectors(self.class_probs(features), self.class_vectors, self.top_t)
