@@ -308,7 +308,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_words(args: argparse.Namespace) -> int:
-    from ingest.vocabulary import load_vocabulary
+    from ingest.vocabulary import concepts_for, load_vocabulary
     from model.words import load_words
 
     settings = _settings(args)
@@ -320,12 +320,17 @@ def cmd_words(args: argparse.Namespace) -> int:
             source = devise.get("words") or "glove-6b-50d"
         words = load_words(source)
         summary = load_vocabulary(
-            store, words, None if args.all else args.top, progress=sys.stderr.isatty()
+            store,
+            words,
+            None if args.all else args.top,
+            progress=sys.stderr.isatty(),
+            concepts=concepts_for(store.get_meta().get("models") or {}),
         )
     finally:
         store.close()
     print(
-        f"{summary.words} words from {summary.source} ({summary.dim} d) in "
+        f"{summary.words} words and {summary.concepts} labels and hypernyms from "
+        f"{summary.source} ({summary.dim} d) in "
         f"{summary.seconds:.1f}s"
         + (" (replaced the previous vocabulary)" if summary.replaced else "")
     )
@@ -363,9 +368,9 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
         print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): {why}")
         return
     if kind == "tags":
-        print(f"{'score':>7}  word")
+        print(f"{'score':>7}  {'kind':<8}  tag")
         for r in answer.results:
-            print(f"{r.score:7.3f}  {r.word}")
+            print(f"{r.score:7.3f}  {r.kind:<8}  {r.word}")
     else:
         print(f"{'score':>7}  {'label':<16} path")
         for r in answer.results:
@@ -390,7 +395,7 @@ def _query(args: argparse.Namespace, kind: str) -> int:
                 _image_arg(args.image), labels=args.label or (), folder=args.folder, **common
             )
         else:
-            answer = service.tag(_image_arg(args.image), **common)
+            answer = service.tag(_image_arg(args.image), generality=args.generality, **common)
     finally:
         store.close()
     _print_answer(answer, args.json, "tags" if kind == "tag" else "images")
@@ -696,8 +701,23 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("image")
     query_flags(s2)
     s2.set_defaults(func=cmd_similar)
-    s3 = sub.add_parser("tag", help="image -> tags: the words nearest to an image")
+    s3 = sub.add_parser(
+        "tag",
+        help="image -> tags: labels, their hypernyms and words for an image",
+        description="Tags of an image, each with its kind: a label (a class a model knows, "
+        "as a whole phrase), a hypernym (its WordNet generalisation: 'dog' for a German "
+        "shepherd) or a frequent word. For conse the score is the probability of the classes "
+        "under the tag; tags are ordered by how much they say (Deng et al.'s hedging), so a "
+        "sure breed comes before 'dog', and 'dog' before 'animal'.",
+    )
     s3.add_argument("image")
+    s3.add_argument(
+        "--generality",
+        choices=["specific", "general"],
+        default="specific",
+        help="conse: prefer specific tags (a breed, 'espresso') or general ones ('dog', "
+        "'drink'); default specific",
+    )
     query_flags(s3, filters=False)
     s3.set_defaults(func=cmd_tag)
 

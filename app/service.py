@@ -30,7 +30,15 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 500
 DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
 MODELS = ("devise", "conse", "clip")
+GENERALITY = ("specific", "general")
+# a concept query reads this many images under the concept before ordering them by mass
+CONCEPT_CANDIDATES = 500
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
+
+
+def _label_words(name: str) -> list[str]:
+    """The words of a label, split at spaces and hyphens."""
+    return [t for t in re.split(r"[\s\-]+", name.lower()) if t]
 
 
 class ServiceError(Exception):
@@ -69,9 +77,12 @@ class ImageResult:
 class TagResult:
     word: str
     score: float
+    #: "word" (a frequent word), "label" (a class a model knows) or "hypernym" (its WordNet
+    #: generalisation, such as "dog" for a German shepherd)
+    kind: str = "word"
 
     def to_json(self) -> dict[str, Any]:
-        return {"word": self.word, "score": round(self.score, 6)}
+        return {"word": self.word, "score": round(self.score, 6), "kind": self.kind}
 
 
 @dataclass
@@ -148,6 +159,7 @@ class SearchService:
         self._embedders: dict[str, Any] = dict(embedders or {})
         self._factory = embedder_factory
         self._lock = threading.Lock()
+        self._concept_names: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -380,9 +392,73 @@ class SearchService:
         validate(k, min_score)
         t0 = time.perf_counter()
         vector = self.text_vector(text, model)
-        results = self._images(model, vector, k, self._filter(labels, folder, min_score))
+        flt = self._filter(labels, folder, min_score)
+        concept = self._concept_query(text) if model == "conse" else None
+        if concept is not None:
+            results = self._concept_images(concept, vector, k, flt)
+        else:
+            results = self._images(model, vector, k, flt)
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
         return self._explain_empty(answer, labels, folder)
+
+    def _concept_query(self, text: str) -> int | None:
+        """The ImageNet concept (label or hypernym) a whole query names, when the index's
+        conse points carry their concepts; else None (plain word-vector search)."""
+        from model.vocab.hierarchy import imagenet_concepts
+
+        found = imagenet_concepts().find(text)
+        if found is None:
+            return None
+        first = next(iter(self.store.scroll_images(batch=1)), None)
+        if first is None or "conse_top" not in first.payload:
+            log.info("conse points carry no concepts (an older index): re-ingest to search by them")
+            return None
+        return found
+
+    def _concept_images(
+        self, concept: int, vector: Float32Array, k: int, flt: SearchFilter
+    ) -> list[ImageResult]:
+        """Images under a concept, best first by the probability mass of their classes under
+        it (hedging): a German shepherd is a `dog` although GloVe puts the breed's name far
+        from `dog`. The score is that mass; fewer than `k` under it are followed by the
+        nearest other images, also scored by their (smaller) mass."""
+        from dataclasses import replace
+
+        from model.conse import top_probs
+        from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
+
+        cs = imagenet_concepts()
+        name = cs.concepts[concept].name.lower()
+        members = cs.members[concept]
+        plain = replace(flt, min_score=None)  # the floor applies to the mass, not the cosine
+        under = self.store.search_images(
+            "conse", vector, max(k, CONCEPT_CANDIDATES), replace(plain, concepts=(name,))
+        )
+        seen = {str(h.id) for h in under}
+        if len(under) < k:
+            rest = self.store.search_images("conse", vector, k + len(under), plain)
+            under = under + [h for h in rest if str(h.id) not in seen]
+
+        def mass(h: Hit) -> float:
+            return float(top_probs(h.payload.get("conse_top") or []) @ members)
+
+        scored = sorted(((mass(h), float(h.score), h) for h in under), key=lambda t: t[:2])
+        # images with next to no mass under the concept are not answers; when none has any,
+        # the plain word-vector search is the better guess
+        scored = [t for t in scored if t[0] >= MIN_MASS]
+        if not scored:
+            return self._images("conse", vector, k, flt)
+        out = [
+            ImageResult(
+                str(h.payload.get("path", "")),
+                m,
+                str(h.payload.get("label", "")),
+                str(h.payload.get("folder", "")),
+            )
+            for m, _, h in reversed(scored)
+            if flt.min_score is None or m >= flt.min_score
+        ]
+        return out[:k]
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
         """(vector, indexed path or None). An indexed path reuses its stored vector."""
@@ -433,22 +509,106 @@ class SearchService:
         k: int = 10,
         min_score: float | None = None,
         max_rank: int = DEFAULT_MAX_RANK,
+        generality: str = "specific",
     ) -> Answer:
+        """What is in the picture. For conse, labels and hypernyms scored by the probability
+        mass of the classes under them (hedging); for devise, the nearest labels, hypernyms
+        and frequent words; never a fragment of a multi-word label."""
         validate(k, min_score)
+        if generality not in GENERALITY:
+            raise BadQueryError(f"generality must be specific or general, got {generality!r}")
         t0 = time.perf_counter()
         self._require_images(model)
+        if model == "conse":
+            results = self._conse_tags(image, k, min_score, generality)
+            return Answer(model, (time.perf_counter() - t0) * 1000, results)
         vector, _ = self.image_vector(image, model)
         if model == "clip":
             emb = self.embedder("clip")
-            pairs = emb.tag(vector, k)
+            results = [TagResult(w, s) for w, s in emb.tag(vector, k)]
         else:
-            if not (self.meta().get("words") or {}).get("count"):
-                raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
-            flt = SearchFilter(max_rank=max_rank, min_score=min_score)
-            hits = self.store.search_words(vector, k * 3, flt)
-            pairs = fold_inflections([(str(h.payload.get("word")), float(h.score)) for h in hits])
-        results = [TagResult(w, s) for w, s in pairs[:k]]
+            results = self._word_tags(vector, model, k, min_score, max_rank)
         return Answer(model, (time.perf_counter() - t0) * 1000, results)
+
+    def _class_probs(self, image: ImageInput) -> Float32Array:
+        """ConSE's ImageNet class probabilities: from the payload of an indexed image (no
+        backbone needed), else from the classifier."""
+        from model.conse import top_probs
+
+        if isinstance(image, (str, Path)):
+            rec = self.store.find_by_path([abs_posix(image)]).get(abs_posix(image))
+            if rec is not None and rec.payload.get("conse_top"):
+                return top_probs(rec.payload["conse_top"])
+        emb = self.embedder("conse")
+        return np.asarray(emb.probs_images([self._decode(image)])[0], dtype=np.float32)
+
+    def _conse_tags(
+        self, image: ImageInput, k: int, min_score: float | None, generality: str
+    ) -> list[TagResult]:
+        from model.vocab.hierarchy import GENERAL, MIN_MASS, SPECIFIC, imagenet_concepts
+
+        probs = self._class_probs(image)
+        lam = SPECIFIC if generality == "specific" else GENERAL
+        floor = max(MIN_MASS, min_score or 0.0)
+        ranked = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor)
+        return [TagResult(c.name, m, c.kind) for c, m in ranked]
+
+    def _word_tags(
+        self, vector: Float32Array, model: str, k: int, min_score: float | None, max_rank: int
+    ) -> list[TagResult]:
+        """The nearest frequent words and the model's own labels and hypernyms."""
+        if not (self.meta().get("words") or {}).get("count"):
+            raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
+        words = self.store.search_words(
+            vector, k * 3, SearchFilter(max_rank=max_rank, min_score=min_score)
+        )
+        own = self._model_concepts(model)
+        concepts = self.store.search_words(
+            vector,
+            k * 3,
+            SearchFilter(kinds=("label", "hypernym"), min_score=min_score),
+        )
+        pairs: list[tuple[str, float, str]] = []
+        for h in concepts:
+            name = str(h.payload.get("word"))
+            if name.lower() in own:
+                pairs.append((name, float(h.score), str(h.payload.get("kind", "label"))))
+        # a word that is one of a multi-word label's words ("ankle" of "ankle boot") never
+        # stands alone: it reads as a wrong tag
+        fragments = {w for name in own if " " in name or "-" in name for w in _label_words(name)}
+        taken = {p[0].lower() for p in pairs}
+        for h in words:
+            w = str(h.payload.get("word"))
+            if w.lower() not in taken and w.lower() not in fragments:
+                pairs.append((w, float(h.score), "word"))
+        pairs.sort(key=lambda p: -p[1])
+        folded = fold_inflections([(w, s) for w, s, _ in pairs])
+        kind_of = {w: kd for w, _, kd in pairs}
+        return [TagResult(w, s, kind_of.get(w, "word")) for w, s in folded[:k]]
+
+    def _model_concepts(self, model: str) -> set[str]:
+        """Lower-case names of the labels and hypernyms `model` knows."""
+        with self._lock:
+            cache = self._concept_names
+            if model not in cache:
+                from ingest.vocabulary import concepts_for
+
+                rec = dict((self.meta().get("models") or {}).get(model) or {})
+                if model == "devise" and self.checkpoint is not None:
+                    rec["checkpoint"] = str(self.checkpoint)
+                cache[model] = {
+                    c.name.lower() for cs in concepts_for({model: rec}) for c in cs.concepts
+                }
+            return cache[model]
+
+    def _decode(self, image: ImageInput) -> Any:
+        from PIL import Image as PILImage
+
+        from model.images import decode_image
+
+        if isinstance(image, PILImage.Image):
+            return image.convert("RGB")
+        return decode_image(image if isinstance(image, bytes) else Path(image))
 
     def compare(
         self,

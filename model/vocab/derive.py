@@ -249,8 +249,9 @@ def main() -> None:
     kv = load_words("glove-6b-50d").kv
     data = derive(WordNet(root), dict(kv.key_to_index))
     args.out.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
-    tags = sum(1 for n in data["nodes"].values() if n["tag"])  # type: ignore[union-attr]
-    print(f"wrote {args.out}: 1000 classes, {len(data['nodes'])} hypernyms, {tags} of them tags")
+    nodes: dict[str, dict[str, object]] = data["nodes"]  # type: ignore[assignment]
+    tags = sum(1 for n in nodes.values() if n["tag"])
+    print(f"wrote {args.out}: 1000 classes, {len(nodes)} hypernyms, {tags} of them tags")
 
 
 if __name__ == "__main__":
