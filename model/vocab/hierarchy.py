@@ -115,8 +115,9 @@ def _concepts_from_ancestry(
         key = name.lower()
         if key in index:
             i = index[key]
-            if kind == LABEL and concepts[i].kind != LABEL:
-                concepts[i] = Concept(concepts[i].name, LABEL, concepts[i].aliases)
+            old = concepts[i]
+            merged = old.aliases + tuple(a for a in aliases if a not in old.aliases)
+            concepts[i] = Concept(old.name, LABEL if kind == LABEL else old.kind, merged)
             return i
         index[key] = len(concepts)
         concepts.append(Concept(name, kind, aliases))
