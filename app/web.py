@@ -162,6 +162,11 @@ class GalleryOut:
     ok: bool = True
 
 
+def tag_key(r: TagResult) -> str:
+    """A tag as the Tags panel shows it: labels and hypernyms stand out from plain words."""
+    return r.word if r.kind == "word" else f"{r.word} ({r.kind})"
+
+
 @dataclass
 class TagsOut:
     tags: dict[str, float] = field(default_factory=dict)
@@ -432,19 +437,24 @@ class WebHandlers:
         model: str = "devise",
         k: float | int | None = DEFAULT_K,
         min_score: float | None = None,
+        generality: str = "specific",
     ) -> TagsOut:
         if image is None:
             return TagsOut(status="⚠️ upload, paste or take a picture first", ok=False)
         try:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
             answer = self.service.tag(
-                data, model=model or "devise", k=_k(k), min_score=_min_score(min_score)
+                data,
+                model=model or "devise",
+                k=_k(k),
+                min_score=_min_score(min_score),
+                generality=generality or "specific",
             )
         except OSError as e:
             return TagsOut(status=f"⚠️ cannot read the upload: {e.strerror or e}", ok=False)
         except _USER_ERRORS as e:
             return TagsOut(status=f"⚠️ {e}", ok=False)
-        tags = {r.word: float(r.score) for r in answer.results if isinstance(r, TagResult)}
+        tags = {tag_key(r): float(r.score) for r in answer.results if isinstance(r, TagResult)}
         return TagsOut(tags, f"{len(tags)} tag(s) by {answer.model} in {answer.took_ms:.0f} ms")
 
     def compare(
@@ -491,7 +501,7 @@ class WebHandlers:
         if isinstance(a, str):
             return GalleryOut(status=f"⚠️ {a}", ok=False), TagsOut(status=f"⚠️ {a}", ok=False)
         if out.kind == "tag":
-            tags = {r.word: float(r.score) for r in a.results if isinstance(r, TagResult)}
+            tags = {tag_key(r): float(r.score) for r in a.results if isinstance(r, TagResult)}
             return GalleryOut(), TagsOut(tags, f"{a.took_ms:.0f} ms")
         return self._gallery(a, "the query"), TagsOut()
 
@@ -612,6 +622,13 @@ def build_demo(
                 tag_image = image_input("tag-query")
                 with gr.Column():
                     tag_btn = gr.Button("Tag", variant="primary")
+                    generality = gr.Radio(
+                        ["specific", "general"],
+                        value="specific",
+                        label="Tags",
+                        info="conse: a breed before 'dog' (specific), or 'dog' and 'animal' "
+                        "first (general). Labels and hypernyms are marked.",
+                    )
                     tag_status = gr.Markdown()
                     tags = gr.Label(label="Tags", num_top_classes=MAX_UI_K)
 
@@ -667,8 +684,10 @@ def build_demo(
         # would see the string "gr.SelectData" (gr is imported here, not at module level).
         on_select.__annotations__["evt"] = gr.SelectData
 
-        def on_tag(img: str | None, m: str, n: float, s: float) -> tuple[dict[str, float], str]:
-            r = h.tag(img, m, n, s)
+        def on_tag(
+            img: str | None, m: str, n: float, s: float, g: str = "specific"
+        ) -> tuple[dict[str, float], str]:
+            r = h.tag(img, m, n, s, g)
             warn(r.ok, r.status)
             return r.tags, r.status
 
@@ -722,7 +741,12 @@ def build_demo(
         image_gallery.select(
             on_select, [image_paths, *filters], image_outputs, api_visibility="private"
         )
-        tag_btn.click(on_tag, [tag_image, model, k, min_score], [tags, tag_status], api_name="tag")
+        tag_btn.click(
+            on_tag,
+            [tag_image, model, k, min_score, generality],
+            [tags, tag_status],
+            api_name="tag",
+        )
         cmp_outputs: list[Any] = [c for pair in slots for c in pair] + [cmp_status]
         cmp_btn.click(
             on_compare,

@@ -30,6 +30,7 @@ from app.web import (
     launch_app,
     parse_auth,
     roots_from_index,
+    tag_key,
 )
 from ingest.pipeline import ingest
 from ingest.vocabulary import load_vocabulary
@@ -170,7 +171,7 @@ def test_image_search_tag_and_more_like_this(
 
     tags = handlers.tag(str(upload), "devise", 5, 0.0)
     want_tags = web_index.service.tag(upload.read_bytes(), k=5)
-    assert tags.ok and list(tags.tags) == [r.word for r in want_tags.results]
+    assert tags.ok and list(tags.tags) == [tag_key(r) for r in want_tags.results]
 
     more = handlers.more_like_this(out.paths, 0, "devise", [], "", 0.0, 6)
     assert more.ok and out.paths[0] not in more.paths
@@ -290,7 +291,7 @@ def test_live_app_answers_like_the_service(live: WebApp, web_index: WebIndex) ->
 
     tags, _ = client.predict(handle_file(str(probe)), "devise", 4, 0, api_name="/tag")
     words = [c["label"] for c in tags["confidences"]]
-    assert words == [r.word for r in svc.tag(probe.read_bytes(), k=4).results]
+    assert words == [tag_key(r) for r in svc.tag(probe.read_bytes(), k=4).results]
 
     out = client.predict("text", "cat", None, [], "", 0, 3, api_name="/compare")
     # each slot comes back as an update: its value, its label (model and time), visibility
