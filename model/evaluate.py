@@ -133,6 +133,30 @@ def embedding_metrics(
     return out
 
 
+def gzsl_metrics(
+    vectors: Float32Array,
+    targets: IntArray,
+    label_vectors: Float32Array,
+    seen: Sequence[int],
+    zeroshot: Sequence[int],
+    gamma: float,
+) -> dict[str, float]:
+    """Generalised zero-shot figures (model/gzsl.py) on the images of seen and zero-shot
+    labels, ranked among all labels, seen scores less `gamma`; {} without both kinds."""
+    from model import gzsl
+
+    keep = np.isin(targets, list(seen) + list(zeroshot))
+    y = targets[keep]
+    if not np.isin(y, list(seen)).any() or not np.isin(y, list(zeroshot)).any():
+        return {}
+    return gzsl.metrics(vectors[keep] @ label_vectors.T, y, seen, zeroshot, gamma)
+
+
+def checkpoint_gamma(meta: dict[str, Any]) -> float:
+    """The calibrated-stacking gamma a checkpoint chose on validation (0 before it did)."""
+    return float((meta.get("calibration") or {}).get("gamma", 0.0))
+
+
 def evaluate_checkpoint(
     data_dir: Path,
     checkpoint: Path,
@@ -208,6 +232,7 @@ def evaluate_checkpoint(
     y = targets[rows]
     vectors = model.embed_features(x)
     dv = embedding_metrics(vectors, y, unit(label_vectors), seen, zeroshot)
+    dv.update(gzsl_metrics(vectors, y, unit(label_vectors), seen, zeroshot, checkpoint_gamma(meta)))
 
     # Softmax probe: flat hit@k only, among the labels it was trained on.
     probe_labels = list(meta.get("seen", []))
@@ -231,6 +256,10 @@ def evaluate_checkpoint(
             sm["ms_per_image"] = ms
 
     chance = chance_levels(y, len(labels), y[np.isin(y, zeroshot)])
+    if "gzsl_H" in dv:
+        from model.gzsl import chance as gzsl_chance
+
+        chance.update(gzsl_chance(len(seen), len(zeroshot)))
     return EvalReport(
         labels=labels,
         holdout=[labels[i] for i in zeroshot],
@@ -395,6 +424,7 @@ def evaluate_models(
     sample = [paths[i] for i in common[:speed_sample]]
 
     results: dict[str, dict[str, float] | None] = {}
+    devise_gzsl: tuple[int, int] | None = None
     for name, maybe in models.items():
         if maybe is None:
             results[name] = None
@@ -410,7 +440,12 @@ def evaluate_models(
         else:
             model_zs = zeroshot
             seen = [c for c in all_classes if c not in set(zeroshot)]
-        m = embedding_metrics(v, y, _label_vectors(model, labels), seen, model_zs)
+        lv = _label_vectors(model, labels)
+        m = embedding_metrics(v, y, lv, seen, model_zs)
+        if isinstance(model, DeviseEmbedder) and model_zs:
+            m.update(gzsl_metrics(v, y, lv, seen, model_zs, checkpoint_gamma(model.meta)))
+            if "gzsl_H" in m:
+                devise_gzsl = (len(seen), len(model_zs))
         ms = _ms_per_image(model, sample)
         if ms is not None:
             m["ms_per_image"] = ms
@@ -421,10 +456,15 @@ def evaluate_models(
                 results["softmax"]["ms_per_image"] = ms  # type: ignore[index]
 
     zs_mask = np.isin(y, zeroshot)
+    chance = chance_levels(y, len(labels), y[zs_mask])
+    if devise_gzsl is not None:
+        from model.gzsl import chance as gzsl_chance
+
+        chance.update(gzsl_chance(*devise_gzsl))
     return EvalReport(
         labels=labels,
         holdout=[labels[i] for i in zeroshot],
-        chance=chance_levels(y, len(labels), y[zs_mask]),
+        chance=chance,
         models=results,
         counts={"images": len(common), "zeroshot": int(zs_mask.sum()), "skipped": skipped},
         notes=notes,
