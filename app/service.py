@@ -501,8 +501,8 @@ class SearchService:
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
         answer.query = reading(used)
         if len(used) < len(terms):
-            dropped = [t.label() for t in terms if t not in used]
-            answer.query += f" (ignored, no known word: {', '.join(dropped)})"
+            dropped = [t for t in terms if t not in used]
+            answer.query += f" (ignored, no known word: {reading(dropped)})"
         return self._explain_empty(answer, labels, folder)
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
