@@ -170,11 +170,11 @@ def test_compound_errors_are_clear(indexed: Indexed, tmp_path: Path) -> None:
     assert svc.query_vector([Term(text="ball")], "devise").shape == (8,)
 
 
+# the CLI opens an index folder: the embedded backend (the server one is checked above)
+@pytest.mark.parametrize("indexed", ["edge"], indirect=True)
 def test_cli_search_with_image_and_words(
     indexed: Indexed, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if not isinstance(indexed.store, EdgeStore):
-        pytest.skip("the CLI opens an index folder; the server backend is checked above")
     index = indexed.index
     query = indexed.root / "vehicles/truck/0.png"
     want = indexed.service.search_text("2:ball -zebra", image=query, k=4)
