@@ -619,7 +619,7 @@ def build_demo(
                 image = image_input("image-query")
                 with gr.Column():
                     image_words = gr.Textbox(
-                        label="Words (optional)", placeholder="at night   or   2:bag -shoe",
+                        value="", label="Words (optional)", placeholder="at night  or  2:bag -shoe",
                         elem_id="image-words", info="terms added to the image, as in a text search",
                     )  # fmt: skip
                     image_btn = gr.Button("Find similar", variant="primary")
@@ -673,10 +673,10 @@ def build_demo(
 
         def on_image(
             img: str | None, m: str, ls: list[str], f: str, s: float, n: float,
-            query: str = "",
+            query: str | None = None,
         ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
-            # `query` comes last with a default, so API clients that send the image and the
-            # filters only (before image-plus-words existed) keep working
+            # `query` comes last with a default (the box's ""), so API clients that send the
+            # image and the filters only (before image-plus-words existed) keep working
             return gallery_out(h.search_image(img, m, ls, f, s, n, query))
 
         def on_select(
