@@ -363,6 +363,8 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     if as_json:
         print(json.dumps(answer.to_json()))
         return
+    if answer.query is not None:
+        print(f"query: {answer.query}")
     if not answer.results:
         why = answer.note or "loosen the filters?"
         print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): {why}")
@@ -387,8 +389,9 @@ def _query(args: argparse.Namespace, kind: str) -> int:
         service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
         common = {"model": args.model, "min_score": args.min_score, "k": args.k}
         if kind == "search":
+            image = _image_arg(args.image) if args.image else None
             answer = service.search_text(
-                args.text, labels=args.label or (), folder=args.folder, **common
+                args.text, image=image, labels=args.label or (), folder=args.folder, **common
             )
         elif kind == "similar":
             answer = service.similar(
@@ -693,8 +696,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None)
         index_flags(sp)
 
-    s1 = sub.add_parser("search", help="text -> images: find images of a word or phrase")
-    s1.add_argument("text")
+    s1 = sub.add_parser(
+        "search",
+        help="text -> images: find images of a compound query, such as 'beach 2:dog -people'",
+        description="Terms: words, quoted phrases and image paths; 2:dog weighs a term, "
+        "-people (or -2:people) subtracts one. Quote the whole query; one that starts with "
+        "- goes after --.",
+    )
+    s1.add_argument("text", nargs="?", default="", help="the query (may be empty with --image)")
+    s1.add_argument("--image", default=None, help="an example image, added to the query's terms")
     query_flags(s1)
     s1.set_defaults(func=cmd_search)
     s2 = sub.add_parser("similar", help="image -> images: find images like this one")

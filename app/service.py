@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.query import QueryError, Term, parse_query, reading
 from qdrant.filters import SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -92,13 +93,18 @@ class Answer:
     results: list[Any] = field(default_factory=list)
     #: why an image query came back empty, when a filter can never match (not in JSON)
     note: str | None = None
+    #: how a text query's terms were read ("dog ×2, beach, −people"); in JSON when set
+    query: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.model,
             "took_ms": round(self.took_ms, 2),
             "results": [r.to_json() for r in self.results],
         }
+        if self.query is not None:
+            out["query"] = self.query
+        return out
 
 
 def fold_inflections(words: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -309,6 +315,18 @@ class SearchService:
             )
         if model == "clip":
             return np.asarray(self.embedder("clip").embed_texts([text])[0], dtype=np.float32)
+        vectors, unknown = self._phrase_vectors([text], model)
+        if vectors[0] is None:
+            raise BadQueryError(self._unknown_message(unknown))
+        if unknown:
+            log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
+        return vectors[0]
+
+    def _phrase_vectors(
+        self, texts: Sequence[str], model: str
+    ) -> tuple[list[Float32Array | None], list[str]]:
+        """Each text's unit mean word vector from the index (None when it has no known word),
+        and the unknown words; one vocabulary lookup for all the texts."""
         rec = self._require_images(model)
         words_meta = self.meta().get("words") or {}
         # meta's count, not count(WORDS): an exact count of 100k points costs ~10 ms a query
@@ -319,24 +337,35 @@ class SearchService:
                 f"the vocabulary is {words_meta.get('source')} but the {model} vectors live in "
                 f"{rec.get('words')}: run `devise words --words {rec.get('words')}`"
             )
-        tokens = [t.lower() for t in _TOKEN.findall(text)]
-        if not tokens:
-            raise BadQueryError(f"no word in the query {text!r}: use letters, such as 'dog'")
-        parts = {p for t in tokens if "-" in t for p in t.split("-") if p}
-        found = self.store.find_words(sorted(set(tokens) | parts))
-        # like a label: a hyphenated word whole if known, else its known parts
-        tokens = [
-            p for t in tokens for p in ([t] if t in found or "-" not in t else t.split("-")) if p
-        ]
-        unknown = [t for t in dict.fromkeys(tokens) if t not in found]
-        if len(unknown) == len(set(tokens)):
-            raise BadQueryError(self._unknown_message(unknown))
-        if unknown:
-            log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
-        vecs = np.stack([found[t] for t in tokens if t in found]).astype(np.float32)
-        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        mean = vecs.mean(axis=0)
-        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        token_lists = []
+        for text in texts:
+            tokens = [t.lower() for t in _TOKEN.findall(text)]
+            if not tokens:
+                raise BadQueryError(f"no word in the query {text!r}: use letters, such as 'dog'")
+            token_lists.append(tokens)
+        every = {t for tokens in token_lists for t in tokens}
+        parts = {p for t in every if "-" in t for p in t.split("-") if p}
+        found = self.store.find_words(sorted(every | parts))
+        out: list[Float32Array | None] = []
+        unknown: list[str] = []
+        for tokens in token_lists:
+            # like a label: a hyphenated word whole if known, else its known parts
+            tokens = [
+                p
+                for t in tokens
+                for p in ([t] if t in found or "-" not in t else t.split("-"))
+                if p
+            ]
+            unknown += [t for t in dict.fromkeys(tokens) if t not in found and t not in unknown]
+            known = [found[t] for t in tokens if t in found]
+            if not known:
+                out.append(None)
+                continue
+            vecs = np.stack(known).astype(np.float32)
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            mean = vecs.mean(axis=0)
+            out.append((mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32))
+        return out, unknown
 
     def _unknown_message(self, unknown: Sequence[str]) -> str:
         suggest = self._suggester()
@@ -379,26 +408,121 @@ class SearchService:
             answer.note = self.unmatched_filter(labels, folder)
         return answer
 
+    # ------------------------------------------------------------------ compound queries
+
+    def query_terms(self, text: str, image: ImageInput | None = None) -> list[Term]:
+        """The terms of a compound query (app.query's grammar), plus `image` when given:
+        a path, or an upload (bytes or a PIL image) that joins the words with weight 1."""
+        text = (text or "").strip()
+        if len(text) > MAX_QUERY_CHARS:
+            raise BadQueryError(
+                f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
+            )
+        try:
+            terms = parse_query(text)
+        except QueryError as e:
+            raise BadQueryError(str(e)) from None
+        if isinstance(image, (str, Path)):
+            terms.append(Term(1.0, image=str(image)))
+        elif image is not None:
+            terms.append(Term(1.0, image="upload", upload=True))
+        if not terms:
+            raise BadQueryError("the query is empty: type a word such as 'dog'")
+        return terms
+
+    def query_vector(
+        self, terms: Sequence[Term], model: str, upload: ImageInput | None = None
+    ) -> Float32Array:
+        """The weighted sum of the terms' unit vectors in `model`'s space, normalised again."""
+        return self._compound(terms, model, upload)[0]
+
+    def _compound(
+        self, terms: Sequence[Term], model: str, upload: ImageInput | None = None
+    ) -> tuple[Float32Array, list[str], list[Term]]:
+        """(query vector, indexed image paths among the terms, the terms used): word terms
+        whose words are all unknown are dropped, with a warning, while another term is left."""
+        self._require_images(model)
+        vectors: dict[int, Float32Array] = {}
+        indexed: list[str] = []
+        texts = [(i, t.text or "") for i, t in enumerate(terms) if not t.is_image]
+        unknown: list[str] = []
+        if texts and model == "clip":
+            encoded = self.embedder("clip").embed_texts([x for _, x in texts])
+            for (i, _), v in zip(texts, encoded, strict=True):
+                vectors[i] = np.asarray(v, dtype=np.float32)
+        elif texts:
+            found, unknown = self._phrase_vectors([x for _, x in texts], model)
+            for (i, _), vec in zip(texts, found, strict=True):
+                if vec is not None:
+                    vectors[i] = vec
+        for i, t in enumerate(terms):
+            if not t.is_image:
+                continue
+            if t.upload:
+                if upload is None:
+                    raise BadQueryError("the query names an upload, but no image was uploaded")
+                vectors[i], _ = self.image_vector(upload, model)
+                continue
+            path = Path(str(t.image)).expanduser()
+            if not path.is_file():
+                raise BadQueryError(
+                    f"image not found: {t.image} (a term with a slash or an image suffix is a "
+                    "path; quote words that hold one)"
+                )
+            vectors[i], where = self.image_vector(path, model)
+            if where is not None and t.weight > 0:
+                indexed.append(where)
+        if not vectors:
+            raise BadQueryError(self._unknown_message(unknown))
+        if unknown:
+            log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
+        used = [terms[i] for i in sorted(vectors)]
+        total = np.zeros_like(next(iter(vectors.values())), dtype=np.float64)
+        for i in sorted(vectors):
+            v = vectors[i].astype(np.float64)
+            total += terms[i].weight * v / max(float(np.linalg.norm(v)), 1e-12)
+        norm = float(np.linalg.norm(total))
+        # relative to the weights: `dog -dog` leaves rounding noise, not a direction
+        if norm < 1e-3 * sum(abs(t.weight) for t in used):
+            raise BadQueryError(
+                f"the terms cancel out ({reading(used)}): the query points nowhere. Drop a "
+                "negative term or change its weight."
+            )
+        return (total / norm).astype(np.float32), indexed, used
+
     def search_text(
         self,
         text: str,
         *,
+        image: ImageInput | None = None,
         model: str = "devise",
         labels: Sequence[str] = (),
         folder: str | None = None,
         min_score: float | None = None,
         k: int = 10,
     ) -> Answer:
+        """Images for a compound query (`beach 2:dog -people`), optionally with an example
+        image (a path or an upload) among the terms. Indexed query images are left out."""
         validate(k, min_score)
         t0 = time.perf_counter()
-        vector = self.text_vector(text, model)
+        terms = self.query_terms(text, image)
+        vector, indexed, used = self._compound(terms, model, image)
         flt = self._filter(labels, folder, min_score)
-        concept = self._concept_query(text) if model == "conse" else None
+        # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
+        # by the probability mass under the concept, not by the word's vector
+        plain = all(t.text is not None and t.weight == 1 for t in terms)
+        whole = " ".join(t.text or "" for t in terms)
+        concept = self._concept_query(whole) if plain and model == "conse" else None
         if concept is not None:
             results = self._concept_images(concept, vector, k, flt)
         else:
-            results = self._images(model, vector, k, flt)
+            hits = self._images(model, vector, k + len(indexed), flt)
+            results = [r for r in hits if r.path not in indexed][:k]
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
+        answer.query = reading(used)
+        if len(used) < len(terms):
+            dropped = [t for t in terms if t not in used]
+            answer.query += f" (ignored, no known word: {reading(dropped)})"
         return self._explain_empty(answer, labels, folder)
 
     def _concept_query(self, text: str) -> int | None:

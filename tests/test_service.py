@@ -179,7 +179,9 @@ def test_cli_json_shapes_end_to_end(
     assert set(st["models"]["devise"]) == {"dim", "id", "points"}
     assert st["models"]["devise"]["points"] == 12 and st["models"]["devise"]["dim"] == 50
     s = run_json(["search", "cat", "-k", "4", "--json", *idx])
-    assert set(s) == {"model", "took_ms", "results"} and len(s["results"]) == 4
+    # "query": how the compound query was read (only text searches have one)
+    assert set(s) == {"model", "took_ms", "results", "query"} and len(s["results"]) == 4
+    assert s["query"] == "cat"
     assert set(s["results"][0]) == {"path", "score", "label", "folder"}
     img = str(data / "cat" / "000.png")
     sim = run_json(["similar", img, "-k", "3", "--label", "truck", "--json", *idx])

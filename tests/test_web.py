@@ -426,3 +426,25 @@ def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
     assert "0.900" in text and "0.250" in text and "absent" in text and "chance" in text
     back = EvalReport.from_json(report.to_json())
     assert back.models["clip"] is None and back.table() == report.table()
+
+
+def test_live_app_takes_an_image_plus_words(live: WebApp, web_index: WebIndex) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(live.url, verbose=False)
+    svc = web_index.service
+    probe = web_index.root / "pets" / "cat" / "pets_00.png"
+    gallery, status = client.predict(
+        handle_file(str(probe)), "devise", [], "", 0, 5, "2:truck", api_name="/search_image"
+    )  # fmt: skip
+    want = svc.search_text("2:truck", image=probe.read_bytes(), k=5)
+    assert _gallery_rows(gallery) == _want_rows(want.results)
+    assert "for truck ×2, the uploaded image by devise" in status
+    # the text endpoint reads compound queries the same way
+    gallery, status = client.predict(
+        "2:truck -cat", "devise", [], "", 0, 6, api_name="/search_text"
+    )  # fmt: skip
+    assert _gallery_rows(gallery) == _want_rows(svc.search_text("2:truck -cat", k=6).results)
+    assert "for truck ×2, −cat by devise" in status
+    _, status = client.predict("cat -cat", "devise", [], "", 0, 6, api_name="/search_text")
+    assert status.startswith("⚠️") and "cancel out" in status
