@@ -83,6 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         loss=args.loss,
         head=args.head,
         margin=args.margin,
+        hypernym_weight=args.hypernym_weight,
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -398,11 +399,30 @@ def _query(args: argparse.Namespace, kind: str) -> int:
                 _image_arg(args.image), labels=args.label or (), folder=args.folder, **common
             )
         else:
-            answer = service.tag(_image_arg(args.image), generality=args.generality, **common)
+            answer = service.tag(
+                _image_arg(args.image),
+                generality=args.generality,
+                zero_shot_bias=args.zero_shot_bias,
+                **common,
+            )
     finally:
         store.close()
     _print_answer(answer, args.json, "tags" if kind == "tag" else "images")
     return 0
+
+
+def _bias(text: str) -> str | float:
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--zero-shot-bias takes auto, off or a number, not {text!r}"
+        ) from None
+    if not -1.0 <= value <= 2.0 or value != value:
+        raise argparse.ArgumentTypeError(f"--zero-shot-bias {text} is outside -1..2")
+    return value
 
 
 def _image_arg(text: str) -> Path:
@@ -524,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear projection (the paper) or Dense-BN-Dropout-Dense",
     )
     t.add_argument("--margin", type=float, default=0.1, help="hinge margin (default 0.1)")
+    t.add_argument(
+        "--hypernym-weight",
+        type=float,
+        default=1.0,
+        help="move each label's vector towards its 3 nearest WordNet hypernyms by this "
+        "weight (sandal and sneaker share shoe, footwear): unseen labels then land near their "
+        "seen relatives; 0 turns it off (default 1.0)",
+    )
     t.add_argument(
         "--finetune",
         type=int,
@@ -727,6 +755,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="specific",
         help="conse: prefer specific tags (a breed, 'espresso') or general ones ('dog', "
         "'drink'); default specific",
+    )
+    s3.add_argument(
+        "--zero-shot-bias",
+        type=_bias,
+        default="auto",
+        metavar="auto|off|VALUE",
+        help="devise: subtract this from the score of every label the checkpoint was trained "
+        "on, so that unseen labels and plain words can win (calibrated stacking); auto: the "
+        "value the checkpoint chose on validation (default)",
     )
     query_flags(s3, filters=False)
     s3.set_defaults(func=cmd_tag)

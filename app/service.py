@@ -634,6 +634,7 @@ class SearchService:
         min_score: float | None = None,
         max_rank: int = DEFAULT_MAX_RANK,
         generality: str = "specific",
+        zero_shot_bias: str | float = "auto",
     ) -> Answer:
         """What is in the picture. For conse, labels and hypernyms scored by the probability
         mass of the classes under them (hedging); for devise, the nearest labels, hypernyms
@@ -651,8 +652,21 @@ class SearchService:
             emb = self.embedder("clip")
             results = [TagResult(w, s) for w, s in emb.tag(vector, k)]
         else:
-            results = self._word_tags(vector, model, k, min_score, max_rank)
+            gamma = self._zero_shot_bias(model, zero_shot_bias)
+            results = self._word_tags(vector, model, k, min_score, max_rank, gamma)
         return Answer(model, (time.perf_counter() - t0) * 1000, results)
+
+    def _zero_shot_bias(self, model: str, bias: str | float) -> tuple[float, set[str]]:
+        """(gamma, the checkpoint's seen labels): calibrated stacking for devise tags."""
+        if model != "devise" or bias == "off":
+            return 0.0, set()
+        meta = getattr(self.embedder(model), "meta", {}) or {}
+        seen = {str(x).lower() for x in meta.get("seen", meta.get("labels", []))}
+        if bias == "auto":
+            gamma = float((meta.get("calibration") or {}).get("gamma", 0.0))
+        else:
+            gamma = float(bias)
+        return gamma, seen
 
     def _class_probs(self, image: ImageInput) -> Float32Array:
         """ConSE's ImageNet class probabilities: from the payload of an indexed image (no
@@ -678,9 +692,17 @@ class SearchService:
         return [TagResult(c.name, m, c.kind) for c, m in ranked]
 
     def _word_tags(
-        self, vector: Float32Array, model: str, k: int, min_score: float | None, max_rank: int
+        self,
+        vector: Float32Array,
+        model: str,
+        k: int,
+        min_score: float | None,
+        max_rank: int,
+        bias: tuple[float, set[str]] = (0.0, set()),
     ) -> list[TagResult]:
-        """The nearest frequent words and the model's own labels and hypernyms."""
+        """The nearest frequent words and the model's own labels and hypernyms; the seen
+        labels' scores less `bias`'s gamma (calibrated stacking, model/gzsl.py)."""
+        gamma, seen = bias
         if not (self.meta().get("words") or {}).get("count"):
             raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
         words = self.store.search_words(
@@ -696,7 +718,8 @@ class SearchService:
         for h in concepts:
             name = str(h.payload.get("word"))
             if name.lower() in own:
-                pairs.append((name, float(h.score), str(h.payload.get("kind", "label"))))
+                score = float(h.score) - (gamma if name.lower() in seen else 0.0)
+                pairs.append((name, score, str(h.payload.get("kind", "label"))))
         # a word that is one of a multi-word label's words ("ankle" of "ankle boot") never
         # stands alone: it reads as a wrong tag
         fragments = {w for name in own if " " in name or "-" in name for w in _label_words(name)}
@@ -704,7 +727,8 @@ class SearchService:
         for h in words:
             w = str(h.payload.get("word"))
             if w.lower() not in taken and w.lower() not in fragments:
-                pairs.append((w, float(h.score), "word"))
+                score = float(h.score) - (gamma if w.lower() in seen else 0.0)
+                pairs.append((w, score, "word"))
         pairs.sort(key=lambda p: -p[1])
         folded = fold_inflections([(w, s) for w, s, _ in pairs])
         kind_of = {w: kd for w, _, kd in pairs}

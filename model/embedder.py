@@ -174,6 +174,27 @@ class DeviseEmbedder(WordSpaceEmbedder):
     def words_source(self) -> str:
         return str(self.meta["words"]["source"])
 
+    def label_matrix(self, labels: Sequence[str]) -> Float32Array:
+        """(L, D) unit vectors of `labels` as this checkpoint scores them: its own labels'
+        stored vectors, and any other label made the same way (moved towards its
+        hypernyms by the checkpoint's weight, model/vocab/hierarchy.py)."""
+        from model.vocab.hierarchy import hypernym_label_matrix
+
+        known = {lab: i for i, lab in enumerate(self.labels)}
+        new = [lab for lab in labels if lab not in known]
+        made: dict[str, Float32Array] = {}
+        if new:
+            spec = self.meta.get("label_vectors") or {}
+            mat, _ = hypernym_label_matrix(
+                self.words,
+                new,
+                float(spec.get("hypernym_weight", 0.0)),
+                int(spec.get("hypernym_depth", 3)),
+            )
+            made = dict(zip(new, mat, strict=True))
+        rows = [self.label_vectors[known[lab]] if lab in known else made[lab] for lab in labels]
+        return unit(np.stack(rows).astype(np.float32))
+
     @property
     def backbone(self) -> BackboneLike:
         """Built on first use, under a lock: text queries never pay for it."""

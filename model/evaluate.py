@@ -22,7 +22,7 @@ from model.images import load_array
 from model.report import EvalReport
 from model.specs import BackboneLike
 from model.train import split_indices
-from model.words import WordVectors, load_words, unit
+from model.words import WordVectors, unit
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
@@ -186,12 +186,11 @@ def evaluate_checkpoint(
     # Labels: the checkpoint's, plus any new label in DATA (mapped through the word space:
     # DeViSE can rank labels it never saw).
     labels = list(model.labels)
-    label_vectors = model.label_vectors
     new = [lab for lab in data.labels if lab not in labels]
-    if new:
-        words = words or load_words(model.words_source)
-        labels += new
-        label_vectors = np.concatenate([label_vectors, words.label_matrix(new)])
+    if new and words is not None:
+        model.share_words(words)
+    labels += new
+    label_vectors = model.label_matrix(labels)
     index = {lab: i for i, lab in enumerate(labels)}
     data_to_label = np.asarray([index[lab] for lab in data.labels], dtype=np.int64)
     seen_names = set(meta.get("seen", labels))
@@ -321,9 +320,10 @@ def _ms_per_image(model: Embedder, paths: Sequence[Path]) -> float | None:
 
 def _label_vectors(model: Embedder, labels: Sequence[str]) -> Float32Array:
     """Each model's own vectors for the labels: word-space labels, or CLIP's prompted texts."""
-    if isinstance(model, DeviseEmbedder | ConseEmbedder):
-        words = model.words
-        return unit(words.label_matrix(labels))
+    if isinstance(model, DeviseEmbedder):
+        return model.label_matrix(labels)
+    if isinstance(model, ConseEmbedder):
+        return unit(model.words.label_matrix(labels))
     return unit(model.embed_texts(list(labels)))
 
 

@@ -35,6 +35,9 @@ class TrainConfig:
     loss: LossKind = "hinge"
     head: HeadKind = "linear"
     margin: float = 0.1
+    # label vectors moved towards their WordNet hypernyms (model/vocab/hierarchy.py); 0: off
+    hypernym_weight: float = 1.0
+    hypernym_depth: int = 3
     epochs: int = 40
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -164,7 +167,12 @@ def train(
     holdout = resolve_holdout(data, cfg.holdout)
     words = words or load_words(cfg.words)
     # Every label must map to a vector before any expensive work starts.
-    label_vectors = torch.from_numpy(words.label_matrix(data.labels))
+    from model.vocab.hierarchy import hypernym_label_matrix
+
+    matrix, hypernyms = hypernym_label_matrix(
+        words, data.labels, cfg.hypernym_weight, cfg.hypernym_depth
+    )
+    label_vectors = torch.from_numpy(matrix)
     seen = [i for i in range(len(data.labels)) if i not in holdout]
 
     backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
@@ -281,6 +289,11 @@ def train(
         "seen": [data.labels[i] for i in seen],
         "metrics": metrics,
         "calibration": calibration,
+        "label_vectors": {
+            "hypernym_weight": cfg.hypernym_weight,
+            "hypernym_depth": cfg.hypernym_depth,
+            "hypernyms": hypernyms,
+        },
         "data": {
             "root": str(Path(data_dir).resolve()),
             "val_fraction": cfg.val_fraction,

@@ -309,7 +309,7 @@ def test_conse_tags_chelsea_as_a_cat(glove: WordVectors) -> None:
 
     conse = ConseEmbedder("efficientnet_lite0", glove)
     v = conse.embed_images([Image.fromarray(skimage.data.chelsea())])
-    vocab, mat = _word_tagger(glove, 20_000)
+    vocab, mat, _ = _word_tagger(glove, 20_000)
     top = [vocab[i] for i in np.argsort(-(mat @ v[0]))[:10]]
     assert {"cat", "cats", "kitten", "dog", "tabby", "feline"} & set(top), top
 

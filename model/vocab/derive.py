@@ -2,9 +2,10 @@
 
     python -m model.vocab.derive [--wordnet /usr/share/wordnet] [--out model/vocab/...json]
 
-For each of the 1000 ImageNet-1k classes it writes the union of the class's hypernym paths
-(`@` and `@i` pointers) as WordNet synset ids, and for every synset met on the way its lemma
-names, the name a tag shows, and whether it is a tag a person would use. The product then
+For each of the 1000 ImageNet-1k classes (and the built-in Fashion-MNIST labels) it writes
+the union of the class's hypernym paths (`@` and `@i` pointers) as WordNet synset ids, and
+for every synset met on the way its lemma names, the name a tag shows, and whether it is a
+tag a person would use. The product then
 reads only the small JSON file: WordNet itself (Debian's `wordnet-base`) is not needed at run
 time. The file carries WordNet's licence notice (WORDNET_LICENSE beside it).
 
@@ -22,10 +23,14 @@ import argparse
 import json
 from pathlib import Path
 
+from model.datasets import FASHION_MNIST_CLASSES
 from model.vocab.wordnet import WordNet, wordnet_dir
 from model.words import imagenet_wnids
 
 OUT = Path(__file__).with_name("imagenet_hierarchy.json")
+# Labels beyond ImageNet's whose chains ship too: the built-in dataset's (Fashion-MNIST), so
+# the demo's labels have hypernyms on a machine without WordNet
+EXTRA_LABELS = tuple(FASHION_MNIST_CLASSES)
 MAX_TAG_RANK = 40_000
 
 # Abstract or vague nodes: true, but no person tags a photo with them.
@@ -203,10 +208,8 @@ def derive(wordnet: WordNet, ranks: dict[str, int]) -> dict[str, object]:
 
     classes = []
     nodes: dict[str, dict[str, object]] = {}
-    for wnid in imagenet_wnids():
-        offset = int(wnid[1:])
-        ancestors = wordnet.ancestors(offset)
-        classes.append({"wnid": wnid, "ancestors": [f"n{a:08d}" for a in ancestors]})
+
+    def add_nodes(ancestors: list[int]) -> None:
         for a in ancestors:
             key = f"n{a:08d}"
             if key in nodes:
@@ -228,10 +231,37 @@ def derive(wordnet: WordNet, ranks: dict[str, int]) -> dict[str, object]:
                 "parents": [f"n{h:08d}" for h in syn.hypernyms],
                 "tag": bool(tag),
             }
+
+    for wnid in imagenet_wnids():
+        offset = int(wnid[1:])
+        ancestors = wordnet.ancestors(offset)
+        classes.append(
+            {
+                "wnid": wnid,
+                "lemmas": list(wordnet.synset(offset).lemmas),
+                "ancestors": [f"n{a:08d}" for a in ancestors],
+            }
+        )
+        add_nodes(ancestors)
+    # the built-in dataset's labels (the demo's), by their first noun sense
+    labels = []
+    for label in EXTRA_LABELS:
+        senses = wordnet.senses(label)
+        if senses:
+            ancestors = wordnet.ancestors(senses[0])
+            labels.append(
+                {
+                    "label": label,
+                    "wnid": f"n{senses[0]:08d}",
+                    "ancestors": [f"n{a:08d}" for a in ancestors],
+                }
+            )
+            add_nodes(ancestors)
     return {
         "source": "WordNet 3.0, Copyright 2006 by Princeton University (see WORDNET_LICENSE)",
         "max_tag_rank": MAX_TAG_RANK,
         "classes": classes,
+        "labels": labels,
         "nodes": nodes,
     }
 

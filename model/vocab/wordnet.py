@@ -98,7 +98,12 @@ class WordNet:
                     synset_cnt = int(parts[2])
                     index[parts[0]] = tuple(int(x) for x in parts[-synset_cnt:])
             self._index = index
-        return self._index.get(lemma.strip().lower().replace(" ", "_").replace("-", "_"), ())
+        key = lemma.strip().lower().replace(" ", "_")
+        found = self._index.get(key) or self._index.get(key.replace("-", "_"))
+        if not found and "_" in key:
+            # a compound WordNet lacks ("ankle boot") is a kind of its head noun ("boot")
+            found = self._index.get(key.rsplit("_", 1)[1])
+        return found or ()
 
     def ancestors(self, offset: int) -> list[int]:
         """Every hypernym above a synset (all paths), nearest first, each once."""
