@@ -249,6 +249,7 @@ def ingest(
     has_vectors = _vectors_present(store, existing, names)
 
     todo: list[FileEntry] = []
+    refresh: set[str] = set()
     for f in files:
         rec = existing.get(f.path)
         same = (
@@ -257,12 +258,14 @@ def ingest(
             # stores keep mtime to the microsecond at best: compare within a millisecond
             and abs(float(rec.payload.get("mtime", -1)) - f.mtime) < 1e-3
         )
-        if (
-            same
-            and has_vectors.get(f.path, set()) >= set(names)
-            and _has_extra_fields(rec, embedders)
-        ):
-            summary.unchanged += 1
+        if same and has_vectors.get(f.path, set()) >= set(names):
+            if _has_extra_fields(rec, embedders):
+                summary.unchanged += 1
+            else:
+                # an index made before ConSE stored its top classes: embed once more, but
+                # update only these models' vectors and fields, keeping every other model's
+                refresh.add(f.path)
+                todo.append(f)
         else:
             todo.append(f)
 
@@ -280,6 +283,9 @@ def ingest(
         digest = hashes.get(f.path)
         if digest is None:
             skip(f.path, "unreadable")
+            continue
+        if f.path in refresh:
+            to_embed.append(f)
             continue
         donor = _reusable(store, by_hash.get(digest, []), f.path, names)
         if donor is None:
@@ -342,8 +348,22 @@ def ingest(
                     }
                     for f, (w, h), extra in zip(entries, batch.sizes, extras, strict=True)
                 ]
-                store.upsert_images([image_point_id(f.path) for f in entries], payloads, vectors)  # type: ignore[arg-type]
-                summary.indexed += len(entries)
+                fresh = [i for i, f in enumerate(entries) if f.path not in refresh]
+                stale = [i for i, f in enumerate(entries) if f.path in refresh]
+                if fresh:
+                    store.upsert_images(
+                        [image_point_id(entries[i].path) for i in fresh],
+                        [payloads[i] for i in fresh],  # type: ignore[misc]
+                        {n: v[fresh] for n, v in vectors.items()},
+                    )
+                if stale:
+                    ids = [image_point_id(entries[i].path) for i in stale]
+                    for n, v in vectors.items():
+                        store.update_vectors(ids, n, v[stale])
+                    for pid, i in zip(ids, stale, strict=True):
+                        store.set_image_payload(pid, dict(payloads[i]))
+                summary.indexed += len(fresh)
+                summary.unchanged += len(stale)
             bar.update(len(batch.indices) + len(batch.failures))
             if on_batch is not None:
                 on_batch(summary)
@@ -375,6 +395,10 @@ def embed_batch(
             head = getattr(emb, "embed_features", None)
             if backbone is None or head is None:
                 vectors[emb.name] = emb.embed_arrays(arr)
+                extra = getattr(emb, "extra_payload", None)
+                if extras is not None and extra is not None:
+                    for row, fields in zip(extras, extra(arr), strict=True):
+                        row.update(fields)
                 continue
             wid = backbone.weights_id
             # random-init backbones are only alike if they are the same object
