@@ -195,8 +195,8 @@ def _open_store(args: argparse.Namespace) -> Any:
     if settings.qdrant_url is None and getattr(args, "must_exist", False):
         if not settings.index.exists():
             raise CliError(
-                f"no index at {settings.index}. Fill one with `devise ingest DIR --checkpoint "
-                "CKPT` and `devise words`, or point --index / DEVISE_INDEX at it."
+                f"no index at {settings.index}: fill one with `devise ingest DIR`, "
+                "or point --index / DEVISE_INDEX at it"
             )
     return settings, settings.open_store()
 
@@ -293,6 +293,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
+        _service(store, settings).ensure_vocabulary()  # the first ingest loads the words
     finally:
         store.close()
     if args.json:
@@ -373,13 +374,25 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
 
 
-def _query(args: argparse.Namespace, kind: str) -> int:
+def _service(store: Any, settings: Any) -> Any:
+    """The search service as the CLI runs it: notices on stderr, bars on a terminal."""
     from app.service import SearchService
 
-    args.must_exist = True
+    return SearchService(
+        store,
+        checkpoint=settings.checkpoint,
+        precision=settings.precision,
+        notify=_say,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def _query(args: argparse.Namespace, kind: str) -> int:
+    # tagging needs no image in the index, so not even an index made yet
+    args.must_exist = kind != "tag"
     settings, store = _open_store(args)
     try:
-        service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
+        service = _service(store, settings)
         common = {"model": args.model, "min_score": args.min_score, "k": args.k}
         if kind == "search":
             answer = service.search_text(
