@@ -450,6 +450,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings=_settings(args),
         host=args.host,
         port=args.port,
+        train_size=args.train,
+        gallery_size=args.gallery,
     )
 
 
@@ -733,6 +735,20 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo and launch the web app")
     m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
     m.add_argument("--no-launch", action="store_true", help="stop after building")
+    m.add_argument(
+        "--train",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST images to train on (default 3000; CI builds a smaller demo)",
+    )
+    m.add_argument(
+        "--gallery",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST test images to index and search (default 1000)",
+    )
     m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     m.add_argument("--port", type=int, default=7860)
     index_flags(m)
