@@ -356,6 +356,7 @@ class SearchService:
                 f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
             )
         if model == "clip":
+            self._require_images("clip")  # images to search among, before any model loads
             return np.asarray(self.embedder("clip").embed_texts([text])[0], dtype=np.float32)
         rec = self._require_images(model)
         words_meta = self.meta().get("words") or {}

@@ -573,22 +573,26 @@ def evaluation_markdown(service: SearchService) -> str:
 
 def add_json_api(h: WebHandlers) -> None:
     """Endpoints made for programs, beside the UI's galleries: `/search_json`, `/similar_json`
-    and `/tag_json` answer with the JSON that the CLI's --json prints. Call inside Blocks."""
+    and `/tag_json` answer with the JSON text that the CLI's --json prints. Call inside Blocks.
+
+    Text, not an object: gradio_client takes any dict with a "path" key for a file and
+    downloads it in its place, which would swap every result for a copy of its image."""
+    import json
     from typing import get_type_hints
 
     import gradio as gr
     from gradio.data_classes import FileData
 
-    def answer(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def answer(call: Callable[[], dict[str, Any]]) -> str:
         try:
-            return call()
+            return json.dumps(call())
         except (*_USER_ERRORS, OSError) as e:
             raise gr.Error(str(e)) from e  # the client raises with this one line
 
     def search_json(
         query: str, model: str = "devise", labels: list[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> str:  # fmt: skip
         """Text -> images: {"model", "took_ms", "results": [{"path", "score", "label",
         "folder"}]}, as `devise search --json` prints it."""
         return answer(lambda: h.search_json(query, model, labels, folder, min_score, k))
@@ -596,7 +600,7 @@ def add_json_api(h: WebHandlers) -> None:
     def similar_json(
         image: FileData, model: str = "devise", labels: list[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> str:  # fmt: skip
         """Image -> images (send the image with gradio_client.handle_file), as `devise
         similar --json` prints it."""
         return answer(
@@ -605,7 +609,7 @@ def add_json_api(h: WebHandlers) -> None:
 
     def tag_json(
         image: FileData, model: str = "devise", k: int = 10, min_score: float | None = None
-    ) -> dict[str, Any]:
+    ) -> str:
         """Image -> tags: {"model", "took_ms", "results": [{"word", "score"}]}, as `devise
         tag --json` prints it."""
         return answer(lambda: h.tag_json(uploaded_bytes(image), model, k, min_score))
