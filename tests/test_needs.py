@@ -214,3 +214,18 @@ def test_two_files_with_the_same_content_are_two_results(tmp_path: Path) -> None
     assert sorted(os.path.basename(os.path.dirname(r.path)) for r in hits.results) == ["a", "b"]
     assert np.isclose(hits.results[0].score, hits.results[1].score)
     store.close()
+
+
+def test_demo_refuses_a_size_it_was_not_built_at(tmp_path: Path) -> None:
+    from app.demo import check_size
+    from model.datasets import DatasetError
+
+    done = tmp_path / "train" / ".done"
+    assert check_size(done, 600, "--train") is False  # not built yet
+    done.parent.mkdir()
+    done.touch()
+    assert check_size(done, 600, "--train") is True  # an older demo: no size recorded
+    done.write_text("600\n")
+    assert check_size(done, 600, "--train") is True
+    with pytest.raises(DatasetError, match=r"built with --train 600, not 3000.*another --dir"):
+        check_size(done, 3000, "--train")
