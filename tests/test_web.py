@@ -477,3 +477,15 @@ def test_live_api_names_parameters_and_answers_with_the_cli_json(
 
     with pytest.raises(ValueError, match="handle_file"):
         uploaded_bytes({"path": str(probe), "meta": {"_type": "gradio.FileData"}})
+
+
+def test_tag_tab_needs_no_image_in_the_index(web_index: WebIndex, tmp_path: Path) -> None:
+    """An empty index tags with the --checkpoint model; the vocabulary loads itself."""
+    store = EdgeStore(tmp_path / "empty")
+    try:
+        service = SearchService(store, checkpoint=web_index.ckpt)
+        out = WebHandlers(service).tag(png_bytes(), "devise", 5, 0)
+        assert out.ok, out.status
+        assert len(out.tags) == 5 and store.count("images") == 0
+    finally:
+        store.close()
