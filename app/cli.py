@@ -196,8 +196,8 @@ def _open_store(args: argparse.Namespace) -> Any:
     if settings.qdrant_url is None and getattr(args, "must_exist", False):
         if not settings.index.exists():
             raise CliError(
-                f"no index at {settings.index}. Fill one with `devise ingest DIR --checkpoint "
-                "CKPT` and `devise words`, or point --index / DEVISE_INDEX at it."
+                f"no index at {settings.index}: fill one with `devise ingest DIR`, "
+                "or point --index / DEVISE_INDEX at it"
             )
     return settings, settings.open_store()
 
@@ -294,6 +294,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
+        _service(store, settings).ensure_vocabulary()  # the first ingest loads the words
     finally:
         store.close()
     if args.json:
@@ -381,13 +382,25 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
 
 
-def _query(args: argparse.Namespace, kind: str) -> int:
+def _service(store: Any, settings: Any) -> Any:
+    """The search service as the CLI runs it: notices on stderr, bars on a terminal."""
     from app.service import SearchService
 
-    args.must_exist = True
+    return SearchService(
+        store,
+        checkpoint=settings.checkpoint,
+        precision=settings.precision,
+        notify=_say,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def _query(args: argparse.Namespace, kind: str) -> int:
+    # tagging needs no image in the index, so not even an index made yet
+    args.must_exist = kind != "tag"
     settings, store = _open_store(args)
     try:
-        service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
+        service = _service(store, settings)
         common = {"model": args.model, "min_score": args.min_score, "k": args.k}
         if kind == "search":
             image = _image_arg(args.image) if args.image else None
@@ -465,6 +478,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings=_settings(args),
         host=args.host,
         port=args.port,
+        train_size=args.train,
+        gallery_size=args.gallery,
     )
 
 
@@ -787,6 +802,20 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo and launch the web app")
     m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
     m.add_argument("--no-launch", action="store_true", help="stop after building")
+    m.add_argument(
+        "--train",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST images to train on (default 3000; CI builds a smaller demo)",
+    )
+    m.add_argument(
+        "--gallery",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST test images to index and search (default 1000)",
+    )
     m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     m.add_argument("--port", type=int, default=7860)
     index_flags(m)

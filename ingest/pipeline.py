@@ -64,6 +64,7 @@ class IngestSummary:
     unchanged: int = 0
     moved: int = 0
     pruned: int = 0
+    twins: int = 0  # points of an older index stored under a symlink path, now settled
     failed: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -87,13 +88,14 @@ class IngestSummary:
             f"indexed {self.indexed}, unchanged {self.unchanged}, moved {self.moved}, "
             f"pruned {self.pruned}, failed {failed}"
             + (f" ({why})" if why else "")
+            + (f", {self.twins} symlinked twin(s) settled" if self.twins else "")
             + f" in {self.seconds:.1f}s"
         )
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    path: str  # absolute posix path, symlinks not resolved
+    path: str  # absolute posix path, symlinks resolved: one file, one point
     size: int
     mtime: float
     label: str
@@ -118,19 +120,23 @@ def walk_images(roots: Sequence[Path], on_error: Callable[[str, str], None]) -> 
         else:
             raise IngestError(f"not a folder or image file: {root}")
         for path, label_root in candidates:
-            key = str(path)
-            if key in seen_files or not is_image_path(path):
+            if not is_image_path(path):
+                continue
+            # the real path: a file reached through a symlinked folder is the file itself;
+            # its label stays the class folder it was reached through
+            key = abs_posix(path)
+            if key in seen_files:
                 continue
             seen_files.add(key)
             try:
-                st = path.stat()
+                st = Path(key).stat()
             except FileNotFoundError:
                 on_error(key, "missing")
                 continue
             except OSError as e:
                 on_error(key, "unreadable" if not isinstance(e, RecursionError) else "symlink loop")
                 continue
-            if not path.is_file():
+            if not Path(key).is_file():
                 continue
             yield FileEntry(key, st.st_size, st.st_mtime, _label_for(path, label_root))
 
@@ -243,6 +249,7 @@ def ingest(
     store.ensure_collections({e.name: e.dim for e in embedders})
     record_models(store, embedders, model_meta or {})
     record_roots(store, roots)
+    summary.twins = settle_symlinked_points(store)
 
     files = list(walk_images(roots, lambda p, r: skip(p, r)))
     existing = store.find_by_path([f.path for f in files]) if files else {}
@@ -486,3 +493,57 @@ def prune_missing(store: Store, roots: Sequence[Path]) -> int:
     for start in range(0, len(gone), 512):
         store.delete_images(gone[start : start + 512])
     return len(gone)
+
+
+REAL_PATHS = "real"  # meta["paths"]: every point's stored path has its symlinks resolved
+
+
+def settle_symlinked_points(store: Store) -> int:
+    """Older indexes stored paths as reached, so a file ingested through a symlink too was
+    two points. Once per index, each point whose stored path is not its real path is
+    settled: deleted when its file is already a point (a twin), else moved to its real
+    path, vectors and all. Returns how many points were settled."""
+    meta = store.get_meta()
+    if meta.get("paths") == REAL_PATHS:
+        return 0
+    stale = [
+        rec
+        for rec in store.scroll_images(with_vectors=False)
+        if abs_posix(str(rec.payload.get("path", ""))) != rec.payload.get("path")
+    ]
+    real = {rec.id: abs_posix(str(rec.payload["path"])) for rec in stale}
+    taken = set(store.find_by_path(sorted(set(real.values())))) if stale else set()
+    twins: list[str] = []
+    names = list(store.vector_sizes())
+    for rec in stale:
+        target = real[rec.id]
+        if target in taken:
+            twins.append(rec.id)
+            continue
+        if not os.path.isfile(target):
+            continue  # a file gone: `--prune` deletes it as it does any other
+        full = store.retrieve_images([rec.id], with_vectors=names)
+        vectors = {n: v[None, :] for n, v in full[0].vectors.items() if v is not None}
+        payload = dict(rec.payload)
+        payload.update(
+            image_payload(
+                target,
+                label=str(payload.get("label", "")),
+                width=int(payload.get("width", 0)),
+                height=int(payload.get("height", 0)),
+                size_bytes=int(payload.get("bytes", 0)),
+                mtime=float(payload.get("mtime", 0.0)),
+                sha256=str(payload.get("sha256", "")),
+            )
+        )
+        store.upsert_images([image_point_id(target)], [payload], vectors)  # type: ignore[list-item]
+        twins.append(rec.id)  # after the upsert: a kill in between loses nothing
+        taken.add(target)
+    for start in range(0, len(twins), 512):
+        store.delete_images(twins[start : start + 512])
+    if twins:
+        log.warning("settled %d point(s) stored under a symlinked path", len(twins))
+    meta = store.get_meta()
+    meta["paths"] = REAL_PATHS
+    store.set_meta(meta)
+    return len(twins)
