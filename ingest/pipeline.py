@@ -227,11 +227,13 @@ def ingest(
     progress: bool = True,
     model_meta: dict[str, dict[str, Any]] | None = None,
     on_batch: Callable[[IngestSummary], None] | None = None,
+    gpu_decode: bool = True,
 ) -> IngestSummary:
     """Index every image under `roots` with every embedder; see the module doc.
 
     The models run on the process's device (`model.device.default_device`); `batch_size`
-    None is that device's default (32 on the CPU, larger on a GPU)."""
+    None is that device's default (32 on the CPU, larger on a GPU). `gpu_decode`: on a GPU,
+    decode JPEGs there with nvJPEG (False: PIL in the loader threads, as on the CPU)."""
     t0 = time.perf_counter()
     device = default_device()
     batch_size = batch_size or default_batch_size(device)
@@ -319,7 +321,12 @@ def ingest(
         specs = _unique_specs(embedders)
         paths = [f.path for f in to_embed]
         for batch in iter_batches(
-            paths, [s for s, _ in specs], batch_size, n_workers, device=device
+            paths,
+            [s for s, _ in specs],
+            batch_size,
+            n_workers,
+            device=device,
+            gpu_decode=gpu_decode,
         ):
             summary.batches += 1
             summary.wait_seconds += batch.wait_s
