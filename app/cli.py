@@ -309,7 +309,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_words(args: argparse.Namespace) -> int:
-    from ingest.vocabulary import load_vocabulary
+    from ingest.vocabulary import concepts_for, load_vocabulary
     from model.words import load_words
 
     settings = _settings(args)
@@ -321,12 +321,17 @@ def cmd_words(args: argparse.Namespace) -> int:
             source = devise.get("words") or "glove-6b-50d"
         words = load_words(source)
         summary = load_vocabulary(
-            store, words, None if args.all else args.top, progress=sys.stderr.isatty()
+            store,
+            words,
+            None if args.all else args.top,
+            progress=sys.stderr.isatty(),
+            concepts=concepts_for(store.get_meta().get("models") or {}),
         )
     finally:
         store.close()
     print(
-        f"{summary.words} words from {summary.source} ({summary.dim} d) in "
+        f"{summary.words} words and {summary.concepts} labels and hypernyms from "
+        f"{summary.source} ({summary.dim} d) in "
         f"{summary.seconds:.1f}s"
         + (" (replaced the previous vocabulary)" if summary.replaced else "")
     )
@@ -359,14 +364,16 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     if as_json:
         print(json.dumps(answer.to_json()))
         return
+    if answer.query is not None:
+        print(f"query: {answer.query}")
     if not answer.results:
         why = answer.note or "loosen the filters?"
         print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): {why}")
         return
     if kind == "tags":
-        print(f"{'score':>7}  word")
+        print(f"{'score':>7}  {'kind':<8}  tag")
         for r in answer.results:
-            print(f"{r.score:7.3f}  {r.word}")
+            print(f"{r.score:7.3f}  {r.kind:<8}  {r.word}")
     else:
         print(f"{'score':>7}  {'label':<16} path")
         for r in answer.results:
@@ -383,15 +390,16 @@ def _query(args: argparse.Namespace, kind: str) -> int:
         service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
         common = {"model": args.model, "min_score": args.min_score, "k": args.k}
         if kind == "search":
+            image = _image_arg(args.image) if args.image else None
             answer = service.search_text(
-                args.text, labels=args.label or (), folder=args.folder, **common
+                args.text, image=image, labels=args.label or (), folder=args.folder, **common
             )
         elif kind == "similar":
             answer = service.similar(
                 _image_arg(args.image), labels=args.label or (), folder=args.folder, **common
             )
         else:
-            answer = service.tag(_image_arg(args.image), **common)
+            answer = service.tag(_image_arg(args.image), generality=args.generality, **common)
     finally:
         store.close()
     _print_answer(answer, args.json, "tags" if kind == "tag" else "images")
@@ -715,16 +723,38 @@ def build_parser() -> argparse.ArgumentParser:
         _device_flag(sp)
         index_flags(sp)
 
-    s1 = sub.add_parser("search", help="text -> images: find images of a word or phrase")
-    s1.add_argument("text")
+    s1 = sub.add_parser(
+        "search",
+        help="text -> images: find images of a compound query, such as 'beach 2:dog -people'",
+        description="Terms: words, quoted phrases and image paths; 2:dog weighs a term, "
+        "-people (or -2:people) subtracts one. Quote the whole query; one that starts with "
+        "- goes after --.",
+    )
+    s1.add_argument("text", nargs="?", default="", help="the query (may be empty with --image)")
+    s1.add_argument("--image", default=None, help="an example image, added to the query's terms")
     query_flags(s1)
     s1.set_defaults(func=cmd_search)
     s2 = sub.add_parser("similar", help="image -> images: find images like this one")
     s2.add_argument("image")
     query_flags(s2)
     s2.set_defaults(func=cmd_similar)
-    s3 = sub.add_parser("tag", help="image -> tags: the words nearest to an image")
+    s3 = sub.add_parser(
+        "tag",
+        help="image -> tags: labels, their hypernyms and words for an image",
+        description="Tags of an image, each with its kind: a label (a class a model knows, "
+        "as a whole phrase), a hypernym (its WordNet generalisation: 'dog' for a German "
+        "shepherd) or a frequent word. For conse the score is the probability of the classes "
+        "under the tag; tags are ordered by how much they say (Deng et al.'s hedging), so a "
+        "sure breed comes before 'dog', and 'dog' before 'animal'.",
+    )
     s3.add_argument("image")
+    s3.add_argument(
+        "--generality",
+        choices=["specific", "general"],
+        default="specific",
+        help="conse: prefer specific tags (a breed, 'espresso') or general ones ('dog', "
+        "'drink'); default specific",
+    )
     query_flags(s3, filters=False)
     s3.set_defaults(func=cmd_tag)
 

@@ -69,7 +69,12 @@ def vocabulary_loaded(store: Store, source: str, top: int) -> bool:
 
     words = store.get_meta().get("words") or {}
     needed = min(top, int(words.get("count") or top))
-    return words.get("source") == source and store.count(WORDS) >= needed
+    # an index made before labels and hypernyms joined the vocabulary gets them now
+    return (
+        words.get("source") == source
+        and bool(words.get("concepts"))
+        and store.count(WORDS) >= needed
+    )
 
 
 def run_demo(
@@ -179,8 +184,12 @@ def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
         )
         print(summary.line())
     if not vocabulary_loaded(store, words_source, VOCABULARY):
-        from ingest.vocabulary import load_vocabulary
+        from ingest.vocabulary import concepts_for, load_vocabulary
         from model.words import load_words
 
-        print(f"[5/5] loading the {VOCABULARY} most frequent words of {words_source}")
-        load_vocabulary(store, load_words(words_source), VOCABULARY)
+        print(
+            f"[5/5] loading the {VOCABULARY} most frequent words of {words_source}, "
+            "with the models' labels and their hypernyms"
+        )
+        models = store.get_meta().get("models") or {}
+        load_vocabulary(store, load_words(words_source), VOCABULARY, concepts=concepts_for(models))

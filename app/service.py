@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.query import QueryError, Term, parse_query, reading
 from qdrant.filters import SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -30,7 +31,15 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 500
 DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
 MODELS = ("devise", "conse", "clip")
+GENERALITY = ("specific", "general")
+# a concept query reads this many images under the concept before ordering them by mass
+CONCEPT_CANDIDATES = 500
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
+
+
+def _label_words(name: str) -> list[str]:
+    """The words of a label, split at spaces and hyphens."""
+    return [t for t in re.split(r"[\s\-]+", name.lower()) if t]
 
 
 class ServiceError(Exception):
@@ -69,9 +78,12 @@ class ImageResult:
 class TagResult:
     word: str
     score: float
+    #: "word" (a frequent word), "label" (a class a model knows) or "hypernym" (its WordNet
+    #: generalisation, such as "dog" for a German shepherd)
+    kind: str = "word"
 
     def to_json(self) -> dict[str, Any]:
-        return {"word": self.word, "score": round(self.score, 6)}
+        return {"word": self.word, "score": round(self.score, 6), "kind": self.kind}
 
 
 @dataclass
@@ -81,13 +93,18 @@ class Answer:
     results: list[Any] = field(default_factory=list)
     #: why an image query came back empty, when a filter can never match (not in JSON)
     note: str | None = None
+    #: how a text query's terms were read ("dog ×2, beach, −people"); in JSON when set
+    query: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.model,
             "took_ms": round(self.took_ms, 2),
             "results": [r.to_json() for r in self.results],
         }
+        if self.query is not None:
+            out["query"] = self.query
+        return out
 
 
 def fold_inflections(words: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -148,6 +165,7 @@ class SearchService:
         self._embedders: dict[str, Any] = dict(embedders or {})
         self._factory = embedder_factory
         self._lock = threading.Lock()
+        self._concept_names: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -297,6 +315,18 @@ class SearchService:
             )
         if model == "clip":
             return np.asarray(self.embedder("clip").embed_texts([text])[0], dtype=np.float32)
+        vectors, unknown = self._phrase_vectors([text], model)
+        if vectors[0] is None:
+            raise BadQueryError(self._unknown_message(unknown))
+        if unknown:
+            log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
+        return vectors[0]
+
+    def _phrase_vectors(
+        self, texts: Sequence[str], model: str
+    ) -> tuple[list[Float32Array | None], list[str]]:
+        """Each text's unit mean word vector from the index (None when it has no known word),
+        and the unknown words; one vocabulary lookup for all the texts."""
         rec = self._require_images(model)
         words_meta = self.meta().get("words") or {}
         # meta's count, not count(WORDS): an exact count of 100k points costs ~10 ms a query
@@ -307,24 +337,35 @@ class SearchService:
                 f"the vocabulary is {words_meta.get('source')} but the {model} vectors live in "
                 f"{rec.get('words')}: run `devise words --words {rec.get('words')}`"
             )
-        tokens = [t.lower() for t in _TOKEN.findall(text)]
-        if not tokens:
-            raise BadQueryError(f"no word in the query {text!r}: use letters, such as 'dog'")
-        parts = {p for t in tokens if "-" in t for p in t.split("-") if p}
-        found = self.store.find_words(sorted(set(tokens) | parts))
-        # like a label: a hyphenated word whole if known, else its known parts
-        tokens = [
-            p for t in tokens for p in ([t] if t in found or "-" not in t else t.split("-")) if p
-        ]
-        unknown = [t for t in dict.fromkeys(tokens) if t not in found]
-        if len(unknown) == len(set(tokens)):
-            raise BadQueryError(self._unknown_message(unknown))
-        if unknown:
-            log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
-        vecs = np.stack([found[t] for t in tokens if t in found]).astype(np.float32)
-        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        mean = vecs.mean(axis=0)
-        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+        token_lists = []
+        for text in texts:
+            tokens = [t.lower() for t in _TOKEN.findall(text)]
+            if not tokens:
+                raise BadQueryError(f"no word in the query {text!r}: use letters, such as 'dog'")
+            token_lists.append(tokens)
+        every = {t for tokens in token_lists for t in tokens}
+        parts = {p for t in every if "-" in t for p in t.split("-") if p}
+        found = self.store.find_words(sorted(every | parts))
+        out: list[Float32Array | None] = []
+        unknown: list[str] = []
+        for tokens in token_lists:
+            # like a label: a hyphenated word whole if known, else its known parts
+            tokens = [
+                p
+                for t in tokens
+                for p in ([t] if t in found or "-" not in t else t.split("-"))
+                if p
+            ]
+            unknown += [t for t in dict.fromkeys(tokens) if t not in found and t not in unknown]
+            known = [found[t] for t in tokens if t in found]
+            if not known:
+                out.append(None)
+                continue
+            vecs = np.stack(known).astype(np.float32)
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            mean = vecs.mean(axis=0)
+            out.append((mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32))
+        return out, unknown
 
     def _unknown_message(self, unknown: Sequence[str]) -> str:
         suggest = self._suggester()
@@ -367,22 +408,181 @@ class SearchService:
             answer.note = self.unmatched_filter(labels, folder)
         return answer
 
+    # ------------------------------------------------------------------ compound queries
+
+    def query_terms(self, text: str, image: ImageInput | None = None) -> list[Term]:
+        """The terms of a compound query (app.query's grammar), plus `image` when given:
+        a path, or an upload (bytes or a PIL image) that joins the words with weight 1."""
+        text = (text or "").strip()
+        if len(text) > MAX_QUERY_CHARS:
+            raise BadQueryError(
+                f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
+            )
+        try:
+            terms = parse_query(text)
+        except QueryError as e:
+            raise BadQueryError(str(e)) from None
+        if isinstance(image, (str, Path)):
+            terms.append(Term(1.0, image=str(image)))
+        elif image is not None:
+            terms.append(Term(1.0, image="upload", upload=True))
+        if not terms:
+            raise BadQueryError("the query is empty: type a word such as 'dog'")
+        return terms
+
+    def query_vector(
+        self, terms: Sequence[Term], model: str, upload: ImageInput | None = None
+    ) -> Float32Array:
+        """The weighted sum of the terms' unit vectors in `model`'s space, normalised again."""
+        return self._compound(terms, model, upload)[0]
+
+    def _compound(
+        self, terms: Sequence[Term], model: str, upload: ImageInput | None = None
+    ) -> tuple[Float32Array, list[str], list[Term]]:
+        """(query vector, indexed image paths among the terms, the terms used): word terms
+        whose words are all unknown are dropped, with a warning, while another term is left."""
+        self._require_images(model)
+        vectors: dict[int, Float32Array] = {}
+        indexed: list[str] = []
+        texts = [(i, t.text or "") for i, t in enumerate(terms) if not t.is_image]
+        unknown: list[str] = []
+        if texts and model == "clip":
+            encoded = self.embedder("clip").embed_texts([x for _, x in texts])
+            for (i, _), v in zip(texts, encoded, strict=True):
+                vectors[i] = np.asarray(v, dtype=np.float32)
+        elif texts:
+            found, unknown = self._phrase_vectors([x for _, x in texts], model)
+            for (i, _), vec in zip(texts, found, strict=True):
+                if vec is not None:
+                    vectors[i] = vec
+        for i, t in enumerate(terms):
+            if not t.is_image:
+                continue
+            if t.upload:
+                if upload is None:
+                    raise BadQueryError("the query names an upload, but no image was uploaded")
+                vectors[i], _ = self.image_vector(upload, model)
+                continue
+            path = Path(str(t.image)).expanduser()
+            if not path.is_file():
+                raise BadQueryError(
+                    f"image not found: {t.image} (a term with a slash or an image suffix is a "
+                    "path; quote words that hold one)"
+                )
+            vectors[i], where = self.image_vector(path, model)
+            if where is not None and t.weight > 0:
+                indexed.append(where)
+        if not vectors:
+            raise BadQueryError(self._unknown_message(unknown))
+        if unknown:
+            log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
+        used = [terms[i] for i in sorted(vectors)]
+        total = np.zeros_like(next(iter(vectors.values())), dtype=np.float64)
+        for i in sorted(vectors):
+            v = vectors[i].astype(np.float64)
+            total += terms[i].weight * v / max(float(np.linalg.norm(v)), 1e-12)
+        norm = float(np.linalg.norm(total))
+        # relative to the weights: `dog -dog` leaves rounding noise, not a direction
+        if norm < 1e-3 * sum(abs(t.weight) for t in used):
+            raise BadQueryError(
+                f"the terms cancel out ({reading(used)}): the query points nowhere. Drop a "
+                "negative term or change its weight."
+            )
+        return (total / norm).astype(np.float32), indexed, used
+
     def search_text(
         self,
         text: str,
         *,
+        image: ImageInput | None = None,
         model: str = "devise",
         labels: Sequence[str] = (),
         folder: str | None = None,
         min_score: float | None = None,
         k: int = 10,
     ) -> Answer:
+        """Images for a compound query (`beach 2:dog -people`), optionally with an example
+        image (a path or an upload) among the terms. Indexed query images are left out."""
         validate(k, min_score)
         t0 = time.perf_counter()
-        vector = self.text_vector(text, model)
-        results = self._images(model, vector, k, self._filter(labels, folder, min_score))
+        terms = self.query_terms(text, image)
+        vector, indexed, used = self._compound(terms, model, image)
+        flt = self._filter(labels, folder, min_score)
+        # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
+        # by the probability mass under the concept, not by the word's vector
+        plain = all(t.text is not None and t.weight == 1 for t in terms)
+        whole = " ".join(t.text or "" for t in terms)
+        concept = self._concept_query(whole) if plain and model == "conse" else None
+        if concept is not None:
+            results = self._concept_images(concept, vector, k, flt)
+        else:
+            hits = self._images(model, vector, k + len(indexed), flt)
+            results = [r for r in hits if r.path not in indexed][:k]
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
+        answer.query = reading(used)
+        if len(used) < len(terms):
+            dropped = [t for t in terms if t not in used]
+            answer.query += f" (ignored, no known word: {reading(dropped)})"
         return self._explain_empty(answer, labels, folder)
+
+    def _concept_query(self, text: str) -> int | None:
+        """The ImageNet concept (label or hypernym) a whole query names, when the index's
+        conse points carry their concepts; else None (plain word-vector search)."""
+        from model.vocab.hierarchy import imagenet_concepts
+
+        found = imagenet_concepts().find(text)
+        if found is None:
+            return None
+        first = next(iter(self.store.scroll_images(batch=1)), None)
+        if first is None or "conse_top" not in first.payload:
+            log.info("conse points carry no concepts (an older index): re-ingest to search by them")
+            return None
+        return found
+
+    def _concept_images(
+        self, concept: int, vector: Float32Array, k: int, flt: SearchFilter
+    ) -> list[ImageResult]:
+        """Images under a concept, best first by the probability mass of their classes under
+        it (hedging): a German shepherd is a `dog` although GloVe puts the breed's name far
+        from `dog`. The score is that mass; fewer than `k` under it are followed by the
+        nearest other images, also scored by their (smaller) mass."""
+        from dataclasses import replace
+
+        from model.conse import top_probs
+        from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
+
+        cs = imagenet_concepts()
+        name = cs.concepts[concept].name.lower()
+        members = cs.members[concept]
+        plain = replace(flt, min_score=None)  # the floor applies to the mass, not the cosine
+        under = self.store.search_images(
+            "conse", vector, max(k, CONCEPT_CANDIDATES), replace(plain, concepts=(name,))
+        )
+        seen = {str(h.id) for h in under}
+        if len(under) < k:
+            rest = self.store.search_images("conse", vector, k + len(under), plain)
+            under = under + [h for h in rest if str(h.id) not in seen]
+
+        def mass(h: Hit) -> float:
+            return float(top_probs(h.payload.get("conse_top") or []) @ members)
+
+        scored = sorted(((mass(h), float(h.score), h) for h in under), key=lambda t: t[:2])
+        # images with next to no mass under the concept are not answers; when none has any,
+        # the plain word-vector search is the better guess
+        scored = [t for t in scored if t[0] >= MIN_MASS]
+        if not scored:
+            return self._images("conse", vector, k, flt)
+        out = [
+            ImageResult(
+                str(h.payload.get("path", "")),
+                m,
+                str(h.payload.get("label", "")),
+                str(h.payload.get("folder", "")),
+            )
+            for m, _, h in reversed(scored)
+            if flt.min_score is None or m >= flt.min_score
+        ]
+        return out[:k]
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
         """(vector, indexed path or None). An indexed path reuses its stored vector."""
@@ -433,22 +633,106 @@ class SearchService:
         k: int = 10,
         min_score: float | None = None,
         max_rank: int = DEFAULT_MAX_RANK,
+        generality: str = "specific",
     ) -> Answer:
+        """What is in the picture. For conse, labels and hypernyms scored by the probability
+        mass of the classes under them (hedging); for devise, the nearest labels, hypernyms
+        and frequent words; never a fragment of a multi-word label."""
         validate(k, min_score)
+        if generality not in GENERALITY:
+            raise BadQueryError(f"generality must be specific or general, got {generality!r}")
         t0 = time.perf_counter()
         self._require_images(model)
+        if model == "conse":
+            results = self._conse_tags(image, k, min_score, generality)
+            return Answer(model, (time.perf_counter() - t0) * 1000, results)
         vector, _ = self.image_vector(image, model)
         if model == "clip":
             emb = self.embedder("clip")
-            pairs = emb.tag(vector, k)
+            results = [TagResult(w, s) for w, s in emb.tag(vector, k)]
         else:
-            if not (self.meta().get("words") or {}).get("count"):
-                raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
-            flt = SearchFilter(max_rank=max_rank, min_score=min_score)
-            hits = self.store.search_words(vector, k * 3, flt)
-            pairs = fold_inflections([(str(h.payload.get("word")), float(h.score)) for h in hits])
-        results = [TagResult(w, s) for w, s in pairs[:k]]
+            results = self._word_tags(vector, model, k, min_score, max_rank)
         return Answer(model, (time.perf_counter() - t0) * 1000, results)
+
+    def _class_probs(self, image: ImageInput) -> Float32Array:
+        """ConSE's ImageNet class probabilities: from the payload of an indexed image (no
+        backbone needed), else from the classifier."""
+        from model.conse import top_probs
+
+        if isinstance(image, (str, Path)):
+            rec = self.store.find_by_path([abs_posix(image)]).get(abs_posix(image))
+            if rec is not None and rec.payload.get("conse_top"):
+                return top_probs(rec.payload["conse_top"])
+        emb = self.embedder("conse")
+        return np.asarray(emb.probs_images([self._decode(image)])[0], dtype=np.float32)
+
+    def _conse_tags(
+        self, image: ImageInput, k: int, min_score: float | None, generality: str
+    ) -> list[TagResult]:
+        from model.vocab.hierarchy import GENERAL, MIN_MASS, SPECIFIC, imagenet_concepts
+
+        probs = self._class_probs(image)
+        lam = SPECIFIC if generality == "specific" else GENERAL
+        floor = max(MIN_MASS, min_score or 0.0)
+        ranked = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor)
+        return [TagResult(c.name, m, c.kind) for c, m in ranked]
+
+    def _word_tags(
+        self, vector: Float32Array, model: str, k: int, min_score: float | None, max_rank: int
+    ) -> list[TagResult]:
+        """The nearest frequent words and the model's own labels and hypernyms."""
+        if not (self.meta().get("words") or {}).get("count"):
+            raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
+        words = self.store.search_words(
+            vector, k * 3, SearchFilter(max_rank=max_rank, min_score=min_score)
+        )
+        own = self._model_concepts(model)
+        concepts = self.store.search_words(
+            vector,
+            k * 3,
+            SearchFilter(kinds=("label", "hypernym"), min_score=min_score),
+        )
+        pairs: list[tuple[str, float, str]] = []
+        for h in concepts:
+            name = str(h.payload.get("word"))
+            if name.lower() in own:
+                pairs.append((name, float(h.score), str(h.payload.get("kind", "label"))))
+        # a word that is one of a multi-word label's words ("ankle" of "ankle boot") never
+        # stands alone: it reads as a wrong tag
+        fragments = {w for name in own if " " in name or "-" in name for w in _label_words(name)}
+        taken = {p[0].lower() for p in pairs}
+        for h in words:
+            w = str(h.payload.get("word"))
+            if w.lower() not in taken and w.lower() not in fragments:
+                pairs.append((w, float(h.score), "word"))
+        pairs.sort(key=lambda p: -p[1])
+        folded = fold_inflections([(w, s) for w, s, _ in pairs])
+        kind_of = {w: kd for w, _, kd in pairs}
+        return [TagResult(w, s, kind_of.get(w, "word")) for w, s in folded[:k]]
+
+    def _model_concepts(self, model: str) -> set[str]:
+        """Lower-case names of the labels and hypernyms `model` knows."""
+        with self._lock:
+            cache = self._concept_names
+            if model not in cache:
+                from ingest.vocabulary import concepts_for
+
+                rec = dict((self.meta().get("models") or {}).get(model) or {})
+                if model == "devise" and self.checkpoint is not None:
+                    rec["checkpoint"] = str(self.checkpoint)
+                cache[model] = {
+                    c.name.lower() for cs in concepts_for({model: rec}) for c in cs.concepts
+                }
+            return cache[model]
+
+    def _decode(self, image: ImageInput) -> Any:
+        from PIL import Image as PILImage
+
+        from model.images import decode_image
+
+        if isinstance(image, PILImage.Image):
+            return image.convert("RGB")
+        return decode_image(image if isinstance(image, bytes) else Path(image))
 
     def compare(
         self,

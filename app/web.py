@@ -162,6 +162,11 @@ class GalleryOut:
     ok: bool = True
 
 
+def tag_key(r: TagResult) -> str:
+    """A tag as the Tags panel shows it: labels and hypernyms stand out from plain words."""
+    return r.word if r.kind == "word" else f"{r.word} ({r.kind})"
+
+
 @dataclass
 class TagsOut:
     tags: dict[str, float] = field(default_factory=dict)
@@ -181,6 +186,11 @@ class CompareOut:
 
 def caption(r: ImageResult) -> str:
     return f"{r.label} · {r.folder} · {r.score:.2f}"
+
+
+def _read_as(answer: Answer, fallback: str) -> str:
+    """How the service read a query, for the status line: `dog ×2, beach, −people`."""
+    return answer.query if answer.query else fallback
 
 
 def _min_score(value: float | None) -> float | None:
@@ -372,7 +382,7 @@ class WebHandlers:
             )  # fmt: skip
         except _USER_ERRORS as e:
             return self._failed(e)
-        return self._gallery(answer, repr((text or "").strip()))
+        return self._gallery(answer, _read_as(answer, repr((text or "").strip())))
 
     def search_image(
         self,
@@ -382,23 +392,29 @@ class WebHandlers:
         folder: str | None = None,
         min_score: float | None = None,
         k: float | int | None = DEFAULT_K,
+        query: str | None = "",
     ) -> GalleryOut:
-        """Images like an uploaded image (a file Gradio wrote, or raw bytes)."""
+        """Images like an uploaded image (a file Gradio wrote, or raw bytes); `query`, when
+        given, adds compound-query terms to it ("at night", "2:bag -shoe")."""
         if image is None:
             return self._failed(ValueError("upload, paste or take a picture first"))
         try:
             # an upload is read as bytes, so it is decoded (pixel budget and all), never
             # matched by path against the index
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
-            answer = self.service.similar(
-                data, model=model or "devise", labels=labels or (), folder=folder,
+            common: dict[str, Any] = dict(
+                model=model or "devise", labels=labels or (), folder=folder,
                 min_score=_min_score(min_score), k=_k(k),
             )  # fmt: skip
+            if (query or "").strip():
+                answer = self.service.search_text(query or "", image=data, **common)
+            else:
+                answer = self.service.similar(data, **common)
         except OSError as e:
             return self._failed(ValueError(f"cannot read the upload: {e.strerror or e}"))
         except _USER_ERRORS as e:
             return self._failed(e)
-        return self._gallery(answer, "the uploaded image")
+        return self._gallery(answer, _read_as(answer, "the uploaded image"))
 
     def more_like_this(
         self,
@@ -432,19 +448,24 @@ class WebHandlers:
         model: str = "devise",
         k: float | int | None = DEFAULT_K,
         min_score: float | None = None,
+        generality: str = "specific",
     ) -> TagsOut:
         if image is None:
             return TagsOut(status="⚠️ upload, paste or take a picture first", ok=False)
         try:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
             answer = self.service.tag(
-                data, model=model or "devise", k=_k(k), min_score=_min_score(min_score)
+                data,
+                model=model or "devise",
+                k=_k(k),
+                min_score=_min_score(min_score),
+                generality=generality or "specific",
             )
         except OSError as e:
             return TagsOut(status=f"⚠️ cannot read the upload: {e.strerror or e}", ok=False)
         except _USER_ERRORS as e:
             return TagsOut(status=f"⚠️ {e}", ok=False)
-        tags = {r.word: float(r.score) for r in answer.results if isinstance(r, TagResult)}
+        tags = {tag_key(r): float(r.score) for r in answer.results if isinstance(r, TagResult)}
         return TagsOut(tags, f"{len(tags)} tag(s) by {answer.model} in {answer.took_ms:.0f} ms")
 
     def compare(
@@ -491,7 +512,7 @@ class WebHandlers:
         if isinstance(a, str):
             return GalleryOut(status=f"⚠️ {a}", ok=False), TagsOut(status=f"⚠️ {a}", ok=False)
         if out.kind == "tag":
-            tags = {r.word: float(r.score) for r in a.results if isinstance(r, TagResult)}
+            tags = {tag_key(r): float(r.score) for r in a.results if isinstance(r, TagResult)}
             return GalleryOut(), TagsOut(tags, f"{a.took_ms:.0f} ms")
         return self._gallery(a, "the query"), TagsOut()
 
@@ -593,7 +614,11 @@ def build_demo(
 
         with gr.Tab("Search by text"):
             with gr.Row():
-                text = gr.Textbox(label="Words", placeholder="ankle boot", scale=4, elem_id="query")
+                text = gr.Textbox(
+                    label="Words", placeholder="ankle boot   or   beach 2:dog -people", scale=4,
+                    elem_id="query", info='weigh a term with 2:dog, subtract one with -people, '
+                    'quote a phrase: "ankle boot"',
+                )  # fmt: skip
                 text_btn = gr.Button("Search", variant="primary", scale=1, elem_id="search")
             text_status = gr.Markdown()
             text_gallery = results_gallery("Results (click one for more like it)", "text-results")
@@ -602,7 +627,12 @@ def build_demo(
         with gr.Tab("Search by image"):
             with gr.Row():
                 image = image_input("image-query")
-                image_btn = gr.Button("Find similar", variant="primary")
+                with gr.Column():
+                    image_words = gr.Textbox(
+                        value="", label="Words (optional)", placeholder="at night  or  2:bag -shoe",
+                        elem_id="image-words", info="terms added to the image, as in a text search",
+                    )  # fmt: skip
+                    image_btn = gr.Button("Find similar", variant="primary")
             image_status = gr.Markdown()
             image_gallery = results_gallery("Similar images (click for more)", "image-results")
             image_paths = gr.State([])
@@ -612,6 +642,13 @@ def build_demo(
                 tag_image = image_input("tag-query")
                 with gr.Column():
                     tag_btn = gr.Button("Tag", variant="primary")
+                    generality = gr.Radio(
+                        ["specific", "general"],
+                        value="specific",
+                        label="Tags",
+                        info="conse: a breed before 'dog' (specific), or 'dog' and 'animal' "
+                        "first (general). Labels and hypernyms are marked.",
+                    )
                     tag_status = gr.Markdown()
                     tags = gr.Label(label="Tags", num_top_classes=MAX_UI_K)
 
@@ -652,9 +689,12 @@ def build_demo(
             return gallery_out(h.search_text(q, m, ls, f, s, n))
 
         def on_image(
-            img: str | None, m: str, ls: list[str], f: str, s: float, n: float
-        ) -> tuple[list[tuple[str, str]], list[str], str]:
-            return gallery_out(h.search_image(img, m, ls, f, s, n))
+            img: str | None, m: str, ls: list[str], f: str, s: float, n: float,
+            query: str | None = None,
+        ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
+            # `query` comes last with a default (the box's ""), so API clients that send the
+            # image and the filters only (before image-plus-words existed) keep working
+            return gallery_out(h.search_image(img, m, ls, f, s, n, query))
 
         def on_select(
             paths: list[str], m: str, ls: list[str], f: str, s: float, n: float,
@@ -667,8 +707,10 @@ def build_demo(
         # would see the string "gr.SelectData" (gr is imported here, not at module level).
         on_select.__annotations__["evt"] = gr.SelectData
 
-        def on_tag(img: str | None, m: str, n: float, s: float) -> tuple[dict[str, float], str]:
-            r = h.tag(img, m, n, s)
+        def on_tag(
+            img: str | None, m: str, n: float, s: float, g: str = "specific"
+        ) -> tuple[dict[str, float], str]:
+            r = h.tag(img, m, n, s, g)
             warn(r.ok, r.status)
             return r.tags, r.status
 
@@ -715,14 +757,21 @@ def build_demo(
         text_btn.click(on_text, text_inputs, text_outputs, api_name="search_text")
         text.submit(on_text, text_inputs, text_outputs, api_visibility="private")
         image_outputs = [image_gallery, image_paths, image_status]
-        image_btn.click(on_image, [image, *filters], image_outputs, api_name="search_image")
+        image_inputs = [image, *filters, image_words]
+        image_btn.click(on_image, image_inputs, image_outputs, api_name="search_image")
+        image_words.submit(on_image, image_inputs, image_outputs, api_visibility="private")
         text_gallery.select(
             on_select, [text_paths, *filters], text_outputs, api_visibility="private"
         )
         image_gallery.select(
             on_select, [image_paths, *filters], image_outputs, api_visibility="private"
         )
-        tag_btn.click(on_tag, [tag_image, model, k, min_score], [tags, tag_status], api_name="tag")
+        tag_btn.click(
+            on_tag,
+            [tag_image, model, k, min_score, generality],
+            [tags, tag_status],
+            api_name="tag",
+        )
         cmp_outputs: list[Any] = [c for pair in slots for c in pair] + [cmp_status]
         cmp_btn.click(
             on_compare,

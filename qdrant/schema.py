@@ -23,8 +23,15 @@ IMAGE_INDEXES: dict[str, IndexKind] = {
     "folders": "keyword",
     "sha256": "keyword",
     "path": "keyword",
+    # the ConSE concepts (labels and hypernyms) an image falls under, for general-word search
+    "concepts": "keyword",
 }
-WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword"}
+WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword", "kind": "keyword"}
+# Kinds of `words` entries: frequent single words, whole class labels, and their hypernyms.
+# A point without a kind (an index made before kinds existed) is a word.
+WORD_KINDS = ("word", "label", "hypernym")
+# Labels and hypernyms sit above every frequency rank, so a `max_rank` cap leaves them out.
+CONCEPT_RANK = 10_000_000
 # The words collection has one named vector.
 WORD_VECTOR = "word"
 
@@ -49,6 +56,7 @@ class WordPayload(TypedDict):
     word: str
     rank: int
     source: str
+    kind: str
 
 
 def abs_posix(path: str | os.PathLike[str]) -> str:
@@ -64,9 +72,13 @@ def image_point_id(path: str | os.PathLike[str]) -> str:
     return str(uuid5(NAMESPACE_URL, abs_posix(path)))
 
 
-def word_point_id(rank: int) -> int:
-    """Point id of a word: its frequency rank, unique within one vocabulary."""
-    return int(rank)
+def word_point_id(rank: int, word: str = "", kind: str = "word") -> int | str:
+    """Point id of a vocabulary entry: a word's frequency rank, unique within one vocabulary;
+    a label's or hypernym's uuid5 of its lower-cased name, so that two models naming the
+    same concept share one point and a re-run overwrites it."""
+    if kind == "word":
+        return int(rank)
+    return str(uuid5(NAMESPACE_URL, "devise-concept:" + " ".join(word.lower().split())))
 
 
 def folders_of(path: str | os.PathLike[str]) -> list[str]:

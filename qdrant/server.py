@@ -26,6 +26,7 @@ from qdrant.schema import (
     ImagePayload,
     IndexKind,
     abs_posix,
+    word_point_id,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -303,20 +304,31 @@ class ServerStore:
             self.client.set_payload(IMAGES, payload, points=[point_id], wait=True)
 
     def upsert_words(
-        self, ranks: Sequence[int], words: Sequence[str], vectors: Matrix, source: str
+        self,
+        ranks: Sequence[int],
+        words: Sequence[str],
+        vectors: Matrix,
+        source: str,
+        kinds: Sequence[str] | None = None,
     ) -> None:
-        """Insert or replace word points; the rank is the point id."""
+        """Insert or replace vocabulary points; see `word_point_id` for their ids."""
         n = len(ranks)
-        if len(words) != n:
-            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words")
+        if len(words) != n or (kinds is not None and len(kinds) != n):
+            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words / kinds")
+        kind = list(kinds) if kinds is not None else ["word"] * n
         mat = as_matrix(vectors, n, "word vectors")
         for start in range(0, n, UPSERT_BATCH):
             stop = min(start + UPSERT_BATCH, n)
             points = [
                 m.PointStruct(
-                    id=int(ranks[i]),
+                    id=word_point_id(ranks[i], words[i], kind[i]),
                     vector={WORD_VECTOR: mat[i].tolist()},
-                    payload={"word": words[i], "rank": int(ranks[i]), "source": source},
+                    payload={
+                        "word": words[i],
+                        "rank": int(ranks[i]),
+                        "source": source,
+                        "kind": kind[i],
+                    },
                 )
                 for i in range(start, stop)
             ]
@@ -456,7 +468,7 @@ class ServerStore:
             raw, _ = self.client.scroll(
                 WORDS,
                 scroll_filter=flt,
-                limit=len(words) + 1,
+                limit=3 * len(words) + 1,
                 with_payload=True,
                 with_vectors=[WORD_VECTOR],
             )

@@ -109,9 +109,15 @@ class Store(Protocol):
         ...
 
     def upsert_words(
-        self, ranks: Sequence[int], words: Sequence[str], vectors: Matrix, source: str
+        self,
+        ranks: Sequence[int],
+        words: Sequence[str],
+        vectors: Matrix,
+        source: str,
+        kinds: Sequence[str] | None = None,
     ) -> None:
-        """Insert or replace word points, one per rank."""
+        """Insert or replace vocabulary points: words by rank, labels and hypernyms by name
+        (`kinds`, default all "word")."""
         ...
 
     def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:

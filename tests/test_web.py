@@ -30,6 +30,7 @@ from app.web import (
     launch_app,
     parse_auth,
     roots_from_index,
+    tag_key,
 )
 from ingest.pipeline import ingest
 from ingest.vocabulary import load_vocabulary
@@ -170,7 +171,7 @@ def test_image_search_tag_and_more_like_this(
 
     tags = handlers.tag(str(upload), "devise", 5, 0.0)
     want_tags = web_index.service.tag(upload.read_bytes(), k=5)
-    assert tags.ok and list(tags.tags) == [r.word for r in want_tags.results]
+    assert tags.ok and list(tags.tags) == [tag_key(r) for r in want_tags.results]
 
     more = handlers.more_like_this(out.paths, 0, "devise", [], "", 0.0, 6)
     assert more.ok and out.paths[0] not in more.paths
@@ -290,7 +291,7 @@ def test_live_app_answers_like_the_service(live: WebApp, web_index: WebIndex) ->
 
     tags, _ = client.predict(handle_file(str(probe)), "devise", 4, 0, api_name="/tag")
     words = [c["label"] for c in tags["confidences"]]
-    assert words == [r.word for r in svc.tag(probe.read_bytes(), k=4).results]
+    assert words == [tag_key(r) for r in svc.tag(probe.read_bytes(), k=4).results]
 
     out = client.predict("text", "cat", None, [], "", 0, 3, api_name="/compare")
     # each slot comes back as an update: its value, its label (model and time), visibility
@@ -425,3 +426,25 @@ def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
     assert "0.900" in text and "0.250" in text and "absent" in text and "chance" in text
     back = EvalReport.from_json(report.to_json())
     assert back.models["clip"] is None and back.table() == report.table()
+
+
+def test_live_app_takes_an_image_plus_words(live: WebApp, web_index: WebIndex) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(live.url, verbose=False)
+    svc = web_index.service
+    probe = web_index.root / "pets" / "cat" / "pets_00.png"
+    gallery, status = client.predict(
+        handle_file(str(probe)), "devise", [], "", 0, 5, "2:truck", api_name="/search_image"
+    )  # fmt: skip
+    want = svc.search_text("2:truck", image=probe.read_bytes(), k=5)
+    assert _gallery_rows(gallery) == _want_rows(want.results)
+    assert "for truck ×2, the uploaded image by devise" in status
+    # the text endpoint reads compound queries the same way
+    gallery, status = client.predict(
+        "2:truck -cat", "devise", [], "", 0, 6, api_name="/search_text"
+    )  # fmt: skip
+    assert _gallery_rows(gallery) == _want_rows(svc.search_text("2:truck -cat", k=6).results)
+    assert "for truck ×2, −cat by devise" in status
+    _, status = client.predict("cat -cat", "devise", [], "", 0, 6, api_name="/search_text")
+    assert status.startswith("⚠️") and "cancel out" in status

@@ -1,0 +1,130 @@
+"""ConSE tags and general-word search on real photos, before and after the tag vocabulary.
+
+Before: the nearest of the 20,000 most frequent GloVe words to the ConSE vector (what
+`devise tag --model conse` did). After: ImageNet labels and their WordNet hypernyms,
+scored by the probability mass of the classes under them and ordered by hedging.
+
+Then text search on a gallery of the real photos mixed into Fashion-MNIST test images: for
+`dog`, `cat`, `bird`, `drink` (and a few more), the rank of the first right photo and the
+average precision, by three rankings: the word's vector (before), the best member class's
+vector, and the stored concept mass (after). Asserts nothing. From the repository root:
+
+    python bench/bench_tags.py [--fashion 1000]
+
+Photos: scikit-image's, plus Debian darknet's dog, eagle, giraffe, horses and person when
+/usr/share/darknet/data holds them (a dog and a bird are only there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+DARKNET = Path("/usr/share/darknet/data")
+# which photos are right answers for each query (by file stem), judged by eye
+TRUTH = {
+    "dog": {"dog", "person"},  # darknet's person.jpg has a dog beside the woman
+    "cat": {"chelsea"},
+    "bird": {"eagle"},
+    "drink": {"coffee"},
+    "coffee": {"coffee"},
+    "vehicle": {"motorcycle"},
+    "horse": {"horse", "horses", "person"},
+    "animal": {"chelsea", "dog", "eagle", "giraffe", "horses", "horse", "person"},
+}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def ranks(scores: np.ndarray, relevant: list[int]) -> tuple[int, float]:
+    order = np.argsort(-scores, kind="stable")
+    pos = sorted(int(np.flatnonzero(order == i)[0]) + 1 for i in relevant)
+    return pos[0], float(np.mean([(j + 1) / r for j, r in enumerate(pos)]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST test images mixed in")
+    p.add_argument("-k", type=int, default=5)
+    args = p.parse_args()
+
+    from model.conse import ConseEmbedder, conse_vectors
+    from model.datasets import (
+        PHOTO_LABELS,
+        export_photos,
+        read_fashion_mnist,
+        stratified_indices,
+    )
+    from model.images import decode_image
+    from model.vocab.hierarchy import imagenet_concepts
+    from model.words import alphabetic_vocabulary, unit
+
+    print(f"CPU: {cpu_name()}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tags-"))
+    export_photos(tmp)
+    photos = sorted(tmp.glob("*.png")) + sorted(DARKNET.glob("*.jpg"))
+    emb = ConseEmbedder()
+    cs = imagenet_concepts()
+    images = [decode_image(p) for p in photos]
+    probs = emb.probs_images(images)
+    vecs = conse_vectors(probs, emb.class_vectors, emb.top_t)
+    vocab = [w for _, w in alphabetic_vocabulary(emb.words, 20_000)]
+    mat = unit(np.stack([emb.words.kv[w] for w in vocab]).astype(np.float32))
+
+    print(f"\n## ConSE tags, top {args.k} (before: nearest frequent words; after: hedged)\n")
+    print("| photo | before | after |")
+    print("|---|---|---|")
+    for path, v, pr in zip(photos, vecs, probs, strict=True):
+        before = ", ".join(vocab[j] for j in np.argsort(-(mat @ v))[: args.k])
+        after = ", ".join(f"{c.name} ({m:.2f})" for c, m in cs.ranked(pr, args.k))
+        print(f"| {PHOTO_LABELS.get(path.stem, path.stem)} | {before} | {after} |")
+
+    # the search gallery: Fashion-MNIST test images and the photos
+    fm_all, fm_labels = read_fashion_mnist("test", progress=False)
+    fm = fm_all[stratified_indices(fm_labels, args.fashion)]
+    from PIL import Image
+
+    fm_images = [Image.fromarray(a).convert("RGB") for a in fm]
+    fm_probs = np.concatenate(
+        [emb.probs_images(fm_images[i : i + 64]) for i in range(0, len(fm_images), 64)]
+    )
+    all_probs = np.concatenate([fm_probs, probs])
+    all_vecs = conse_vectors(all_probs, emb.class_vectors, emb.top_t)
+    stems = [""] * len(fm_images) + [p.stem for p in photos]
+    print(
+        f"\n## Text search, conse, gallery of {len(fm_images)} Fashion-MNIST + {len(photos)} photos"
+    )
+    print("first right photo's rank / average precision\n")
+    print("| query | word vector (before) | best member class | concept mass (after) |")
+    print("|---|---|---|---|")
+    mass = cs.mass(all_probs)
+    for q, right in TRUTH.items():
+        rel = [i for i, s in enumerate(stems) if s in right]
+        if not rel:
+            continue
+        t = cs.find(q)
+        assert t is not None, q
+        members = np.flatnonzero(cs.members[t] > 0)
+        word = all_vecs @ emb.words.label_vector(q)
+        best = (all_vecs @ emb.class_vectors[members].T).max(axis=1)
+        hedged = mass[:, t] + 1e-3 * word  # ties (no mass) by the word's cosine
+        cells = [ranks(x, rel) for x in (word, best, hedged)]
+        print(f"| {q} | " + " | ".join(f"{r} / {ap:.2f}" for r, ap in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The tag vocabulary: words, labels as whole phrases, and the labels' WordNet hypernyms."""

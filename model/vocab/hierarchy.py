@@ -1,0 +1,211 @@
+"""Class labels, their WordNet hypernyms, and hedged tag scores (Deng et al., CVPR 2012).
+
+A *concept* is a tag a person would use for a photo: a class label ("German shepherd",
+"espresso") or one of its hypernyms ("dog", "coffee", "beverage"). A concept's probability is
+the classifier's probability mass of the classes under it, summed up the hierarchy, so a dog
+photo gets both its breed and `dog`, each with an honest confidence.
+
+Concepts are ordered by Deng et al.'s hedging reward: a concept's expected reward is its
+probability times its information gain `1 - log|classes under it| / log|all classes|` plus a
+constant `lam`. A small `lam` prefers specific concepts (a breed when the classifier is sure,
+`dog` when it hesitates between breeds); a large one prefers general ones (`animal`).
+
+The ImageNet-1k hierarchy ships as `imagenet_hierarchy.json` (derived once from WordNet 3.0 by
+`model/vocab/derive.py`). For a user's own labels the full WordNet is read where installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+Float32Array = npt.NDArray[np.float32]
+
+HIERARCHY_FILE = Path(__file__).with_name("imagenet_hierarchy.json")
+SPECIFIC = 0.5  # the hedging constant for "specific" tags
+GENERAL = 4.0  # ... and for "general" ones: nearly plain probability order
+TOP_T = 10  # classes that count towards a concept's mass, as ConSE's T
+MIN_MASS = 0.02  # concepts below this probability are noise, never tags
+LABEL, HYPERNYM, WORD = "label", "hypernym", "word"
+
+
+@dataclass(frozen=True)
+class Concept:
+    name: str
+    kind: str  # LABEL or HYPERNYM
+    aliases: tuple[str, ...] = ()  # other lemma names, lower-case ("drink" for beverage)
+
+
+@dataclass
+class ConceptSet:
+    """Concepts over a fixed list of classes: `members[t, c]` is 1 when class c is under t."""
+
+    classes: list[str]
+    concepts: list[Concept]
+    members: Float32Array  # (T, C)
+    _by_name: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, int] = {}
+        for i, c in enumerate(self.concepts):
+            by_name.setdefault(c.name.lower(), i)
+        for i, c in enumerate(self.concepts):
+            for a in c.aliases:
+                by_name.setdefault(a, i)
+        self._by_name = by_name
+
+    def __len__(self) -> int:
+        return len(self.concepts)
+
+    def find(self, text: str) -> int | None:
+        """The concept a word or phrase names (its name or any lemma), or None."""
+        return self._by_name.get(" ".join(text.lower().replace("_", " ").split()))
+
+    def sizes(self) -> Float32Array:
+        return self.members.sum(axis=1)
+
+    def mass(self, probs: Float32Array, top_t: int | None = TOP_T) -> Float32Array:
+        """(N, C) class probabilities -> (N, T) concept probabilities (hedged, summed up).
+
+        Only each row's `top_t` most probable classes count (as in ConSE): the long tail of
+        a thousand tiny probabilities otherwise adds up under a broad concept, and a photo
+        of grass would be 50% `animal`. The sum is not renormalised, so a concept's mass
+        stays a lower bound of its probability."""
+        probs = np.asarray(probs, np.float32)
+        if top_t is not None and top_t < probs.shape[1]:
+            keep = np.argpartition(-probs, top_t - 1, axis=1)[:, :top_t]
+            kept = np.zeros_like(probs)
+            np.put_along_axis(kept, keep, np.take_along_axis(probs, keep, axis=1), axis=1)
+            probs = kept
+        return probs @ self.members.T
+
+    def ranked(
+        self,
+        probs: Float32Array,
+        k: int,
+        lam: float = SPECIFIC,
+        min_mass: float = MIN_MASS,
+    ) -> list[tuple[Concept, float]]:
+        """One image's (C,) probabilities -> its k best concepts with their probabilities."""
+        mass = self.mass(np.asarray(probs, np.float32)[None, :])[0]
+        gain = 1.0 - np.log(np.maximum(self.sizes(), 1.0)) / np.log(max(len(self.classes), 2))
+        reward = mass * (gain + lam)
+        order = [int(i) for i in np.argsort(-reward, kind="stable") if mass[i] >= min_mass]
+        return [(self.concepts[i], float(mass[i])) for i in order[:k]]
+
+
+def _concepts_from_ancestry(
+    classes: Sequence[str],
+    ancestry: Sequence[Sequence[tuple[str, tuple[str, ...]]]],
+) -> ConceptSet:
+    """Class names and, per class, its tag hypernyms as (name, aliases) -> a ConceptSet."""
+    index: dict[str, int] = {}
+    concepts: list[Concept] = []
+    rows: list[set[int]] = []
+
+    def add(name: str, kind: str, aliases: tuple[str, ...]) -> int:
+        key = name.lower()
+        if key in index:
+            i = index[key]
+            old = concepts[i]
+            merged = old.aliases + tuple(a for a in aliases if a not in old.aliases)
+            concepts[i] = Concept(old.name, LABEL if kind == LABEL else old.kind, merged)
+            return i
+        index[key] = len(concepts)
+        concepts.append(Concept(name, kind, aliases))
+        rows.append(set())
+        return index[key]
+
+    for c, name in enumerate(classes):
+        rows[add(name, LABEL, ())].add(c)
+    for c, chain in enumerate(ancestry):
+        for name, aliases in chain:
+            rows[add(name, HYPERNYM, aliases)].add(c)
+    members = np.zeros((len(concepts), len(classes)), np.float32)
+    for t, cs in enumerate(rows):
+        members[t, sorted(cs)] = 1.0
+    return ConceptSet(list(classes), concepts, members)
+
+
+@functools.lru_cache(maxsize=1)
+def _hierarchy_data() -> dict[str, object]:
+    return dict(json.loads(HIERARCHY_FILE.read_text()))
+
+
+def imagenet_ancestry() -> list[list[tuple[str, tuple[str, ...]]]]:
+    """Per ImageNet-1k class (index order): its tag hypernyms as (name, aliases)."""
+    data = _hierarchy_data()
+    nodes: dict[str, dict[str, object]] = data["nodes"]  # type: ignore[assignment]
+    out = []
+    for cls in data["classes"]:  # type: ignore[attr-defined]
+        chain = []
+        for wnid in cls["ancestors"]:
+            node = nodes[wnid]
+            if node["tag"]:
+                name = str(node["name"])
+                lemmas = [str(x) for x in node["lemmas"]]  # type: ignore[attr-defined]
+                aliases = tuple(x.lower() for x in lemmas if x.lower() != name.lower())
+                chain.append((name, aliases))
+        out.append(chain)
+    return out
+
+
+def imagenet_chain(wnid: str) -> list[str]:
+    """Every hypernym name above an ImageNet class (tags or not), nearest first."""
+    data = _hierarchy_data()
+    nodes: dict[str, dict[str, object]] = data["nodes"]  # type: ignore[assignment]
+    for cls in data["classes"]:  # type: ignore[attr-defined]
+        if cls["wnid"] == wnid:
+            return [str(nodes[w]["name"]) for w in cls["ancestors"]]
+    raise KeyError(f"{wnid} is not an ImageNet-1k class")
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_concepts() -> ConceptSet:
+    """The 1000 ImageNet-1k labels and their tag hypernyms."""
+    from model.words import imagenet_class_names
+
+    return _concepts_from_ancestry(imagenet_class_names(), imagenet_ancestry())
+
+
+_warned_no_wordnet = False
+
+
+def label_concepts(labels: Sequence[str]) -> ConceptSet:
+    """A user's own labels (a checkpoint's) and, where WordNet is installed, their hypernyms.
+
+    Without WordNet the labels stand alone, and that is said once."""
+    global _warned_no_wordnet
+    from model.vocab.derive import ABSTRACT, MAX_TAG_RANK  # noqa: F401 - same rules
+    from model.vocab.wordnet import WordNet, wordnet_dir
+
+    root = wordnet_dir()
+    ancestry: list[list[tuple[str, tuple[str, ...]]]] = [[] for _ in labels]
+    if root is None:
+        if not _warned_no_wordnet:
+            log.info("WordNet is not installed: labels get no hypernym tags (wordnet-base)")
+            _warned_no_wordnet = True
+        return _concepts_from_ancestry(labels, ancestry)
+    wn = WordNet(root)
+    try:
+        for i, label in enumerate(labels):
+            senses = wn.senses(label)
+            if not senses:
+                continue
+            for a in wn.ancestors(senses[0]):
+                syn = wn.synset(a)
+                if syn.name.lower() in ABSTRACT or wn.depth(a) < 3:
+                    continue
+                aliases = tuple(x.lower() for x in syn.lemmas[1:])
+                ancestry[i].append((syn.name, aliases))
+    finally:
+        wn.close()
+    return _concepts_from_ancestry(labels, ancestry)
