@@ -16,6 +16,7 @@ runs out of memory (`OomBackoff`), and how to decode a JPEG on the GPU (`GpuJpeg
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -229,12 +230,14 @@ class OomBackoff:
             size = min(self.batch_size or n, n - start)
             try:
                 out.append(fn(start, start + size))
+                start += size
+                continue
             except Exception as e:
                 if not is_oom(e) or size <= 1:
                     raise
-                self._halve(size)
-                continue
-            start += size
+            # outside the except block: the failed call's frames (and their GPU tensors) are
+            # released before the cache is emptied
+            self._halve(size)
         return out
 
     def _halve(self, size: int) -> None:
@@ -314,7 +317,6 @@ def crop_resize_normalise(
     """`model.images.to_array` in torch, for a (3, H, W) uint8 picture (any device): the
     centre crop of side min(H, W) * size / resize, resized to `size` with antialiased
     bilinear filtering (PIL's reducing resize), normalised; (3, size, size) float32."""
-    import torch
     from torch.nn import functional as F
 
     _, h, w = x.shape
@@ -326,9 +328,21 @@ def crop_resize_normalise(
     out = F.interpolate(
         crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    m, s = _norm_tensors(tuple(mean), tuple(std), str(x.device))
     return ((out - m) / s)[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_tensors(
+    mean: tuple[float, ...], std: tuple[float, ...], device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (in 0..255 units) on `device`, made once: a fresh tensor per image would
+    be a synchronous host-to-device copy that stalls the GPU's queue."""
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return m.to(device), s.to(device)
 
 
 class GpuJpegDecoder:
@@ -407,10 +421,17 @@ class GpuRunner:
         self._checked = not mixed
 
     def _run(self, forward: Callable[[Any], Any], x: Any, dtype: Any) -> Any:
+        import contextlib
+
         import torch
 
         def part(start: int, stop: int) -> Any:
-            with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+            amp = (
+                torch.autocast("cuda", dtype=dtype)
+                if dtype is not None
+                else contextlib.nullcontext()
+            )
+            with amp:
                 return forward(x[start:stop]).float()
 
         outs = self.backoff.run(part, len(x))

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Batches decoded ahead of the one being embedded: enough to hide decode jitter, small
 #: enough that 3 x 32 x 3 x 224 x 224 float32 (~58 MB) bounds the memory.
 LOOKAHEAD_BATCHES = 3
+#: JPEGs nvJPEG decodes in one call: enough to batch the work, few enough that 12-megapixel
+#: pictures hold about 1.2 GB of GPU memory (32 x 36 MB) at a time
+GPU_DECODE_GROUP = 32
 
 
 @dataclass
@@ -204,9 +207,16 @@ def _gpu_arrays(
     tensors: dict[int, list[torch.Tensor]] = {}
     sizes: dict[int, tuple[int, int]] = {}
     failures: list[tuple[int, Any]] = []
-    images = decoder.decode([j for _, j in jobs])
     draft = max(s.resize for s in specs)
-    for (i, job), img in zip(jobs, images, strict=True):
+    # in groups: a batch of 12-megapixel pictures decoded at once would hold gigabytes of
+    # GPU memory; each group is preprocessed (to 224 px) before the next is decoded
+    group = GPU_DECODE_GROUP
+    decoded = (
+        (jobs[k + n], img)
+        for k in range(0, len(jobs), group)
+        for n, img in enumerate(decoder.decode([j for _, j in jobs[k : k + group]]))
+    )
+    for (i, job), img in decoded:
         if img is not None:
             tensors[i] = [
                 crop_resize_normalise(img, s.size, s.resize, s.mean, s.std) for s in specs
