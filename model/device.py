@@ -98,7 +98,8 @@ def resolve_device(
     raw = (spec or os.environ.get("DEVISE_DEVICE") or "auto").strip().lower()
     m = _SPEC.match(raw)
     if m is None or (m.group(1) != "cuda" and m.group(2) is not None):
-        raise DeviceError(f"unknown device {raw!r}: use {DEVICE_CHOICES}")
+        where = " (from $DEVISE_DEVICE)" if not spec and os.environ.get("DEVISE_DEVICE") else ""
+        raise DeviceError(f"unknown device {raw!r}{where}: use {DEVICE_CHOICES}")
     kind = m.group(1)
     if kind == "cpu":
         return Device("cpu", 0, "asked for (--device cpu)")
