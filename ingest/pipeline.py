@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from model.device import default_batch_size, default_device
 from model.images import Preprocess, is_image_path
 from model.loader import default_workers, iter_batches
 from model.words import label_name
@@ -227,14 +228,21 @@ def ingest(
     *,
     prune: bool = False,
     reembed: bool = False,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
     model_meta: dict[str, dict[str, Any]] | None = None,
     on_batch: Callable[[IngestSummary], None] | None = None,
+    gpu_decode: bool = True,
 ) -> IngestSummary:
-    """Index every image under `roots` with every embedder; see the module doc."""
+    """Index every image under `roots` with every embedder; see the module doc.
+
+    The models run on the process's device (`model.device.default_device`); `batch_size`
+    None is that device's default (32 on the CPU, larger on a GPU). `gpu_decode`: on a GPU,
+    decode JPEGs there with nvJPEG (False: PIL in the loader threads, as on the CPU)."""
     t0 = time.perf_counter()
+    device = default_device()
+    batch_size = batch_size or default_batch_size(device)
     if not embedders:
         raise IngestError("no model to ingest with: pass --checkpoint or --models conse")
     summary = IngestSummary()
@@ -277,7 +285,7 @@ def ingest(
             todo.append(f)
 
     # Hash what changed (in threads: it is I/O) to find moved files.
-    n_workers = workers or default_workers()
+    n_workers = workers or default_workers(device)
     hashes: dict[str, str] = {}
     if todo:
         with ThreadPoolExecutor(n_workers, thread_name_prefix="hash") as pool:
@@ -329,7 +337,14 @@ def ingest(
     try:
         specs = _unique_specs(embedders)
         paths = [f.path for f in to_embed]
-        for batch in iter_batches(paths, [s for s, _ in specs], batch_size, n_workers):
+        for batch in iter_batches(
+            paths,
+            [s for s, _ in specs],
+            batch_size,
+            n_workers,
+            device=device,
+            gpu_decode=gpu_decode,
+        ):
             summary.batches += 1
             summary.wait_seconds += batch.wait_s
             for i, err in batch.failures:
