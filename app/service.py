@@ -169,7 +169,7 @@ class SearchService:
         self._embedders: dict[str, Any] = dict(embedders or {})
         self._factory = embedder_factory
         self._lock = threading.Lock()
-        self._concept_names: dict[str, set[str]] = {}
+        self._concept_names: dict[str, dict[str, tuple[str, str]]] = {}
         self._vocabulary_lock = threading.Lock()
         #: where one-line notices go (the CLI prints them to stderr); progress: show bars
         self.notify: Callable[[str], None] = notify or log.warning
@@ -773,42 +773,49 @@ class SearchService:
         max_rank: int,
         bias: tuple[float, set[str]] = (0.0, set()),
     ) -> list[TagResult]:
-        """The nearest frequent words and the model's own labels and hypernyms; the seen
-        labels' scores less `bias`'s gamma (calibrated stacking, model/gzsl.py)."""
-        gamma, seen = bias
+        """The model's own labels first (the best three), then their hypernyms (two), then
+        the nearest frequent words, each by cosine; the seen labels' scores less `bias`'s
+        gamma (calibrated stacking, model/gzsl.py). A word of a multi-word label never
+        stands alone."""
         if not (self.meta().get("words") or {}).get("count"):
             raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
+        gamma, seen = bias
+        own = self._model_concepts(model)
+        found = self.store.find_words([name for name, _ in own.values()]) if own else {}
+        scored: dict[str, list[tuple[str, float]]] = {"label": [], "hypernym": []}
+        for key, (name, kind) in own.items():
+            vec = found.get(name)
+            if vec is None:
+                continue
+            score = float(np.dot(np.asarray(vec, np.float32), vector))
+            if key in seen:
+                score -= gamma
+            if min_score is None or score >= min_score:
+                scored[kind].append((name, score))
+        pairs: list[tuple[str, float, str]] = []
+        for kind, quota in (("label", 3), ("hypernym", 2)):
+            best = sorted(scored[kind], key=lambda p: -p[1])[:quota]
+            pairs += [(n, sc, kind) for n, sc in best]
+        fragments = {
+            w for _, (name, _) in own.items() if " " in name or "-" in name
+            for w in _label_words(name)
+        }  # fmt: skip
+        taken = {p[0].lower() for p in pairs}
         words = self.store.search_words(
             vector, k * 3, SearchFilter(max_rank=max_rank, min_score=min_score)
         )
-        own = self._model_concepts(model)
-        concepts = self.store.search_words(
-            vector,
-            k * 3,
-            SearchFilter(kinds=("label", "hypernym"), min_score=min_score),
-        )
-        pairs: list[tuple[str, float, str]] = []
-        for h in concepts:
-            name = str(h.payload.get("word"))
-            if name.lower() in own:
-                score = float(h.score) - (gamma if name.lower() in seen else 0.0)
-                pairs.append((name, score, str(h.payload.get("kind", "label"))))
-        # a word that is one of a multi-word label's words ("ankle" of "ankle boot") never
-        # stands alone: it reads as a wrong tag
-        fragments = {w for name in own if " " in name or "-" in name for w in _label_words(name)}
-        taken = {p[0].lower() for p in pairs}
-        for h in words:
-            w = str(h.payload.get("word"))
-            if w.lower() not in taken and w.lower() not in fragments:
-                score = float(h.score) - (gamma if w.lower() in seen else 0.0)
-                pairs.append((w, score, "word"))
-        pairs.sort(key=lambda p: -p[1])
-        folded = fold_inflections([(w, s) for w, s, _ in pairs])
-        kind_of = {w: kd for w, _, kd in pairs}
-        return [TagResult(w, s, kind_of.get(w, "word")) for w, s in folded[:k]]
+        plain = [
+            (str(h.payload.get("word")), float(h.score))
+            for h in words
+            if str(h.payload.get("word")).lower() not in taken | fragments
+        ]
+        plain = [(w, sc - (gamma if w.lower() in seen else 0.0)) for w, sc in plain]
+        plain.sort(key=lambda p: -p[1])
+        pairs += [(w, sc, "word") for w, sc in fold_inflections(plain)]
+        return [TagResult(w, sc, kd) for w, sc, kd in pairs[:k]]
 
-    def _model_concepts(self, model: str) -> set[str]:
-        """Lower-case names of the labels and hypernyms `model` knows."""
+    def _model_concepts(self, model: str) -> dict[str, tuple[str, str]]:
+        """The labels and hypernyms `model` knows: lower-case name -> (name, kind)."""
         with self._lock:
             cache = self._concept_names
             if model not in cache:
@@ -817,9 +824,12 @@ class SearchService:
                 rec = dict((self.meta().get("models") or {}).get(model) or {})
                 if model == "devise" and self.checkpoint is not None:
                     rec["checkpoint"] = str(self.checkpoint)
-                cache[model] = {
-                    c.name.lower() for cs in concepts_for({model: rec}) for c in cs.concepts
-                }
+                own: dict[str, tuple[str, str]] = {}
+                for cs in concepts_for({model: rec}):
+                    for c in cs.concepts:
+                        if c.name.lower() not in own or c.kind == "label":
+                            own[c.name.lower()] = (c.name, c.kind)
+                cache[model] = own
             return cache[model]
 
     def _decode(self, image: ImageInput) -> Any:

@@ -354,17 +354,19 @@ def calibrate(
     groups = [g for g in groups if len(g) == n_group][:CALIBRATION_FOLDS]
     curves: list[Curve] = []
     loss_fn = LOSSES[cfg.loss]
-    x_va = x_all[va]
+    x_va = x_all[torch.from_numpy(np.asarray(va)).to(x_all.device)]
     y_va = targets[va]
     for g in groups:
         fold_seen = [c for c in seen if c not in g]
         index = {c: i for i, c in enumerate(fold_seen)}
         rows = np.asarray([i for i in tr if int(targets[i]) in index], np.int64)
-        y = torch.tensor([index[int(targets[i])] for i in rows])
-        x = x_all[rows]
+        dev = x_all.device  # the chosen device: CPU or GPU alike
+        y = torch.tensor([index[int(targets[i])] for i in rows], device=dev)
+        x = x_all[torch.from_numpy(rows).to(dev)]
         torch.manual_seed(cfg.seed)
-        head = DeviseHead(feature_dim, word_dim, cfg.head)
-        head.set_feature_stats(x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1]))
+        head = DeviseHead(feature_dim, word_dim, cfg.head).to(dev)
+        ones = torch.ones(x.shape[1], device=dev)
+        head.set_feature_stats(x.mean(0), x.std(0) if len(x) > 1 else ones)
         vecs = label_vectors[fold_seen]
         head, _, _ = _fit(  # type: ignore[assignment]
             head,
@@ -378,7 +380,7 @@ def calibrate(
             f"calibrate {len(curves) + 1}/{len(groups)}",
         )
         with torch.no_grad():
-            scores = (head(x_va) @ label_vectors.T).numpy()
+            scores = (head(x_va) @ label_vectors.T).float().cpu().numpy()
         curves.append(curve(scores, y_va, fold_seen, list(g) + list(holdout)))
     gamma, h = best_gamma(curves)
     return {
