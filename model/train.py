@@ -37,7 +37,7 @@ class TrainConfig:
     head: HeadKind = "linear"
     margin: float = 0.1
     # label vectors moved towards their WordNet hypernyms (model/vocab/hierarchy.py); 0: off
-    hypernym_weight: float = 1.0
+    hypernym_weight: float = 0.5
     hypernym_depth: int = 3
     epochs: int = 40
     lr: float = 1e-3
@@ -340,8 +340,8 @@ def calibrate(
 
     No unseen label has validation images, so unseen labels are simulated: in each fold a
     group of seen labels is left out of an auxiliary projection fitted on the training split;
-    the validation images of every seen label are then ranked among all labels, the left-out
-    group and the real hold-out labels playing the unseen part. gamma maximises the mean H
+    the validation images of every seen label are then ranked among the seen labels, the
+    left-out group playing the unseen part. gamma maximises the mean H
     over the folds. Test images are never looked at."""
     from model.gzsl import Curve, best_gamma, curve
 
@@ -381,7 +381,11 @@ def calibrate(
         )
         with torch.no_grad():
             scores = (head(x_va) @ label_vectors.T).float().cpu().numpy()
-        curves.append(curve(scores, y_va, fold_seen, list(g) + list(holdout)))
+        # ranked among the seen labels only, as test images are among seen and unseen:
+        # the left-out group plays the unseen part (the real hold-out labels have no
+        # validation images, and as extra candidates they would only make the folds unlike
+        # the test)
+        curves.append(curve(scores, y_va, fold_seen, list(g)))
     gamma, h = best_gamma(curves)
     return {
         "gamma": round(gamma, 6),
