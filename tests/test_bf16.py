@@ -140,7 +140,10 @@ def test_fashion_mnist_flat_hit1_under_bf16_within_half_a_point(
     fashion_reports: tuple[dict[str, float], dict[str, float]],
 ) -> None:
     fp32, bf16 = fashion_reports
-    assert abs(fp32["flat_hit@1"] - bf16["flat_hit@1"]) <= TOLERANCE, (fp32, bf16)
+    assert abs(fp32["flat_hit@1"] - bf16["flat_hit@1"]) <= TOLERANCE + 1e-9, (
+        fp32,
+        bf16,
+    )  # one image of 200 is exactly 0.5 points
 
 
 @pytest.mark.slow
@@ -155,7 +158,10 @@ def test_fashion_mnist_zeroshot_hit5_under_bf16_within_half_a_point(
     fashion_reports: tuple[dict[str, float], dict[str, float]],
 ) -> None:
     fp32, bf16 = fashion_reports
-    assert abs(fp32["zeroshot_hit@5"] - bf16["zeroshot_hit@5"]) <= TOLERANCE, (fp32, bf16)
+    assert abs(fp32["zeroshot_hit@5"] - bf16["zeroshot_hit@5"]) <= TOLERANCE + 1e-9, (
+        fp32,
+        bf16,
+    )  # one image of 200 is exactly 0.5 points
 
 
 def test_auto_precision_is_fp32_even_where_the_cpu_has_bf16(
