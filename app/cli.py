@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         cache_dir=_cache_dir(args),
         finetune_epochs=args.finetune,
+        extract_batch_size=_extract_batch(argparse.Namespace(batch_size=None), cpu=64),
     )
     result = train(Path(args.data), Path(args.out), cfg)
     m = result.metrics
@@ -144,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.data),
         models,
         holdout=args.holdout or None,
-        batch_size=args.batch_size,
+        batch_size=_extract_batch(args, cpu=64),
         workers=args.workers,
         cache_dir=_cache_dir(args),
     )
@@ -196,8 +197,8 @@ def _open_store(args: argparse.Namespace) -> Any:
     if settings.qdrant_url is None and getattr(args, "must_exist", False):
         if not settings.index.exists():
             raise CliError(
-                f"no index at {settings.index}. Fill one with `devise ingest DIR --checkpoint "
-                "CKPT` and `devise words`, or point --index / DEVISE_INDEX at it."
+                f"no index at {settings.index}: fill one with `devise ingest DIR`, "
+                "or point --index / DEVISE_INDEX at it"
             )
     return settings, settings.open_store()
 
@@ -294,6 +295,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
+        _service(store, settings).ensure_vocabulary()  # the first ingest loads the words
     finally:
         store.close()
     if args.json:
@@ -381,13 +383,25 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
 
 
-def _query(args: argparse.Namespace, kind: str) -> int:
+def _service(store: Any, settings: Any) -> Any:
+    """The search service as the CLI runs it: notices on stderr, bars on a terminal."""
     from app.service import SearchService
 
-    args.must_exist = True
+    return SearchService(
+        store,
+        checkpoint=settings.checkpoint,
+        precision=settings.precision,
+        notify=_say,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def _query(args: argparse.Namespace, kind: str) -> int:
+    # tagging needs no image in the index, so not even an index made yet
+    args.must_exist = kind != "tag"
     settings, store = _open_store(args)
     try:
-        service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
+        service = _service(store, settings)
         common = {"model": args.model, "min_score": args.min_score, "k": args.k}
         if kind == "search":
             image = _image_arg(args.image) if args.image else None
@@ -465,10 +479,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         settings=_settings(args),
         host=args.host,
         port=args.port,
+        train_size=args.train,
+        gallery_size=args.gallery,
     )
 
 
 # ---------------------------------------------------------------------------- parser
+
+
+def _device_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--device",
+        default=None,
+        metavar="auto|cpu|cuda[:N]",
+        help="where the models run: cuda (a GPU: mixed precision, larger batches, JPEGs "
+        "decoded by nvJPEG), cpu (the OpenVINO fast path), or auto, the default: cuda when "
+        "torch sees a GPU, else cpu ($DEVISE_DEVICE sets the default)",
+    )
+
+
+def _extract_batch(args: argparse.Namespace, cpu: int) -> int:
+    """The --batch-size given, else the chosen device's default (larger on a GPU)."""
+    from model.device import default_batch_size, default_device
+
+    return int(args.batch_size or default_batch_size(default_device(), cpu=cpu))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -548,10 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--hypernym-weight",
         type=float,
-        default=1.0,
+        default=0.5,
         help="move each label's vector towards its 3 nearest WordNet hypernyms by this "
         "weight (sandal and sneaker share shoe, footwear): unseen labels then land near their "
-        "seen relatives; 0 turns it off (default 1.0)",
+        "seen relatives; 0 turns it off (default 0.5, the best on validation)",
     )
     t.add_argument(
         "--finetune",
@@ -564,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=40)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--batch-size", type=_positive_int, default=256)
+    _device_flag(t)
     t.add_argument("--val-fraction", type=_fraction, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
@@ -591,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels to score as zero-shot (default: the checkpoint's hold-out)",
     )
     e.add_argument("--weights", default=None, help="backbone weights file, if not the default")
-    e.add_argument("--batch-size", type=_positive_int, default=64)
+    e.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="default 64 (256 on a GPU)"
+    )
+    _device_flag(e)
     e.add_argument("--workers", type=_positive_int, default=None)
     e.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     e.add_argument(
@@ -660,7 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace vectors made by a different model instead of refusing",
     )
-    i.add_argument("--batch-size", type=_positive_int, default=32)
+    i.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="default 32 (256 on a GPU)"
+    )
+    _device_flag(i)
     i.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
     i.add_argument(
         "--precision",
@@ -723,6 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="DeViSE checkpoint, if not the one that built the index",
         )
         sp.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None)
+        _device_flag(sp)
         index_flags(sp)
 
     s1 = sub.add_parser(
@@ -783,14 +825,30 @@ def build_parser() -> argparse.ArgumentParser:
         "when bound to loopback, none otherwise)",
     )
     index_flags(sv)
+    _device_flag(sv)
     sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo and launch the web app")
     m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
     m.add_argument("--no-launch", action="store_true", help="stop after building")
+    m.add_argument(
+        "--train",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST images to train on (default 3000; CI builds a smaller demo)",
+    )
+    m.add_argument(
+        "--gallery",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST test images to index and search (default 1000)",
+    )
     m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     m.add_argument("--port", type=int, default=7860)
     index_flags(m)
+    _device_flag(m)
     m.set_defaults(func=cmd_demo)
     return p
 
@@ -815,6 +873,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("app.service", "ServiceError"),
         ("model.clip", "ClipUnavailable"),
         ("model.datasets", "DatasetError"),
+        ("model.device", "DeviceError"),
     ]:
         module = sys.modules.get(mod)
         if module is not None:
@@ -831,15 +890,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cache:
         os.environ["DEVISE_CACHE"] = str(Path(args.cache).expanduser())
     saved_runtime = set_default_runtime(args.runtime) if args.runtime else None
+    from model.device import set_default_device
+
+    saved_device = set_default_device(None)
     try:
         return _run(args)
     finally:  # main() is also called in-process (tests, the demo): leave no trace
+        set_default_device(saved_device)
         if saved_cache is None:
             os.environ.pop("DEVISE_CACHE", None)
         else:
             os.environ["DEVISE_CACHE"] = saved_cache
         if args.runtime:
             set_default_runtime(saved_runtime)
+
+
+def _choose_device(args: argparse.Namespace) -> None:
+    """Resolve --device (or $DEVISE_DEVICE) once, for the commands that run models, and make
+    it this process's device; other commands never ask torch about CUDA."""
+    if not hasattr(args, "device"):
+        return
+    from model.device import announce, prepare, resolve_device, set_default_device
+
+    device = resolve_device(args.device)
+    set_default_device(device)
+    prepare(device)
+    announce(device)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -849,6 +925,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        _choose_device(args)
         return func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -77,6 +77,22 @@ def vocabulary_loaded(store: Store, source: str, top: int) -> bool:
     )
 
 
+def check_size(done: Path, size: int, flag: str) -> bool:
+    """True when this stage is done at `size`; refuses a demo built at another size, whose
+    checkpoint and index would no longer match its images."""
+    if not done.exists():
+        return False
+    built = done.read_text().strip()
+    if built and int(built) != size:
+        from model.datasets import DatasetError
+
+        raise DatasetError(
+            f"{done.parent} was built with {flag} {built}, not {size}: pass {flag} {built}, "
+            "or build this size in another --dir"
+        )
+    return True
+
+
 def run_demo(
     root: Path,
     *,
@@ -85,23 +101,28 @@ def run_demo(
     settings: Settings | None = None,
     host: str = "127.0.0.1",
     port: int = 7860,
+    train_size: int | None = None,
+    gallery_size: int | None = None,
 ) -> int:
+    """Build the demo (sizes: Fashion-MNIST images to train on and to search), then serve."""
     import model.datasets as datasets
     from app.settings import Settings
 
     t_start = time.perf_counter()
+    n_train = train_size or TRAIN_LIMIT
+    n_gallery = gallery_size or GALLERY_LIMIT
     root.mkdir(parents=True, exist_ok=True)
     train_dir, gallery = root / "train", root / "gallery"
     ckpt = root / "devise.safetensors"
-    if not (train_dir / ".done").exists():
-        print(f"[1/5] exporting {TRAIN_LIMIT} Fashion-MNIST training images to {train_dir}")
-        datasets.export_fashion_mnist(train_dir, split="train", limit=TRAIN_LIMIT)
-        (train_dir / ".done").touch()
-    if not (gallery / ".done").exists():
-        print(f"[1/5] exporting a {GALLERY_LIMIT}-image gallery and sample photos to {gallery}")
-        datasets.export_fashion_mnist(gallery / "fashion", split="test", limit=GALLERY_LIMIT)
+    if not check_size(train_dir / ".done", n_train, "--train"):
+        print(f"[1/5] exporting {n_train} Fashion-MNIST training images to {train_dir}")
+        datasets.export_fashion_mnist(train_dir, split="train", limit=n_train)
+        (train_dir / ".done").write_text(f"{n_train}\n")
+    if not check_size(gallery / ".done", n_gallery, "--gallery"):
+        print(f"[1/5] exporting a {n_gallery}-image gallery and sample photos to {gallery}")
+        datasets.export_fashion_mnist(gallery / "fashion", split="test", limit=n_gallery)
         export_labelled_photos(gallery / "photos")
-        (gallery / ".done").touch()
+        (gallery / ".done").write_text(f"{n_gallery}\n")
     elif any((gallery / "photos").glob("*.png")):
         export_labelled_photos(gallery / "photos")  # an older demo: photos into label folders
     if not ckpt.exists():

@@ -30,6 +30,8 @@ Float32Array = npt.NDArray[np.float32]
 MAX_K = 1000
 MAX_QUERY_CHARS = 500
 DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
+DEFAULT_VOCABULARY = 100_000  # what an index with no vocabulary loads by itself (~8 s)
+DEFAULT_WORDS = "glove-6b-50d"  # the packaged word space, the default of every model
 MODELS = ("devise", "conse", "clip")
 GENERALITY = ("specific", "general")
 # a concept query reads this many images under the concept before ordering them by mass
@@ -158,6 +160,8 @@ class SearchService:
         precision: str = "auto",
         embedders: dict[str, Any] | None = None,
         embedder_factory: Callable[[str, dict[str, Any]], Any] | None = None,
+        notify: Callable[[str], None] | None = None,
+        progress: bool = False,
     ) -> None:
         self.store = store
         self.checkpoint = checkpoint
@@ -165,7 +169,11 @@ class SearchService:
         self._embedders: dict[str, Any] = dict(embedders or {})
         self._factory = embedder_factory
         self._lock = threading.Lock()
-        self._concept_names: dict[str, set[str]] = {}
+        self._concept_names: dict[str, dict[str, tuple[str, str]]] = {}
+        self._vocabulary_lock = threading.Lock()
+        #: where one-line notices go (the CLI prints them to stderr); progress: show bars
+        self.notify: Callable[[str], None] = notify or log.warning
+        self.progress = progress
 
     # ------------------------------------------------------------------ state
 
@@ -202,11 +210,16 @@ class SearchService:
         # one point is enough to know: an exact count costs ~20 ms at 100,000 points
         return next(iter(self.store.scroll_images(batch=1)), None) is not None
 
+    def require_images(self, model: str) -> dict[str, Any]:
+        """What the index records of `model`; raises when it holds no images, or none of
+        `model`'s vectors: image searches cannot do without them."""
+        return self._require_images(model)
+
     def _require_images(self, model: str) -> dict[str, Any]:
         if not self._has_images():
             raise EmptyIndexError(
-                f"the index {self.store.describe()} holds no images yet. Fill it with "
-                "`devise ingest DIR --checkpoint CKPT` (or `devise demo` for the sample)."
+                f"the index {self.store.describe()} holds no images yet: fill it with "
+                "`devise ingest DIR` (or `devise demo` for the sample)"
             )
         rec = (self.meta().get("models") or {}).get(model)
         if rec is None:
@@ -220,20 +233,74 @@ class SearchService:
     # ------------------------------------------------------------------ embedders
 
     def embedder(self, model: str) -> Any:
-        """The embedder that made `model`'s vectors; refuses one with another content id."""
-        rec = self._require_images(model)
+        """The embedder that made `model`'s vectors; refuses one with another content id.
+
+        An index with no `model` vectors (no images at all, say) needs none to embed a query
+        image: the model is built from its defaults (conse, clip) or --checkpoint (devise).
+        """
+        rec = self._model_record(model)
         with self._lock:
             emb = self._embedders.get(model)
             if emb is None:
                 emb = self._build(model, rec)
                 self._embedders[model] = emb
-        if getattr(emb, "content_id", rec.get("id")) != rec.get("id"):
+        if rec.get("id") is not None and getattr(emb, "content_id", rec["id"]) != rec["id"]:
             raise ModelMissingError(
                 f"the index's {model} vectors were made by model {rec.get('id')}, but the "
                 f"loaded {model} model is {emb.content_id}: its answers would be wrong. Use the "
                 f"checkpoint that built the index, or re-ingest with --reembed."
             )
         return emb
+
+    def _model_record(self, model: str) -> dict[str, Any]:
+        """What the index records of `model`, or {} where the defaults (or --checkpoint) do."""
+        rec = (self.meta().get("models") or {}).get(model)
+        if rec is not None:
+            return dict(rec)
+        if model == "devise" and self.checkpoint is None and self._factory is None:
+            if model not in self._embedders:
+                raise ModelMissingError(
+                    "the index records no DeViSE model: pass --checkpoint CKPT (train one with "
+                    "`devise train DATA --out CKPT`), or use --model conse"
+                )
+        elif model not in MODELS:
+            raise ModelMissingError(f"unknown model {model!r}: choose from {', '.join(MODELS)}")
+        return {}
+
+    def _words_source(self, model: str | None = None) -> str:
+        """The word space `model`'s vectors live in (the index's first model's by default)."""
+        records = self.meta().get("models") or {}
+        for name in [model] if model else ["devise", "conse"]:
+            source = (records.get(name) or {}).get("words") or getattr(
+                self._embedders.get(name), "words_source", None
+            )
+            if source:
+                return str(source)
+        return DEFAULT_WORDS
+
+    def ensure_vocabulary(self, source: str | None = None) -> bool:
+        """Loads the default vocabulary (the 100,000 most frequent words) into an index that
+        has none, saying so in one line; True when it loaded. Once: the index then has one."""
+        with self._vocabulary_lock:
+            if (self.meta().get("words") or {}).get("count"):
+                return False
+            from ingest.vocabulary import concepts_for, load_vocabulary
+            from model.words import load_words
+
+            source = source or self._words_source()
+            self.notify(
+                f"the index has no vocabulary yet: loading the {DEFAULT_VOCABULARY:,} most "
+                f"frequent words of {source} (about 8 s; `devise words` picks another size)"
+            )
+            models = self.meta().get("models") or {}
+            load_vocabulary(
+                self.store,
+                load_words(source),
+                DEFAULT_VOCABULARY,
+                self.progress,
+                concepts=concepts_for(models),
+            )
+            return True
 
     def _build(self, model: str, rec: dict[str, Any]) -> Any:
         if self._factory is not None:
@@ -251,7 +318,7 @@ class SearchService:
             weights = rec.get("weights")
             return ConseEmbedder(
                 rec.get("backbone", "efficientnet_lite0"),
-                rec.get("words", "glove-6b-50d"),
+                rec.get("words", DEFAULT_WORDS),
                 int(rec.get("top_t", 10)),
                 # the packaged or torchvision weights resolve by name; a file by its id only
                 "default" if not str(weights or "").startswith("sha256:") else None,
@@ -314,6 +381,7 @@ class SearchService:
                 f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
             )
         if model == "clip":
+            self._require_images("clip")  # images to search among, before any model loads
             return np.asarray(self.embedder("clip").embed_texts([text])[0], dtype=np.float32)
         vectors, unknown = self._phrase_vectors([text], model)
         if vectors[0] is None:
@@ -330,8 +398,8 @@ class SearchService:
         rec = self._require_images(model)
         words_meta = self.meta().get("words") or {}
         # meta's count, not count(WORDS): an exact count of 100k points costs ~10 ms a query
-        if not words_meta.get("count"):
-            raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
+        if not words_meta.get("count") and self.ensure_vocabulary(rec.get("words")):
+            words_meta = self.meta().get("words") or {}
         if rec.get("words") and words_meta.get("source") not in (None, rec.get("words")):
             raise ModelMissingError(
                 f"the vocabulary is {words_meta.get('source')} but the {model} vectors live in "
@@ -643,7 +711,8 @@ class SearchService:
         if generality not in GENERALITY:
             raise BadQueryError(f"generality must be specific or general, got {generality!r}")
         t0 = time.perf_counter()
-        self._require_images(model)
+        # no image of the index is needed: an image it lacks is embedded; conse tags need
+        # only the classifier, devise tags the model and the vocabulary
         if model == "conse":
             results = self._conse_tags(image, k, min_score, generality)
             return Answer(model, (time.perf_counter() - t0) * 1000, results)
@@ -652,6 +721,10 @@ class SearchService:
             emb = self.embedder("clip")
             results = [TagResult(w, s) for w, s in emb.tag(vector, k)]
         else:
+            if not (self.meta().get("words") or {}).get("count"):
+                t_load = time.perf_counter()
+                self.ensure_vocabulary(self._words_source(model))
+                t0 += time.perf_counter() - t_load  # took_ms is the query's, not the load's
             gamma = self._zero_shot_bias(model, zero_shot_bias)
             results = self._word_tags(vector, model, k, min_score, max_rank, gamma)
         return Answer(model, (time.perf_counter() - t0) * 1000, results)
@@ -700,42 +773,49 @@ class SearchService:
         max_rank: int,
         bias: tuple[float, set[str]] = (0.0, set()),
     ) -> list[TagResult]:
-        """The nearest frequent words and the model's own labels and hypernyms; the seen
-        labels' scores less `bias`'s gamma (calibrated stacking, model/gzsl.py)."""
-        gamma, seen = bias
+        """The model's own labels first (the best three), then their hypernyms (two), then
+        the nearest frequent words, each by cosine; the seen labels' scores less `bias`'s
+        gamma (calibrated stacking, model/gzsl.py). A word of a multi-word label never
+        stands alone."""
         if not (self.meta().get("words") or {}).get("count"):
             raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
+        gamma, seen = bias
+        own = self._model_concepts(model)
+        found = self.store.find_words([name for name, _ in own.values()]) if own else {}
+        scored: dict[str, list[tuple[str, float]]] = {"label": [], "hypernym": []}
+        for key, (name, kind) in own.items():
+            vec = found.get(name)
+            if vec is None:
+                continue
+            score = float(np.dot(np.asarray(vec, np.float32), vector))
+            if key in seen:
+                score -= gamma
+            if min_score is None or score >= min_score:
+                scored[kind].append((name, score))
+        pairs: list[tuple[str, float, str]] = []
+        for kind, quota in (("label", 3), ("hypernym", 2)):
+            best = sorted(scored[kind], key=lambda p: -p[1])[:quota]
+            pairs += [(n, sc, kind) for n, sc in best]
+        fragments = {
+            w for _, (name, _) in own.items() if " " in name or "-" in name
+            for w in _label_words(name)
+        }  # fmt: skip
+        taken = {p[0].lower() for p in pairs}
         words = self.store.search_words(
             vector, k * 3, SearchFilter(max_rank=max_rank, min_score=min_score)
         )
-        own = self._model_concepts(model)
-        concepts = self.store.search_words(
-            vector,
-            k * 3,
-            SearchFilter(kinds=("label", "hypernym"), min_score=min_score),
-        )
-        pairs: list[tuple[str, float, str]] = []
-        for h in concepts:
-            name = str(h.payload.get("word"))
-            if name.lower() in own:
-                score = float(h.score) - (gamma if name.lower() in seen else 0.0)
-                pairs.append((name, score, str(h.payload.get("kind", "label"))))
-        # a word that is one of a multi-word label's words ("ankle" of "ankle boot") never
-        # stands alone: it reads as a wrong tag
-        fragments = {w for name in own if " " in name or "-" in name for w in _label_words(name)}
-        taken = {p[0].lower() for p in pairs}
-        for h in words:
-            w = str(h.payload.get("word"))
-            if w.lower() not in taken and w.lower() not in fragments:
-                score = float(h.score) - (gamma if w.lower() in seen else 0.0)
-                pairs.append((w, score, "word"))
-        pairs.sort(key=lambda p: -p[1])
-        folded = fold_inflections([(w, s) for w, s, _ in pairs])
-        kind_of = {w: kd for w, _, kd in pairs}
-        return [TagResult(w, s, kind_of.get(w, "word")) for w, s in folded[:k]]
+        plain = [
+            (str(h.payload.get("word")), float(h.score))
+            for h in words
+            if str(h.payload.get("word")).lower() not in taken | fragments
+        ]
+        plain = [(w, sc - (gamma if w.lower() in seen else 0.0)) for w, sc in plain]
+        plain.sort(key=lambda p: -p[1])
+        pairs += [(w, sc, "word") for w, sc in fold_inflections(plain)]
+        return [TagResult(w, sc, kd) for w, sc, kd in pairs[:k]]
 
-    def _model_concepts(self, model: str) -> set[str]:
-        """Lower-case names of the labels and hypernyms `model` knows."""
+    def _model_concepts(self, model: str) -> dict[str, tuple[str, str]]:
+        """The labels and hypernyms `model` knows: lower-case name -> (name, kind)."""
         with self._lock:
             cache = self._concept_names
             if model not in cache:
@@ -744,9 +824,12 @@ class SearchService:
                 rec = dict((self.meta().get("models") or {}).get(model) or {})
                 if model == "devise" and self.checkpoint is not None:
                     rec["checkpoint"] = str(self.checkpoint)
-                cache[model] = {
-                    c.name.lower() for cs in concepts_for({model: rec}) for c in cs.concepts
-                }
+                own: dict[str, tuple[str, str]] = {}
+                for cs in concepts_for({model: rec}):
+                    for c in cs.concepts:
+                        if c.name.lower() not in own or c.kind == "label":
+                            own[c.name.lower()] = (c.name, c.kind)
+                cache[model] = own
             return cache[model]
 
     def _decode(self, image: ImageInput) -> Any:

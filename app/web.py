@@ -322,12 +322,12 @@ class WebHandlers:
         if st["images"] == 0:
             how = (
                 "Use **Index a folder** below, or run "
-                "`devise ingest DIR --checkpoint CKPT` and `devise words`, "
+                "`devise ingest DIR`, "
                 "or `devise demo` for the Fashion-MNIST sample."
             )
             return f"**The index `{st['index']}` is empty.** {how}"
         models = ", ".join(f"{n} ({m['points']})" for n, m in st["models"].items()) or "none"
-        words = f"{st['words']} words" if st["words"] else "no vocabulary yet (`devise words`)"
+        words = f"{st['words']} words" if st["words"] else "no vocabulary yet (loads on first use)"
         return f"`{st['index']}`: {st['images']} images, {words}; models: {models}"
 
     def label_choices(self) -> list[str]:
@@ -489,7 +489,7 @@ class WebHandlers:
             else:
                 query = image if isinstance(image, bytes) else Path(image).read_bytes()
             if not self.service.models():
-                self.service.embedder("devise")  # raises the empty-index message
+                self.service.require_images("devise")  # raises the empty-index message
             answers = self.service.compare(
                 kind, query, labels=labels or (), folder=folder,
                 min_score=_min_score(min_score), k=_k(k),
@@ -515,6 +515,36 @@ class WebHandlers:
             tags = {tag_key(r): float(r.score) for r in a.results if isinstance(r, TagResult)}
             return GalleryOut(), TagsOut(tags, f"{a.took_ms:.0f} ms")
         return self._gallery(a, "the query"), TagsOut()
+
+    # ---------------------------------------------------------------- for programs
+
+    def search_json(
+        self, query: str, model: str = "devise", labels: Sequence[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The CLI's `search --json` answer; raises ServiceError with the reason."""
+        return self.service.search_text(
+            query, model=model or "devise", labels=labels or (), folder=folder,
+            min_score=min_score, k=int(k),
+        ).to_json()  # fmt: skip
+
+    def similar_json(
+        self, image: bytes, model: str = "devise", labels: Sequence[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The CLI's `similar --json` answer for an uploaded image."""
+        return self.service.similar(
+            image, model=model or "devise", labels=labels or (), folder=folder,
+            min_score=min_score, k=int(k),
+        ).to_json()  # fmt: skip
+
+    def tag_json(
+        self, image: bytes, model: str = "devise", k: int = 10, min_score: float | None = None
+    ) -> dict[str, Any]:
+        """The CLI's `tag --json` answer for an uploaded image."""
+        return self.service.tag(
+            image, model=model or "devise", k=int(k), min_score=min_score
+        ).to_json()
 
     # ---------------------------------------------------------------- indexing
 
@@ -560,6 +590,70 @@ def evaluation_markdown(service: SearchService) -> str:
         f"Test images: `{where}`; hold-out (zero-shot) labels: "
         f"{', '.join(report.holdout) or 'none'}.\n\n```\n{report.table()}\n```"
     )
+
+
+def add_json_api(h: WebHandlers) -> None:
+    """Endpoints made for programs, beside the UI's galleries: `/search_json`, `/similar_json`
+    and `/tag_json` answer with the JSON text that the CLI's --json prints. Call inside Blocks.
+
+    Text, not an object: gradio_client takes any dict with a "path" key for a file and
+    downloads it in its place, which would swap every result for a copy of its image."""
+    import json
+    from typing import get_type_hints
+
+    import gradio as gr
+    from gradio.data_classes import FileData
+
+    def answer(call: Callable[[], dict[str, Any]]) -> str:
+        try:
+            return json.dumps(call())
+        except (*_USER_ERRORS, OSError) as e:
+            raise gr.Error(str(e)) from e  # the client raises with this one line
+
+    def search_json(
+        query: str, model: str = "devise", labels: list[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+    ) -> str:  # fmt: skip
+        """Text -> images: {"model", "took_ms", "results": [{"path", "score", "label",
+        "folder"}]}, as `devise search --json` prints it."""
+        return answer(lambda: h.search_json(query, model, labels, folder, min_score, k))
+
+    def similar_json(
+        image: FileData, model: str = "devise", labels: list[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+    ) -> str:  # fmt: skip
+        """Image -> images (send the image with gradio_client.handle_file), as `devise
+        similar --json` prints it."""
+        return answer(
+            lambda: h.similar_json(uploaded_bytes(image), model, labels, folder, min_score, k)
+        )
+
+    def tag_json(
+        image: FileData, model: str = "devise", k: int = 10, min_score: float | None = None
+    ) -> str:
+        """Image -> tags: {"model", "took_ms", "results": [{"word", "score"}]}, as `devise
+        tag --json` prints it."""
+        return answer(lambda: h.tag_json(uploaded_bytes(image), model, k, min_score))
+
+    for fn in (search_json, similar_json, tag_json):
+        # Gradio reads the types from the annotations, which postponed evaluation left as text
+        fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
+        gr.api(fn, api_name=fn.__name__)
+
+
+def uploaded_bytes(image: Any) -> bytes:
+    """The bytes of a file uploaded to Gradio. A program endpoint gets the file's record
+    unchecked, so only a file inside Gradio's upload folder is read: never one named freely."""
+    from gradio import utils as gr_utils
+
+    path = image.get("path") if isinstance(image, dict) else getattr(image, "path", None)
+    if not path:
+        raise ValueError("send the image as a file: gradio_client.handle_file(PATH)")
+    real = Path(os.path.realpath(path))
+    upload = Path(os.path.realpath(gr_utils.get_upload_folder()))
+    if not real.is_relative_to(upload) or not real.is_file():
+        raise ValueError("send the image as a file: gradio_client.handle_file(PATH)")
+    return real.read_bytes()
 
 
 def build_demo(
@@ -683,18 +777,22 @@ def build_demo(
 
         # ------------------------------------------------------------ events
 
+        # The parameters are named for what they are, and every optional one has a default:
+        # gradio_client callers see these names (`query`, `model`, `labels`, `folder`, ...).
         def on_text(
-            q: str, m: str, ls: list[str], f: str, s: float, n: float
-        ) -> tuple[list[tuple[str, str]], list[str], str]:
-            return gallery_out(h.search_text(q, m, ls, f, s, n))
+            query: str, model: str = "devise", labels: list[str] | None = None,
+            folder: str | None = None, min_score: float | None = None, k: float = DEFAULT_K,
+        ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
+            return gallery_out(h.search_text(query, model, labels, folder, min_score, k))
 
         def on_image(
-            img: str | None, m: str, ls: list[str], f: str, s: float, n: float,
+            image: str | None, model: str = "devise", labels: list[str] | None = None,
+            folder: str | None = None, min_score: float | None = None, k: float = DEFAULT_K,
             query: str | None = None,
         ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
             # `query` comes last with a default (the box's ""), so API clients that send the
             # image and the filters only (before image-plus-words existed) keep working
-            return gallery_out(h.search_image(img, m, ls, f, s, n, query))
+            return gallery_out(h.search_image(image, model, labels, folder, min_score, k, query))
 
         def on_select(
             paths: list[str], m: str, ls: list[str], f: str, s: float, n: float,
@@ -708,16 +806,19 @@ def build_demo(
         on_select.__annotations__["evt"] = gr.SelectData
 
         def on_tag(
-            img: str | None, m: str, n: float, s: float, g: str = "specific"
-        ) -> tuple[dict[str, float], str]:
-            r = h.tag(img, m, n, s, g)
+            image: str | None, model: str = "devise", k: float = DEFAULT_K,
+            min_score: float | None = None, generality: str = "specific",
+        ) -> tuple[dict[str, float], str]:  # fmt: skip
+            r = h.tag(image, model, k, min_score, generality)
             warn(r.ok, r.status)
             return r.tags, r.status
 
         def on_compare(
-            kd: str, q: str, img: str | None, ls: list[str], f: str, s: float, n: float
-        ) -> list[Any]:
-            out = h.compare(kd, q, img, ls, f, s, n)
+            kind: str = "text", query: str | None = None, image: str | None = None,
+            labels: list[str] | None = None, folder: str | None = None,
+            min_score: float | None = None, k: float = DEFAULT_K,
+        ) -> list[Any]:  # fmt: skip
+            out = h.compare(kind, query, image, labels, folder, min_score, k)
             warn(out.ok, out.status)
             updates: list[Any] = []
             for m in slot_models:
@@ -780,6 +881,7 @@ def build_demo(
             api_name="compare",
         )
         demo.load(on_load, None, [model, labels, overview], api_visibility="private")
+        add_json_api(h)
         index_btn.click(
             on_index, [index_folder], [index_status, labels, overview], api_name="index_folder",
             api_visibility="public" if ingest_roots is not None else "private",

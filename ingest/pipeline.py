@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from model.device import default_batch_size, default_device
 from model.images import Preprocess, is_image_path
 from model.loader import default_workers, iter_batches
 from model.words import label_name
@@ -64,6 +65,7 @@ class IngestSummary:
     unchanged: int = 0
     moved: int = 0
     pruned: int = 0
+    twins: int = 0  # points of an older index stored under a symlink path, now settled
     failed: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -87,13 +89,14 @@ class IngestSummary:
             f"indexed {self.indexed}, unchanged {self.unchanged}, moved {self.moved}, "
             f"pruned {self.pruned}, failed {failed}"
             + (f" ({why})" if why else "")
+            + (f", {self.twins} symlinked twin(s) settled" if self.twins else "")
             + f" in {self.seconds:.1f}s"
         )
 
 
 @dataclass(frozen=True)
 class FileEntry:
-    path: str  # absolute posix path, symlinks not resolved
+    path: str  # absolute posix path, symlinks resolved: one file, one point
     size: int
     mtime: float
     label: str
@@ -118,19 +121,23 @@ def walk_images(roots: Sequence[Path], on_error: Callable[[str, str], None]) -> 
         else:
             raise IngestError(f"not a folder or image file: {root}")
         for path, label_root in candidates:
-            key = str(path)
-            if key in seen_files or not is_image_path(path):
+            if not is_image_path(path):
+                continue
+            # the real path: a file reached through a symlinked folder is the file itself;
+            # its label stays the class folder it was reached through
+            key = abs_posix(path)
+            if key in seen_files:
                 continue
             seen_files.add(key)
             try:
-                st = path.stat()
+                st = Path(key).stat()
             except FileNotFoundError:
                 on_error(key, "missing")
                 continue
             except OSError as e:
                 on_error(key, "unreadable" if not isinstance(e, RecursionError) else "symlink loop")
                 continue
-            if not path.is_file():
+            if not Path(key).is_file():
                 continue
             yield FileEntry(key, st.st_size, st.st_mtime, _label_for(path, label_root))
 
@@ -221,14 +228,21 @@ def ingest(
     *,
     prune: bool = False,
     reembed: bool = False,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
     model_meta: dict[str, dict[str, Any]] | None = None,
     on_batch: Callable[[IngestSummary], None] | None = None,
+    gpu_decode: bool = True,
 ) -> IngestSummary:
-    """Index every image under `roots` with every embedder; see the module doc."""
+    """Index every image under `roots` with every embedder; see the module doc.
+
+    The models run on the process's device (`model.device.default_device`); `batch_size`
+    None is that device's default (32 on the CPU, larger on a GPU). `gpu_decode`: on a GPU,
+    decode JPEGs there with nvJPEG (False: PIL in the loader threads, as on the CPU)."""
     t0 = time.perf_counter()
+    device = default_device()
+    batch_size = batch_size or default_batch_size(device)
     if not embedders:
         raise IngestError("no model to ingest with: pass --checkpoint or --models conse")
     summary = IngestSummary()
@@ -243,12 +257,14 @@ def ingest(
     store.ensure_collections({e.name: e.dim for e in embedders})
     record_models(store, embedders, model_meta or {})
     record_roots(store, roots)
+    summary.twins = settle_symlinked_points(store)
 
     files = list(walk_images(roots, lambda p, r: skip(p, r)))
     existing = store.find_by_path([f.path for f in files]) if files else {}
     has_vectors = _vectors_present(store, existing, names)
 
     todo: list[FileEntry] = []
+    refresh: set[str] = set()
     for f in files:
         rec = existing.get(f.path)
         same = (
@@ -257,17 +273,19 @@ def ingest(
             # stores keep mtime to the microsecond at best: compare within a millisecond
             and abs(float(rec.payload.get("mtime", -1)) - f.mtime) < 1e-3
         )
-        if (
-            same
-            and has_vectors.get(f.path, set()) >= set(names)
-            and _has_extra_fields(rec, embedders)
-        ):
-            summary.unchanged += 1
+        if same and has_vectors.get(f.path, set()) >= set(names):
+            if _has_extra_fields(rec, embedders):
+                summary.unchanged += 1
+            else:
+                # an index made before ConSE stored its top classes: embed once more, but
+                # update only these models' vectors and fields, keeping every other model's
+                refresh.add(f.path)
+                todo.append(f)
         else:
             todo.append(f)
 
     # Hash what changed (in threads: it is I/O) to find moved files.
-    n_workers = workers or default_workers()
+    n_workers = workers or default_workers(device)
     hashes: dict[str, str] = {}
     if todo:
         with ThreadPoolExecutor(n_workers, thread_name_prefix="hash") as pool:
@@ -280,6 +298,9 @@ def ingest(
         digest = hashes.get(f.path)
         if digest is None:
             skip(f.path, "unreadable")
+            continue
+        if f.path in refresh:
+            to_embed.append(f)
             continue
         donor = _reusable(store, by_hash.get(digest, []), f.path, names)
         if donor is None:
@@ -316,7 +337,14 @@ def ingest(
     try:
         specs = _unique_specs(embedders)
         paths = [f.path for f in to_embed]
-        for batch in iter_batches(paths, [s for s, _ in specs], batch_size, n_workers):
+        for batch in iter_batches(
+            paths,
+            [s for s, _ in specs],
+            batch_size,
+            n_workers,
+            device=device,
+            gpu_decode=gpu_decode,
+        ):
             summary.batches += 1
             summary.wait_seconds += batch.wait_s
             for i, err in batch.failures:
@@ -342,8 +370,22 @@ def ingest(
                     }
                     for f, (w, h), extra in zip(entries, batch.sizes, extras, strict=True)
                 ]
-                store.upsert_images([image_point_id(f.path) for f in entries], payloads, vectors)  # type: ignore[arg-type]
-                summary.indexed += len(entries)
+                fresh = [i for i, f in enumerate(entries) if f.path not in refresh]
+                stale = [i for i, f in enumerate(entries) if f.path in refresh]
+                if fresh:
+                    store.upsert_images(
+                        [image_point_id(entries[i].path) for i in fresh],
+                        [payloads[i] for i in fresh],  # type: ignore[misc]
+                        {n: v[fresh] for n, v in vectors.items()},
+                    )
+                if stale:
+                    ids = [image_point_id(entries[i].path) for i in stale]
+                    for n, v in vectors.items():
+                        store.update_vectors(ids, n, v[stale])
+                    for pid, i in zip(ids, stale, strict=True):
+                        store.set_image_payload(pid, dict(payloads[i]))
+                summary.indexed += len(fresh)
+                summary.unchanged += len(stale)
             bar.update(len(batch.indices) + len(batch.failures))
             if on_batch is not None:
                 on_batch(summary)
@@ -375,6 +417,10 @@ def embed_batch(
             head = getattr(emb, "embed_features", None)
             if backbone is None or head is None:
                 vectors[emb.name] = emb.embed_arrays(arr)
+                extra = getattr(emb, "extra_payload", None)
+                if extras is not None and extra is not None:
+                    for row, fields in zip(extras, extra(arr), strict=True):
+                        row.update(fields)
                 continue
             wid = backbone.weights_id
             # random-init backbones are only alike if they are the same object
@@ -462,3 +508,57 @@ def prune_missing(store: Store, roots: Sequence[Path]) -> int:
     for start in range(0, len(gone), 512):
         store.delete_images(gone[start : start + 512])
     return len(gone)
+
+
+REAL_PATHS = "real"  # meta["paths"]: every point's stored path has its symlinks resolved
+
+
+def settle_symlinked_points(store: Store) -> int:
+    """Older indexes stored paths as reached, so a file ingested through a symlink too was
+    two points. Once per index, each point whose stored path is not its real path is
+    settled: deleted when its file is already a point (a twin), else moved to its real
+    path, vectors and all. Returns how many points were settled."""
+    meta = store.get_meta()
+    if meta.get("paths") == REAL_PATHS:
+        return 0
+    stale = [
+        rec
+        for rec in store.scroll_images(with_vectors=False)
+        if abs_posix(str(rec.payload.get("path", ""))) != rec.payload.get("path")
+    ]
+    real = {rec.id: abs_posix(str(rec.payload["path"])) for rec in stale}
+    taken = set(store.find_by_path(sorted(set(real.values())))) if stale else set()
+    twins: list[str] = []
+    names = list(store.vector_sizes())
+    for rec in stale:
+        target = real[rec.id]
+        if target in taken:
+            twins.append(rec.id)
+            continue
+        if not os.path.isfile(target):
+            continue  # a file gone: `--prune` deletes it as it does any other
+        full = store.retrieve_images([rec.id], with_vectors=names)
+        vectors = {n: v[None, :] for n, v in full[0].vectors.items() if v is not None}
+        payload = dict(rec.payload)
+        payload.update(
+            image_payload(
+                target,
+                label=str(payload.get("label", "")),
+                width=int(payload.get("width", 0)),
+                height=int(payload.get("height", 0)),
+                size_bytes=int(payload.get("bytes", 0)),
+                mtime=float(payload.get("mtime", 0.0)),
+                sha256=str(payload.get("sha256", "")),
+            )
+        )
+        store.upsert_images([image_point_id(target)], [payload], vectors)  # type: ignore[list-item]
+        twins.append(rec.id)  # after the upsert: a kill in between loses nothing
+        taken.add(target)
+    for start in range(0, len(twins), 512):
+        store.delete_images(twins[start : start + 512])
+    if twins:
+        log.warning("settled %d point(s) stored under a symlinked path", len(twins))
+    meta = store.get_meta()
+    meta["paths"] = REAL_PATHS
+    store.set_meta(meta)
+    return len(twins)

@@ -90,14 +90,18 @@ def add_concepts(store: Store, words: WordVectors, concepts: Sequence[ConceptSet
     names: list[str] = []
     kinds: list[str] = []
     vecs: list[np.ndarray] = []
-    seen: set[str] = set()
+    where: dict[str, int] = {}
     for cs in concepts:
         for c in cs.concepts:
             key = c.name.lower()
-            vec = words.label_vector(c.name)
-            if key in seen or vec is None:
+            if key in where:
+                if c.kind == "label":  # a label of any model is a label
+                    kinds[where[key]] = "label"
                 continue
-            seen.add(key)
+            vec = words.label_vector(c.name)
+            if vec is None:
+                continue
+            where[key] = len(names)
             names.append(c.name)
             kinds.append(c.kind)
             vecs.append(vec)

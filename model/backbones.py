@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from model import fastpath
+from model.device import CPU, Device, GpuRunner, pick, prepare, to_device
 from model.specs import (
     DEFAULT_BACKBONE,
     RANDOM_INIT,
@@ -108,8 +109,26 @@ class Backbone(SpecNamed, nn.Module):
         self._compile_lock = threading.Lock()
         # names the weights in the compiled-model cache; None once they changed in place
         self._weights_key: str | None = weights_id
+        #: where the forward pass runs; `to_device` moves it to a GPU
+        self.device: Device = CPU
+        self._gpu: GpuRunner | None = None
         self.eval()
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+    def to_device(self, device: Device) -> Backbone:
+        """Run on `device`. On a GPU: channels_last, bf16/fp16 autocast checked against fp32
+        on the first batch, OOM back-off; OpenVINO (a CPU runtime) is not used there."""
+        if not device.is_cuda:
+            self.to("cpu")
+            self.device, self._gpu = device, None
+            return self
+        prepare(device)
+        self.to(device.torch_name, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.device = device
+        self.runtime = "torch"
+        self._forget_compiled()
+        self._gpu = GpuRunner(device, self.name)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))
@@ -142,7 +161,7 @@ class Backbone(SpecNamed, nn.Module):
         h = hashlib.sha256()
         for k, v in self.state_dict().items():
             h.update(k.encode())
-            h.update(v.detach().contiguous().numpy().tobytes())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return f"state-sha256:{h.hexdigest()[:20]}"
 
     def _fast(self) -> fastpath.CompiledModel | None:
@@ -173,6 +192,9 @@ class Backbone(SpecNamed, nn.Module):
     @torch.inference_mode()
     def features(self, batch: npt.NDArray[np.float32] | torch.Tensor) -> npt.NDArray[np.float32]:
         """(N, 3, H, W) preprocessed images -> (N, feature_dim) float32 pooled features."""
+        if self._gpu is not None:
+            x = to_device(batch, self.device).contiguous(memory_format=torch.channels_last)
+            return self._gpu(self, x).cpu().numpy()  # type: ignore[no-any-return]
         x = torch.as_tensor(batch)
         size = self.spec.preprocess.size
         # compiled for the backbone's own input size; anything else runs eagerly
@@ -214,7 +236,10 @@ class Backbone(SpecNamed, nn.Module):
     @torch.inference_mode()
     def logits(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """ImageNet-1k logits from pooled features (fp32: this layer is cheap)."""
-        return self.classifier(torch.from_numpy(features).float()).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(features)).float()
+        if self.device.is_cuda:
+            return self.classifier(to_device(x, self.device)).cpu().numpy()  # type: ignore[no-any-return]
+        return self.classifier(x).numpy()
 
 
 def _avgpool_flatten(x: torch.Tensor) -> torch.Tensor:
@@ -327,9 +352,11 @@ def load_backbone(
     weights: str | os.PathLike[str] | None = "default",
     precision: str = "fp32",
     runtime: str | None = None,
+    device: Device | str | None = None,
 ) -> Backbone:
     """Build a backbone. `weights`: "default" (ImageNet), a file path, or None (random init).
-    `runtime`: "auto", "openvino" or "torch" (None: `fastpath.default_runtime()`)."""
+    `runtime`: "auto", "openvino" or "torch" (None: `fastpath.default_runtime()`).
+    `device`: where it runs (None: the process default, `model.device.default_device`)."""
     spec = get_spec(name)
     try:
         rt = fastpath.resolve_runtime(runtime)
@@ -337,4 +364,7 @@ def load_backbone(
         raise BackboneError(str(e)) from None
     bb = _BUILDERS[name](spec, weights, resolve_precision(precision))
     bb.runtime = rt
+    dev = pick(device)
+    if dev.is_cuda:
+        bb.to_device(dev)
     return bb

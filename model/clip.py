@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from model.device import Device, GpuRunner, pick, prepare, to_device
 from model.images import Preprocess
 from model.specs import file_id
 from model.words import imagenet_class_names, unit
@@ -221,7 +222,11 @@ class ClipEmbedder:
         cache_dir: Path | None = None,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         batch_size: int = 32,
+        device: Device | str | None = None,
     ) -> None:
+        #: where the towers run (None: the process default, `model.device.default_device`)
+        self.device: Device = pick(device)
+        self._gpu: GpuRunner | None = None
         self.model_name = model_name
         self.pretrained = pretrained
         self.precision = precision
@@ -253,9 +258,12 @@ class ClipEmbedder:
         self.precision = "fp32"
         self.templates = DEFAULT_TEMPLATES
         self.batch_size = 8
+        self.device = pick(None)
+        self._gpu = None
         self._cache_dir = None
         self._lock = threading.Lock()
         self._model = model.eval()
+        self._place()
         self._preprocess = preprocess
         self._tokenizer = tokenizer
         self._vocab = None
@@ -298,6 +306,15 @@ class ClipEmbedder:
             self._tokenizer = open_clip.get_tokenizer(self.model_name)
             self._dim = _output_dim(model)
             self._model = model
+            self._place()
+
+    def _place(self) -> None:
+        """Move the towers to a GPU device (channels_last, checked mixed precision)."""
+        if not self.device.is_cuda:
+            return
+        prepare(self.device)
+        self._model.to(self.device.torch_name, memory_format=torch.channels_last)
+        self._gpu = GpuRunner(self.device, f"clip {self.model_name}")
 
     @property
     def dim(self) -> int:
@@ -352,6 +369,9 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def _encode_images(self, x: torch.Tensor) -> Float32Array:
+        if self._gpu is not None:
+            xg = to_device(x, self.device).contiguous(memory_format=torch.channels_last)
+            return np.asarray(self._gpu(self._model.encode_image, xg).cpu().numpy(), np.float32)
         compiled = self._compiled_visual(tuple(x.shape)) if len(x) else None
         if compiled is not None:
             return np.asarray(compiled(x.numpy()), dtype=np.float32)
@@ -378,10 +398,21 @@ class ClipEmbedder:
         out = []
         for s in range(0, len(prompts), 256):
             tokens = self._tokenizer(prompts[s : s + 256])
+            if self._gpu is not None:  # text: same autocast, checked by its own runner
+                f = self._text_runner()(self._model.encode_text, to_device(tokens, self.device))
+                out.append(f.cpu().numpy())
+                continue
             with self._autocast():
                 f = self._model.encode_text(tokens)
             out.append(f.float().numpy())
         return unit(np.concatenate(out))
+
+    _text_gpu: GpuRunner | None = None
+
+    def _text_runner(self) -> GpuRunner:
+        if self._text_gpu is None:
+            self._text_gpu = GpuRunner(self.device, f"clip {self.model_name} text")
+        return self._text_gpu
 
     def embed_texts(self, texts: Sequence[str]) -> Float32Array:
         """Each text through the prompt templates, averaged over templates, unit-norm."""
@@ -411,6 +442,8 @@ class ClipEmbedder:
     def embed_arrays(self, arrays: Float32Array) -> Float32Array:
         """(N, 3, H, W) arrays preprocessed with `preprocess` -> (N, D) unit vectors."""
         self._build()
+        if isinstance(arrays, torch.Tensor):  # already on the GPU (the CUDA loader)
+            return unit(self._encode_images(arrays))
         return unit(self._encode_images(torch.from_numpy(np.ascontiguousarray(arrays))))
 
     def tag(self, vector: Float32Array, k: int) -> list[tuple[str, float]]:

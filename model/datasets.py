@@ -20,7 +20,7 @@ import struct
 import subprocess
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 from urllib.error import URLError
@@ -203,6 +203,13 @@ def _apt_install_fashion(apt: list[str]) -> bool:
     return subprocess.run(install, env=env, capture_output=True).returncode == 0
 
 
+def _complete(folder: Path, names: Sequence[str]) -> tuple[Path, Path] | None:
+    """The (images, labels) files when `folder` holds every one of `names`, else None."""
+    if all((folder / n).is_file() for n in names):
+        return folder / names[0], folder / names[1]
+    return None
+
+
 def _fashion_files(
     split: str, source_dir: Path | None, cache_dir: Path | None, progress: bool
 ) -> tuple[Path, Path]:
@@ -213,8 +220,8 @@ def _fashion_files(
             raise DatasetError(f"{source_dir} lacks {', '.join(missing)}")
         return source_dir / names[0], source_dir / names[1]
     system = fashion_mnist_dir()
-    if all((system / n).is_file() for n in names):
-        return system / names[0], system / names[1]
+    if (found := _complete(system, names)) is not None:
+        return found
     cache = (cache_dir or default_cache_dir()) / "fashion-mnist"
     for n in names:
         path = cache / n
@@ -227,8 +234,8 @@ def _fashion_files(
             if apt is not None and _apt_install_fashion(apt):
                 # the package installs into its own folder, whatever the variable says
                 for where in (system, FASHION_MNIST_SYSTEM_DIR):
-                    if all((where / m).is_file() for m in names):
-                        return where / names[0], where / names[1]
+                    if (found := _complete(where, names)) is not None:
+                        return found
             raise
         digest = _sha256(gzip.decompress(path.read_bytes()))
         if digest != _FASHION_SHA256[n.removesuffix("-ubyte.gz")]:

@@ -302,10 +302,13 @@ def load_compiled(
     name: str, weights_id: str, precision: str, weights_key: str | None = None
 ) -> CompiledBackbone | None:
     """The backbone from the compiled-model cache, or None when it is not cached (or the
-    runtime is torch, or bf16 is asked for where OpenVINO cannot run it natively)."""
+    runtime is torch, or bf16 is asked for where OpenVINO cannot run it natively, or the
+    models run on a GPU)."""
+    from model.device import default_device
+
     spec = get_spec(name)
     prec = resolve_precision(precision)
-    if not takes_fast_path(prec):
+    if default_device().is_cuda or not takes_fast_path(prec):
         return None
     xml = ir_path(name, backbone_key(name, weights_key or weights_id))
     cls = _classifier_path(xml)

@@ -1,8 +1,10 @@
 """Labelled image folders, and backbone features extracted once and cached on disk.
 
 The cache key covers the backbone, its weights, the numeric precision and the file list
-(path, size, mtime), so retraining a projection head costs seconds, not minutes, and any
-change to the images or the backbone recomputes.
+(path, size, mtime), but not the device: features are stored as fp32 whichever device made
+them (GPU autocast is checked against fp32 to cosine 0.999), so a cache built on a GPU is
+reused on the CPU and the other way round. So retraining a projection head costs seconds,
+not minutes, and any change to the images or the backbone recomputes.
 """
 
 from __future__ import annotations
@@ -121,7 +123,11 @@ def extract_features(
     ok: list[int] = []
     t0 = time.perf_counter()
     with tqdm(total=len(paths), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for batch in iter_batches(paths, backbone.spec.preprocess, batch_size, workers):
+        # a GPU backbone gets its batches decoded onto the GPU (nvJPEG, pinned copies)
+        device = getattr(backbone, "device", None)
+        for batch in iter_batches(
+            paths, backbone.spec.preprocess, batch_size, workers, device=device
+        ):
             for _, err in batch.failures:
                 tqdm.write(f"skipping {err}")  # ImageError says "PATH: reason (detail)"
             if batch.indices:

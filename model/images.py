@@ -209,6 +209,66 @@ def _open(source: Source, name: str) -> tuple[IO[bytes], int]:
     return os.fdopen(fd, "rb"), st.st_size
 
 
+def _open_header(f: IO[bytes], name: str, nbytes: int, max_pixels: int) -> Image.Image:
+    """PIL's view of the file with only its header read, after the checks every decoder
+    shares: not empty, a format we let run, a sane size within the pixel budget."""
+    if nbytes == 0:
+        raise ImageError(name, "empty", "zero bytes")
+    try:
+        im: Image.Image = Image.open(f, formats=_formats())
+    except UnidentifiedImageError as e:
+        raise ImageError(name, "not an image", "unknown format") from e
+    except Image.DecompressionBombError as e:
+        # PIL's own guard (twice its MAX_IMAGE_PIXELS) fires inside open().
+        raise ImageError(name, "too many pixels", str(e)) from e
+    except OSError as e:
+        raise ImageError(name, "unreadable", e.strerror or str(e)) from e
+    except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
+        raise ImageError(name, "not an image", f"{type(e).__name__}: {e}") from e
+
+    # Only the header has been read so far: refuse bombs before a pixel is decoded.
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError(name, "not an image", f"size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError(
+            name, "too many pixels", f"{w}x{h} is over the budget of {max_pixels:,} pixels"
+        )
+    return im
+
+
+def jpeg_for_gpu(
+    source: Source, *, max_pixels: int = MAX_PIXELS
+) -> tuple[bytes, int, int, int] | None:
+    """A plain JPEG's bytes, upright size and EXIF orientation, for a GPU decoder; None
+    when the file should go through `decode_image_info` instead (any other format, CMYK,
+    multi-picture, or a file whose data does not end where a JPEG must).
+
+    Only the header is parsed (PIL reads EXIF there without decoding a pixel), and the
+    same rules as `decode_image_info` refuse a file, with the same `ImageError`s.
+    """
+    name = _describe(source)
+    f, nbytes = _open(source, name)
+    with f:
+        im = _open_header(f, name, nbytes, max_pixels)
+        if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+            return None
+        orientation = _orientation(im)
+        try:
+            f.seek(0)
+            data = f.read()
+        except OSError as e:
+            raise ImageError(name, "unreadable", e.strerror or str(e)) from e
+    # A truncated JPEG must fail as it does on the CPU, never decode to a half-grey
+    # picture: without the end-of-image marker, the CPU decoder gets the file and says so.
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    w, h = im.size
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return data, w, h, orientation
+
+
 def decode_image_info(
     source: Source,
     *,
@@ -220,28 +280,8 @@ def decode_image_info(
     name = _describe(source)
     f, nbytes = _open(source, name)
     with f:
-        if nbytes == 0:
-            raise ImageError(name, "empty", "zero bytes")
-        try:
-            im: Image.Image = Image.open(f, formats=_formats())
-        except UnidentifiedImageError as e:
-            raise ImageError(name, "not an image", "unknown format") from e
-        except Image.DecompressionBombError as e:
-            # PIL's own guard (twice its MAX_IMAGE_PIXELS) fires inside open().
-            raise ImageError(name, "too many pixels", str(e)) from e
-        except OSError as e:
-            raise ImageError(name, "unreadable", e.strerror or str(e)) from e
-        except Exception as e:  # noqa: BLE001 - PIL raises many types on bad headers
-            raise ImageError(name, "not an image", f"{type(e).__name__}: {e}") from e
-
-        # Only the header has been read so far: refuse bombs before a pixel is decoded.
+        im = _open_header(f, name, nbytes, max_pixels)
         w, h = im.size
-        if w <= 0 or h <= 0:
-            raise ImageError(name, "not an image", f"size {w}x{h}")
-        if w * h > max_pixels:
-            raise ImageError(
-                name, "too many pixels", f"{w}x{h} is over the budget of {max_pixels:,} pixels"
-            )
         fmt = im.format or "?"
         # Image.open leaves animations (GIF, APNG, WebP) and multi-page TIFF on their first
         # frame. Asking n_frames would walk every frame, so it is not asked.

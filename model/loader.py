@@ -13,27 +13,39 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from model.images import ImageError, Preprocess, decode_image_info, to_array
+from model.device import Device, decode_workers
+from model.images import ImageError, Preprocess, decode_image_info, jpeg_for_gpu, to_array
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.device import GpuJpegDecoder, JpegJob
 
 #: Batches decoded ahead of the one being embedded: enough to hide decode jitter, small
 #: enough that 3 x 32 x 3 x 224 x 224 float32 (~58 MB) bounds the memory.
 LOOKAHEAD_BATCHES = 3
+#: JPEGs nvJPEG decodes in one call: enough to batch the work, few enough that 12-megapixel
+#: pictures hold about 1.2 GB of GPU memory (32 x 36 MB) at a time
+GPU_DECODE_GROUP = 32
 
 
 @dataclass
 class Batch:
     indices: list[int]  # positions in the input sequence of the images that decoded
-    arrays: list[npt.NDArray[np.float32]]  # one (len(indices), 3, H, W) array per spec
+    # one (len(indices), 3, H, W) float32 array per spec; on a CUDA device, a torch tensor
+    # already on the GPU (typed Any: numpy on the CPU path, torch on the GPU path)
+    arrays: list[Any]
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each file's own (w, h)
     failures: list[tuple[int, ImageError]] = field(default_factory=list)
     wait_s: float = 0.0  # how long the consumer waited for this batch (loader starvation)
 
     @property
-    def array(self) -> npt.NDArray[np.float32]:
+    def array(self) -> Any:
         """The array for the first (usually only) preprocessing spec."""
         return self.arrays[0]
 
@@ -65,8 +77,9 @@ def _load_chunk(
     return Batch(indices, stacked, sizes, failures)
 
 
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+def default_workers(device: Device | None = None) -> int:
+    """Decode threads: one per core this process may use, capped (`model.device`)."""
+    return decode_workers(device)
 
 
 def iter_batches(
@@ -75,15 +88,33 @@ def iter_batches(
     batch_size: int = 32,
     workers: int | None = None,
     lookahead: int = LOOKAHEAD_BATCHES,
+    device: Device | None = None,
+    gpu_decode: bool = True,
 ) -> Iterator[Batch]:
     """Yield decoded batches in input order; bad images are reported in `Batch.failures`.
 
     With several preprocessing specs (backbones that differ in size or normalisation),
     each image is decoded once and preprocessed once per spec.
+
+    On a CUDA `device` the arrays arrive on the GPU as torch tensors: JPEGs are decoded
+    there by nvJPEG (`gpu_decode`, where torchvision has it) after their headers passed
+    the usual checks in the loader threads; other files are decoded by PIL as always and
+    copied over from pinned memory.
     """
     specs = [spec] if isinstance(spec, Preprocess) else list(spec)
     if batch_size < 1:
         raise ValueError("batch size must be at least 1")
+    if device is not None and device.is_cuda:
+        yield from _iter_batches_cuda(
+            sources,
+            specs,
+            batch_size,
+            workers or default_workers(device),
+            lookahead,
+            device,
+            gpu_decode,
+        )
+        return
     items = list(enumerate(sources))
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if not chunks:
@@ -120,5 +151,160 @@ def iter_batches(
                 arrays=[np.concatenate([b.arrays[s] for b in done]) for s in range(len(specs))],
                 sizes=[sz for b in done for sz in b.sizes],
                 failures=[f for b in done for f in b.failures],
+                wait_s=wait,
+            )
+
+
+# ------------------------------------------------------------------ the CUDA path
+
+
+@dataclass
+class _CudaPart:
+    """What one loader thread made of its share of a batch: PIL-decoded arrays, and JPEGs
+    whose headers passed, left for nvJPEG."""
+
+    cpu: Batch
+    jobs: list[tuple[int, JpegJob]] = field(default_factory=list)
+
+
+def _load_chunk_cuda(
+    chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]],
+    specs: Sequence[Preprocess],
+    nvjpeg: bool,
+) -> _CudaPart:
+    from model.device import JpegJob
+
+    if not nvjpeg:
+        return _CudaPart(_load_chunk(chunk, specs))
+    rest: list[tuple[int, str | os.PathLike[str] | bytes]] = []
+    jobs: list[tuple[int, JpegJob]] = []
+    failures: list[tuple[int, ImageError]] = []
+    for i, src in chunk:
+        try:
+            found = jpeg_for_gpu(src)
+        except ImageError as e:
+            failures.append((i, e))
+            continue
+        if found is None:
+            rest.append((i, src))
+        else:
+            jobs.append((i, JpegJob(*found)))
+    cpu = _load_chunk(rest, specs)
+    cpu.failures.extend(failures)
+    return _CudaPart(cpu, jobs)
+
+
+def _gpu_arrays(
+    decoder: GpuJpegDecoder,
+    jobs: list[tuple[int, JpegJob]],
+    sources: Sequence[str | os.PathLike[str] | bytes],
+    specs: Sequence[Preprocess],
+) -> tuple[dict[int, list[torch.Tensor]], dict[int, tuple[int, int]], list[tuple[int, Any]]]:
+    """nvJPEG-decoded, preprocessed tensors per image; a file nvJPEG refused is decoded
+    by PIL here instead, so its bad-file rules (and error) are exactly the CPU path's."""
+    from model.device import crop_resize_normalise, to_device
+
+    tensors: dict[int, list[torch.Tensor]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    failures: list[tuple[int, Any]] = []
+    draft = max(s.resize for s in specs)
+    # in groups: a batch of 12-megapixel pictures decoded at once would hold gigabytes of
+    # GPU memory; each group is preprocessed (to 224 px) before the next is decoded
+    group = GPU_DECODE_GROUP
+    decoded = (
+        (jobs[k + n], img)
+        for k in range(0, len(jobs), group)
+        for n, img in enumerate(decoder.decode([j for _, j in jobs[k : k + group]]))
+    )
+    for (i, job), img in decoded:
+        if img is not None:
+            tensors[i] = [
+                crop_resize_normalise(img, s.size, s.resize, s.mean, s.std) for s in specs
+            ]
+            sizes[i] = (job.width, job.height)
+            continue
+        try:
+            info = decode_image_info(sources[i], draft_size=draft)
+        except ImageError as e:
+            failures.append((i, e))
+            continue
+        tensors[i] = [to_device(to_array(info.image, s), decoder.device) for s in specs]
+        sizes[i] = (info.width, info.height)
+    return tensors, sizes, failures
+
+
+def _iter_batches_cuda(
+    sources: Sequence[str | os.PathLike[str] | bytes],
+    specs: list[Preprocess],
+    batch_size: int,
+    n_workers: int,
+    lookahead: int,
+    device: Device,
+    gpu_decode: bool,
+) -> Iterator[Batch]:
+    import torch
+
+    from model.device import GpuJpegDecoder, to_device
+
+    decoder = GpuJpegDecoder(device)
+    nvjpeg = gpu_decode and GpuJpegDecoder.available(device)
+    items = list(enumerate(sources))
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="decode") as pool:
+        pending: deque[list[Future[_CudaPart]]] = deque()
+
+        def submit(chunk: list[tuple[int, str | os.PathLike[str] | bytes]]) -> None:
+            step = max(1, -(-len(chunk) // n_workers))
+            pending.append(
+                [
+                    pool.submit(_load_chunk_cuda, chunk[j : j + step], specs, nvjpeg)
+                    for j in range(0, len(chunk), step)
+                ]
+            )
+
+        it = iter(chunks)
+        for chunk in it:
+            submit(chunk)
+            if len(pending) > lookahead:
+                break
+        while pending:
+            parts = pending.popleft()
+            t0 = time.perf_counter()
+            done = [f.result() for f in parts]
+            wait = time.perf_counter() - t0
+            nxt = next(it, None)
+            if nxt is not None:
+                submit(nxt)
+            per_image: dict[int, list[torch.Tensor]] = {}
+            sizes: dict[int, tuple[int, int]] = {}
+            failures: list[tuple[int, Any]] = []
+            for part in done:
+                b = part.cpu
+                failures.extend(b.failures)
+                if b.indices:  # one pinned, non-blocking copy per spec for the PIL-decoded
+                    moved = [to_device(a, device) for a in b.arrays]
+                    for k, (i, sz) in enumerate(zip(b.indices, b.sizes, strict=True)):
+                        per_image[i] = [m[k] for m in moved]
+                        sizes[i] = sz
+            jobs = [j for part in done for j in part.jobs]
+            if jobs:
+                t, s, f = _gpu_arrays(decoder, jobs, sources, specs)
+                per_image.update(t)
+                sizes.update(s)
+                failures.extend(f)
+            order = sorted(per_image)
+            arrays = [
+                torch.stack([per_image[i][k] for i in order])
+                if order
+                else torch.zeros((0, 3, sp.size, sp.size), device=device.torch_name)
+                for k, sp in enumerate(specs)
+            ]
+            yield Batch(
+                indices=order,
+                arrays=arrays,
+                sizes=[sizes[i] for i in order],
+                failures=sorted(failures, key=lambda x: x[0]),
                 wait_s=wait,
             )

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from model.backbones import RANDOM_INIT, load_backbone
 from model.checkpoint import save_checkpoint
+from model.device import Device, autocast_dtype, pick
 from model.devise import LOSSES, DeviseHead, HeadKind, LossKind
 from model.features import DataError, LabelledImages, extract_features, scan_image_folder
 from model.words import DEFAULT_WORDS, WordVectors, load_words
@@ -36,7 +37,7 @@ class TrainConfig:
     head: HeadKind = "linear"
     margin: float = 0.1
     # label vectors moved towards their WordNet hypernyms (model/vocab/hierarchy.py); 0: off
-    hypernym_weight: float = 1.0
+    hypernym_weight: float = 0.5
     hypernym_depth: int = 3
     epochs: int = 40
     lr: float = 1e-3
@@ -50,6 +51,8 @@ class TrainConfig:
     cache_dir: Path | None = None
     finetune_epochs: int = 0  # > 0: then unfreeze the backbone's last stage for this many
     finetune_lr: float = 1e-4
+    #: "auto", "cpu", "cuda[:N]"; None: the process default (`model.device.default_device`)
+    device: str | None = None
 
 
 @dataclass
@@ -175,7 +178,9 @@ def train(
     label_vectors = torch.from_numpy(matrix)
     seen = [i for i in range(len(data.labels)) if i not in holdout]
 
-    backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision)
+    device = pick(cfg.device)
+    td = device.torch_name
+    backbone = load_backbone(cfg.backbone, cfg.weights, cfg.precision, device=device)
     feats = extract_features(
         backbone,
         data.paths,
@@ -185,20 +190,22 @@ def train(
         desc=f"{backbone.name} features",
     )
     targets = data.targets[feats.ok]
-    x_all = torch.from_numpy(feats.features)
+    # the projection and the probe train on the chosen device too (from fp32 features)
+    x_all = torch.from_numpy(feats.features).to(td)
     tr, va, _ = split_indices(targets, holdout, cfg.val_fraction, cfg.seed)
     if len(tr) == 0:
         raise DataError(f"no training images left in {data_dir} after hold-out and validation")
 
     # Targets re-indexed into the seen labels: the model never sees a hold-out vector.
     seen_index = {c: i for i, c in enumerate(seen)}
-    y_seen = torch.tensor([seen_index.get(int(t), -1) for t in targets])
-    y_all = torch.from_numpy(targets)
+    y_seen = torch.tensor([seen_index.get(int(t), -1) for t in targets]).to(td)
+    y_all = torch.from_numpy(targets).to(td)
+    label_vectors = label_vectors.to(td)
     x, xv = x_all[tr], x_all[va]
-    mean, std = x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1])
+    mean, std = x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1], device=td)
 
     torch.manual_seed(cfg.seed)
-    head = DeviseHead(backbone.feature_dim, words.dim, cfg.head)
+    head = DeviseHead(backbone.feature_dim, words.dim, cfg.head).to(td)
     head.set_feature_stats(mean, std)
     seen_vectors = label_vectors[seen]
     loss_name = cfg.loss
@@ -217,7 +224,13 @@ def train(
     head = head_fit  # type: ignore[assignment]
     if cfg.finetune_epochs > 0:
         extra = finetune(
-            backbone, head, [data.paths[i] for i in feats.ok[tr]], y_seen[tr], seen_vectors, cfg
+            backbone,
+            head,
+            [data.paths[i] for i in feats.ok[tr]],
+            y_seen[tr],
+            seen_vectors,
+            cfg,
+            device,
         )
         losses.extend(extra)
         # the backbone changed: validation features must be computed again
@@ -229,14 +242,15 @@ def train(
                 workers=cfg.workers,
                 desc="validation features",
             ).features
-        )
+        ).to(td)
     fit_seconds = time.perf_counter() - t0
     calibration = calibrate(
         x_all, targets, tr, va, seen, holdout, label_vectors, cfg, backbone.feature_dim, words.dim
     )
 
     # The paper's baseline: a softmax classifier on the same frozen features and split.
-    probe = nn.Sequential(_Standardize(mean, std), nn.Linear(backbone.feature_dim, len(seen)))
+    linear = nn.Linear(backbone.feature_dim, len(seen))
+    probe = nn.Sequential(_Standardize(mean, std), linear).to(td)
     probe, _, _ = _fit(  # type: ignore[assignment]
         probe,
         lambda p, y: F.cross_entropy(p, y),
@@ -268,12 +282,13 @@ def train(
         if not feats.cached and feats.seconds > 0:
             metrics["extract_img_per_s"] = len(feats.ok) / feats.seconds
 
-    tensors: dict[str, torch.Tensor] = {f"head.{k}": v for k, v in head.state_dict().items()}
-    tensors.update({f"softmax.{k}": v for k, v in probe.state_dict().items()})
-    tensors["labels.vectors"] = label_vectors
+    # the checkpoint is the same whichever device trained it: every tensor from the CPU
+    tensors: dict[str, torch.Tensor] = {f"head.{k}": v.cpu() for k, v in head.state_dict().items()}
+    tensors.update({f"softmax.{k}": v.cpu() for k, v in probe.state_dict().items()})
+    tensors["labels.vectors"] = label_vectors.cpu()
     if backbone.weights_id == RANDOM_INIT or cfg.finetune_epochs > 0:
         # A random or fine-tuned backbone cannot be rebuilt from a name: carry it.
-        tensors.update({f"backbone.{k}": v for k, v in backbone.state_dict().items()})
+        tensors.update({f"backbone.{k}": v.cpu() for k, v in backbone.state_dict().items()})
     meta: dict[str, Any] = {
         "backbone": backbone.name,
         "weights": backbone.weights_id,
@@ -325,8 +340,8 @@ def calibrate(
 
     No unseen label has validation images, so unseen labels are simulated: in each fold a
     group of seen labels is left out of an auxiliary projection fitted on the training split;
-    the validation images of every seen label are then ranked among all labels, the left-out
-    group and the real hold-out labels playing the unseen part. gamma maximises the mean H
+    the validation images of every seen label are then ranked among the seen labels, the
+    left-out group playing the unseen part. gamma maximises the mean H
     over the folds. Test images are never looked at."""
     from model.gzsl import Curve, best_gamma, curve
 
@@ -339,17 +354,19 @@ def calibrate(
     groups = [g for g in groups if len(g) == n_group][:CALIBRATION_FOLDS]
     curves: list[Curve] = []
     loss_fn = LOSSES[cfg.loss]
-    x_va = x_all[va]
+    x_va = x_all[torch.from_numpy(np.asarray(va)).to(x_all.device)]
     y_va = targets[va]
     for g in groups:
         fold_seen = [c for c in seen if c not in g]
         index = {c: i for i, c in enumerate(fold_seen)}
         rows = np.asarray([i for i in tr if int(targets[i]) in index], np.int64)
-        y = torch.tensor([index[int(targets[i])] for i in rows])
-        x = x_all[rows]
+        dev = x_all.device  # the chosen device: CPU or GPU alike
+        y = torch.tensor([index[int(targets[i])] for i in rows], device=dev)
+        x = x_all[torch.from_numpy(rows).to(dev)]
         torch.manual_seed(cfg.seed)
-        head = DeviseHead(feature_dim, word_dim, cfg.head)
-        head.set_feature_stats(x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1]))
+        head = DeviseHead(feature_dim, word_dim, cfg.head).to(dev)
+        ones = torch.ones(x.shape[1], device=dev)
+        head.set_feature_stats(x.mean(0), x.std(0) if len(x) > 1 else ones)
         vecs = label_vectors[fold_seen]
         head, _, _ = _fit(  # type: ignore[assignment]
             head,
@@ -363,8 +380,12 @@ def calibrate(
             f"calibrate {len(curves) + 1}/{len(groups)}",
         )
         with torch.no_grad():
-            scores = (head(x_va) @ label_vectors.T).numpy()
-        curves.append(curve(scores, y_va, fold_seen, list(g) + list(holdout)))
+            scores = (head(x_va) @ label_vectors.T).float().cpu().numpy()
+        # ranked among the seen labels only, as test images are among seen and unseen:
+        # the left-out group plays the unseen part (the real hold-out labels have no
+        # validation images, and as extra candidates they would only make the folds unlike
+        # the test)
+        curves.append(curve(scores, y_va, fold_seen, list(g)))
     gamma, h = best_gamma(curves)
     return {
         "gamma": round(gamma, 6),
@@ -381,10 +402,16 @@ def finetune(
     targets: torch.Tensor,
     label_vectors: torch.Tensor,
     cfg: TrainConfig,
+    device: Device | None = None,
 ) -> list[float]:
     """Train the backbone's last stage with the head, from images (features change, so
-    nothing is cached). BatchNorm statistics stay frozen: batches are small on a CPU."""
+    nothing is cached). BatchNorm statistics stay frozen: batches are small on a CPU.
+    On a GPU the forward pass runs under bf16/fp16 autocast (fp16 with a gradient scaler)."""
     from model.loader import iter_batches
+
+    device = device or pick(None)
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -402,23 +429,31 @@ def finetune(
     head.train()
     losses: list[float] = []
     order = np.random.default_rng(cfg.seed).permutation(len(paths))
-    batch = min(cfg.extract_batch_size, 32)
+    batch = min(cfg.extract_batch_size, 32) if not device.is_cuda else cfg.extract_batch_size
     with tqdm(
         total=cfg.finetune_epochs * len(paths), desc="finetune", unit="img", dynamic_ncols=True
     ) as bar:
         for _ in range(cfg.finetune_epochs):
             total, n = 0.0, 0
             shuffled = [paths[i] for i in order]
-            for b in iter_batches(shuffled, backbone.spec.preprocess, batch, cfg.workers):
+            for b in iter_batches(
+                shuffled, backbone.spec.preprocess, batch, cfg.workers, device=device
+            ):
                 if len(b.indices) < 2:
                     bar.update(len(b.indices) + len(b.failures))
                     continue
-                x = torch.from_numpy(b.array).contiguous(memory_format=torch.channels_last)
-                y = targets[torch.from_numpy(order[b.indices])]
-                loss = LOSSES[cfg.loss](head(backbone(x)), y, label_vectors, cfg.margin)
+                x = torch.as_tensor(b.array).contiguous(memory_format=torch.channels_last)
+                y = targets[torch.from_numpy(order[b.indices]).to(targets.device)]
+                if amp is None:
+                    loss = LOSSES[cfg.loss](head(backbone(x)), y, label_vectors, cfg.margin)
+                else:  # mixed precision forward; the loss itself in fp32
+                    with torch.autocast("cuda", dtype=amp):
+                        out = head(backbone(x))
+                    loss = LOSSES[cfg.loss](out.float(), y, label_vectors, cfg.margin)
                 opt.zero_grad()
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 total += loss.item() * len(b.indices)
                 n += len(b.indices)
                 bar.update(len(b.indices) + len(b.failures))

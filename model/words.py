@@ -162,17 +162,20 @@ def suggest_words(word: str, vocab: Sequence[str], n: int = 3, max_edits: int = 
     """Words of `vocab` (most frequent first) within `max_edits` Damerau-Levenshtein edits
     of `word` (a transposition is one edit): fewest edits first; among equals, the same
     letters reordered (the commonest typo), then the same length, then most frequent."""
+    from rapidfuzz import process
     from rapidfuzz.distance import DamerauLevenshtein
 
     word = word.lower()
     letters = sorted(word)
-    hits = []
-    for rank, w in enumerate(vocab):
-        if w == word or abs(len(w) - len(word)) > max_edits:
-            continue
-        d = DamerauLevenshtein.distance(word, w, score_cutoff=max_edits)
-        if d <= max_edits:
-            hits.append((d, sorted(w) != letters, abs(len(w) - len(word)), rank, w))
+    # one call scans the whole list in C; only the few within max_edits come back
+    found = process.extract(
+        word, vocab, scorer=DamerauLevenshtein.distance, score_cutoff=max_edits, limit=None
+    )
+    hits = [
+        (int(d), sorted(w) != letters, abs(len(w) - len(word)), rank, w)
+        for w, d, rank in found
+        if w != word
+    ]
     hits.sort()
     return [h[-1] for h in hits[:n]]
 

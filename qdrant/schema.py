@@ -60,15 +60,19 @@ class WordPayload(TypedDict):
 
 
 def abs_posix(path: str | os.PathLike[str]) -> str:
-    """Absolute, normalised posix form of `path`, without a trailing slash.
+    """Absolute posix form of `path` with symlinks resolved, without a trailing slash.
 
-    Symlinks are not resolved: the path the user typed is the path they filter by.
+    Resolved so that a file is one point whatever path reached it (`photos/a.jpg` and
+    `link/a.jpg` when `link` points at `photos`). Every side resolves alike: stored paths,
+    point ids, a folder filter and a lookup by path, so a folder typed through a symlink
+    still finds what lies under its target.
     """
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path)))).as_posix()
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path)))).as_posix()
 
 
 def image_point_id(path: str | os.PathLike[str]) -> str:
-    """Point id of an image file: uuid5 of its absolute path, so re-ingesting is idempotent."""
+    """Point id of an image file: uuid5 of its real absolute path, so re-ingesting is
+    idempotent and a file reached through a symlink is the same point."""
     return str(uuid5(NAMESPACE_URL, abs_posix(path)))
 
 

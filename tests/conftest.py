@@ -20,6 +20,8 @@ from model.words import WordVectors
 _CACHE = tempfile.mkdtemp(prefix="devise-test-cache-")
 os.environ["DEVISE_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# A developer's own Fashion-MNIST folder must not leak into tests that set where it lives
+os.environ.pop("DEVISE_FASHION_MNIST_DIR", None)
 
 
 def draw_image(kind: str, seed: int, size: int = 64) -> Image.Image:

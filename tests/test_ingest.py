@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,6 +137,38 @@ def test_a_second_model_adds_its_vector_to_existing_points(
     ingest(store, [root], [FakeEmbedder(), conse], progress=False)  # type: ignore[list-item]
     assert store.count(IMAGES) == 15 and store.count_vectors("conse") == 15
     assert set(store.get_meta()["models"]) == {"devise", "conse"}
+
+
+class FieldsEmbedder(FakeEmbedder):
+    """A fake with payload fields of its own, as ConSE's `conse_top` and `concepts`."""
+
+    extra_fields = ("fake_top",)
+
+    def extra_payload(self, arrays: Any) -> list[dict[str, Any]]:
+        return [{"fake_top": [float(a.mean())]} for a in arrays]
+
+
+def test_new_payload_fields_keep_other_models_vectors(tmp_path: Path, store: EdgeStore) -> None:
+    """An index made before a model stored its fields: the next ingest with that model alone
+    adds them, and every other model's vectors stay (nothing is upserted over them)."""
+    root = tmp_path / "p"
+    make_tree(root)
+    ingest(
+        store,
+        [root],
+        [FakeEmbedder(), FakeEmbedder(name="conse", content_id="c-1")],  # type: ignore[list-item]
+        progress=False,
+    )
+    conse = FieldsEmbedder(name="conse", content_id="c-1")
+    s = ingest(store, [root], [conse], progress=False)  # type: ignore[list-item]
+    assert s.indexed == 0 and s.unchanged == 15 and conse.calls == 15
+    assert store.count_vectors("devise") == 15 and store.count_vectors("conse") == 15
+    recs = list(store.scroll_images(batch=100))
+    assert all("fake_top" in r.payload and "sha256" in r.payload for r in recs)
+    # and now nothing is left to do
+    again = FieldsEmbedder(name="conse", content_id="c-1")
+    assert ingest(store, [root], [again], progress=False).unchanged == 15  # type: ignore[list-item]
+    assert again.calls == 0
 
 
 KILL_SCRIPT = textwrap.dedent(

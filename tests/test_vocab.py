@@ -135,7 +135,10 @@ def test_devise_tags_never_split_a_multi_word_label(glove: WordVectors, tmp_path
         meta.setdefault("models", {})["devise"] = {"dim": glove.dim, "id": "x"}
         store.set_meta(meta)
         service = SearchService(store)
-        service._concept_names["devise"] = {"ankle boot", "dress"}
+        service._concept_names["devise"] = {
+            "ankle boot": ("ankle boot", "label"),
+            "dress": ("dress", "label"),
+        }
         query = unit(glove.kv["ankle"] + glove.kv["boot"])
         tags = service._word_tags(query, "devise", 10, None, 20_000)
         words = [t.word for t in tags]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import json
 import os
 import socket
 import struct
@@ -291,7 +292,8 @@ def test_live_app_answers_like_the_service(live: WebApp, web_index: WebIndex) ->
 
     tags, _ = client.predict(handle_file(str(probe)), "devise", 4, 0, api_name="/tag")
     words = [c["label"] for c in tags["confidences"]]
-    assert words == [tag_key(r) for r in svc.tag(probe.read_bytes(), k=4).results]
+    # gr.Label shows tags by score; the set and each score are the service's
+    assert sorted(words) == sorted(tag_key(r) for r in svc.tag(probe.read_bytes(), k=4).results)
 
     out = client.predict("text", "cat", None, [], "", 0, 3, api_name="/compare")
     # each slot comes back as an update: its value, its label (model and time), visibility
@@ -426,6 +428,69 @@ def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
     assert "0.900" in text and "0.250" in text and "absent" in text and "chance" in text
     back = EvalReport.from_json(report.to_json())
     assert back.models["clip"] is None and back.table() == report.table()
+
+
+def readme_api_example() -> str:
+    """The README's gradio_client block (the one marked for this test)."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    after = text.split("<!-- api-example:", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_api_example_runs_against_the_live_app(
+    live: WebApp, web_index: WebIndex, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = readme_api_example().replace("http://127.0.0.1:7860/", live.url)
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README's example
+    out = capsys.readouterr().out.splitlines()
+    printed = [line.split()[-1] for line in out if not line.startswith("Loaded as API")]
+    want = web_index.service.search_text("dress", k=10).to_json()
+    assert printed == [r["path"] for r in want["results"]] and len(printed) == 10
+
+
+def test_live_api_names_parameters_and_answers_with_the_cli_json(
+    live: WebApp, web_index: WebIndex
+) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(live.url, verbose=False)
+    svc = web_index.service
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    params = {p["parameter_name"]: p for p in info["/search_text"]["parameters"]}
+    assert list(params) == ["query", "model", "labels", "folder", "min_score", "k"]
+    assert [n for n, p in params.items() if not p["parameter_has_default"]] == ["query"]
+    gallery, status = client.predict("cat", api_name="/search_text")  # the query alone
+    assert gallery and "result(s)" in status
+    got = json.loads(client.predict(query="truck", labels=["truck"], k=3, api_name="/search_json"))
+    want = svc.search_text("truck", labels=["truck"], k=3).to_json()
+    assert set(got) == set(want) and {"model", "took_ms", "results"} <= set(got)
+    assert got["results"] == want["results"]
+    probe = web_index.root / "pets" / "cat" / "pets_00.png"
+    sim = json.loads(client.predict(handle_file(str(probe)), k=4, api_name="/similar_json"))
+    assert sim["results"] == svc.similar(probe.read_bytes(), k=4).to_json()["results"]
+    tags = json.loads(client.predict(image=handle_file(str(probe)), k=5, api_name="/tag_json"))
+    assert tags["results"] == svc.tag(probe.read_bytes(), k=5).to_json()["results"]
+    with pytest.raises(Exception, match="empty"):
+        client.predict("", api_name="/search_json")
+    # a file record naming a path outside Gradio's uploads is refused, never read
+    # (gradio_client itself would upload the file; a hand-made request need not)
+    from app.web import uploaded_bytes
+
+    with pytest.raises(ValueError, match="handle_file"):
+        uploaded_bytes({"path": str(probe), "meta": {"_type": "gradio.FileData"}})
+
+
+def test_tag_tab_needs_no_image_in_the_index(web_index: WebIndex, tmp_path: Path) -> None:
+    """An empty index tags with the --checkpoint model; the vocabulary loads itself."""
+    store = EdgeStore(tmp_path / "empty")
+    try:
+        service = SearchService(store, checkpoint=web_index.ckpt)
+        out = WebHandlers(service).tag(png_bytes(), "devise", 5, 0)
+        assert out.ok, out.status
+        assert len(out.tags) == 5 and store.count("images") == 0
+    finally:
+        store.close()
 
 
 def test_live_app_takes_an_image_plus_words(live: WebApp, web_index: WebIndex) -> None:
