@@ -567,9 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--loss",
-        choices=["hinge", "cosine"],
+        choices=["hinge", "cosine", "hinge+cosine", "hinge-dist"],
         default="hinge",
-        help="hinge rank loss (the paper) or cosine regression (the blog article)",
+        help="hinge rank loss (the paper), cosine regression (the blog article), both summed, "
+        "or hinge with a margin growing with the labels' word distance",
     )
     t.add_argument(
         "--head",

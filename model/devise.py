@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 HeadKind = Literal["linear", "mlp"]
-LossKind = Literal["hinge", "cosine"]
+LossKind = Literal["hinge", "cosine", "hinge+cosine", "hinge-dist"]
 
 
 class DeviseHead(nn.Module):
@@ -82,4 +82,35 @@ def cosine_loss(
     return (1.0 - (pred * label_vectors[target]).sum(dim=1)).mean()
 
 
-LOSSES = {"hinge": hinge_rank_loss, "cosine": cosine_loss}
+def hinge_cosine_loss(
+    pred: torch.Tensor, target: torch.Tensor, label_vectors: torch.Tensor, margin: float = 0.1
+) -> torch.Tensor:
+    """Hinge rank loss plus the cosine regression term: the hinge orders the seen labels, the
+    cosine term pulls the image onto its label's vector, so scores stay comparable with the
+    unseen labels' (whose vectors the hinge never pushes down)."""
+    return hinge_rank_loss(pred, target, label_vectors, margin) + cosine_loss(
+        pred, target, label_vectors
+    )
+
+
+def distance_margin_loss(
+    pred: torch.Tensor, target: torch.Tensor, label_vectors: torch.Tensor, margin: float = 0.1
+) -> torch.Tensor:
+    """Hinge rank loss whose margin grows with the word distance between the true and the
+    wrong label, margin * (1 - cos(t_y, t_j)) / mean: near labels (sneaker, sandal) need not
+    be pushed far apart, which keeps an unseen neighbour's score close to the seen one's."""
+    scores = pred @ label_vectors.T
+    true = scores.gather(1, target[:, None])
+    dist = 1.0 - label_vectors[target] @ label_vectors.T  # (N, C)
+    scale = dist.mean().clamp_min(1e-6)
+    violations = (margin * dist / scale - true + scores).clamp_min(0.0)
+    wrong = torch.ones_like(scores, dtype=torch.bool).scatter_(1, target[:, None], False)
+    return (violations * wrong).sum(dim=1).mean()
+
+
+LOSSES = {
+    "hinge": hinge_rank_loss,
+    "cosine": cosine_loss,
+    "hinge+cosine": hinge_cosine_loss,
+    "hinge-dist": distance_margin_loss,
+}
