@@ -186,8 +186,9 @@ def photo_probs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarra
             n,
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="no ImageNet-1k class is a person or an astronaut: the classifier "
-                "sees a bobsled and a football helmet, so ConSE cannot say 'person'",
+                reason="no ImageNet-1k class fits an astronaut (its few person classes are a "
+                "scuba diver, a groom, a ballplayer): the classifier sees a bobsled and a "
+                "football helmet, so ConSE cannot say 'person'",
             ),
         )
         if n == "astronaut"
