@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -121,16 +121,34 @@ def iter_batches(
         return
     # Split each batch across the threads so one batch is ready as soon as possible.
     n_workers = workers or default_workers()
-    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="decode") as pool:
-        pending: deque[list[Future[Batch]]] = deque()
+    for done, wait in _ahead(chunks, n_workers, lookahead, lambda c: _load_chunk(c, specs)):
+        yield Batch(
+            indices=[i for b in done for i in b.indices],
+            arrays=[np.concatenate([b.arrays[s] for b in done]) for s in range(len(specs))],
+            sizes=[sz for b in done for sz in b.sizes],
+            failures=[f for b in done for f in b.failures],
+            wait_s=wait,
+        )
 
-        def submit(chunk: list[tuple[int, str | os.PathLike[str] | bytes]]) -> None:
+
+T = TypeVar("T")
+Chunk = list[tuple[int, str | os.PathLike[str] | bytes]]
+
+
+def _ahead(
+    chunks: list[Chunk], n_workers: int, lookahead: int, load: Callable[[Chunk], T]
+) -> Iterator[tuple[list[T], float]]:
+    """Each chunk's loaded parts, in order, with the seconds spent waiting for them.
+
+    Every chunk is split across the threads so that one batch is ready as soon as possible,
+    and at most `lookahead` chunks are loaded ahead of the consumer (bounded memory)."""
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="decode") as pool:
+        pending: deque[list[Future[T]]] = deque()
+
+        def submit(chunk: Chunk) -> None:
             step = max(1, -(-len(chunk) // n_workers))
             pending.append(
-                [
-                    pool.submit(_load_chunk, chunk[j : j + step], specs)
-                    for j in range(0, len(chunk), step)
-                ]
+                [pool.submit(load, chunk[j : j + step]) for j in range(0, len(chunk), step)]
             )
 
         it = iter(chunks)
@@ -146,13 +164,7 @@ def iter_batches(
             nxt = next(it, None)
             if nxt is not None:
                 submit(nxt)
-            yield Batch(
-                indices=[i for b in done for i in b.indices],
-                arrays=[np.concatenate([b.arrays[s] for b in done]) for s in range(len(specs))],
-                sizes=[sz for b in done for sz in b.sizes],
-                failures=[f for b in done for f in b.failures],
-                wait_s=wait,
-            )
+            yield done, wait
 
 
 # ------------------------------------------------------------------ the CUDA path
@@ -252,59 +264,39 @@ def _iter_batches_cuda(
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if not chunks:
         return
-    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="decode") as pool:
-        pending: deque[list[Future[_CudaPart]]] = deque()
 
-        def submit(chunk: list[tuple[int, str | os.PathLike[str] | bytes]]) -> None:
-            step = max(1, -(-len(chunk) // n_workers))
-            pending.append(
-                [
-                    pool.submit(_load_chunk_cuda, chunk[j : j + step], specs, nvjpeg)
-                    for j in range(0, len(chunk), step)
-                ]
-            )
+    def load(chunk: Chunk) -> _CudaPart:
+        return _load_chunk_cuda(chunk, specs, nvjpeg)
 
-        it = iter(chunks)
-        for chunk in it:
-            submit(chunk)
-            if len(pending) > lookahead:
-                break
-        while pending:
-            parts = pending.popleft()
-            t0 = time.perf_counter()
-            done = [f.result() for f in parts]
-            wait = time.perf_counter() - t0
-            nxt = next(it, None)
-            if nxt is not None:
-                submit(nxt)
-            per_image: dict[int, list[torch.Tensor]] = {}
-            sizes: dict[int, tuple[int, int]] = {}
-            failures: list[tuple[int, Any]] = []
-            for part in done:
-                b = part.cpu
-                failures.extend(b.failures)
-                if b.indices:  # one pinned, non-blocking copy per spec for the PIL-decoded
-                    moved = [to_device(a, device) for a in b.arrays]
-                    for k, (i, sz) in enumerate(zip(b.indices, b.sizes, strict=True)):
-                        per_image[i] = [m[k] for m in moved]
-                        sizes[i] = sz
-            jobs = [j for part in done for j in part.jobs]
-            if jobs:
-                t, s, f = _gpu_arrays(decoder, jobs, sources, specs)
-                per_image.update(t)
-                sizes.update(s)
-                failures.extend(f)
-            order = sorted(per_image)
-            arrays = [
-                torch.stack([per_image[i][k] for i in order])
-                if order
-                else torch.zeros((0, 3, sp.size, sp.size), device=device.torch_name)
-                for k, sp in enumerate(specs)
-            ]
-            yield Batch(
-                indices=order,
-                arrays=arrays,
-                sizes=[sizes[i] for i in order],
-                failures=sorted(failures, key=lambda x: x[0]),
-                wait_s=wait,
-            )
+    for done, wait in _ahead(chunks, n_workers, lookahead, load):
+        per_image: dict[int, list[torch.Tensor]] = {}
+        sizes: dict[int, tuple[int, int]] = {}
+        failures: list[tuple[int, Any]] = []
+        for part in done:
+            b = part.cpu
+            failures.extend(b.failures)
+            if b.indices:  # one pinned, non-blocking copy per spec for the PIL-decoded
+                moved = [to_device(a, device) for a in b.arrays]
+                for k, (i, sz) in enumerate(zip(b.indices, b.sizes, strict=True)):
+                    per_image[i] = [m[k] for m in moved]
+                    sizes[i] = sz
+        jobs = [j for part in done for j in part.jobs]
+        if jobs:
+            t, s, f = _gpu_arrays(decoder, jobs, sources, specs)
+            per_image.update(t)
+            sizes.update(s)
+            failures.extend(f)
+        order = sorted(per_image)
+        arrays = [
+            torch.stack([per_image[i][k] for i in order])
+            if order
+            else torch.zeros((0, 3, sp.size, sp.size), device=device.torch_name)
+            for k, sp in enumerate(specs)
+        ]
+        yield Batch(
+            indices=order,
+            arrays=arrays,
+            sizes=[sizes[i] for i in order],
+            failures=sorted(failures, key=lambda x: x[0]),
+            wait_s=wait,
+        )
