@@ -35,7 +35,6 @@ from qdrant.schema import (
     ImagePayload,
     IndexKind,
     abs_posix,
-    word_point_id,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -48,6 +47,7 @@ from qdrant.store import (
     as_matrix,
     as_vector,
     point_id_str,
+    word_points,
 )
 
 META_FILE = "meta.json"
@@ -394,22 +394,10 @@ class EdgeStore:
         kinds: Sequence[str] | None = None,
     ) -> None:
         """Insert or replace vocabulary points; see `word_point_id` for their ids."""
-        n = len(ranks)
-        if len(words) != n or (kinds is not None and len(kinds) != n):
-            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words / kinds")
-        kind = list(kinds) if kinds is not None else ["word"] * n
-        mat = as_matrix(vectors, n, "word vectors")
+        batches = word_points(ranks, words, vectors, source, kinds, UPSERT_BATCH * 4)
         shard = self._require(WORDS)
-        for start in range(0, n, UPSERT_BATCH * 4):
-            stop = min(start + UPSERT_BATCH * 4, n)
-            points = [
-                qe.Point(
-                    word_point_id(ranks[i], words[i], kind[i]),
-                    {WORD_VECTOR: mat[i].tolist()},
-                    {"word": words[i], "rank": int(ranks[i]), "source": source, "kind": kind[i]},
-                )
-                for i in range(start, stop)
-            ]
+        for entries in batches:
+            points = [qe.Point(pid, {WORD_VECTOR: vec}, payload) for pid, vec, payload in entries]
             self._write(shard, qe.UpdateOperation.upsert_points(points))
             self._maybe_flush()
 

@@ -26,7 +26,6 @@ from qdrant.schema import (
     ImagePayload,
     IndexKind,
     abs_posix,
-    word_point_id,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -39,6 +38,7 @@ from qdrant.store import (
     as_matrix,
     as_vector,
     point_id_str,
+    word_points,
 )
 
 _META_ID = 0
@@ -312,25 +312,10 @@ class ServerStore:
         kinds: Sequence[str] | None = None,
     ) -> None:
         """Insert or replace vocabulary points; see `word_point_id` for their ids."""
-        n = len(ranks)
-        if len(words) != n or (kinds is not None and len(kinds) != n):
-            raise ValueError(f"upsert_words: {n} ranks but {len(words)} words / kinds")
-        kind = list(kinds) if kinds is not None else ["word"] * n
-        mat = as_matrix(vectors, n, "word vectors")
-        for start in range(0, n, UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, n)
+        for entries in word_points(ranks, words, vectors, source, kinds, UPSERT_BATCH):
             points = [
-                m.PointStruct(
-                    id=word_point_id(ranks[i], words[i], kind[i]),
-                    vector={WORD_VECTOR: mat[i].tolist()},
-                    payload={
-                        "word": words[i],
-                        "rank": int(ranks[i]),
-                        "source": source,
-                        "kind": kind[i],
-                    },
-                )
-                for i in range(start, stop)
+                m.PointStruct(id=pid, vector={WORD_VECTOR: vec}, payload=payload)
+                for pid, vec, payload in entries
             ]
             self._upsert(WORDS, points)
 

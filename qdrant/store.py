@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qdrant.filters import SearchFilter
-from qdrant.schema import ImagePayload
+from qdrant.schema import ImagePayload, word_point_id
 
 Vector = npt.NDArray[np.float32]
 # (N, D) float32, one row per point
@@ -201,6 +201,33 @@ def as_matrix(vectors: Matrix | Sequence[Vector], n: int, what: str) -> Matrix:
     if not np.isfinite(arr).all():
         raise ValueError(f"{what}: vectors contain NaN or infinity")
     return arr
+
+
+def word_points(
+    ranks: Sequence[int],
+    words: Sequence[str],
+    vectors: Matrix,
+    source: str,
+    kinds: Sequence[str] | None,
+    batch: int,
+) -> Iterator[list[tuple[int | str, list[float], dict[str, Any]]]]:
+    """`upsert_words`'s arguments, all checked before the first batch, as batches of (point
+    id, vector, payload): what every backend writes, each in its own point class. Vectors
+    become Python lists one batch at a time (100,000 words at once would be ~100 MB)."""
+    n = len(ranks)
+    if len(words) != n or (kinds is not None and len(kinds) != n):
+        raise ValueError(f"upsert_words: {n} ranks but {len(words)} words / kinds")
+    kind = list(kinds) if kinds is not None else ["word"] * n
+    mat = as_matrix(vectors, n, "word vectors")
+    for start in range(0, n, batch):
+        yield [
+            (
+                word_point_id(ranks[i], words[i], kind[i]),
+                mat[i].tolist(),
+                {"word": words[i], "rank": int(ranks[i]), "source": source, "kind": kind[i]},
+            )
+            for i in range(start, min(start + batch, n))
+        ]
 
 
 def as_vector(vector: Vector | Sequence[float]) -> list[float]:
