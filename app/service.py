@@ -39,11 +39,6 @@ CONCEPT_CANDIDATES = 500
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
 
 
-def _label_words(name: str) -> list[str]:
-    """The words of a label, split at spaces and hyphens."""
-    return [t for t in re.split(r"[\s\-]+", name.lower()) if t]
-
-
 class ServiceError(Exception):
     """A query that cannot be answered; the message says why and what to do."""
 
@@ -654,8 +649,6 @@ class SearchService:
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
         """(vector, indexed path or None). An indexed path reuses its stored vector."""
-        from PIL import Image as PILImage
-
         if isinstance(image, (str, Path)):
             path = abs_posix(image)
             rec = self.store.find_by_path([path]).get(path)
@@ -665,13 +658,7 @@ class SearchService:
                 if vec is not None:
                     return np.asarray(vec, dtype=np.float32), path
         emb = self.embedder(model)
-        from model.images import decode_image
-
-        if isinstance(image, PILImage.Image):
-            pil = image.convert("RGB")
-        else:
-            pil = decode_image(image if isinstance(image, bytes) else Path(image))
-        return np.asarray(emb.embed_images([pil])[0], dtype=np.float32), None
+        return np.asarray(emb.embed_images([self._decode(image)])[0], dtype=np.float32), None
 
     def similar(
         self,
@@ -796,10 +783,9 @@ class SearchService:
         for kind, quota in (("label", 3), ("hypernym", 2)):
             best = sorted(scored[kind], key=lambda p: -p[1])[:quota]
             pairs += [(n, sc, kind) for n, sc in best]
-        fragments = {
-            w for _, (name, _) in own.items() if " " in name or "-" in name
-            for w in _label_words(name)
-        }  # fmt: skip
+        from model.vocab.hierarchy import label_fragments
+
+        fragments = label_fragments(name for name, _ in own.values())
         taken = {p[0].lower() for p in pairs}
         words = self.store.search_words(
             vector, k * 3, SearchFilter(max_rank=max_rank, min_score=min_score)
@@ -833,6 +819,7 @@ class SearchService:
             return cache[model]
 
     def _decode(self, image: ImageInput) -> Any:
+        """A path, raw bytes or a PIL image as an RGB PIL image (the decoder's rules)."""
         from PIL import Image as PILImage
 
         from model.images import decode_image

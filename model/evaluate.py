@@ -496,14 +496,11 @@ def _word_tagger(
 ) -> tuple[list[str], Float32Array, list[str]]:
     """Tag names, their unit vectors and kinds: the `top` frequent words, less the words
     of multi-word labels, plus the labels and (where WordNet is) their hypernyms."""
-    from model.vocab.hierarchy import label_concepts
+    from model.vocab.hierarchy import label_concepts, label_fragments
     from model.words import alphabetic_vocabulary
 
-    concepts = [c for c in label_concepts(labels).concepts] if labels else []
-    fragments = {
-        w for c in concepts if " " in c.name or "-" in c.name for w in c.name.lower().split()
-    }
-    fragments |= {p for w in list(fragments) for p in w.split("-")}
+    concepts = list(label_concepts(labels).concepts) if labels else []
+    fragments = label_fragments(c.name for c in concepts)
     names, kinds, vecs = [], [], []
     for c in concepts:
         v = words.label_vector(c.name)

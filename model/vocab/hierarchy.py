@@ -19,7 +19,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,18 @@ class ConceptSet:
     def _nested(self, a: int, b: int) -> bool:
         ma, mb = self.members[a] > 0, self.members[b] > 0
         return bool(not (ma & ~mb).any() or not (mb & ~ma).any())
+
+
+def label_fragments(names: Iterable[str]) -> set[str]:
+    """The words of multi-word labels, lower-case (`ankle`, `boot` of `ankle boot`; `t`,
+    `shirt` of `t-shirt`): alone they read as wrong tags, so no tag list shows them."""
+    return {
+        w
+        for name in names
+        if " " in name or "-" in name
+        for w in re.split(r"[\s\-]+", name.lower())
+        if w
+    }
 
 
 def _concepts_from_ancestry(
