@@ -24,7 +24,6 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.embedder import WordSpaceEmbedder
-from model.images import to_array
 from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
@@ -167,9 +166,7 @@ class ConseEmbedder(WordSpaceEmbedder):
         """Images -> (N, 1000) class probabilities: what hedged tags are scored from."""
         if not images:
             return np.zeros((0, 1000), np.float32)
-        spec = self.backbone.spec.preprocess
-        arrays = np.stack([to_array(im, spec) for im in images])
-        return self.class_probs(self.backbone.features(arrays))
+        return self.class_probs(self.backbone.features(self.image_arrays(images)))
 
     #: payload fields `extra_payload` writes at ingest
     extra_fields = ("concepts", "conse_top")

@@ -91,11 +91,15 @@ class WordSpaceEmbedder:
     def embed_arrays(self, arrays: Float32Array) -> Float32Array:
         return self.embed_features(self.backbone.features(arrays))
 
+    def image_arrays(self, images: Sequence[Image.Image]) -> Float32Array:
+        """Images preprocessed for the backbone, stacked (N, 3, H, W)."""
+        spec = self.backbone.spec.preprocess
+        return np.stack([to_array(im, spec) for im in images])
+
     def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        spec = self.backbone.spec.preprocess
-        return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
+        return self.embed_arrays(self.image_arrays(images))
 
     def embed_texts(self, texts: Sequence[str]) -> Float32Array:
         """A phrase is the unit mean of its known words; raises UnknownWordsError."""
