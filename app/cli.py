@@ -372,6 +372,8 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
         why = answer.note or "loosen the filters?"
         print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): {why}")
         return
+    if answer.note:
+        print(f"note: {answer.note}")
     if kind == "tags":
         print(f"{'score':>7}  {'kind':<8}  tag")
         for r in answer.results:

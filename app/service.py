@@ -75,8 +75,9 @@ class ImageResult:
 class TagResult:
     word: str
     score: float
-    #: "word" (a frequent word), "label" (a class a model knows) or "hypernym" (its WordNet
-    #: generalisation, such as "dog" for a German shepherd)
+    #: "word" (a frequent word), "label" (a class a model knows), "hypernym" (its WordNet
+    #: generalisation, such as "dog" for a German shepherd) or "detected" (found by a
+    #: detector, not the classifier: a face is a "person")
     kind: str = "word"
 
     def to_json(self) -> dict[str, Any]:
@@ -88,7 +89,9 @@ class Answer:
     model: str
     took_ms: float
     results: list[Any] = field(default_factory=list)
-    #: why an image query came back empty, when a filter can never match (not in JSON)
+    #: what the reader should know of the answer, in JSON when set: why it came back
+    #: empty (a filter that can never match), or how a concept query was answered ("no
+    #: image indexed under 'giraffe'; ranked by word-vector similarity instead")
     note: str | None = None
     #: how a text query's terms were read ("dog ×2, beach, −people"); in JSON when set
     query: str | None = None
@@ -101,6 +104,8 @@ class Answer:
         }
         if self.query is not None:
             out["query"] = self.query
+        if self.note is not None:
+            out["note"] = self.note
         return out
 
 
@@ -576,8 +581,11 @@ class SearchService:
         plain = all(t.text is not None and t.weight == 1 for t in terms)
         whole = " ".join(t.text or "" for t in terms)
         concept = self._concept_query(whole) if plain and model == "conse" else None
+        notes: list[str] = []
         if concept is not None:
-            results = self._concept_images(concept, vector, k, flt)
+            results, said = self._concept_images(concept, vector, k, flt)
+            notes += said
+            notes += self._other_senses(whole, concept)
         else:
             hits = self._images(model, vector, k + len(indexed), flt)
             results = [r for r in hits if r.path not in indexed][:k]
@@ -586,7 +594,10 @@ class SearchService:
         if len(used) < len(terms):
             dropped = [t for t in terms if t not in used]
             answer.query += f" (ignored, no known word: {reading(dropped)})"
-        return self._explain_empty(answer, labels, folder)
+        answer = self._explain_empty(answer, labels, folder)
+        if notes:
+            answer.note = "; ".join(([answer.note] if answer.note else []) + notes)
+        return answer
 
     def _concept_query(self, text: str) -> int | None:
         """The ImageNet concept (label or hypernym) a whole query names, when the index's
@@ -602,24 +613,41 @@ class SearchService:
             return None
         return found
 
+    def _other_senses(self, text: str, concept: int) -> list[str]:
+        """A note when the query's name is shared (`crane`: the bird and the machine): which
+        sense answered, and how to ask for the others."""
+        from model.vocab.hierarchy import imagenet_concepts
+
+        cs = imagenet_concepts()
+        others = [cs.concepts[i].name for i in cs.named(text) if i != concept]
+        if not others:
+            return []
+        ask = " or ".join(f"'{name}'" for name in others)
+        return [f"{text!r} read as {cs.concepts[concept].name}; for the other sense search {ask}"]
+
     def _concept_images(
         self, concept: int, vector: Float32Array, k: int, flt: SearchFilter
-    ) -> list[ImageResult]:
+    ) -> tuple[list[ImageResult], list[str]]:
         """Images under a concept, best first by the probability mass of their classes under
         it (hedging): a German shepherd is a `dog` although GloVe puts the breed's name far
-        from `dog`. The score is that mass; fewer than `k` under it are followed by the
-        nearest other images, also scored by their (smaller) mass."""
+        from `dog`. The score is that mass, or a detector's score (a face: `person`) where
+        higher; fewer than `k` under it are followed by the nearest other images, also scored
+        by their (smaller) mass. With none under it the word vectors rank the images, and
+        the notes (the second item) say so."""
         from dataclasses import replace
 
         from model.conse import top_probs
         from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
         cs = imagenet_concepts()
-        name = cs.concepts[concept].name.lower()
+        c = cs.concepts[concept]
         members = cs.members[concept]
+        # points ingested before concepts were keyed by wnid hold lower-case names: an
+        # unshared name still finds them (a shared one would mix its senses)
+        keys = (c.key,) if c.plain.lower() in cs.senses else (c.key, c.plain.lower())
         plain = replace(flt, min_score=None)  # the floor applies to the mass, not the cosine
         under = self.store.search_images(
-            "conse", vector, max(k, CONCEPT_CANDIDATES), replace(plain, concepts=(name,))
+            "conse", vector, max(k, CONCEPT_CANDIDATES), replace(plain, concepts=keys)
         )
         seen = {str(h.id) for h in under}
         if len(under) < k:
@@ -627,14 +655,17 @@ class SearchService:
             under = under + [h for h in rest if str(h.id) not in seen]
 
         def mass(h: Hit) -> float:
-            return float(top_probs(h.payload.get("conse_top") or []) @ members)
+            by_classes = float(top_probs(h.payload.get("conse_top") or []) @ members)
+            detected = h.payload.get("detected") or {}
+            return max(by_classes, float(detected.get(c.key, 0.0)))
 
         scored = sorted(((mass(h), float(h.score), h) for h in under), key=lambda t: t[:2])
         # images with next to no mass under the concept are not answers; when none has any,
-        # the plain word-vector search is the better guess
+        # the plain word-vector search is the better guess, and the answer says so
         scored = [t for t in scored if t[0] >= MIN_MASS]
         if not scored:
-            return self._images("conse", vector, k, flt)
+            note = f"no image indexed under '{c.name}'; ranked by word-vector similarity instead"
+            return self._images("conse", vector, k, flt), [note]
         out = [
             ImageResult(
                 str(h.payload.get("path", "")),
@@ -645,7 +676,7 @@ class SearchService:
             for m, _, h in reversed(scored)
             if flt.min_score is None or m >= flt.min_score
         ]
-        return out[:k]
+        return out[:k], []
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
         """(vector, indexed path or None). An indexed path reuses its stored vector."""
@@ -728,27 +759,34 @@ class SearchService:
             gamma = float(bias)
         return gamma, seen
 
-    def _class_probs(self, image: ImageInput) -> Float32Array:
-        """ConSE's ImageNet class probabilities: from the payload of an indexed image (no
-        backbone needed), else from the classifier."""
+    def _conse_evidence(self, image: ImageInput) -> tuple[Float32Array, dict[str, float]]:
+        """ConSE's ImageNet class probabilities and what the face detector found (concept
+        key -> score): from the payload of an indexed image (no backbone needed), else from
+        the classifier and the detector."""
         from model.conse import top_probs
 
         if isinstance(image, (str, Path)):
             rec = self.store.find_by_path([abs_posix(image)]).get(abs_posix(image))
             if rec is not None and rec.payload.get("conse_top"):
-                return top_probs(rec.payload["conse_top"])
+                detected = rec.payload.get("detected") or {}
+                return top_probs(rec.payload["conse_top"]), {
+                    str(key): float(v) for key, v in detected.items()
+                }
         emb = self.embedder("conse")
-        return np.asarray(emb.probs_images([self._decode(image)])[0], dtype=np.float32)
+        picture = self._decode(image)
+        probs = np.asarray(emb.probs_images([picture])[0], dtype=np.float32)
+        inspect = getattr(emb, "inspect", None)
+        return probs, (inspect(picture) if inspect is not None else {})
 
     def _conse_tags(
         self, image: ImageInput, k: int, min_score: float | None, generality: str
     ) -> list[TagResult]:
         from model.vocab.hierarchy import GENERAL, MIN_MASS, SPECIFIC, imagenet_concepts
 
-        probs = self._class_probs(image)
+        probs, detected = self._conse_evidence(image)
         lam = SPECIFIC if generality == "specific" else GENERAL
         floor = max(MIN_MASS, min_score or 0.0)
-        ranked = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor)
+        ranked = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor, detected=detected)
         return [TagResult(c.name, m, c.kind) for c, m in ranked]
 
     def _word_tags(

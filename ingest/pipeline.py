@@ -277,8 +277,9 @@ def ingest(
             if _has_extra_fields(rec, embedders):
                 summary.unchanged += 1
             else:
-                # an index made before ConSE stored its top classes: embed once more, but
-                # update only these models' vectors and fields, keeping every other model's
+                # an index made before ConSE stored its top classes, detections and concepts
+                # by wnid: embed once more, but update only these models' vectors and
+                # fields, keeping every other model's
                 refresh.add(f.path)
                 todo.append(f)
         else:
@@ -344,6 +345,7 @@ def ingest(
             n_workers,
             device=device,
             gpu_decode=gpu_decode,
+            inspect=_inspector(embedders),
         ):
             summary.batches += 1
             summary.wait_seconds += batch.wait_s
@@ -352,7 +354,7 @@ def ingest(
             if batch.indices:
                 te = time.perf_counter()
                 extras: list[dict[str, Any]] = [{} for _ in batch.indices]
-                vectors = embed_batch(specs, batch.arrays, extras)
+                vectors = embed_batch(specs, batch.arrays, extras, batch.inspected)
                 summary.embed_seconds += time.perf_counter() - te
                 entries = [to_embed[i] for i in batch.indices]
                 payloads = [
@@ -403,24 +405,34 @@ def embed_batch(
     specs: Sequence[tuple[Preprocess, list[ArrayEmbedder]]],
     arrays: Sequence[Float32Array],
     extras: list[dict[str, Any]] | None = None,
+    inspected: Sequence[dict[str, float]] | None = None,
 ) -> dict[str, Float32Array]:
     """Every embedder's vectors for one batch. Embedders on the same backbone (devise and
     conse on efficientnet_lite0) share one forward pass: only their heads differ.
 
-    An embedder with an `extra_payload(features)` method (ConSE: its top classes and
-    concepts) adds per-image payload fields to `extras`, one dict per image."""
+    An embedder with an `embed_payload(x, inspected)` method (ConSE: its top classes,
+    concepts and what the face detector found in `inspected`) gives its vectors and its
+    per-image payload fields in one call, so its classifier runs once; the fields go into
+    `extras`, one dict per image."""
     vectors: dict[str, Float32Array] = {}
+
+    def run(emb: ArrayEmbedder, x: Float32Array, plain: Callable[[Float32Array], Any]) -> None:
+        both = getattr(emb, "embed_payload", None)
+        if both is None:
+            vectors[emb.name] = plain(x)
+            return
+        vectors[emb.name], fields = both(x, inspected)
+        if extras is not None:
+            for row, more in zip(extras, fields, strict=True):
+                row.update(more)
+
     for (_, members), arr in zip(specs, arrays, strict=True):
         features: dict[tuple[str, str, str], Float32Array] = {}
         for emb in members:
             backbone = getattr(emb, "backbone", None)
             head = getattr(emb, "embed_features", None)
             if backbone is None or head is None:
-                vectors[emb.name] = emb.embed_arrays(arr)
-                extra = getattr(emb, "extra_payload", None)
-                if extras is not None and extra is not None:
-                    for row, fields in zip(extras, extra(arr), strict=True):
-                        row.update(fields)
+                run(emb, arr, emb.embed_arrays)
                 continue
             wid = backbone.weights_id
             # random-init backbones are only alike if they are the same object
@@ -431,12 +443,26 @@ def embed_batch(
             )
             if key not in features:
                 features[key] = backbone.features(arr)
-            vectors[emb.name] = head(features[key])
-            extra = getattr(emb, "extra_payload", None)
-            if extras is not None and extra is not None:
-                for row, fields in zip(extras, extra(features[key]), strict=True):
-                    row.update(fields)
+            run(emb, features[key], head)
     return vectors
+
+
+def _inspector(
+    embedders: Sequence[ArrayEmbedder],
+) -> Callable[[Any], dict[str, float]] | None:
+    """The embedders' `inspect(image)` hooks as one (a face detector, for ConSE), to run in
+    the loader threads on each decoded picture; None when no embedder has one."""
+    hooks = [h for e in embedders if (h := getattr(e, "inspect", None)) is not None]
+    if not hooks:
+        return None
+
+    def inspect(image: Any) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for hook in hooks:
+            out.update(hook(image))
+        return out
+
+    return inspect
 
 
 def _has_extra_fields(rec: Record | None, embedders: Sequence[ArrayEmbedder]) -> bool:

@@ -98,7 +98,7 @@ def add_concepts(store: Store, words: WordVectors, concepts: Sequence[ConceptSet
                 if c.kind == "label":  # a label of any model is a label
                     kinds[where[key]] = "label"
                 continue
-            vec = words.label_vector(c.name)
+            vec = words.label_vector(c.phrase)  # `crane (bird)`: crane and bird
             if vec is None:
                 continue
             where[key] = len(names)

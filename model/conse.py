@@ -24,6 +24,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.embedder import WordSpaceEmbedder
+from model.faces import FaceDetector
 from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
@@ -95,6 +96,7 @@ class ConseEmbedder(WordSpaceEmbedder):
         *,
         backbone: BackboneLike | None = None,
         class_vectors: Float32Array | None = None,
+        detect_faces: bool = True,
     ) -> None:
         if top_t < 1:
             raise ValueError(f"top_t must be at least 1, got {top_t}")
@@ -107,6 +109,8 @@ class ConseEmbedder(WordSpaceEmbedder):
         self._backbone = backbone
         self._class_vectors = class_vectors
         self._lock = threading.Lock()
+        # ImageNet-1k has no person class: a face detector supplies `person` (model/faces.py)
+        self._faces: FaceDetector | None = FaceDetector() if detect_faces else None
 
     # -- lazily built parts, each under the lock so two threads never build twice
     @property
@@ -168,32 +172,48 @@ class ConseEmbedder(WordSpaceEmbedder):
             return np.zeros((0, 1000), np.float32)
         return self.class_probs(self.backbone.features(self.image_arrays(images)))
 
-    #: payload fields `extra_payload` writes at ingest
-    extra_fields = ("concepts", "conse_top")
+    #: payload fields `embed_payload` writes at ingest (a point lacking one is refreshed)
+    extra_fields = ("concepts", "conse_top", "detected")
 
-    def extra_payload(self, features: Float32Array) -> list[dict[str, Any]]:
-        """Per image: its top-T classes with their probabilities (`conse_top`, to tag an
-        indexed image without the backbone) and the concepts (labels and hypernyms,
-        lower-case) holding at least CONCEPT_PAYLOAD_MASS of its probability (`concepts`,
-        keyword-indexed, for text search on a general word such as `dog`)."""
+    def inspect(self, image: Image.Image) -> dict[str, float]:
+        """What a detector sees in a decoded picture, by concept key ({} without one): a
+        face is a `person`. Runs in the loader threads at ingest."""
+        return self._faces.concepts(image) if self._faces is not None else {}
+
+    def detect_images(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        return [self.inspect(im) for im in images]
+
+    def embed_payload(
+        self, features: Float32Array, detected: Sequence[dict[str, float]] | None = None
+    ) -> tuple[Float32Array, list[dict[str, Any]]]:
+        """Pooled features (N, F) -> the ConSE vectors and, per image, its payload: the
+        classifier runs once for both. The payload holds its top-T classes with their
+        probabilities (`conse_top`, to tag an indexed image without the backbone), what a
+        detector found (`detected`: {concept key: score}) and the keys (wnids) of the
+        concepts holding at least CONCEPT_PAYLOAD_MASS of its probability, or detected
+        (`concepts`, keyword-indexed, for text search on a general word such as `dog`)."""
         from model.vocab.hierarchy import imagenet_concepts
 
+        if len(features) == 0:
+            return np.zeros((0, self.dim), np.float32), []
         probs = self.class_probs(features)
+        vectors = conse_vectors(probs, self.class_vectors, self.top_t)
         cs = imagenet_concepts()
         mass = cs.mass(probs, self.top_t)
+        found = list(detected) if detected is not None else [{} for _ in range(len(probs))]
         out = []
-        for p, m in zip(probs, mass, strict=True):
+        for p, m, seen in zip(probs, mass, found, strict=True):
             top = np.argsort(-p)[: self.top_t]
-            names = [
-                cs.concepts[int(i)].name.lower() for i in np.flatnonzero(m >= CONCEPT_PAYLOAD_MASS)
-            ]
+            keys = {cs.concepts[int(i)].key for i in np.flatnonzero(m >= CONCEPT_PAYLOAD_MASS)}
+            keys |= {k for k, score in seen.items() if score >= CONCEPT_PAYLOAD_MASS}
             out.append(
                 {
                     "conse_top": [[int(i), round(float(p[i]), 5)] for i in top],
-                    "concepts": sorted(names),
+                    "detected": {k: round(float(v), 5) for k, v in seen.items()},
+                    "concepts": sorted(keys),
                 }
             )
-        return out
+        return vectors, out
 
     def embed_features(self, features: Float32Array) -> Float32Array:
         """Pooled backbone features (N, F) -> (N, D): reuses cached features in evaluation."""

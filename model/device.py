@@ -333,6 +333,24 @@ def crop_resize_normalise(
     return ((out - m) / s)[0]
 
 
+def small_picture(x: torch.Tensor, side: int) -> Any:
+    """A (3, H, W) uint8 picture (any device) as a PIL RGB image, its longest side at most
+    `side`, reduced where it lies: what a detector looks at (`model.faces`) without a second
+    decode of an nvJPEG-decoded file."""
+    import torch
+    from PIL import Image
+    from torch.nn import functional as F
+
+    _, h, w = x.shape
+    scale = min(1.0, side / max(h, w))
+    small = x.unsqueeze(0).float()
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        small = F.interpolate(small, size=size, mode="bilinear", antialias=True)
+    pixels = small[0].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(pixels, "RGB")
+
+
 @functools.lru_cache(maxsize=16)
 def _norm_tensors(
     mean: tuple[float, ...], std: tuple[float, ...], device: str

@@ -503,7 +503,7 @@ def _word_tagger(
     fragments = label_fragments(c.name for c in concepts)
     names, kinds, vecs = [], [], []
     for c in concepts:
-        v = words.label_vector(c.name)
+        v = words.label_vector(c.phrase)
         if v is not None:
             names.append(c.name)
             kinds.append(c.kind)
@@ -517,7 +517,7 @@ def _word_tagger(
     return names, np.stack(vecs).astype(np.float32), kinds
 
 
-_KIND_MARK = {"label": "**", "hypernym": "_", "word": ""}
+_KIND_MARK = {"label": "**", "hypernym": "_", "detected": "*", "word": ""}
 
 
 def _tag_cell(tags: Sequence[tuple[str, float, str]]) -> str:
@@ -528,7 +528,7 @@ def tags_report(
     photos_dir: Path, models: dict[str, Embedder | None], k: int = 5, vocab_top: int = 20_000
 ) -> str:
     """Markdown: each scikit-image photo, its hand label, and every model's top-k tags,
-    each with its kind (**label**, _hypernym_, word).
+    each with its kind (**label**, _hypernym_, *detected*, word).
 
     ConSE: the ImageNet labels and their hypernyms by hedged probability mass. DeViSE: the
     nearest of its labels, their hypernyms and the `vocab_top` most frequent words. CLIP:
@@ -549,7 +549,11 @@ def tags_report(
         if isinstance(model, ConseEmbedder):
             cs = imagenet_concepts()
             probs = model.probs_images(images)
-            tags[name] = [[(c.name, m, c.kind) for c, m in cs.ranked(row, k)] for row in probs]
+            found = model.detect_images(images)  # a face is a `person`
+            tags[name] = [
+                [(c.name, m, c.kind) for c, m in cs.ranked(row, k, detected=seen)]
+                for row, seen in zip(probs, found, strict=True)
+            ]
             continue
         if isinstance(model, DeviseEmbedder):
             words, mat, kinds = _word_tagger(model.words, vocab_top, model.labels)
@@ -567,7 +571,8 @@ def tags_report(
     lines = [
         f"# Top-{k} tags on scikit-image photos",
         "",
-        "Kinds: **label**, _hypernym_, word. ConSE: ImageNet labels and their WordNet "
+        "Kinds: **label**, _hypernym_, *detected* (a face: person), word. ConSE: ImageNet "
+        "labels and their WordNet "
         "hypernyms, scored by the probability of the classes under them; DeViSE: nearest of "
         f"its labels, their hypernyms and the {vocab_top:,} most frequent words; CLIP: "
         "nearest ImageNet class names.",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 from model.device import Device, decode_workers
 from model.images import ImageError, Preprocess, decode_image_info, jpeg_for_gpu, to_array
@@ -32,6 +33,9 @@ LOOKAHEAD_BATCHES = 3
 #: JPEGs nvJPEG decodes in one call: enough to batch the work, few enough that 12-megapixel
 #: pictures hold about 1.2 GB of GPU memory (32 x 36 MB) at a time
 GPU_DECODE_GROUP = 32
+#: the longest side of the copy an `inspect` hook sees of an nvJPEG-decoded picture (the
+#: face detector shrinks further, to `model.faces.SIDE`)
+INSPECT_SIDE = 320
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Batch:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # each file's own (w, h)
     failures: list[tuple[int, ImageError]] = field(default_factory=list)
     wait_s: float = 0.0  # how long the consumer waited for this batch (loader starvation)
+    #: per decoded image (as `indices`), what the `inspect` hook of `iter_batches` found
+    inspected: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def array(self) -> Any:
@@ -55,12 +61,15 @@ def _empty(spec: Preprocess) -> npt.NDArray[np.float32]:
 
 
 def _load_chunk(
-    chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]], specs: Sequence[Preprocess]
+    chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]],
+    specs: Sequence[Preprocess],
+    inspect: Inspect | None = None,
 ) -> Batch:
     per_spec: list[list[npt.NDArray[np.float32]]] = [[] for _ in specs]
     indices: list[int] = []
     sizes: list[tuple[int, int]] = []
     failures: list[tuple[int, ImageError]] = []
+    inspected: list[dict[str, float]] = []
     draft = max(s.resize for s in specs)
     for i, src in chunk:
         try:
@@ -73,8 +82,9 @@ def _load_chunk(
             acc.append(arr)
         indices.append(i)
         sizes.append((info.width, info.height))
+        inspected.append(inspect(info.image) if inspect is not None else {})
     stacked = [np.stack(a) if a else _empty(s) for a, s in zip(per_spec, specs, strict=True)]
-    return Batch(indices, stacked, sizes, failures)
+    return Batch(indices, stacked, sizes, failures, inspected=inspected)
 
 
 def default_workers(device: Device | None = None) -> int:
@@ -90,8 +100,12 @@ def iter_batches(
     lookahead: int = LOOKAHEAD_BATCHES,
     device: Device | None = None,
     gpu_decode: bool = True,
+    inspect: Inspect | None = None,
 ) -> Iterator[Batch]:
     """Yield decoded batches in input order; bad images are reported in `Batch.failures`.
+
+    `inspect`, when given, runs on each decoded picture in the loader threads (a face
+    detector); its answers arrive in `Batch.inspected`.
 
     With several preprocessing specs (backbones that differ in size or normalisation),
     each image is decoded once and preprocessed once per spec.
@@ -113,6 +127,7 @@ def iter_batches(
             lookahead,
             device,
             gpu_decode,
+            inspect,
         )
         return
     items = list(enumerate(sources))
@@ -121,17 +136,25 @@ def iter_batches(
         return
     # Split each batch across the threads so one batch is ready as soon as possible.
     n_workers = workers or default_workers()
-    for done, wait in _ahead(chunks, n_workers, lookahead, lambda c: _load_chunk(c, specs)):
+
+    def load(c: Chunk) -> Batch:
+        return _load_chunk(c, specs, inspect)
+
+    for done, wait in _ahead(chunks, n_workers, lookahead, load):
         yield Batch(
             indices=[i for b in done for i in b.indices],
             arrays=[np.concatenate([b.arrays[s] for b in done]) for s in range(len(specs))],
             sizes=[sz for b in done for sz in b.sizes],
             failures=[f for b in done for f in b.failures],
             wait_s=wait,
+            inspected=[x for b in done for x in b.inspected],
         )
 
 
 T = TypeVar("T")
+#: per-image work on the decoded picture, run in the loader threads beside the decode (a face
+#: detector: `model.faces`); what it returns travels in `Batch.inspected`
+Inspect = Callable[[Image.Image], dict[str, float]]
 Chunk = list[tuple[int, str | os.PathLike[str] | bytes]]
 
 
@@ -183,11 +206,12 @@ def _load_chunk_cuda(
     chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]],
     specs: Sequence[Preprocess],
     nvjpeg: bool,
+    inspect: Inspect | None = None,
 ) -> _CudaPart:
     from model.device import JpegJob
 
     if not nvjpeg:
-        return _CudaPart(_load_chunk(chunk, specs))
+        return _CudaPart(_load_chunk(chunk, specs, inspect))
     rest: list[tuple[int, str | os.PathLike[str] | bytes]] = []
     jobs: list[tuple[int, JpegJob]] = []
     failures: list[tuple[int, ImageError]] = []
@@ -201,7 +225,7 @@ def _load_chunk_cuda(
             rest.append((i, src))
         else:
             jobs.append((i, JpegJob(*found)))
-    cpu = _load_chunk(rest, specs)
+    cpu = _load_chunk(rest, specs, inspect)
     cpu.failures.extend(failures)
     return _CudaPart(cpu, jobs)
 
@@ -211,14 +235,22 @@ def _gpu_arrays(
     jobs: list[tuple[int, JpegJob]],
     sources: Sequence[str | os.PathLike[str] | bytes],
     specs: Sequence[Preprocess],
-) -> tuple[dict[int, list[torch.Tensor]], dict[int, tuple[int, int]], list[tuple[int, Any]]]:
+    inspect: Inspect | None = None,
+) -> tuple[
+    dict[int, list[torch.Tensor]],
+    dict[int, tuple[int, int]],
+    list[tuple[int, Any]],
+    dict[int, dict[str, float]],
+]:
     """nvJPEG-decoded, preprocessed tensors per image; a file nvJPEG refused is decoded
-    by PIL here instead, so its bad-file rules (and error) are exactly the CPU path's."""
-    from model.device import crop_resize_normalise, to_device
+    by PIL here instead, so its bad-file rules (and error) are exactly the CPU path's.
+    `inspect` sees a small copy of each picture (`INSPECT_SIDE`), made on the GPU."""
+    from model.device import crop_resize_normalise, small_picture, to_device
 
     tensors: dict[int, list[torch.Tensor]] = {}
     sizes: dict[int, tuple[int, int]] = {}
     failures: list[tuple[int, Any]] = []
+    inspected: dict[int, dict[str, float]] = {}
     draft = max(s.resize for s in specs)
     # in groups: a batch of 12-megapixel pictures decoded at once would hold gigabytes of
     # GPU memory; each group is preprocessed (to 224 px) before the next is decoded
@@ -234,6 +266,8 @@ def _gpu_arrays(
                 crop_resize_normalise(img, s.size, s.resize, s.mean, s.std) for s in specs
             ]
             sizes[i] = (job.width, job.height)
+            if inspect is not None:
+                inspected[i] = inspect(small_picture(img, INSPECT_SIDE))
             continue
         try:
             info = decode_image_info(sources[i], draft_size=draft)
@@ -242,7 +276,9 @@ def _gpu_arrays(
             continue
         tensors[i] = [to_device(to_array(info.image, s), decoder.device) for s in specs]
         sizes[i] = (info.width, info.height)
-    return tensors, sizes, failures
+        if inspect is not None:
+            inspected[i] = inspect(info.image)
+    return tensors, sizes, failures, inspected
 
 
 def _iter_batches_cuda(
@@ -253,6 +289,7 @@ def _iter_batches_cuda(
     lookahead: int,
     device: Device,
     gpu_decode: bool,
+    inspect: Inspect | None = None,
 ) -> Iterator[Batch]:
     import torch
 
@@ -266,12 +303,13 @@ def _iter_batches_cuda(
         return
 
     def load(chunk: Chunk) -> _CudaPart:
-        return _load_chunk_cuda(chunk, specs, nvjpeg)
+        return _load_chunk_cuda(chunk, specs, nvjpeg, inspect)
 
     for done, wait in _ahead(chunks, n_workers, lookahead, load):
         per_image: dict[int, list[torch.Tensor]] = {}
         sizes: dict[int, tuple[int, int]] = {}
         failures: list[tuple[int, Any]] = []
+        inspected: dict[int, dict[str, float]] = {}
         for part in done:
             b = part.cpu
             failures.extend(b.failures)
@@ -280,12 +318,14 @@ def _iter_batches_cuda(
                 for k, (i, sz) in enumerate(zip(b.indices, b.sizes, strict=True)):
                     per_image[i] = [m[k] for m in moved]
                     sizes[i] = sz
+                    inspected[i] = b.inspected[k] if b.inspected else {}
         jobs = [j for part in done for j in part.jobs]
         if jobs:
-            t, s, f = _gpu_arrays(decoder, jobs, sources, specs)
+            t, s, f, seen = _gpu_arrays(decoder, jobs, sources, specs, inspect)
             per_image.update(t)
             sizes.update(s)
             failures.extend(f)
+            inspected.update(seen)
         order = sorted(per_image)
         arrays = [
             torch.stack([per_image[i][k] for i in order])
@@ -299,4 +339,5 @@ def _iter_batches_cuda(
             sizes=[sizes[i] for i in order],
             failures=sorted(failures, key=lambda x: x[0]),
             wait_s=wait,
+            inspected=[inspected.get(i, {}) for i in order],
         )

@@ -144,8 +144,8 @@ class FieldsEmbedder(FakeEmbedder):
 
     extra_fields = ("fake_top",)
 
-    def extra_payload(self, arrays: Any) -> list[dict[str, Any]]:
-        return [{"fake_top": [float(a.mean())]} for a in arrays]
+    def embed_payload(self, arrays: Any, inspected: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+        return self.embed_arrays(arrays), [{"fake_top": [float(a.mean())]} for a in arrays]
 
 
 def test_new_payload_fields_keep_other_models_vectors(tmp_path: Path, store: EdgeStore) -> None:

@@ -15,197 +15,41 @@ frequent words of GloVe 6B, so that `dog`, `bird`, `vehicle` and `drink` are kep
 `chordate`, `diapsid` and `placental` stay in the chain but are never shown. A synset's tag
 name is its first lemma, or its first plain frequent lemma when that is rare (`canid` ->
 `canine`); every lemma is kept, so a search for `drink` finds the synset named `beverage`.
+A compound that only narrows a tag above it (`wheeled vehicle` under `vehicle`, `working
+dog` under `dog`) is not a tag either (`model/vocab/rules.py` holds these rules).
+
+Names that several synsets share (`crane` the bird and the machine, `monitor` the lizard and
+the screen) are qualified by a hypernym that tells them apart: `crane (bird)`, `crane
+(lifting device)`. The run time keys concepts by wnid, so the two never merge.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from model.datasets import FASHION_MNIST_CLASSES
+from model.vocab.rules import ABSTRACT, MAX_TAG_RANK, restates_a_tag
 from model.vocab.wordnet import WordNet, wordnet_dir
-from model.words import imagenet_wnids
+from model.words import imagenet_class_names, imagenet_wnids
 
 OUT = Path(__file__).with_name("imagenet_hierarchy.json")
 # Labels beyond ImageNet's whose chains ship too: the built-in dataset's (Fashion-MNIST), so
 # the demo's labels have hypernyms on a machine without WordNet
 EXTRA_LABELS = tuple(FASHION_MNIST_CLASSES)
-MAX_TAG_RANK = 40_000
-
-# Abstract or vague nodes: true, but no person tags a photo with them.
-ABSTRACT = frozenset(
-    (
-        "entity",
-        "physical entity",
-        "object",
-        "whole",
-        "artifact",
-        "organism",
-        "living thing",
-        "instrumentality",
-        "matter",
-        "substance",
-        "solid",
-        "part",
-        "relation",
-        "abstraction",
-        "causal agent",
-        "agent",
-        "piece",
-        "article",
-        "commodity",
-        "consumer goods",
-        "durables",
-        "natural object",
-        "structure",
-        "covering",
-        "protective covering",
-        "device",
-        "equipment",
-        "implement",
-        "instrument",
-        "conveyance",
-        "system",
-        "support",
-        "ware",
-        "course",
-        "fluid",
-        "liquid",
-        "nutriment",
-        "foodstuff",
-        "produce",
-        "reproductive structure",
-        "plant organ",
-        "plant part",
-        "establishment",
-        "place of business",
-        "mercantile establishment",
-        "restraint",
-        "obstruction",
-        "barrier",
-        "mechanism",
-        "mechanical device",
-        "fastener",
-        "piece of cloth",
-        "housing",
-        "source of illumination",
-        "chordate",
-        "vertebrate",
-        "placental",
-        "invertebrate",
-        "craft",
-        "vessel",
-        "game",
-        "geological formation",
-        "natural elevation",
-        "passerine",
-        "oscine",
-        "unit",
-        "material",
-        "group",
-        "attribute",
-        "psychological feature",
-        "measure",
-        "state",
-        "event",
-        "act",
-        "location",
-        "point",
-        "area",
-        "region",
-        "line",
-        "surface",
-        "shape",
-        "form",
-        "thing",
-        "creation",
-        "product",
-        "merchandise",
-        "good",
-        "item",
-        "component",
-        "constituent",
-        "element",
-        "adult",
-        "worker",
-        "associate",
-        "peer",
-        "work",
-        "connection",
-        "control",
-        "communication",
-        "design",
-        "medium",
-        "participant",
-        "institution",
-        "landing",
-        "mixture",
-        "top",
-        "upright",
-        "round shape",
-        "string",
-        "staff",
-        "spring",
-        "sign",
-        "signal",
-        "turner",
-        "runner",
-        "racer",
-        "kit",
-        "rig",
-        "attachment",
-        "accessory",
-        "apparatus",
-        "decoration",
-        "emblem",
-        "display",
-        "ingredient",
-        "fare",
-        "feed",
-        "fodder",
-        "kernel",
-        "tissue",
-        "weight",
-        "wood",
-        "web",
-        "waterproof",
-        "geographic point",
-        "horizontal surface",
-        "framework",
-        "reinforcement",
-        "structural member",
-        "supporting structure",
-        "movable barrier",
-        "rotating mechanism",
-        "ligament",
-        "sheath",
-        "shade",
-        "round",
-        "press",
-        "punch",
-        "case",
-        "plate",
-        "rack",
-        "container",
-        "domestic animal",
-        "sports implement",
-        "game equipment",
-        "floor cover",
-        "measuring instrument",
-        "bar",
-        "post",
-        "pointer",
-        "screen",
-        "filter",
-        "padding",
-        "rod",
-        "stick",
-    )
-)
 
 
-def derive(wordnet: WordNet, ranks: dict[str, int]) -> dict[str, object]:
+def derive(
+    wordnet: WordNet, ranks: dict[str, int], class_names: list[str] | None = None
+) -> dict[str, object]:
+    """The shipped data: per class its wnid, lemmas and ancestors; per ancestor its lemmas,
+    parents, tag name and whether it is a tag; and for every name two synsets share (`crane`:
+    the bird and the machine) each one's qualified `display` name and the senses in WordNet's
+    order (the commonest first)."""
+    names = class_names or imagenet_class_names()
 
     def rank_of(name: str) -> int:
         words = name.lower().replace("-", " ").split()
@@ -213,6 +57,8 @@ def derive(wordnet: WordNet, ranks: dict[str, int]) -> dict[str, object]:
 
     classes = []
     nodes: dict[str, dict[str, object]] = {}
+    ancestors_of: dict[str, list[str]] = {}
+    plain_tag: dict[str, bool] = {}  # the stop-list and frequency rules alone
 
     def add_nodes(ancestors: list[int]) -> None:
         for a in ancestors:
@@ -225,50 +71,131 @@ def derive(wordnet: WordNet, ranks: dict[str, int]) -> dict[str, object]:
             if rank_of(name) > MAX_TAG_RANK:
                 plain = [x for x in syn.lemmas if " " not in x and rank_of(x) <= MAX_TAG_RANK]
                 name = plain[0] if plain else name
-            tag = (
+            plain_tag[key] = (
                 syn.name.lower() not in ABSTRACT
                 and name.lower() not in ABSTRACT
                 and rank_of(name) <= MAX_TAG_RANK
             )
+            ancestors_of[key] = [f"n{h:08d}" for h in wordnet.ancestors(a)]
             nodes[key] = {
                 "name": name,
                 "lemmas": list(syn.lemmas),
                 "parents": [f"n{h:08d}" for h in syn.hypernyms],
-                "tag": bool(tag),
             }
 
-    for wnid in imagenet_wnids():
+    wnids = imagenet_wnids()
+    for wnid in wnids:
         offset = int(wnid[1:])
         ancestors = wordnet.ancestors(offset)
+        ancestors_of[wnid] = [f"n{a:08d}" for a in ancestors]
         classes.append(
             {
                 "wnid": wnid,
                 "lemmas": list(wordnet.synset(offset).lemmas),
-                "ancestors": [f"n{a:08d}" for a in ancestors],
+                "ancestors": ancestors_of[wnid],
             }
         )
         add_nodes(ancestors)
     # the built-in dataset's labels (the demo's), by their first noun sense
     labels = []
     for label in EXTRA_LABELS:
-        senses = wordnet.senses(label)
-        if senses:
-            ancestors = wordnet.ancestors(senses[0])
+        found = wordnet.senses(label)
+        if found:
+            ancestors = wordnet.ancestors(found[0])
             labels.append(
                 {
                     "label": label,
-                    "wnid": f"n{senses[0]:08d}",
+                    "wnid": f"n{found[0]:08d}",
                     "ancestors": [f"n{a:08d}" for a in ancestors],
                 }
             )
             add_nodes(ancestors)
+    for key, node in nodes.items():
+        above = {
+            lemma.lower()
+            for a in ancestors_of[key]
+            if plain_tag[a]
+            for lemma in [str(nodes[a]["name"]), *nodes[a]["lemmas"]]  # type: ignore[misc]
+        }
+        node["tag"] = plain_tag[key] and not restates_a_tag(str(node["name"]), above)
+        # label vectors (hypernym_label_matrix) lean on the nearest of these, restating or not
+        node["plain_tag"] = plain_tag[key]
+
+    # names that several synsets share: a label's (ImageNet's class names) or a tag's
+    by_name: dict[str, list[str]] = defaultdict(list)
+    own_name: dict[str, str] = {}
+    for wnid, name in zip(wnids, names, strict=True):
+        by_name[name.lower()].append(wnid)
+        own_name[wnid] = name
+    for key, node in nodes.items():
+        if node["tag"] and key not in own_name:
+            by_name[str(node["name"]).lower()].append(key)
+            own_name[key] = str(node["name"])
+    under: dict[str, list[str]] = defaultdict(list)  # a synset -> the classes under it
+    for wnid, name in zip(wnids, names, strict=True):
+        for a in ancestors_of[wnid]:
+            under[a].append(name)
+    senses: dict[str, list[str]] = {}
+    for name, group in sorted(by_name.items()):
+        if len(group) < 2:
+            continue
+        order = [f"n{o:08d}" for o in wordnet.senses(name)]
+        group.sort(key=lambda w: order.index(w) if w in order else len(order))
+        senses[name] = group
+        for wnid, qual in _qualifiers(group, ancestors_of, nodes, rank_of, under).items():
+            display = f"{own_name[wnid]} ({qual})"
+            if wnid in nodes:
+                nodes[wnid]["display"] = display
+            for cls in classes:
+                if cls["wnid"] == wnid:
+                    cls["display"] = display
     return {
         "source": "WordNet 3.0, Copyright 2006 by Princeton University (see WORDNET_LICENSE)",
         "max_tag_rank": MAX_TAG_RANK,
         "classes": classes,
         "labels": labels,
         "nodes": nodes,
+        "senses": senses,
     }
+
+
+def _qualifiers(
+    group: list[str],
+    ancestors_of: dict[str, list[str]],
+    nodes: dict[str, dict[str, object]],
+    rank_of: Callable[[str], int],
+    under: dict[str, list[str]],
+) -> dict[str, str]:
+    """Per synset of a group sharing one name (in WordNet's sense order), a word that tells
+    it from the others: its nearest hypernym that is no hypernym of the others, a tag when one
+    is (`crane (bird)`, `monitor (lizard)`), else one with a frequent name (`crane (lifting
+    device)`); the nearest frequent one when none tells (a synset above another of the
+    group). Where two still read alike, the later sense is told by a class under it
+    (`table (furniture)`, `table (dining table)`)."""
+    shared = {str(nodes[w]["name"]).lower() for w in group if w in nodes}
+
+    def usable(a: str) -> bool:
+        name = str(nodes[a]["name"])
+        return rank_of(name) <= MAX_TAG_RANK and name.lower() not in shared
+
+    out: dict[str, str] = {}
+    for wnid in group:
+        others: set[str] = set()
+        for o in group:
+            if o != wnid:
+                others |= {o, *ancestors_of[o]}
+        frequent = [a for a in ancestors_of[wnid] if usable(a)]
+        telling = [a for a in frequent if a not in others]
+        tags = [a for a in telling if nodes[a]["tag"]]
+        best = (tags or telling or frequent)[:1]
+        out[wnid] = str(nodes[best[0]]["name"]) if best else wnid
+    taken: set[str] = set()
+    for wnid in group:
+        if out[wnid] in taken:
+            names = [n for n in under.get(wnid, []) if n.lower() not in shared]
+            out[wnid] = names[0] if names else wnid
+        taken.add(out[wnid])
+    return out
 
 
 def main() -> None:
@@ -286,7 +213,11 @@ def main() -> None:
     args.out.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
     nodes: dict[str, dict[str, object]] = data["nodes"]  # type: ignore[assignment]
     tags = sum(1 for n in nodes.values() if n["tag"])
-    print(f"wrote {args.out}: 1000 classes, {len(nodes)} hypernyms, {tags} of them tags")
+    shared = len(data["senses"])  # type: ignore[arg-type]
+    print(
+        f"wrote {args.out}: 1000 classes, {len(nodes)} hypernyms, {tags} of them tags, "
+        f"{shared} names shared by several synsets"
+    )
 
 
 if __name__ == "__main__":
