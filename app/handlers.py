@@ -38,11 +38,31 @@ def tag_key(r: TagResult) -> str:
     return r.word if r.kind == "word" else f"{r.word} ({r.kind})"
 
 
+#: how the Tag tab names each kind of tag: a detector's is said to be one
+KIND_SHOWN = {
+    "label": "label",
+    "hypernym": "hypernym",
+    "detected": "face detector",
+    "word": "word",
+}
+TAG_HEADERS = ["tag", "kind", "score"]
+
+
+def tag_row(r: TagResult) -> list[Any]:
+    """A tag as a row of the Tag tab's table (markdown): labels in bold, hypernyms in
+    italics and a detector's tag in bold italics stand out from plain words."""
+    mark = {"label": "**", "hypernym": "_", "detected": "***"}.get(r.kind, "")
+    return [f"{mark}{r.word}{mark}", KIND_SHOWN.get(r.kind, r.kind), round(float(r.score), 3)]
+
+
 @dataclass
 class TagsOut:
+    #: tag -> score, for a panel that orders by score (the Compare tab's)
     tags: dict[str, float] = field(default_factory=dict)
     status: str = ""
     ok: bool = True
+    #: the tags in the service's order (hedged: a breed before `dog`), as table rows
+    rows: list[list[Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -246,8 +266,12 @@ class WebHandlers:
             return TagsOut(status=f"⚠️ cannot read the upload: {e.strerror or e}", ok=False)
         except USER_ERRORS as e:
             return TagsOut(status=f"⚠️ {e}", ok=False)
-        tags = {tag_key(r): float(r.score) for r in answer.results if isinstance(r, TagResult)}
-        return TagsOut(tags, f"{len(tags)} tag(s) by {answer.model} in {answer.took_ms:.0f} ms")
+        results = [r for r in answer.results if isinstance(r, TagResult)]
+        tags = {tag_key(r): float(r.score) for r in results}
+        status = f"{len(tags)} tag(s) by {answer.model} in {answer.took_ms:.0f} ms"
+        if any(r.kind == "detected" for r in results):
+            status += "; `person` is from a face detector, not the classifier"
+        return TagsOut(tags, status, rows=[tag_row(r) for r in results])
 
     def compare(
         self,

@@ -29,6 +29,7 @@ from app.handlers import (
     COMPARE_KINDS,
     DEFAULT_K,
     MAX_UI_K,
+    TAG_HEADERS,
     USER_ERRORS,
     GalleryOut,
     TagsOut,
@@ -179,7 +180,15 @@ def build_demo(
                         "first (general). Labels and hypernyms are marked.",
                     )
                     tag_status = gr.Markdown()
-                    tags = gr.Label(label="Tags", num_top_classes=MAX_UI_K)
+                    # in the service's order (hedged), each with its kind: gr.Label would
+                    # re-sort them by score
+                    tags = gr.Dataframe(
+                        headers=TAG_HEADERS,
+                        datatype=["markdown", "str", "number"],
+                        label="Tags (**label**, _hypernym_, ***detected***, word)",
+                        interactive=False,
+                        elem_id="tag-table",
+                    )
 
         with gr.Tab("Compare models"):
             with gr.Row():
@@ -243,10 +252,10 @@ def build_demo(
         def on_tag(
             image: str | None, model: str = "devise", k: float = DEFAULT_K,
             min_score: float | None = None, generality: str = "specific",
-        ) -> tuple[dict[str, float], str]:  # fmt: skip
+        ) -> tuple[list[list[Any]], str]:  # fmt: skip
             r = h.tag(image, model, k, min_score, generality)
             warn(r.ok, r.status)
-            return r.tags, r.status
+            return r.rows, r.status
 
         def on_compare(
             kind: str = "text", query: str | None = None, image: str | None = None,

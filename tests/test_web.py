@@ -163,6 +163,9 @@ def test_image_search_tag_and_more_like_this(
     tags = handlers.tag(str(upload), "devise", 5, 0.0)
     want_tags = web_index.service.tag(upload.read_bytes(), k=5)
     assert tags.ok and list(tags.tags) == [tag_key(r) for r in want_tags.results]
+    # the Tag tab's table keeps the service's order, each tag with its kind
+    assert [row[1] for row in tags.rows] == [r.kind for r in want_tags.results]
+    assert [row[0].strip("*_") for row in tags.rows] == [r.word for r in want_tags.results]
 
     more = handlers.more_like_this(out.paths, 0, "devise", [], "", 0.0, 6)
     assert more.ok and out.paths[0] not in more.paths
@@ -281,9 +284,12 @@ def test_live_app_answers_like_the_service(live: WebApp, web_index: WebIndex) ->
     assert _gallery_rows(gallery) == _want_rows(want)
 
     tags, _ = client.predict(handle_file(str(probe)), "devise", 4, 0, api_name="/tag")
-    words = [c["label"] for c in tags["confidences"]]
-    # gr.Label shows tags by score; the set and each score are the service's
-    assert sorted(words) == sorted(tag_key(r) for r in svc.tag(probe.read_bytes(), k=4).results)
+    # a table in the service's order (not re-sorted by score), with each tag's kind
+    want_tags = svc.tag(probe.read_bytes(), k=4).results
+    assert tags["headers"] == ["tag", "kind", "score"]
+    assert [(row[0].strip("*_"), row[1]) for row in tags["data"]] == [
+        (r.word, r.kind) for r in want_tags
+    ]
 
     out = client.predict("text", "cat", None, [], "", 0, 3, api_name="/compare")
     # each slot comes back as an update: its value, its label (model and time), visibility
