@@ -161,6 +161,8 @@ class WebHandlers:
             out.status += f"; {hidden} not shown (missing, or outside the indexed folders)"
         if not answer.results:
             out.status += f": {answer.note or 'try fewer filters or a lower minimum score'}"
+        elif answer.note:  # how a concept query was answered ("no image indexed under …")
+            out.status += f". Note: {answer.note}"
         return out
 
     @staticmethod

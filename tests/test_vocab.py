@@ -299,3 +299,62 @@ def test_conse_text_search_for_a_general_word(tmp_path: Path, glove: WordVectors
         assert answer.note is not None and "'crane (bird)'" in answer.note, answer.note
     finally:
         store.close()
+
+
+def test_run_time_needs_no_derivation() -> None:
+    """Tags and a user's label hypernyms import the light rules, never the derivation (and
+    through it model.datasets)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, model.vocab.hierarchy as h; h.imagenet_concepts(); "
+        "h.label_concepts(['sandal', 'dress']); "
+        "print('model.vocab.derive' in sys.modules, 'model.datasets' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_an_older_index_still_finds_unshared_concepts(glove: WordVectors, tmp_path: Path) -> None:
+    """Points stored before concepts were keyed by wnid hold lower-case names and no
+    `detected`: a search for an unshared name (`dog`) still finds them, by their classes'
+    mass; the next ingest refreshes them (`ConseEmbedder.extra_fields`)."""
+    from app.service import SearchService
+    from ingest.pipeline import _has_extra_fields
+    from ingest.vocabulary import load_vocabulary
+    from model.conse import ConseEmbedder
+    from qdrant.edge import EdgeStore
+    from qdrant.store import Record
+
+    store = EdgeStore(tmp_path / "index")
+    try:
+        load_vocabulary(store, glove, 500, progress=False, concepts=[imagenet_concepts()])
+        store.ensure_collections({"conse": glove.dim})
+        old = {
+            "path": "/old/shepherd.png",
+            "folder": "/old",
+            "folders": ["/", "/old"],
+            "label": "old",
+            "conse_top": [[235, 0.9], [0, 0.05]],  # a German shepherd, surely
+            "concepts": ["dog", "german shepherd", "shepherd dog"],
+        }
+        # a tench whose vector is the word `dog` itself: the nearest by cosine, under no dog
+        tench = {**old, "path": "/old/tench.png", "conse_top": [[0, 0.9]], "concepts": ["tench"]}
+        store.upsert_images(
+            ["00000000-0000-0000-0000-000000000002", "00000000-0000-0000-0000-000000000003"],
+            [old, tench],  # type: ignore[list-item]
+            {"conse": np.stack([unit(glove.kv["shepherd"]), unit(glove.kv["dog"])])},
+        )
+        meta = store.get_meta()
+        meta.setdefault("models", {})["conse"] = {"dim": glove.dim, "id": "x"}
+        store.set_meta(meta)
+        answer = SearchService(store).search_text("dog", model="conse", k=1)
+        assert answer.results[0].path == "/old/shepherd.png" and answer.note is None
+        assert answer.results[0].score == pytest.approx(0.9, abs=1e-4)
+        record = Record("00000000-0000-0000-0000-000000000002", old)
+        assert not _has_extra_fields(record, [ConseEmbedder()])  # type: ignore[list-item]
+    finally:
+        store.close()

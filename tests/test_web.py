@@ -117,6 +117,12 @@ def test_text_search_handler_matches_service(handlers: WebHandlers, web_index: W
     assert label in ("cat", "truck") and folder.startswith(str(web_index.root))
     assert float(score) == pytest.approx(want.results[0].score, abs=0.01)
     assert "5 result(s)" in out.status and "ms" in out.status
+    # a note on how the query was answered shows beside the results, not only when empty
+    from dataclasses import replace as with_
+
+    noted = with_(want, note="no image indexed under 'zebra'; ranked by word-vector similarity")
+    status = handlers._gallery(noted, "zebra").status
+    assert status.startswith("5 result(s)") and "Note: no image indexed under 'zebra'" in status
 
 
 def test_filters_narrow_results(handlers: WebHandlers, web_index: WebIndex) -> None:
