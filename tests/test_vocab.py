@@ -80,9 +80,19 @@ def test_a_name_two_synsets_share_is_two_concepts() -> None:
     assert cs.find("crane") == crane[0]
     assert cs.concepts[cs.find("crane (bird)")].key == CRANE_BIRD  # type: ignore[index]
     assert cs.concepts[cs.find("crane bird")].key == CRANE_BIRD  # type: ignore[index]
-    # every shown name is one concept's
+    # every shown name is one concept's, ImageNet's and a user's labels' alike
     shown = [c.name.lower() for c in cs.concepts]
     assert len(shown) == len(set(shown))
+    from model.datasets import FASHION_MNIST_CLASSES
+    from model.vocab.hierarchy import label_concepts
+
+    own = label_concepts(list(FASHION_MNIST_CLASSES))
+    names = [c.name.lower() for c in own.concepts]
+    assert len(names) == len(set(names)), names
+    shirt = own.concepts[own.find("shirt")]  # type: ignore[index]
+    assert shirt.kind == LABEL  # a t-shirt's hypernym `shirt` is the label `shirt`
+    tshirt, label_shirt = own.classes.index("t-shirt"), own.classes.index("shirt")
+    assert own.members[own.find("shirt"), [tshirt, label_shirt]].tolist() == [1, 1]
 
 
 @pytest.mark.skipif(wordnet_dir() is None, reason="WordNet 3.0 (Debian wordnet-base) absent")

@@ -224,8 +224,13 @@ def _concepts_from_ancestry(
     index: dict[str, int] = {}
     concepts: list[Concept] = []
     rows: list[set[int]] = []
+    # a user's own labels have no wnid: a hypernym of the same name is that label (a t-shirt
+    # is a `shirt`, and `shirt` is a label too)
+    by_label = {name.lower(): name.lower() for name in classes} if keys is None else {}
 
     def add(c: Concept) -> int:
+        if c.kind == HYPERNYM and c.plain.lower() in by_label:
+            c = replace(c, key=by_label[c.plain.lower()])
         if c.key in index:
             i = index[c.key]
             old = concepts[i]
