@@ -1,4 +1,4 @@
-"""The face detector that tags `person` (model/faces.py): where it fires, and its cost.
+"""The face detector that tags `person` (model/detectors/faces.py): where it fires, and its cost.
 
 False positives on Fashion-MNIST test images (no person in any) and on the real photos
 without a person; hits on the photos with one; milliseconds per image for the detector
@@ -31,7 +31,7 @@ def main() -> None:
 
     from model.conse import ConseEmbedder
     from model.datasets import export_photos, read_fashion_mnist, stratified_indices
-    from model.faces import FaceDetector
+    from model.detectors.faces import FaceDetector
     from model.images import decode_image
 
     print(f"CPU: {cpu_name()}")

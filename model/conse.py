@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from model.detectors.faces import FaceDetector
 from model.embedder import WordSpaceEmbedder
-from model.faces import FaceDetector
 from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
@@ -109,7 +109,8 @@ class ConseEmbedder(WordSpaceEmbedder):
         self._backbone = backbone
         self._class_vectors = class_vectors
         self._lock = threading.Lock()
-        # ImageNet-1k has no person class: a face detector supplies `person` (model/faces.py)
+        # ImageNet-1k has no person class: a face detector supplies `person`
+        # (model/detectors/faces.py)
         self._faces: FaceDetector | None = FaceDetector() if detect_faces else None
 
     # -- lazily built parts, each under the lock so two threads never build twice

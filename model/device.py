@@ -335,8 +335,8 @@ def crop_resize_normalise(
 
 def small_picture(x: torch.Tensor, side: int) -> Any:
     """A (3, H, W) uint8 picture (any device) as a PIL RGB image, its longest side at most
-    `side`, reduced where it lies: what a detector looks at (`model.faces`) without a second
-    decode of an nvJPEG-decoded file."""
+    `side`, reduced where it lies: what a detector looks at (`model.detectors.faces`)
+    without a second decode of an nvJPEG-decoded file."""
     import torch
     from PIL import Image
     from torch.nn import functional as F

@@ -34,7 +34,7 @@ LOOKAHEAD_BATCHES = 3
 #: pictures hold about 1.2 GB of GPU memory (32 x 36 MB) at a time
 GPU_DECODE_GROUP = 32
 #: the longest side of the copy an `inspect` hook sees of an nvJPEG-decoded picture (the
-#: face detector shrinks further, to `model.faces.SIDE`)
+#: face detector shrinks further, to `model.detectors.faces.SIDE`)
 INSPECT_SIDE = 320
 
 
@@ -153,7 +153,7 @@ def iter_batches(
 
 T = TypeVar("T")
 #: per-image work on the decoded picture, run in the loader threads beside the decode (a face
-#: detector: `model.faces`); what it returns travels in `Batch.inspected`
+#: detector: `model.detectors.faces`); what it returns travels in `Batch.inspected`
 Inspect = Callable[[Image.Image], dict[str, float]]
 Chunk = list[tuple[int, str | os.PathLike[str] | bytes]]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.faces import PERSON_SCORE, FaceDetector, grey_copy
+from model.detectors.faces import PERSON_SCORE, FaceDetector, grey_copy
 from model.vocab.hierarchy import imagenet_concepts
 from model.vocab.rules import DETECTED, PERSON
 
