@@ -280,3 +280,30 @@ def test_buffers_are_not_jpeg(tmp_path: Path) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "PNG")
     assert jpeg_for_gpu(buf.getvalue()) is None
+
+
+def test_the_loaders_inspect_hook_sees_each_picture_upright(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook at ingest (the face detector) sees every decoded picture, upright, on both
+    paths: PIL's, and the CUDA path's small copy of an nvJPEG-decoded one."""
+    monkeypatch.setattr(GpuJpegDecoder, "available", staticmethod(lambda d: True))
+    sources = [
+        _jpeg(tmp_path / "a.jpg", (300, 200), orientation=8),
+        tmp_path / "b.png",
+        _jpeg(tmp_path / "c.jpg", (900, 600)),
+    ]
+    Image.new("RGB", (50, 70), (200, 10, 10)).save(tmp_path / "b.png")
+
+    def size(im: Image.Image) -> dict[str, float]:
+        return {"w": float(im.width), "h": float(im.height)}
+
+    spec = Preprocess()
+    gpu = next(loader._iter_batches_cuda(sources, [spec], 8, 2, 1, CPU, True, size))
+    cpu = next(loader.iter_batches(sources, spec, 8, 2, inspect=size))
+    assert cpu.inspected[:2] == [{"w": 200, "h": 300}, {"w": 50, "h": 70}]
+    assert gpu.inspected[:2] == cpu.inspected[:2]
+    # the large one: at most INSPECT_SIDE on the GPU path, its shape kept
+    w, h = gpu.inspected[2]["w"], gpu.inspected[2]["h"]
+    assert max(w, h) <= loader.INSPECT_SIDE and abs(w / h - 1.5) < 0.02
+    assert next(loader.iter_batches(sources, spec, 8, 2)).inspected == [{}, {}, {}]
