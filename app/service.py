@@ -604,7 +604,7 @@ class SearchService:
             hits = self._images(model, vector, k + len(indexed), flt)
             results = [r for r in hits if r.path not in indexed][:k]
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
-        answer.query = reading(used) + note
+        answer.query = note or reading(used)
         if len(used) < len(terms):
             dropped = [t for t in terms if t not in used]
             answer.query += f" (ignored, no known word: {reading(dropped)})"
@@ -668,7 +668,7 @@ class SearchService:
             if flt.min_score is None or margin[j] >= flt.min_score
         ]
         how = f"seen labels less {gamma:.2f}" if gamma else "no zero-shot bias"
-        note = f" (the model's label: score = its margin over the next label, {how})"
+        note = f"{labels[label]} (the model's label: score = its margin over the next label, {how})"
         return results[:k], note
 
     def _concept_query(self, text: str) -> int | None:
