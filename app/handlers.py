@@ -319,8 +319,11 @@ class WebHandlers:
         if isinstance(a, str):
             return GalleryOut(status=f"⚠️ {a}", ok=False), TagsOut(status=f"⚠️ {a}", ok=False)
         if out.kind == "tag":
-            tags = {tag_key(r): float(r.score) for r in a.results if isinstance(r, TagResult)}
-            return GalleryOut(), TagsOut(tags, f"{a.took_ms:.0f} ms")
+            results = [r for r in a.results if isinstance(r, TagResult)]
+            tags = {tag_key(r): float(r.score) for r in results}
+            return GalleryOut(), TagsOut(
+                tags, f"{a.took_ms:.0f} ms", rows=[tag_row(r) for r in results]
+            )
         return self._gallery(a, "the query"), TagsOut()
 
     # ---------------------------------------------------------------- for programs

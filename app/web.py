@@ -185,7 +185,7 @@ def build_demo(
                     tags = gr.Dataframe(
                         headers=TAG_HEADERS,
                         datatype=["markdown", "str", "number"],
-                        label="Tags (**label**, _hypernym_, ***detected***, word)",
+                        label="Tags, in order: labels bold, hypernyms italic, a detector's both",
                         interactive=False,
                         elem_id="tag-table",
                     )
@@ -199,13 +199,20 @@ def build_demo(
             cmp_status = gr.Markdown()
             with gr.Accordion("Evaluation: the same models, measured (devise eval)", open=False):
                 gr.Markdown(evaluation_markdown(service))
-            slots: list[tuple[gr.Gallery, gr.Label]] = []
+            slots: list[tuple[gr.Gallery, gr.Dataframe]] = []
             with gr.Row():
                 for m in slot_models:
                     with gr.Column():
                         g = results_gallery(m, f"compare-{m}")
                         g.visible = m in models
-                        lab = gr.Label(label=m, visible=False, num_top_classes=MAX_UI_K)
+                        # tags in each model's own order, as in the Tag tab
+                        lab = gr.Dataframe(
+                            headers=TAG_HEADERS,
+                            datatype=["markdown", "str", "number"],
+                            label=m,
+                            interactive=False,
+                            visible=False,
+                        )
                         slots.append((g, lab))
 
         with gr.Accordion("Index a folder", open=False, visible=ingest_roots is not None):
@@ -278,7 +285,7 @@ def build_demo(
                 )  # fmt: skip
                 updates.append(
                     gr.update(
-                        value=tg.tags or None, label=f"{m} · {tg.status}" if slot else m,
+                        value=tg.rows, label=f"{m} · {tg.status}" if slot else m,
                         visible=present and out.kind == "tag",
                     )
                 )  # fmt: skip

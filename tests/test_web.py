@@ -189,6 +189,8 @@ def test_compare_one_gallery_per_model(handlers: WebHandlers, web_index: WebInde
     tagged = handlers.compare("tag", None, png_bytes(), k=3)
     slot = handlers.compare_slot(tagged, "devise")
     assert slot is not None and len(slot[1].tags) == 3
+    want = tagged.answers["devise"].results  # type: ignore[union-attr]
+    assert [row[1] for row in slot[1].rows] == [r.kind for r in want]  # the service's order
     assert not handlers.compare("image", None, None).ok
 
 
