@@ -52,7 +52,10 @@ def count_images(root: Path) -> int:
 
 
 def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
-    """True when every gallery image has a point made by this checkpoint."""
+    """True when every gallery image has a point made by this checkpoint, carrying the
+    payload fields conse stores now (a demo made before the face detector and the concepts
+    keyed by WordNet id is refreshed by its next ingest)."""
+    from model.conse import ConseEmbedder
     from qdrant.filters import SearchFilter
     from qdrant.schema import IMAGES, abs_posix
 
@@ -60,7 +63,11 @@ def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
     rec = models.get("devise") or {}
     if rec.get("id") != content_id or "conse" not in models:
         return False
-    indexed = store.count(IMAGES, SearchFilter(folder=abs_posix(gallery)))
+    flt = SearchFilter(folder=abs_posix(gallery))
+    first = next(iter(store.scroll_images(batch=1)), None)
+    if first is not None and any(f not in first.payload for f in ConseEmbedder.extra_fields):
+        return False
+    indexed = store.count(IMAGES, flt)
     return indexed >= count_images(gallery)
 
 
@@ -69,10 +76,12 @@ def vocabulary_loaded(store: Store, source: str, top: int) -> bool:
 
     words = store.get_meta().get("words") or {}
     needed = min(top, int(words.get("count") or top))
-    # an index made before labels and hypernyms joined the vocabulary gets them now
+    # an index made before labels and hypernyms joined the vocabulary gets them now, and
+    # one made before shared names were qualified (`crane (bird)`) gets the qualified ones
     return (
         words.get("source") == source
         and bool(words.get("concepts"))
+        and bool(words.get("qualified"))
         and store.count(WORDS) >= needed
     )
 

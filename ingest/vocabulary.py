@@ -77,6 +77,8 @@ def load_vocabulary(
         "dim": words.dim,
         "count": count,
         "concepts": max(n_concepts, int(old.get("concepts", 0)) if not replaced else 0),
+        # concepts named as now: a name several synsets share is qualified (`crane (bird)`)
+        "qualified": bool(n_concepts) or bool(old.get("qualified")),
     }
     store.set_meta(meta)
     store.flush()

@@ -45,3 +45,30 @@ def test_demo_builds_then_skips_every_stage(
     again = capsys.readouterr().out
     assert "[" not in again.split("built in")[0]  # no stage ran
     assert time.perf_counter() - t < 30
+
+
+def test_a_demo_index_from_before_the_face_detector_is_refreshed(tmp_path: Path) -> None:
+    """Points without conse's newer payload fields (`detected`, concepts by wnid) and a
+    vocabulary without qualified names are not 'done': the next `devise demo` redoes them."""
+    from qdrant.schema import image_point_id
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(gallery / "a.png")
+    path = str((gallery / "a.png").resolve())
+    with EdgeStore(tmp_path / "index") as store:
+        store.ensure_collections({"devise": 2, "conse": 2})
+        meta = store.get_meta()
+        meta["models"] = {"devise": {"id": "ckpt"}, "conse": {"id": "c"}}
+        meta["words"] = {"source": "glove-6b-50d", "count": 0, "concepts": 5}
+        store.set_meta(meta)
+        old = {"path": path, "folder": str(gallery.resolve()), "folders": [str(gallery.resolve())]}
+        old |= {"label": "gallery", "conse_top": [[0, 0.9]], "concepts": ["tench"]}
+        vec = {"devise": [[1.0, 0.0]], "conse": [[1.0, 0.0]]}
+        store.upsert_images([image_point_id(path)], [old], vec)  # type: ignore[list-item,arg-type]
+        assert not demo.gallery_indexed(store, gallery, "ckpt")
+        assert not demo.vocabulary_loaded(store, "glove-6b-50d", 0)
+        store.set_image_payload(image_point_id(path), {**old, "detected": {}})
+        assert demo.gallery_indexed(store, gallery, "ckpt")
