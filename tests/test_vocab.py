@@ -51,6 +51,9 @@ def test_tags_are_what_a_person_uses_never_the_abstract_top() -> None:
     # a compound that only narrows a tag above it is no tag: `vehicle`, not `wheeled vehicle`
     assert "vehicle" in names and not {"wheeled vehicle", "self-propelled vehicle"} & names
     assert "food" not in names  # espresso is a drink; WordNet's "food" reads oddly on a photo
+    # `car` stays, its commonest sense (the automobile) first; a railway car is the other
+    assert cs.concepts[cs.find("car")].key == "n02958343"  # type: ignore[index]
+    assert {cs.concepts[i].key for i in cs.named("car")} == {"n02958343", "n02959942"}
 
 
 MONITOR_LIZARD, MONITOR_SCREEN, KOMODO = "n01694709", "n03782006", "n01695060"
