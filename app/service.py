@@ -607,7 +607,8 @@ class SearchService:
         (also when the checkpoint is not at hand: the word-vector search needs none)."""
         key = " ".join(text.lower().split())
         try:
-            labels = [str(x).lower() for x in self.embedder("devise").meta.get("labels", [])]
+            meta = getattr(self.embedder("devise"), "meta", None) or {}
+            labels = [str(x).lower() for x in meta.get("labels", [])]
         except ServiceError as e:
             log.info("label query %r searched by its word vector: %s", text, e)
             return None
