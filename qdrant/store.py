@@ -102,6 +102,11 @@ class Store(Protocol):
         """Merge `payload` into one image point's payload (e.g. a moved file's new path)."""
         ...
 
+    def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each (point id, payload) into that image point's payload; other fields and
+        every vector stay. Not atomic: a failure part-way leaves the first ones applied."""
+        ...
+
     def search_images(
         self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
     ) -> list[Hit]:
@@ -134,6 +139,10 @@ class Store(Protocol):
 
     def facet_labels(self) -> dict[str, int]:
         """Number of image points per label."""
+        ...
+
+    def facet_values(self, field: str) -> dict[str, int]:
+        """Number of image points per value of a keyword-indexed field (`label`, `camera`)."""
         ...
 
     def scroll_images(
