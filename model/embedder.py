@@ -7,6 +7,7 @@ are never mixed.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.images import Preprocess, to_array
-from model.specs import RANDOM_INIT, BackboneLike
+from model.specs import RANDOM_INIT, BackboneLike, weights_identity
 from model.words import WordVectors, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -227,7 +228,7 @@ class DeviseEmbedder(WordSpaceEmbedder):
             bb.set_weights_key(key)
             return bb
         weights = self._weights or self.meta.get("weights_path") or "default"
-        return fastpath.load_for_inference(name, weights, self._precision)
+        return load_for_inference(name, weights, self._precision)
 
     def _carried(self) -> dict[str, Any]:
         return self.ckpt.prefixed("backbone")
@@ -259,3 +260,20 @@ class DeviseEmbedder(WordSpaceEmbedder):
         if words.source != self.words_source:
             raise ValueError(f"{words.source} is not this checkpoint's {self.words_source}")
         self._words = words
+
+
+def load_for_inference(
+    name: str, weights: str | os.PathLike[str] | None, precision: str
+) -> BackboneLike:
+    """A backbone for queries: from the compiled-model cache without torch when it is there,
+    else built with torch (which compiles and caches it for the next process)."""
+    from model import fastpath
+
+    wid = weights_identity(name, weights)
+    if wid is not None:
+        cached = fastpath.load_compiled(name, wid, precision)
+        if cached is not None:
+            return cached
+    from model.backbones import load_backbone
+
+    return load_backbone(name, weights, precision)
