@@ -425,7 +425,7 @@ class SearchService:
 
     def cameras(self) -> list[str]:
         """The cameras of the indexed photos, from their EXIF."""
-        return sorted(self.store.facet_values("camera"))
+        return sorted(self.store.facet_values("camera", exact=False))
 
     def _cameras(self, wanted: Sequence[str]) -> tuple[str, ...]:
         """The indexed camera names a user's names stand for: every camera whose name holds
@@ -434,7 +434,9 @@ class SearchService:
         matches nothing."""
         if not wanted:
             return ()
-        known = self.store.facet_values("camera")
+        # the names only, so the index's counts do: an exact facet costs ~13 ms at 100,000
+        # points on Edge, more than the filtered query itself
+        known = self.store.facet_values("camera", exact=False)
         out: list[str] = []
         for name in wanted:
             low = name.lower()

@@ -483,14 +483,15 @@ class EdgeStore:
         """Number of image points per label."""
         return self.facet_values("label")
 
-    def facet_values(self, field: str) -> dict[str, int]:
+    def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
         """Number of image points per value of keyword-indexed payload field `field`."""
         shard = self._shard(IMAGES)
         if shard is None or field not in shard.info().payload_schema:
             return {}
         # a facet returns at most `limit` values; no label set here comes near a million
-        response = shard.facet(qe.FacetRequest(field, limit=1_000_000, exact=True))
-        return {str(h.value): int(h.count) for h in response.hits}
+        response = shard.facet(qe.FacetRequest(field, limit=1_000_000, exact=exact))
+        # an exact facet still lists a value whose points were all deleted, with count 0
+        return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
     def _records(self, raw: Sequence[qe.Record]) -> list[Record]:
         return [

@@ -412,13 +412,13 @@ class ServerStore:
         """Number of image points per label."""
         return self.facet_values("label")
 
-    def facet_values(self, field: str) -> dict[str, int]:
+    def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
         """Number of image points per value of keyword-indexed payload field `field`."""
         if not self._exists(IMAGES):
             return {}
         with self._guard(f"facet {field}"):
-            response = self.client.facet(IMAGES, field, limit=1_000_000, exact=True)
-        return {str(h.value): int(h.count) for h in response.hits}
+            response = self.client.facet(IMAGES, field, limit=1_000_000, exact=exact)
+        return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
     def _records(self, raw: Sequence[m.Record]) -> list[Record]:
         return [

@@ -141,8 +141,11 @@ class Store(Protocol):
         """Number of image points per label."""
         ...
 
-    def facet_values(self, field: str) -> dict[str, int]:
-        """Number of image points per value of a keyword-indexed field (`label`, `camera`)."""
+    def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
+        """Number of image points per value of a keyword-indexed field (`label`, `camera`).
+        Values whose points are all gone are left out. `exact=False` takes the counts from
+        the index, which may be approximate: enough for the names, and at 100,000 points
+        about 0.02 ms against 13 ms for exact counts on Edge."""
         ...
 
     def scroll_images(
