@@ -26,6 +26,9 @@ from qdrant.server import ServerStore
 from tests.conftest import draw_image
 from tests.fakes import FakeEmbedder
 
+# Pillow warns once when it reads the garbage EXIF block that one test photo holds on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+
 MAKE, MODEL, DATETIME, ORIGINAL = 0x010F, 0x0110, 0x0132, 0x9003
 PARIS = (48.8566, 2.3522)
 LONDON = (51.5074, -0.1278)  # 344 km from Paris
@@ -446,3 +449,125 @@ def test_cli_filters_and_their_usage_errors(
     assert main([*argv, "--after", "2020-01-01", "--before", "2019-01-01"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: the date range is empty") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ the web app
+
+
+def _words(store: Store) -> None:
+    """A one-word vocabulary in the fake embedder's space: text search needs words."""
+    vec = FakeEmbedder().embed_images([draw_image("disc", 1)])
+    store.ensure_collections({}, vec.shape[1])
+    store.upsert_words([1], ["ball"], vec, "toy")
+    meta = store.get_meta()
+    meta["words"] = {"source": "toy", "dim": vec.shape[1], "count": 1}
+    store.set_meta(meta)
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[tuple[SearchService, dict[str, Path]]]:
+    files = make_photos(tmp_path / "photos")
+    store = EdgeStore(tmp_path / "index")
+    emb = FakeEmbedder()
+    ingest(
+        store, [tmp_path / "photos"], [emb], progress=False, model_meta={"devise": {"words": "toy"}}
+    )  # type: ignore[list-item]
+    _words(store)
+    try:
+        yield SearchService(store, embedder_factory=lambda m, r: emb), files
+    finally:
+        store.close()
+
+
+def test_web_handlers_filter_by_exif_and_say_what_is_wrong(
+    web: tuple[SearchService, dict[str, Path]],
+) -> None:
+    from app.handlers import PhotoArgs, WebHandlers
+
+    service, files = web
+    h = WebHandlers(service)
+    assert h.camera_choices() == [
+        "Canon EOS 5D",
+        "Canon PowerShot G7 X",
+        "Google Pixel 7",
+        "Pixel 7",
+    ]
+    out = h.search_text("ball", "devise", [], "", 0.0, 20, PhotoArgs(cameras=["canon"]))
+    assert out.ok and {Path(p).stem for p in out.paths} == {"paris", "garden"}
+    captions = dict(zip(out.paths, (c for _, c in out.items), strict=True))
+    assert captions[str(files["paris"])].endswith(" · 2019-06-15 · Canon EOS 5D")
+    # blank boxes are no filter
+    blank = PhotoArgs(after="", before="", cameras=[], near="", radius_km=None)
+    assert len(h.search_text("ball", "devise", [], "", 0.0, 20, blank).paths) == 6
+    near = PhotoArgs(after="2019-01-01", near="51.5,-0.13", radius_km=20)
+    image = h.search_image(files["plain"].read_bytes(), "devise", [], "", 0.0, 20, "", near)
+    assert [Path(p).stem for p in image.paths] == ["london"]
+    more = h.more_like_this([str(files["plain"])], 0, "devise", [], "", 0.0, 20, near)
+    assert [Path(p).stem for p in more.paths] == ["london"]
+    cmp = h.compare("text", "ball", None, [], "", 0.0, 20, PhotoArgs(before="2019-07-01"))
+    slot = h.compare_slot(cmp, "devise")
+    assert slot is not None and [Path(p).stem for p in slot[0].paths] == ["paris"]
+    # a bad box is a warning naming it, never a traceback; an empty answer says why
+    bad = h.search_text("ball", "devise", [], "", 0.0, 20, PhotoArgs(after="2019-02-30"))
+    assert not bad.ok and bad.status.startswith("⚠️ after: '2019-02-30' is not a date")
+    far = h.search_text("ball", "devise", [], "", 0.0, 20, PhotoArgs(near="0,0"))
+    assert far.ok and far.paths == [] and "no image was taken within 10 km of 0,0" in far.status
+    got = h.similar_json(files["plain"].read_bytes(), k=20, photo=PhotoArgs(cameras=["pixel"]))
+    assert {Path(r["path"]).stem for r in got["results"]} == {"london", "bad"}
+
+
+@pytest.mark.slow
+def test_live_app_takes_the_exif_filters(web: tuple[SearchService, dict[str, Path]]) -> None:
+    import socket
+
+    from gradio_client import Client, handle_file
+
+    from app.web import launch_app
+
+    service, files = web
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    app = launch_app(service, port=port)
+    try:
+        client = Client(app.url, verbose=False)
+        info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        for endpoint in ("/search_json", "/similar_json", "/search_text", "/search_image"):
+            names = [p["parameter_name"] for p in info[endpoint]["parameters"]]
+            assert names[-5:] == ["after", "before", "cameras", "near", "radius_km"], endpoint
+        got = json.loads(
+            client.predict("ball", cameras=["canon"], before="2020-01-01", api_name="/search_json")
+        )
+        assert [Path(r["path"]).stem for r in got["results"]] == ["paris"]
+        assert got["results"][0]["taken"] == "2019-06-15T12:30:00"
+        sim = json.loads(
+            client.predict(
+                handle_file(str(files["plain"])),
+                near="48.85,2.35",
+                radius_km=400,
+                api_name="/similar_json",
+            )  # fmt: skip
+        )
+        assert {Path(r["path"]).stem for r in sim["results"]} == {"paris", "london"}
+        gallery, status = client.predict("ball", after="2021-01-01", api_name="/search_text")
+        assert len(gallery) == 1 and "1 result(s)" in status
+        with pytest.raises(Exception, match="before: 'someday' is not a date"):
+            client.predict("ball", before="someday", api_name="/search_json")
+    finally:
+        app.close()
+
+
+def test_camera_facet_forgets_deleted_photos(store: Store) -> None:
+    ids = [image_point_id(f"/p/{i}.jpg") for i in range(3)]
+    pls = [
+        {**image_payload(f"/p/{i}.jpg", label="x", width=1, height=1, size_bytes=1, mtime=0.0,
+                         sha256=str(i)), "camera": cam}
+        for i, cam in enumerate(["A", "A", "B"])
+    ]  # fmt: skip
+    store.ensure_collections({"devise": 2})
+    store.upsert_images(ids, pls, {"devise": np.eye(3, 2, dtype=np.float32) + 0.1})  # type: ignore[arg-type]
+    store.delete_images([ids[2]])
+    assert store.facet_values("camera") == {"A": 2}
+    assert set(store.facet_values("camera", exact=False)) == {"A"}
+    service = SearchService(store)
+    assert service.cameras() == ["A"]
