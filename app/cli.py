@@ -845,6 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="drop results scoring below this cosine (0-1)",
         )
         sp.add_argument("--json", action="store_true", help="print JSON")
+        # a usage error found after parsing (--radius-km alone) shows this command's usage
+        sp.set_defaults(usage_error=sp.error)
         sp.add_argument(
             "--checkpoint",
             default=None,
@@ -972,7 +974,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "radius_km", None) is not None and not args.near:
-        parser.error("--radius-km needs --near LAT,LON")
+        args.usage_error("--radius-km needs --near LAT,LON")
     from model.fastpath import set_default_runtime
 
     saved_cache = os.environ.get("DEVISE_CACHE")
