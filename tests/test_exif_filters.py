@@ -107,6 +107,7 @@ def make_photos(root: Path) -> dict[str, Path]:
             datetime="0000:00:00 00:00:00",
             make="X" * 5000,
             model="Pixel 7",
+            where=(95.0, 10.0),  # a latitude past the pole
         ),
         "corrupt": trip / "corrupt.jpg",
     }
