@@ -228,4 +228,6 @@ def test_empty_answer_names_the_filter_that_can_never_match(indexed) -> None:  #
     assert high.results == [] and high.note is None
     # filters that do match leave no note even when they narrow the answer
     assert service.search_text("zebra", labels=["cat"], k=5).note is None
-    assert "note" not in service.search_text("zebra", labels=["nope"], k=5).to_json()
+    # --json carries the note too (an optional key: scripts reading the results are unchanged)
+    assert service.search_text("zebra", labels=["nope"], k=5).to_json()["note"] == nope.note
+    assert "note" not in service.search_text("zebra", labels=["cat"], k=5).to_json()
