@@ -208,15 +208,15 @@ def build_embedders(
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """The embedders to ingest with, and what the index records of each. With no --models,
     every model that can run here; an absent one is said in one line."""
-    from model.embedders import EMBEDDER_NAMES, available_models
+    from model.embedders import INGEST_NAMES, available_models
 
     explicit = names is not None
-    wanted = list(names) if names else list(EMBEDDER_NAMES)
-    unknown = set(wanted) - set(EMBEDDER_NAMES)
+    wanted = list(names) if names else list(INGEST_NAMES)
+    unknown = set(wanted) - set(INGEST_NAMES)
     if unknown:
         raise CliError(
             f"--models: unknown model(s) {', '.join(sorted(unknown))}; "
-            f"choose from {', '.join(EMBEDDER_NAMES)}"
+            f"choose from {', '.join(INGEST_NAMES)}"
         )
     if "devise" in wanted and settings.checkpoint is None:
         if explicit:
@@ -257,6 +257,8 @@ def build_embedders(
                 "weights": emb.backbone.weights_id,
                 "top_t": emb.top_t,
             }
+        elif name == "dup":
+            extra[name] = {"backbone": emb.backbone.name, "weights": emb.backbone.weights_id}
         elif name == "clip":
             extra[name] = {
                 "model": emb.model_name,
@@ -683,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         type=_csv,
         default=None,
-        help="comma-separated models: devise,conse,clip (default: every model that can run)",
+        help="comma-separated models: devise,conse,clip,dup (default: every model that can "
+        "run; dup is the near-duplicate vector that `devise duplicates` compares)",
     )
     i.add_argument(
         "--clip-weights",

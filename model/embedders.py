@@ -1,6 +1,7 @@
-"""Which embedders can run here: `devise` (a checkpoint), `conse` (offline, no training)
-and `clip` (only with its weights). An absent one is `None`, with one line saying why and
-how to get it; nothing ever falls back to a random or partial model.
+"""Which embedders can run here: `devise` (a checkpoint), `conse` (offline, no training),
+`clip` (only with its weights) and `dup` (the near-duplicate vector, offline). An absent one
+is `None`, with one line saying why and how to get it; nothing ever falls back to a random or
+partial model.
 """
 
 from __future__ import annotations
@@ -13,22 +14,25 @@ from model.backbones import DEFAULT_BACKBONE, RANDOM_INIT, BackboneError
 from model.checkpoint import CheckpointError
 from model.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipEmbedder, ClipUnavailable
 from model.conse import DEFAULT_TOP_T, ConseEmbedder
-from model.embedder import DeviseEmbedder, Embedder
+from model.embedder import DeviseEmbedder, DuplicateEmbedder, Embedder
 from model.words import DEFAULT_WORDS, WordsError, WordVectors
 
+#: the models that search and evaluation compare
 EMBEDDER_NAMES = ("devise", "conse", "clip")
+#: what ingest can store: those, and the near-duplicate vector
+INGEST_NAMES = (*EMBEDDER_NAMES, "dup")
 
 
 class Availability(NamedTuple):
-    models: dict[str, Embedder | None]  # in the order asked for; None = absent
+    models: dict[str, Embedder | DuplicateEmbedder | None]  # in the order asked; None = absent
     messages: dict[str, str]  # one line per absent model
 
 
 def _parse_names(names: Sequence[str]) -> list[str]:
-    unknown = [n for n in names if n not in EMBEDDER_NAMES]
+    unknown = [n for n in names if n not in INGEST_NAMES]
     if unknown:
         raise ValueError(
-            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(EMBEDDER_NAMES)}"
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(INGEST_NAMES)}"
         )
     return list(dict.fromkeys(names))
 
@@ -54,8 +58,9 @@ def available_models(
     - conse: the checkpoint's backbone and word space when it has ImageNet weights, so both
       share features and words; else `efficientnet_lite0` and the packaged GloVe.
     - clip: absent unless its weights are a file, in a local cache, or downloadable.
+    - dup: on conse's backbone, so that one forward pass serves both.
     """
-    models: dict[str, Embedder | None] = {}
+    models: dict[str, Embedder | DuplicateEmbedder | None] = {}
     messages: dict[str, str] = {}
     devise: DeviseEmbedder | None = None
     for name in _parse_names(names):
@@ -74,7 +79,7 @@ def available_models(
                 words=words if isinstance(words, WordVectors) else None,
             )
             models[name] = devise
-        elif name == "conse":
+        elif name in ("conse", "dup"):
             backbone = conse_backbone or DEFAULT_BACKBONE
             source: WordVectors | str = words if words is not None else DEFAULT_WORDS
             bb_weights: str | None = "default"
@@ -90,10 +95,13 @@ def available_models(
                 if backbone == devise.meta["backbone"] and weights:
                     bb_weights = weights
             try:
-                models[name] = ConseEmbedder(backbone, source, top_t, bb_weights, precision)
+                if name == "dup":
+                    models[name] = DuplicateEmbedder(backbone, bb_weights, precision)
+                else:
+                    models[name] = ConseEmbedder(backbone, source, top_t, bb_weights, precision)
             except (BackboneError, WordsError) as e:
                 models[name] = None
-                messages[name] = f"conse absent: {e}"
+                messages[name] = f"{name} absent: {e}"
         elif name == "clip":
             try:
                 models[name] = ClipEmbedder(
