@@ -1,7 +1,7 @@
 """Which embedders can run here: `devise` (a checkpoint), `conse` (offline, no training),
-`clip` (only with its weights) and `dup` (the near-duplicate vector, offline). An absent one
-is `None`, with one line saying why and how to get it; nothing ever falls back to a random or
-partial model.
+`clip` (only with its weights), and `dup` (the near-duplicate vector, offline, from
+`duplicate_embedder`). An absent one is `None`, with one line saying why and how to get it;
+nothing ever falls back to a random or partial model.
 """
 
 from __future__ import annotations
@@ -24,17 +24,46 @@ INGEST_NAMES = (*EMBEDDER_NAMES, "dup")
 
 
 class Availability(NamedTuple):
-    models: dict[str, Embedder | DuplicateEmbedder | None]  # in the order asked; None = absent
+    models: dict[str, Embedder | None]  # in the order asked for; None = absent
     messages: dict[str, str]  # one line per absent model
 
 
 def _parse_names(names: Sequence[str]) -> list[str]:
-    unknown = [n for n in names if n not in INGEST_NAMES]
+    unknown = [n for n in names if n not in EMBEDDER_NAMES]
     if unknown:
         raise ValueError(
-            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(INGEST_NAMES)}"
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(EMBEDDER_NAMES)}"
         )
     return list(dict.fromkeys(names))
+
+
+def _imagenet_backbone(
+    devise: DeviseEmbedder | None, conse_backbone: str | None, weights: str | None
+) -> tuple[str, str | None]:
+    """(backbone name, weights) for conse and dup: the checkpoint's backbone when it has
+    ImageNet weights, so that one forward pass serves every model; else the default."""
+    if devise is None or devise.meta.get("weights") == RANDOM_INIT:
+        return conse_backbone or DEFAULT_BACKBONE, "default"
+    backbone = conse_backbone or devise.meta["backbone"]
+    return backbone, weights if backbone == devise.meta["backbone"] and weights else "default"
+
+
+def duplicate_embedder(
+    *,
+    checkpoint: Path | None = None,
+    weights: str | None = None,
+    conse_backbone: str | None = None,
+    precision: str = "fp32",
+) -> DuplicateEmbedder:
+    """The near-duplicate vector's embedder (built lazily), on conse's backbone."""
+    devise = None
+    if checkpoint is not None:
+        try:
+            devise = DeviseEmbedder(checkpoint, weights=weights, precision=precision)
+        except CheckpointError:
+            devise = None
+    backbone, bb_weights = _imagenet_backbone(devise, conse_backbone, weights)
+    return DuplicateEmbedder(backbone, bb_weights, precision)
 
 
 def available_models(
@@ -58,9 +87,8 @@ def available_models(
     - conse: the checkpoint's backbone and word space when it has ImageNet weights, so both
       share features and words; else `efficientnet_lite0` and the packaged GloVe.
     - clip: absent unless its weights are a file, in a local cache, or downloadable.
-    - dup: on conse's backbone, so that one forward pass serves both.
     """
-    models: dict[str, Embedder | DuplicateEmbedder | None] = {}
+    models: dict[str, Embedder | None] = {}
     messages: dict[str, str] = {}
     devise: DeviseEmbedder | None = None
     for name in _parse_names(names):
@@ -79,29 +107,21 @@ def available_models(
                 words=words if isinstance(words, WordVectors) else None,
             )
             models[name] = devise
-        elif name in ("conse", "dup"):
-            backbone = conse_backbone or DEFAULT_BACKBONE
+        elif name == "conse":
             source: WordVectors | str = words if words is not None else DEFAULT_WORDS
-            bb_weights: str | None = "default"
             if devise is None and checkpoint is not None:
                 try:
                     devise = DeviseEmbedder(checkpoint, weights=weights, precision=precision)
                 except CheckpointError:
                     devise = None
-            if devise is not None and devise.meta.get("weights") != RANDOM_INIT:
-                backbone = conse_backbone or devise.meta["backbone"]
-                if words is None:
-                    source = devise.words_source
-                if backbone == devise.meta["backbone"] and weights:
-                    bb_weights = weights
+            backbone, bb_weights = _imagenet_backbone(devise, conse_backbone, weights)
+            if devise is not None and devise.meta.get("weights") != RANDOM_INIT and words is None:
+                source = devise.words_source
             try:
-                if name == "dup":
-                    models[name] = DuplicateEmbedder(backbone, bb_weights, precision)
-                else:
-                    models[name] = ConseEmbedder(backbone, source, top_t, bb_weights, precision)
+                models[name] = ConseEmbedder(backbone, source, top_t, bb_weights, precision)
             except (BackboneError, WordsError) as e:
                 models[name] = None
-                messages[name] = f"{name} absent: {e}"
+                messages[name] = f"conse absent: {e}"
         elif name == "clip":
             try:
                 models[name] = ClipEmbedder(
