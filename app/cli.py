@@ -418,7 +418,12 @@ def _query(args: argparse.Namespace, kind: str) -> int:
         if kind == "search":
             image = _image_arg(args.image) if args.image else None
             answer = service.search_text(
-                args.text, image=image, labels=args.label or (), folder=args.folder, **common
+                args.text,
+                image=image,
+                labels=args.label or (),
+                folder=args.folder,
+                zero_shot_bias=args.zero_shot_bias,
+                **common,
             )
         elif kind == "similar":
             answer = service.similar(
@@ -435,6 +440,12 @@ def _query(args: argparse.Namespace, kind: str) -> int:
         store.close()
     _print_answer(answer, args.json, "tags" if kind == "tag" else "images")
     return 0
+
+
+def _bias_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument(
+        "--zero-shot-bias", type=_bias, default="auto", metavar="auto|off|VALUE", help=help_text
+    )
 
 
 def _bias(text: str) -> str | float:
@@ -839,6 +850,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s1.add_argument("text", nargs="?", default="", help="the query (may be empty with --image)")
     s1.add_argument("--image", default=None, help="an example image, added to the query's terms")
+    _bias_flag(
+        s1,
+        "devise: a query that is one of the checkpoint's labels ranks images by how "
+        "far that label beats every other label, seen labels less this (calibrated "
+        "stacking); auto: the checkpoint's value (default)",
+    )
     query_flags(s1)
     s1.set_defaults(func=cmd_search)
     s2 = sub.add_parser("similar", help="image -> images: find images like this one")
@@ -862,14 +879,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="conse: prefer specific tags (a breed, 'espresso') or general ones ('dog', "
         "'drink'); default specific",
     )
-    s3.add_argument(
-        "--zero-shot-bias",
-        type=_bias,
-        default="auto",
-        metavar="auto|off|VALUE",
-        help="devise: subtract this from the score of every label the checkpoint was trained "
-        "on, so that unseen labels and plain words can win (calibrated stacking); auto: the "
-        "value the checkpoint chose on validation (default)",
+    _bias_flag(
+        s3,
+        "devise: subtract this from the score of every label the checkpoint was "
+        "trained on, so that unseen labels and plain words can win (calibrated "
+        "stacking); auto: the value the checkpoint chose on validation (default)",
     )
     query_flags(s3, filters=False)
     s3.set_defaults(func=cmd_tag)

@@ -198,7 +198,7 @@ def cli_times() -> None:
             [
                 sys.executable,
                 "-c",
-                "import numpy as np;from model.fastpath import load_for_inference as f;"
+                "import numpy as np;from model.embedder import load_for_inference as f;"
                 "f('efficientnet_lite0','default','auto').features(np.zeros((1,3,224,224),'f4'))",
             ],
             env,

@@ -120,7 +120,7 @@ class ConseEmbedder(WordSpaceEmbedder):
     def backbone(self) -> BackboneLike:
         with self._lock:
             if self._backbone is None:
-                from model.fastpath import load_for_inference
+                from model.embedder import load_for_inference
 
                 self._backbone = load_for_inference(
                     self.backbone_name, self._weights, self._precision

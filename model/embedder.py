@@ -8,6 +8,7 @@ are never mixed.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.images import Preprocess, to_array
-from model.specs import DEFAULT_BACKBONE, RANDOM_INIT, BackboneLike
+from model.specs import DEFAULT_BACKBONE, RANDOM_INIT, BackboneLike, weights_identity
 from model.words import WordVectors, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -228,7 +229,7 @@ class DeviseEmbedder(WordSpaceEmbedder):
             bb.set_weights_key(key)
             return bb
         weights = self._weights or self.meta.get("weights_path") or "default"
-        return fastpath.load_for_inference(name, weights, self._precision)
+        return load_for_inference(name, weights, self._precision)
 
     def _carried(self) -> dict[str, Any]:
         return self.ckpt.prefixed("backbone")
@@ -303,8 +304,6 @@ class DuplicateEmbedder:
     def backbone(self) -> BackboneLike:
         with self._lock:
             if self._backbone is None:
-                from model.fastpath import load_for_inference
-
                 self._backbone = load_for_inference(
                     self.backbone_name, self._weights, self._precision
                 )
@@ -356,3 +355,20 @@ class DuplicateEmbedder:
             return np.zeros((0, DUP_DIM), np.float32)
         spec = self.preprocess
         return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
+
+
+def load_for_inference(
+    name: str, weights: str | os.PathLike[str] | None, precision: str
+) -> BackboneLike:
+    """A backbone for queries: from the compiled-model cache without torch when it is there,
+    else built with torch (which compiles and caches it for the next process)."""
+    from model import fastpath
+
+    wid = weights_identity(name, weights)
+    if wid is not None:
+        cached = fastpath.load_compiled(name, wid, precision)
+        if cached is not None:
+            return cached
+    from model.backbones import load_backbone
+
+    return load_backbone(name, weights, precision)

@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from model.paths import default_cache_dir
-from model.specs import SpecNamed, get_spec, resolve_precision, weights_identity
+from model.specs import SpecNamed, get_spec, resolve_precision
 
 if TYPE_CHECKING:
-    from model.specs import BackboneLike, BackboneSpec, Precision
+    from model.specs import BackboneSpec, Precision
 
 log = logging.getLogger(__name__)
 Runtime = Literal["auto", "openvino", "torch"]
@@ -323,18 +323,3 @@ def load_compiled(
         log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
         return None
     return CompiledBackbone(spec, weights_id, compiled, classifier)
-
-
-def load_for_inference(
-    name: str, weights: str | os.PathLike[str] | None, precision: str
-) -> BackboneLike:
-    """A backbone for queries: from the compiled-model cache without torch when it is there,
-    else built with torch (which compiles and caches it for the next process)."""
-    wid = weights_identity(name, weights)
-    if wid is not None:
-        cached = load_compiled(name, wid, precision)
-        if cached is not None:
-            return cached
-    from model.backbones import load_backbone
-
-    return load_backbone(name, weights, precision)

@@ -1,0 +1,370 @@
+"""The web app's behaviour as plain typed handlers (`WebHandlers`) that tests call directly;
+`app/web.py` only lays them out on the page and adapts them to Gradio's components."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.service import Answer, ImageResult, ServiceError, TagResult
+from model.images import ImageError
+
+if TYPE_CHECKING:
+    from app.guard import ServedRoots
+    from app.indexjob import IndexJob
+    from app.service import SearchService
+
+
+DEFAULT_K = 12
+MAX_UI_K = 100
+COMPARE_KINDS = ("text", "image", "tag")
+
+
+@dataclass
+class GalleryOut:
+    """A gallery's items, the original paths (for "more like this") and a status line."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    status: str = ""
+    ok: bool = True
+
+
+def tag_key(r: TagResult) -> str:
+    """A tag as the Tags panel shows it: labels and hypernyms stand out from plain words."""
+    return r.word if r.kind == "word" else f"{r.word} ({r.kind})"
+
+
+@dataclass
+class TagsOut:
+    tags: dict[str, float] = field(default_factory=dict)
+    status: str = ""
+    ok: bool = True
+
+
+@dataclass
+class CompareOut:
+    """One entry per model in the index: an Answer, or the error text for that model."""
+
+    kind: str
+    answers: dict[str, Answer | str] = field(default_factory=dict)
+    status: str = ""
+    ok: bool = True
+
+
+def caption(r: ImageResult) -> str:
+    return f"{r.label} · {r.folder} · {r.score:.2f}"
+
+
+def _read_as(answer: Answer, fallback: str) -> str:
+    """How the service read a query, for the status line: `dog ×2, beach, −people`."""
+    return answer.query if answer.query else fallback
+
+
+def _min_score(value: float | None) -> float | None:
+    # the slider's 0 means "no minimum", so negative cosines are not silently cut
+    return float(value) if value else None
+
+
+def _k(value: float | int | None) -> int:
+    if value is None:
+        return DEFAULT_K
+    return int(value)
+
+
+USER_ERRORS = (ServiceError, ImageError, ValueError)
+
+
+class WebHandlers:
+    """The app's behaviour as plain typed methods; the Gradio wiring only adapts them."""
+
+    def __init__(
+        self,
+        service: SearchService,
+        *,
+        served: ServedRoots | None = None,
+        job: IndexJob | None = None,
+    ) -> None:
+        self.service = service
+        self.served = served
+        self.job = job
+
+    # ---------------------------------------------------------------- state
+
+    def overview(self) -> str:
+        """A line on what the index holds, or how to fill it when it is empty."""
+        try:
+            st = self.service.status()
+        except Exception as e:  # noqa: BLE001 - the page must load whatever the store says
+            return f"**The index cannot be read:** {e}"
+        if st["images"] == 0:
+            how = (
+                "Use **Index a folder** below, or run "
+                "`devise ingest DIR`, "
+                "or `devise demo` for the Fashion-MNIST sample."
+            )
+            return f"**The index `{st['index']}` is empty.** {how}"
+        models = ", ".join(f"{n} ({m['points']})" for n, m in st["models"].items()) or "none"
+        words = f"{st['words']} words" if st["words"] else "no vocabulary yet (loads on first use)"
+        return f"`{st['index']}`: {st['images']} images, {words}; models: {models}"
+
+    def label_choices(self) -> list[str]:
+        try:
+            return self.service.labels()
+        except Exception:  # noqa: BLE001 - an empty or new index has no facet yet
+            return []
+
+    def model_choices(self) -> list[str]:
+        try:
+            return self.service.models() or ["devise"]
+        except Exception:  # noqa: BLE001
+            return ["devise"]
+
+    # ---------------------------------------------------------------- queries
+
+    def _gallery(self, answer: Answer, what: str) -> GalleryOut:
+        out = GalleryOut()
+        hidden = 0
+        for r in answer.results:
+            if self.served is not None and not self.served.allows(r.path):
+                hidden += 1  # a file gone since indexing, or a symlink out of the roots
+                continue
+            out.items.append((r.path, caption(r)))
+            out.paths.append(r.path)
+        out.status = (
+            f"{len(out.items)} result(s) for {what} by {answer.model} in {answer.took_ms:.0f} ms"
+        )
+        if hidden:
+            out.status += f"; {hidden} not shown (missing, or outside the indexed folders)"
+        if not answer.results:
+            out.status += f": {answer.note or 'try fewer filters or a lower minimum score'}"
+        return out
+
+    @staticmethod
+    def _failed(e: Exception) -> GalleryOut:
+        return GalleryOut(status=f"⚠️ {e}", ok=False)
+
+    def search_text(
+        self,
+        text: str,
+        model: str = "devise",
+        labels: Sequence[str] | None = None,
+        folder: str | None = None,
+        min_score: float | None = None,
+        k: float | int | None = DEFAULT_K,
+    ) -> GalleryOut:
+        try:
+            answer = self.service.search_text(
+                text, model=model or "devise", labels=labels or (), folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
+            )  # fmt: skip
+        except USER_ERRORS as e:
+            return self._failed(e)
+        return self._gallery(answer, _read_as(answer, repr((text or "").strip())))
+
+    def search_image(
+        self,
+        image: str | bytes | None,
+        model: str = "devise",
+        labels: Sequence[str] | None = None,
+        folder: str | None = None,
+        min_score: float | None = None,
+        k: float | int | None = DEFAULT_K,
+        query: str | None = "",
+    ) -> GalleryOut:
+        """Images like an uploaded image (a file Gradio wrote, or raw bytes); `query`, when
+        given, adds compound-query terms to it ("at night", "2:bag -shoe")."""
+        if image is None:
+            return self._failed(ValueError("upload, paste or take a picture first"))
+        try:
+            # an upload is read as bytes, so it is decoded (pixel budget and all), never
+            # matched by path against the index
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            common: dict[str, Any] = dict(
+                model=model or "devise", labels=labels or (), folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
+            )  # fmt: skip
+            if (query or "").strip():
+                answer = self.service.search_text(query or "", image=data, **common)
+            else:
+                answer = self.service.similar(data, **common)
+        except OSError as e:
+            return self._failed(ValueError(f"cannot read the upload: {e.strerror or e}"))
+        except USER_ERRORS as e:
+            return self._failed(e)
+        return self._gallery(answer, _read_as(answer, "the uploaded image"))
+
+    def more_like_this(
+        self,
+        paths: Sequence[str] | None,
+        index: int | None,
+        model: str = "devise",
+        labels: Sequence[str] | None = None,
+        folder: str | None = None,
+        min_score: float | None = None,
+        k: float | int | None = DEFAULT_K,
+    ) -> GalleryOut:
+        """The images like the clicked result, which is an indexed file: its stored vector
+        is the query, so no model runs."""
+        if not paths or index is None or not 0 <= index < len(paths):
+            return self._failed(ValueError("click a result to see more like it"))
+        path = paths[index]
+        if self.served is not None and not self.served.allows(path):
+            return self._failed(ValueError("that result is no longer available"))
+        try:
+            answer = self.service.similar(
+                path, model=model or "devise", labels=labels or (), folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
+            )  # fmt: skip
+        except USER_ERRORS as e:
+            return self._failed(e)
+        return self._gallery(answer, f"more like {Path(path).name}")
+
+    def tag(
+        self,
+        image: str | bytes | None,
+        model: str = "devise",
+        k: float | int | None = DEFAULT_K,
+        min_score: float | None = None,
+        generality: str = "specific",
+    ) -> TagsOut:
+        if image is None:
+            return TagsOut(status="⚠️ upload, paste or take a picture first", ok=False)
+        try:
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            answer = self.service.tag(
+                data,
+                model=model or "devise",
+                k=_k(k),
+                min_score=_min_score(min_score),
+                generality=generality or "specific",
+            )
+        except OSError as e:
+            return TagsOut(status=f"⚠️ cannot read the upload: {e.strerror or e}", ok=False)
+        except USER_ERRORS as e:
+            return TagsOut(status=f"⚠️ {e}", ok=False)
+        tags = {tag_key(r): float(r.score) for r in answer.results if isinstance(r, TagResult)}
+        return TagsOut(tags, f"{len(tags)} tag(s) by {answer.model} in {answer.took_ms:.0f} ms")
+
+    def compare(
+        self,
+        kind: str,
+        text: str | None = None,
+        image: str | bytes | None = None,
+        labels: Sequence[str] | None = None,
+        folder: str | None = None,
+        min_score: float | None = None,
+        k: float | int | None = DEFAULT_K,
+    ) -> CompareOut:
+        """The same query answered by every model in the index."""
+        kind = kind if kind in COMPARE_KINDS else "text"
+        query: str | bytes
+        try:
+            if kind == "text":
+                query = text or ""
+            elif image is None:
+                raise ValueError("upload, paste or take a picture first")
+            else:
+                query = image if isinstance(image, bytes) else Path(image).read_bytes()
+            if not self.service.models():
+                self.service.require_images("devise")  # raises the empty-index message
+            answers = self.service.compare(
+                kind, query, labels=labels or (), folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
+            )  # fmt: skip
+        except OSError as e:
+            return CompareOut(kind, status=f"⚠️ cannot read the upload: {e}", ok=False)
+        except USER_ERRORS as e:
+            return CompareOut(kind, status=f"⚠️ {e}", ok=False)
+        times = ", ".join(
+            f"{m}: {a.took_ms:.0f} ms" if isinstance(a, Answer) else f"{m}: failed"
+            for m, a in answers.items()
+        )
+        return CompareOut(kind, answers, f"{len(answers)} model(s): {times}")
+
+    def compare_slot(self, out: CompareOut, model: str) -> tuple[GalleryOut, TagsOut] | None:
+        """One model's column of a comparison; None when the index lacks that model."""
+        if model not in out.answers:
+            return None
+        a = out.answers[model]
+        if isinstance(a, str):
+            return GalleryOut(status=f"⚠️ {a}", ok=False), TagsOut(status=f"⚠️ {a}", ok=False)
+        if out.kind == "tag":
+            tags = {tag_key(r): float(r.score) for r in a.results if isinstance(r, TagResult)}
+            return GalleryOut(), TagsOut(tags, f"{a.took_ms:.0f} ms")
+        return self._gallery(a, "the query"), TagsOut()
+
+    # ---------------------------------------------------------------- for programs
+
+    def search_json(
+        self, query: str, model: str = "devise", labels: Sequence[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The CLI's `search --json` answer; raises ServiceError with the reason."""
+        return self.service.search_text(
+            query, model=model or "devise", labels=labels or (), folder=folder,
+            min_score=min_score, k=int(k),
+        ).to_json()  # fmt: skip
+
+    def similar_json(
+        self, image: bytes, model: str = "devise", labels: Sequence[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The CLI's `similar --json` answer for an uploaded image."""
+        return self.service.similar(
+            image, model=model or "devise", labels=labels or (), folder=folder,
+            min_score=min_score, k=int(k),
+        ).to_json()  # fmt: skip
+
+    def tag_json(
+        self, image: bytes, model: str = "devise", k: int = 10, min_score: float | None = None
+    ) -> dict[str, Any]:
+        """The CLI's `tag --json` answer for an uploaded image."""
+        return self.service.tag(
+            image, model=model or "devise", k=int(k), min_score=min_score
+        ).to_json()
+
+    # ---------------------------------------------------------------- indexing
+
+    def start_index(self, folder: str) -> str:
+        if self.job is None:
+            return "⚠️ indexing from the web app is off: start it with --ingest-root DIR"
+        try:
+            return self.job.start(folder)
+        except ValueError as e:
+            return f"⚠️ {e}"
+
+    def index_status(self) -> str:
+        return self.job.message if self.job is not None else ""
+
+    def index_progress(self, folder: str, poll_s: float = 1.0) -> Iterator[str]:
+        """Starts a job and reports on it until it ends; searches keep working meanwhile."""
+        first = self.start_index(folder)
+        yield first
+        if first.startswith("⚠️") or self.job is None:
+            return
+        while self.job.running:
+            time.sleep(poll_s)
+            yield self.job.message
+        yield self.job.message
+
+
+def evaluation_markdown(service: SearchService) -> str:
+    """The evaluation table recorded in the index (`devise eval ... --record`), as text."""
+    from model.report import EvalReport
+
+    data = (service.meta().get("evaluation") or {}) if service is not None else {}
+    if not data:
+        return (
+            "No evaluation is recorded in this index. Run `devise eval DATA --checkpoint "
+            "CKPT --models devise,conse,clip --record` to show one here."
+        )
+    report = EvalReport.from_json(data)
+    where = data.get("data", "")
+    return (
+        f"Test images: `{where}`; hold-out (zero-shot) labels: "
+        f"{', '.join(report.holdout) or 'none'}.\n\n```\n{report.table()}\n```"
+    )

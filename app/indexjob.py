@@ -1,0 +1,140 @@
+"""The web app's background index job: one folder at a time, on the app's own store."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.service import SearchService
+    from ingest.pipeline import ArrayEmbedder, IngestSummary
+
+
+log = logging.getLogger(__name__)
+
+
+class IndexJob:
+    """Indexes folders in a background thread on the app's own store; one job at a time."""
+
+    def __init__(
+        self,
+        service: SearchService,
+        embedders: Callable[[], Sequence[ArrayEmbedder]],
+        *,
+        allowed: Sequence[Path],
+        model_meta: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        on_done: Callable[[list[Path]], None] | None = None,
+    ) -> None:
+        self.service = service
+        self._embedders = embedders
+        self._model_meta = model_meta
+        self.allowed = [Path(os.path.realpath(p)) for p in allowed]
+        self._on_done = on_done
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.state = "idle"  # idle | running | done | failed
+        self.message = "no indexing job yet"
+        self.done_files = 0
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None and self._thread.is_alive()
+
+    def check_folder(self, folder: str) -> Path:
+        folder = (folder or "").strip()
+        if not folder:
+            raise ValueError("type the folder to index, such as /home/me/Pictures")
+        path = Path(os.path.abspath(os.path.expanduser(folder)))
+        if not path.is_dir():
+            raise ValueError(f"not a folder: {path}")
+        real = Path(os.path.realpath(path))
+        if not any(real == a or real.is_relative_to(a) for a in self.allowed):
+            where = ", ".join(str(a) for a in self.allowed) or "nowhere (start with --ingest-root)"
+            raise ValueError(f"this app may index folders under {where} only, not {path}")
+        return path
+
+    def start(self, folder: str) -> str:
+        path = self.check_folder(folder)
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                raise ValueError(f"an indexing job is already running: {self.message}")
+            self.state, self.done_files = "running", 0
+            self.message = f"indexing {path}: starting"
+            self._thread = threading.Thread(
+                target=self._run, args=(path,), name="devise-index", daemon=True
+            )
+            self._thread.start()
+        return self.message
+
+    def _run(self, path: Path) -> None:
+        from ingest.pipeline import ingest
+
+        def progress(summary: IngestSummary) -> None:
+            self.done_files = summary.indexed + sum(summary.failed.values())
+            self.message = (
+                f"indexing {path}: {summary.indexed} new, {summary.unchanged} unchanged, "
+                f"{sum(summary.failed.values())} skipped so far"
+            )
+
+        try:
+            embedders = list(self._embedders())
+            meta = self._model_meta() if self._model_meta else {}
+            summary = ingest(
+                self.service.store,
+                [path],
+                embedders,
+                progress=False,
+                model_meta=meta,
+                on_batch=progress,
+            )
+            self.message = f"indexed {path}: {summary.line()}"
+            self.state = "done"
+            if self._on_done is not None:
+                self._on_done([path])
+        except Exception as e:  # noqa: BLE001 - a job's failure is reported, never raised
+            log.exception("indexing %s failed", path)
+            self.message = f"indexing {path} failed: {e}"
+            self.state = "failed"
+
+    def wait(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
+def default_embedders(service: SearchService) -> list[ArrayEmbedder]:
+    """The DeViSE model that built the index (or the one the app was started with)."""
+    from app.service import ModelMissingError
+
+    if service.store.count("images") > 0:
+        return [service.embedder("devise")]
+    if service.checkpoint is None:
+        raise ModelMissingError(
+            "an empty index needs a DeViSE checkpoint: start the app with --checkpoint CKPT"
+        )
+    from model.embedder import DeviseEmbedder
+
+    return [DeviseEmbedder(service.checkpoint, precision=service.precision)]
+
+
+def devise_meta(service: SearchService) -> dict[str, dict[str, Any]]:
+    """What ingest records about the DeViSE model, as `devise ingest` does."""
+    emb = default_embedders(service)[0]
+    words = getattr(emb, "words_source", None)
+    ckpt = service.checkpoint or (service.meta().get("models") or {}).get("devise", {}).get(
+        "checkpoint"
+    )
+    rec: dict[str, Any] = {}
+    if words:
+        rec["words"] = words
+    if ckpt:
+        rec["checkpoint"] = str(Path(ckpt).resolve())
+    meta = getattr(emb, "meta", None)
+    if isinstance(meta, dict) and "backbone" in meta:
+        rec["backbone"] = meta["backbone"]
+    return {"devise": rec}
