@@ -483,22 +483,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return _query(args, "tag")
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover - the loop always returns
-
-
-def _when(mtime: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(mtime).strftime("%Y-%m-%d %H:%M")
-
-
 def cmd_duplicates(args: argparse.Namespace) -> int:
+    from app.duplicates import human_date, human_size
+
     args.must_exist = True
     settings, store = _open_store(args)
     try:
@@ -522,8 +509,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         for im in group.images:
             score = "   -  " if im.score is None else f"{im.score:6.3f}"
             print(
-                f"  {score}  {f'{im.width}x{im.height}':>11}  {_size(im.bytes):>9}  "
-                f"{_when(im.mtime)}  {im.path}"
+                f"  {score}  {f'{im.width}x{im.height}':>11}  {human_size(im.bytes):>9}  "
+                f"{human_date(im.mtime)}  {im.path}"
             )
     files = sum(len(g.images) for g in report.groups)
     print(
@@ -908,7 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="cosine at or above which two images are near-duplicates, in (0, 1] "
-        "(default 0.8 for dup; measured on planted copies, see the README)",
+        "(default 0.7 for dup, measured on planted copies: see the README)",
     )
     dp.add_argument("--folder", default=None, help="only images under this folder")
     dp.add_argument("--json", action="store_true", help="print JSON")

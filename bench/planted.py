@@ -8,9 +8,10 @@ for some of them, the copies a photo library gathers:
 - `crop`: 6% cut from the left and top edges, PNG;
 - `small-jpeg`: three quarters of the size and JPEG at quality 75.
 
-It returns {absolute path: source name}: two files are true near-duplicates exactly when
-they share a source. The faces and the Fashion-MNIST images are the hard part: within a
-class they look alike, but no two are the same photo.
+Folders: `real/` (the camera photos), `face/` and `fashion/`. It returns {absolute path:
+source name}: two files are true near-duplicates exactly when they share a source. The faces
+and the Fashion-MNIST images are the hard part: within a class they look alike, but no two
+are the same photo.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ def plant(out: Path, fashion: Path | None, *, every: int = 5, faces: int = 100) 
     truth: dict[str, str] = {}
     small_sources = 0
     for name, im in originals(fashion, faces).items():
-        folder = out / name.split("-", 1)[0]
+        # scikit-image's and darknet's photos share one folder: both are camera photos
+        kind = name.split("-", 1)[0]
+        folder = out / ("real" if kind in ("photo", "darknet") else kind)
         folder.mkdir(exist_ok=True)
         path = folder / f"{name}.png"
         _save(im, path)
@@ -94,24 +97,3 @@ def plant(out: Path, fashion: Path | None, *, every: int = 5, faces: int = 100) 
             _save(copy, cpath)
             truth[str(cpath.resolve())] = name
     return truth
-
-
-def pair_scores(vectors: np.ndarray, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine of every unordered pair of rows and whether the pair shares a source."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    sims = unit @ unit.T
-    iu = np.triu_indices(len(sources), k=1)
-    src = np.asarray(sources)
-    return sims[iu], src[iu[0]] == src[iu[1]]
-
-
-def precision_recall(
-    scores: np.ndarray, same: np.ndarray, threshold: float
-) -> tuple[float, float, int]:
-    """Pairwise precision and recall of "cosine >= threshold", and the false pairs."""
-    called = scores >= threshold
-    tp = int(np.sum(called & same))
-    fp = int(np.sum(called & ~same))
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / int(np.sum(same)) if np.any(same) else 1.0
-    return precision, recall, fp

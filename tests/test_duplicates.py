@@ -252,7 +252,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_default_threshold_is_the_measured_one() -> None:
     # the README and --help quote it; bench/bench_duplicates.py measured it
-    assert DEFAULT_THRESHOLDS["dup"] == 0.8
+    assert DEFAULT_THRESHOLDS["dup"] == 0.7
 
 
 # ---------------------------------------------------------------------------- real weights
