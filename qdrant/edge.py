@@ -199,7 +199,8 @@ class EdgeStore:
         shutil.rmtree(path / "temp_segments", ignore_errors=True)
         # the images shard is loaded with today's config, which Edge checks and persists: an
         # index made before the `dup` vector had a graph (or with indexing off) gets one
-        config = _images_config(self._persisted_sizes(name)) if name == IMAGES else None
+        sizes = self._persisted_sizes(name) if name == IMAGES else {}
+        config = _images_config(sizes) if sizes else None
         try:
             return qe.EdgeShard.load(str(path), config)
         except Exception as e:
