@@ -117,11 +117,11 @@ class _UnionFind:
 
 
 def human_size(n: int) -> str:
-    """Bytes for people: 812 B, 48.2 KB, 3.1 MB."""
+    """Bytes for people, in at most four digits: 812 B, 4.8 KB, 482 KB, 3.1 MB."""
     value = float(n)
     for unit in ("B", "KB", "MB"):
         if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            return f"{value:.0f} {unit}" if unit == "B" or value >= 10 else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GB"
 
@@ -132,8 +132,8 @@ def human_date(mtime: float) -> str:
 
 
 def describe(image: DuplicateImage) -> str:
-    """Dimensions, size and date: `1200x800 · 2.3 MB · 2024-05-01 14:02`."""
-    return f"{image.width}x{image.height} · {human_size(image.bytes)} · {human_date(image.mtime)}"
+    """Dimensions and size, short enough for a gallery caption: `1200x800 · 2.3 MB`."""
+    return f"{image.width}x{image.height} · {human_size(image.bytes)}"
 
 
 def check_threshold(threshold: float) -> float:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.duplicates import DuplicateReport, describe
+from app.duplicates import DuplicateReport, describe, human_date, human_size
 from app.service import Answer, ImageResult, ServiceError, TagResult
 from model.images import ImageError
 
@@ -63,8 +63,14 @@ class DuplicatesOut:
     """The Duplicates tab: one (heading, gallery items) per group shown, and a status line."""
 
     groups: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    #: every file shown, one row each, in full: group, kind, score, pixels, size, date, path
+    rows: list[list[str | int]] = field(default_factory=list)
     status: str = ""
     ok: bool = True
+
+
+#: the Duplicates tab's table of files
+DUPLICATE_COLUMNS = ["group", "kind", "score", "pixels", "size", "modified", "path"]
 
 
 def caption(r: ImageResult) -> str:
@@ -335,10 +341,19 @@ class WebHandlers:
                     how = "largest"
                 else:
                     how = "-" if im.score is None else f"{im.score:.2f}"
-                items.append((im.path, f"{how} · {describe(im)} · {Path(im.path).name}"))
+                items.append((im.path, f"{how} · {describe(im)}"))
             if len(items) > 1 and len(out.groups) < MAX_UI_GROUPS:
                 heading = f"{group.kind} · {len(group.images)} files · {group.images[0].path}"
                 out.groups.append((heading, items))
+                number = len(out.groups)
+                shown = {path for path, _ in items}
+                for im in group.images:
+                    if im.path in shown:
+                        score = "-" if im.score is None else f"{im.score:.3f}"
+                        out.rows.append(
+                            [number, group.kind, score, f"{im.width}x{im.height}",
+                             human_size(im.bytes), human_date(im.mtime), im.path]
+                        )  # fmt: skip
         files = sum(len(g.images) for g in report.groups)
         how = f"{report.model} ≥ {report.threshold:g}, {report.took_ms:.0f} ms"
         if report.note:

@@ -30,6 +30,7 @@ from app.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
 from app.handlers import (
     COMPARE_KINDS,
     DEFAULT_K,
+    DUPLICATE_COLUMNS,
     MAX_UI_GROUPS,
     MAX_UI_K,
     USER_ERRORS,
@@ -213,9 +214,9 @@ def build_demo(
         with gr.Tab("Duplicates"):
             gr.Markdown(
                 "Near-duplicates (resized, recompressed or slightly cropped copies) and "
-                "identical files, each group side by side with every file's dimensions, size "
-                "and date, the largest first, so you can choose what to keep. **Nothing is "
-                "deleted here.**"
+                "identical files, each group side by side with every file's dimensions and "
+                "size, the largest first; the table below gives every file's date and full "
+                "path, so you can choose what to keep. **Nothing is deleted here.**"
             )
             with gr.Row():
                 dup_threshold = gr.Slider(
@@ -234,7 +235,7 @@ def build_demo(
                 gr.Gallery(
                     label=f"group {i + 1}",
                     columns=6,
-                    height="auto",
+                    height=270,
                     allow_preview=True,
                     object_fit="contain",
                     visible=False,
@@ -242,6 +243,10 @@ def build_demo(
                 )  # fmt: skip
                 for i in range(MAX_UI_GROUPS)
             ]
+            dup_table = gr.Dataframe(
+                headers=DUPLICATE_COLUMNS, label="The files of these groups, in full",
+                interactive=False, wrap=True, visible=False, elem_id="dup-table",
+            )  # fmt: skip
 
         with gr.Accordion("Index a folder", open=False, visible=ingest_roots is not None):
             where = ", ".join(str(p) for p in ingest_roots or ())
@@ -330,6 +335,7 @@ def build_demo(
                     updates.append(gr.update(value=items, label=heading, visible=True))
                 else:
                     updates.append(gr.update(value=None, visible=False))
+            updates.append(gr.update(value=out.rows or None, visible=bool(out.rows)))
             updates.append(out.status)
             return updates
 
@@ -375,7 +381,7 @@ def build_demo(
         dup_btn.click(
             on_duplicates,
             [dup_threshold, dup_folder],
-            [*dup_galleries, dup_status],
+            [*dup_galleries, dup_table, dup_status],
             api_name="duplicates",
         )
         demo.load(on_load, None, [model, labels, overview], api_visibility="private")

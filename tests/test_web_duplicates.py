@@ -85,9 +85,12 @@ def test_groups_side_by_side_with_sizes_and_dates(dup_index: DupIndex) -> None:
     names = [Path(path).name for path, _ in near]
     assert sorted(names[:2]) == ["a.png", "a_copy.png"] and names[2] == "a_small.png"
     size = (dup_index.root / "2024" / "a.png").stat().st_size
-    assert near[0][1].startswith(f"largest · 96x96 · {size} B · 20") and near[0][1].endswith(
-        "a.png"
-    )
+    assert near[0][1] == f"largest · 96x96 · {size} B"
+    # the table lists every file shown, in full
+    assert len(out.rows) == 5
+    assert {r[6] for r in out.rows} == {p for _, items in out.groups for p, _ in items}
+    assert [r[:2] for r in out.rows[:2]] == [[1, "exact"], [1, "exact"]]
+    assert out.rows[2][:4] == [2, "near", "1.000", "96x96"] and out.rows[2][5].startswith("20")
     assert near[1][1].startswith("1.00 · 96x96")  # the byte copy
     assert near[2][1].startswith("0.9") and "48x48" in near[2][1]
     assert all(c.startswith("identical · ") for _, c in exact)
@@ -165,7 +168,8 @@ def test_live_app_finds_duplicates(live: WebApp, dup_index: DupIndex) -> None:
         **dup_index.service.duplicates(threshold=0.9).to_json(),
         "took_ms": got["took_ms"],
     }
-    *galleries, status = client.predict(0.9, "", api_name="/duplicates")
+    *galleries, table, status = client.predict(0.9, "", api_name="/duplicates")
+    assert len(table["value"]["data"]) == 5
     # each gallery comes back as an update: shown with its group, or hidden
     shown = [g for g in galleries if g["visible"]]
     assert len(shown) == 2 and "2 group(s)" in status
