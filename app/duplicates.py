@@ -16,12 +16,12 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from qdrant.filters import SearchFilter
-from qdrant.store import Record, Store
+from qdrant.store import Record, Store, Vector
 
 #: the vector that separates near-duplicates best (see bench/bench_duplicates.py)
 DUP_MODEL = "dup"
@@ -144,8 +144,19 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
-def _facts(payload: dict[str, Any]) -> tuple[str, int, int, int, float, str]:
-    return (
+class _Facts(NamedTuple):
+    """What the scan keeps of each point's payload."""
+
+    path: str
+    width: int
+    height: int
+    bytes: int
+    mtime: float
+    sha256: str
+
+
+def _facts(payload: dict[str, Any]) -> _Facts:
+    return _Facts(
         str(payload.get("path", "")),
         int(payload.get("width") or 0),
         int(payload.get("height") or 0),
@@ -162,10 +173,10 @@ def scan(store: Store, model: str, threshold: float, folder: str | None = None) 
     threshold = check_threshold(threshold)
     where = SearchFilter(folder=folder) if folder else None
     near = SearchFilter(folder=folder, min_score=threshold)
-    facts: dict[str, tuple[str, int, int, int, float, str]] = {}
+    facts: dict[str, _Facts] = {}
     links = _UnionFind()
     ids: list[str] = []
-    rows: list[Any] = []
+    rows: list[Vector] = []
 
     def query_page() -> None:
         hits = store.search_images_batch(
@@ -190,9 +201,8 @@ def scan(store: Store, model: str, threshold: float, folder: str | None = None) 
         query_page()
     by_content: dict[str, str] = {}
     for point, fact in facts.items():
-        sha = fact[5]
-        if sha:
-            links.union(point, by_content.setdefault(sha, point))
+        if fact.sha256:
+            links.union(point, by_content.setdefault(fact.sha256, point))
     members: dict[str, list[str]] = {}
     for point in facts:  # a point ingested during the scan, not scrolled, is left out
         members.setdefault(links.find(point), []).append(point)
@@ -207,7 +217,7 @@ def _groups(
     store: Store,
     model: str,
     grouped: Sequence[list[str]],
-    facts: dict[str, tuple[str, int, int, int, float, str]],
+    facts: dict[str, _Facts],
 ) -> list[DuplicateGroup]:
     vectors = _vectors(store, model, (p for g in grouped for p in g))
     out: list[DuplicateGroup] = []
@@ -216,15 +226,21 @@ def _groups(
         # person most likely keeps, and what every other file's score is measured against
         group = sorted(
             group,
-            key=lambda p: (-facts[p][1] * facts[p][2], -facts[p][3], facts[p][4], facts[p][0]),
+            key=lambda p: (
+                -facts[p].width * facts[p].height,
+                -facts[p].bytes,
+                facts[p].mtime,
+                facts[p].path,
+            ),
         )
         first = vectors.get(group[0])
-        same_content = len({facts[p][5] for p in group}) == 1 and facts[group[0]][5] != ""
+        head_sha = facts[group[0]].sha256
+        same_content = bool(head_sha) and all(facts[p].sha256 == head_sha for p in group)
         images = []
         for p in group:
             path, width, height, size, mtime, sha = facts[p]
             vec = vectors.get(p)
-            if p == group[0] or (sha and sha == facts[group[0]][5]):
+            if p == group[0] or (sha and sha == head_sha):
                 score: float | None = 1.0
             elif vec is None or first is None:
                 score = None
@@ -237,10 +253,10 @@ def _groups(
     return out
 
 
-def _vectors(store: Store, model: str, points: Iterable[str]) -> dict[str, Any]:
+def _vectors(store: Store, model: str, points: Iterable[str]) -> dict[str, Vector]:
     """Unit vectors of `points` by `model`, fetched PAGE at a time."""
     wanted = list(points)
-    out: dict[str, Any] = {}
+    out: dict[str, Vector] = {}
     for start in range(0, len(wanted), PAGE):
         records: list[Record] = store.retrieve_images(
             wanted[start : start + PAGE], with_vectors=[model]
