@@ -44,6 +44,36 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _when(text: str) -> str:
+    """--after / --before: checked here (a bad date is a usage error), read by the service."""
+    from app.filters import FilterError, parse_when
+
+    try:
+        parse_when(text)
+    except FilterError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _near(text: str) -> str:
+    from app.filters import FilterError, parse_near
+
+    try:
+        parse_near(text)
+    except FilterError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _radius(text: str) -> float:
+    from app.filters import FilterError, parse_radius
+
+    try:
+        return parse_radius(text)
+    except FilterError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -391,7 +421,8 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     else:
         print(f"{'score':>7}  {'label':<16} path")
         for r in answer.results:
-            print(f"{r.score:7.3f}  {r.label[:16]:<16} {r.path}")
+            exif = ", ".join(x for x in ((r.taken or "").replace("T", " "), r.camera or "") if x)
+            print(f"{r.score:7.3f}  {r.label[:16]:<16} {r.path}" + (f"  ({exif})" if exif else ""))
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
 
 
@@ -415,6 +446,14 @@ def _query(args: argparse.Namespace, kind: str) -> int:
     try:
         service = _service(store, settings)
         common = {"model": args.model, "min_score": args.min_score, "k": args.k}
+        if kind in ("search", "similar"):
+            photo = service.photo_filter(
+                after=args.after,
+                before=args.before,
+                cameras=args.camera or (),
+                near=args.near,
+                radius_km=args.radius_km,
+            )
         if kind == "search":
             image = _image_arg(args.image) if args.image else None
             answer = service.search_text(
@@ -423,11 +462,16 @@ def _query(args: argparse.Namespace, kind: str) -> int:
                 labels=args.label or (),
                 folder=args.folder,
                 zero_shot_bias=args.zero_shot_bias,
+                photo=photo,
                 **common,
             )
         elif kind == "similar":
             answer = service.similar(
-                _image_arg(args.image), labels=args.label or (), folder=args.folder, **common
+                _image_arg(args.image),
+                labels=args.label or (),
+                folder=args.folder,
+                photo=photo,
+                **common,
             )
         else:
             answer = service.tag(
@@ -811,6 +855,45 @@ def build_parser() -> argparse.ArgumentParser:
                 help="only images with this label (repeatable: any of)",
             )
             sp.add_argument("--folder", default=None, help="only images under this folder")
+            sp.add_argument(
+                "--after",
+                type=_when,
+                default=None,
+                metavar="DATE",
+                help="only photos taken on or after DATE (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], "
+                "the camera's clock, from EXIF)",
+            )
+            sp.add_argument(
+                "--before",
+                type=_when,
+                default=None,
+                metavar="DATE",
+                help="only photos taken before DATE (not on it: --after 2024-06-01 --before "
+                "2024-07-01 is June)",
+            )
+            sp.add_argument(
+                "--camera",
+                action="append",
+                default=None,
+                metavar="NAME",
+                help="only photos taken with a camera whose name (EXIF make and model) holds "
+                "NAME, case-insensitively ('canon', 'pixel 7'); repeatable: any of",
+            )
+            sp.add_argument(
+                "--near",
+                type=_near,
+                default=None,
+                metavar="LAT,LON",
+                help="only photos whose EXIF GPS position is within --radius-km of this point "
+                "(decimal degrees)",
+            )
+            sp.add_argument(
+                "--radius-km",
+                type=_radius,
+                default=None,
+                metavar="KM",
+                help="the radius around --near, in km (default 10)",
+            )
         sp.add_argument("-k", type=int, default=10, help="number of results (1-1000)")
         sp.add_argument(
             "--min-score",
@@ -819,6 +902,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="drop results scoring below this cosine (0-1)",
         )
         sp.add_argument("--json", action="store_true", help="print JSON")
+        # a usage error found after parsing (--radius-km alone) shows this command's usage
+        sp.set_defaults(usage_error=sp.error)
         sp.add_argument(
             "--checkpoint",
             default=None,
@@ -975,6 +1060,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "radius_km", None) is not None and not args.near:
+        args.usage_error("--radius-km needs --near LAT,LON")
     from model.fastpath import set_default_runtime
 
     saved_cache = os.environ.get("DEVISE_CACHE")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.duplicates import DuplicateReport, describe, human_date, human_size
+from app.filters import PhotoFilter
 from app.service import Answer, ImageResult, ServiceError, TagResult
 from model.images import ImageError
 
@@ -74,7 +75,22 @@ DUPLICATE_COLUMNS = ["group", "kind", "score", "pixels", "size", "modified", "pa
 
 
 def caption(r: ImageResult) -> str:
-    return f"{r.label} · {r.folder} · {r.score:.2f}"
+    """`label · folder · score`, then the day the photo was taken and its camera if known."""
+    parts = [r.label, r.folder, f"{r.score:.2f}"]
+    parts += [x for x in ((r.taken or "")[:10], r.camera or "") if x]
+    return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class PhotoArgs:
+    """The Filters accordion's boxes as typed (blank boxes are no filter): the dates taken
+    (ISO), cameras, a place LAT,LON and a radius in km; the service reads and checks them."""
+
+    after: str | None = None
+    before: str | None = None
+    cameras: Sequence[str] | None = None
+    near: str | None = None
+    radius_km: float | None = None
 
 
 def _read_as(answer: Answer, fallback: str) -> str:
@@ -173,11 +189,12 @@ class WebHandlers:
         folder: str | None = None,
         min_score: float | None = None,
         k: float | int | None = DEFAULT_K,
+        photo: PhotoArgs | None = None,
     ) -> GalleryOut:
         try:
             answer = self.service.search_text(
                 text, model=model or "devise", labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k),
+                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
             )  # fmt: skip
         except USER_ERRORS as e:
             return self._failed(e)
@@ -192,6 +209,7 @@ class WebHandlers:
         min_score: float | None = None,
         k: float | int | None = DEFAULT_K,
         query: str | None = "",
+        photo: PhotoArgs | None = None,
     ) -> GalleryOut:
         """Images like an uploaded image (a file Gradio wrote, or raw bytes); `query`, when
         given, adds compound-query terms to it ("at night", "2:bag -shoe")."""
@@ -203,7 +221,7 @@ class WebHandlers:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
             common: dict[str, Any] = dict(
                 model=model or "devise", labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k),
+                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
             )  # fmt: skip
             if (query or "").strip():
                 answer = self.service.search_text(query or "", image=data, **common)
@@ -224,6 +242,7 @@ class WebHandlers:
         folder: str | None = None,
         min_score: float | None = None,
         k: float | int | None = DEFAULT_K,
+        photo: PhotoArgs | None = None,
     ) -> GalleryOut:
         """The images like the clicked result, which is an indexed file: its stored vector
         is the query, so no model runs."""
@@ -235,7 +254,7 @@ class WebHandlers:
         try:
             answer = self.service.similar(
                 path, model=model or "devise", labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k),
+                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
             )  # fmt: skip
         except USER_ERRORS as e:
             return self._failed(e)
@@ -276,6 +295,7 @@ class WebHandlers:
         folder: str | None = None,
         min_score: float | None = None,
         k: float | int | None = DEFAULT_K,
+        photo: PhotoArgs | None = None,
     ) -> CompareOut:
         """The same query answered by every model in the index."""
         kind = kind if kind in COMPARE_KINDS else "text"
@@ -291,7 +311,7 @@ class WebHandlers:
                 self.service.require_images("devise")  # raises the empty-index message
             answers = self.service.compare(
                 kind, query, labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k),
+                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
             )  # fmt: skip
         except OSError as e:
             return CompareOut(kind, status=f"⚠️ cannot read the upload: {e}", ok=False)
@@ -387,22 +407,42 @@ class WebHandlers:
     def search_json(
         self, query: str, model: str = "devise", labels: Sequence[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
+        photo: PhotoArgs | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The CLI's `search --json` answer; raises ServiceError with the reason."""
         return self.service.search_text(
             query, model=model or "devise", labels=labels or (), folder=folder,
-            min_score=min_score, k=int(k),
+            min_score=min_score, k=int(k), photo=self._photo(photo),
         ).to_json()  # fmt: skip
 
     def similar_json(
         self, image: bytes, model: str = "devise", labels: Sequence[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
+        photo: PhotoArgs | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The CLI's `similar --json` answer for an uploaded image."""
         return self.service.similar(
             image, model=model or "devise", labels=labels or (), folder=folder,
-            min_score=min_score, k=int(k),
+            min_score=min_score, k=int(k), photo=self._photo(photo),
         ).to_json()  # fmt: skip
+
+    def _photo(self, photo: PhotoArgs | None) -> PhotoFilter | None:
+        """The Filters boxes read by the service; BadQueryError names the bad one."""
+        if photo is None:
+            return None
+        return self.service.photo_filter(
+            after=photo.after,
+            before=photo.before,
+            cameras=photo.cameras or (),
+            near=photo.near,
+            radius_km=photo.radius_km,
+        )
+
+    def camera_choices(self) -> list[str]:
+        try:
+            return self.service.cameras()
+        except Exception:  # noqa: BLE001 - an empty or new index has no facet yet
+            return []
 
     def tag_json(
         self, image: bytes, model: str = "devise", k: int = 10, min_score: float | None = None

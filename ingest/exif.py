@@ -7,10 +7,20 @@ drops that one field, never the image (issue 14).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+log = logging.getLogger(__name__)
+
+#: Stored as the payload's `exif` once a file's EXIF was read (even when it had none), so the
+#: next ingest knows which points still lack the fields. Raise it when this module reads
+#: more, and the next ingest reads every file's EXIF again (payload only, no embedding).
+EXIF_VERSION = 1
+#: The payload fields this module writes, besides `exif`.
+EXIF_FIELDS = ("taken", "taken_iso", "camera", "location")
 
 # EXIF tag numbers (TIFF/EXIF 2.3).
 _MAKE, _MODEL, _DATETIME = 0x010F, 0x0110, 0x0132
@@ -43,11 +53,15 @@ def _date(value: Any) -> dt.datetime | None:
 
 
 def _degrees(value: Any, ref: Any) -> float | None:
+    if not isinstance(value, tuple | list) or len(value) != 3:
+        return None
     try:
         d, m, s = (float(x) for x in value)
-    except (TypeError, ValueError, ZeroDivisionError):
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
     deg = d + m / 60.0 + s / 3600.0
+    if deg != deg:  # a rational with a zero denominator reads as NaN
+        return None
     if _text(ref) in ("S", "W"):
         deg = -deg
     return deg
@@ -55,7 +69,7 @@ def _degrees(value: Any, ref: Any) -> float | None:
 
 def read_exif(path: Path) -> dict[str, Any]:
     """Payload fields from a photo's EXIF: taken (epoch s, naive local time read as UTC),
-    taken_iso, camera, lat, lon. Missing or bad fields are left out."""
+    taken_iso, camera, location ({"lat", "lon"}). Missing or bad fields are left out."""
     out: dict[str, Any] = {}
     try:
         with Image.open(path) as im:
@@ -78,5 +92,17 @@ def read_exif(path: Path) -> dict[str, Any]:
     lat = _degrees(gps.get(_GPS_LAT), gps.get(_GPS_LAT_REF))
     lon = _degrees(gps.get(_GPS_LON), gps.get(_GPS_LON_REF))
     if lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180:
-        out["lat"], out["lon"] = lat, lon
+        out["location"] = {"lat": lat, "lon": lon}
     return out
+
+
+def exif_payload(path: str | Path) -> dict[str, Any]:
+    """What ingest merges into an image's payload: `read_exif`'s fields and the `exif`
+    version. Never raises: a file whose EXIF cannot be read at all gets the version alone,
+    and is indexed all the same."""
+    try:
+        fields = read_exif(Path(path))
+    except Exception as e:  # noqa: BLE001 - EXIF is a courtesy; the image is what matters
+        log.warning("ignoring the EXIF of %s: %s", path, e)
+        fields = {}
+    return {**fields, "exif": EXIF_VERSION}

@@ -5,7 +5,10 @@ Idempotent and incremental:
 - a file whose content (sha256) is already indexed under a path that is gone is a move:
   its vectors are reused, nothing is re-embedded;
 - every batch is upserted as soon as it is embedded, so a killed run loses only the batch
-  in flight, and the rerun finishes the job (point ids are uuid5 of the path: no duplicates).
+  in flight, and the rerun finishes the job (point ids are uuid5 of the path: no duplicates);
+- each file's EXIF (date, camera, position: ingest/exif.py) goes into its payload; an
+  unchanged file whose point lacks it (an index made before) gets it by a payload update,
+  without embedding.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from ingest.exif import EXIF_VERSION, exif_payload
 from model.device import default_batch_size, default_device
 from model.images import Preprocess, is_image_path
 from model.loader import default_workers, iter_batches
@@ -36,6 +40,10 @@ from qdrant.store import Record, Store
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
+
+
+# How many unchanged files' EXIF goes to the store in one call.
+EXIF_BATCH = 256
 
 
 class IngestError(RuntimeError):
@@ -66,6 +74,7 @@ class IngestSummary:
     moved: int = 0
     pruned: int = 0
     twins: int = 0  # points of an older index stored under a symlink path, now settled
+    exif_added: int = 0  # unchanged files whose points were given their EXIF fields
     failed: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     embed_seconds: float = 0.0
@@ -90,6 +99,7 @@ class IngestSummary:
             f"pruned {self.pruned}, failed {failed}"
             + (f" ({why})" if why else "")
             + (f", {self.twins} symlinked twin(s) settled" if self.twins else "")
+            + (f", EXIF added to {self.exif_added} unchanged" if self.exif_added else "")
             + f" in {self.seconds:.1f}s"
         )
 
@@ -266,6 +276,7 @@ def ingest(
     todo: list[FileEntry] = []
     refresh: set[str] = set()
     lacking: set[str] = set()  # of `refresh`: those missing a vector, counted as indexed
+    exif_only: list[str] = []  # unchanged files whose points lack the EXIF fields
     for f in files:
         rec = existing.get(f.path)
         same = (
@@ -277,6 +288,8 @@ def ingest(
         if same:
             if has_vectors.get(f.path, set()) >= set(names) and _has_extra_fields(rec, embedders):
                 summary.unchanged += 1
+                if _lacks_exif(rec):
+                    exif_only.append(f.path)
             else:
                 # an unchanged file whose point lacks one of these models' vectors (an index
                 # made before the `dup` vector, or a model added later) or their payload
@@ -289,14 +302,20 @@ def ingest(
         else:
             todo.append(f)
 
-    # Hash what changed (in threads: it is I/O) to find moved files.
     n_workers = workers or default_workers(device)
+    if exif_only:
+        summary.exif_added = _add_exif(store, exif_only, n_workers, progress)
+
+    # Hash what changed (in threads: it is I/O) to find moved files; read its EXIF alongside.
     hashes: dict[str, str] = {}
+    exif: dict[str, dict[str, Any]] = {}
     if todo:
         with ThreadPoolExecutor(n_workers, thread_name_prefix="hash") as pool:
-            for f, digest in zip(todo, pool.map(_safe_sha, [f.path for f in todo]), strict=True):
+            read = pool.map(_read_file, [f.path for f in todo])
+            for f, (digest, fields) in zip(todo, read, strict=True):
                 if digest:
                     hashes[f.path] = digest
+                    exif[f.path] = fields
     to_embed: list[FileEntry] = []
     by_hash = store.find_by_sha256(sorted(set(hashes.values()))) if hashes else {}
     for f in todo:
@@ -323,6 +342,7 @@ def ingest(
                 sha256=digest,
             )
         )
+        payload.update(exif[f.path])
         reused = {n: donor.vectors[n][None, :] for n in names}
         store.upsert_images([image_point_id(f.path)], [payload], reused)  # type: ignore[list-item]
         if not os.path.exists(donor.payload.get("path", "")):
@@ -371,6 +391,7 @@ def ingest(
                             mtime=f.mtime,
                             sha256=hashes[f.path],
                         ),
+                        **exif[f.path],
                         **extra,
                     }
                     for f, (w, h), extra in zip(entries, batch.sizes, extras, strict=True)
@@ -457,11 +478,47 @@ def _has_extra_fields(rec: Record | None, embedders: Sequence[ArrayEmbedder]) ->
     return True
 
 
-def _safe_sha(path: str) -> str | None:
+def _read_file(path: str) -> tuple[str | None, dict[str, Any]]:
+    """(sha256, EXIF payload fields) of a file; (None, {}) when it cannot be read."""
     try:
-        return sha256_file(path)
+        digest = sha256_file(path)
     except OSError:
-        return None
+        return None, {}
+    return digest, exif_payload(path)
+
+
+def _lacks_exif(rec: Record | None) -> bool:
+    """Whether a point's EXIF fields were read by an older version, or never."""
+    if rec is None:
+        return False
+    version = rec.payload.get("exif")
+    return not isinstance(version, int) or version < EXIF_VERSION
+
+
+def _add_exif(store: Store, paths: Sequence[str], workers: int, progress: bool) -> int:
+    """Read the EXIF of unchanged files and merge it into their points' payloads: no
+    decoding, no embedding. In batches, so a killed run keeps what it did; returns how many."""
+    done = 0
+    bar = tqdm(
+        total=len(paths),
+        desc="exif",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress,
+        file=sys.stderr,
+    )
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="exif") as pool:
+            for start in range(0, len(paths), EXIF_BATCH):
+                chunk = paths[start : start + EXIF_BATCH]
+                fields = pool.map(exif_payload, chunk)
+                updates = [(image_point_id(p), f) for p, f in zip(chunk, fields, strict=True)]
+                store.set_image_payloads(updates)
+                done += len(updates)
+                bar.update(len(updates))
+    finally:
+        bar.close()
+    return done
 
 
 def _unique_specs(

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from qdrant.errors import IndexInUseError, StoreError, StoreUnavailableError
-from qdrant.filters import SearchFilter
+from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.store import Hit, Record, Store
 
 __all__ = [
+    "GeoCircle",
     "Hit",
     "IndexInUseError",
     "Record",

@@ -102,8 +102,16 @@ def _images_config(sizes: dict[str, int]) -> qe.EdgeConfig:
     )
 
 
+_INDEX_SCHEMAS: dict[IndexKind, qe.PayloadSchemaType] = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "geo": qe.PayloadSchemaType.Geo,
+}
+
+
 def _index_schema(kind: IndexKind) -> qe.PayloadSchemaType:
-    return qe.PayloadSchemaType.Keyword if kind == "keyword" else qe.PayloadSchemaType.Integer
+    return _INDEX_SCHEMAS[kind]
 
 
 def _vectors_of(raw: object) -> dict[str, Vector]:
@@ -316,6 +324,17 @@ class EdgeStore:
         shard.flush()
         self._sizes_cache.pop(name, None)
 
+    def _add_indexes(self, name: str, indexes: dict[str, IndexKind]) -> None:
+        """Create the payload indexes a shard made by an older version lacks (the EXIF
+        fields' came later); Edge indexes the points it already holds."""
+        shard = self._require(name)
+        have = set(shard.info().payload_schema)
+        missing = {f: k for f, k in indexes.items() if f not in have}
+        for field, kind in missing.items():
+            self._write(shard, qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+        if missing:
+            shard.flush()
+
     def _add_vectors(self, name: str, vectors: dict[str, int]) -> None:
         shard = self._require(name)
         sizes = self._sizes(name)
@@ -358,11 +377,13 @@ class EdgeStore:
         if image_vectors:
             if IMAGES in self._shards:
                 self._add_vectors(IMAGES, image_vectors)
+                self._add_indexes(IMAGES, IMAGE_INDEXES)
             else:
                 self._create(IMAGES, image_vectors, IMAGE_INDEXES)
         if word_dim is not None:
             if WORDS in self._shards:
                 self._add_vectors(WORDS, {WORD_VECTOR: word_dim})
+                self._add_indexes(WORDS, WORD_INDEXES)
             else:
                 self._create(WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES)
 
@@ -430,6 +451,13 @@ class EdgeStore:
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         """Merge `payload` into one image point's payload."""
         self._write(self._require(IMAGES), qe.UpdateOperation.set_payload([point_id], payload))
+        self._maybe_flush()
+
+    def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each payload into its image point's payload, one point at a time."""
+        shard = self._require(IMAGES)
+        for point_id, payload in updates:
+            self._write(shard, qe.UpdateOperation.set_payload([point_id], payload))
         self._maybe_flush()
 
     def upsert_words(
@@ -537,12 +565,17 @@ class EdgeStore:
 
     def facet_labels(self) -> dict[str, int]:
         """Number of image points per label."""
+        return self.facet_values("label")
+
+    def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
+        """Number of image points per value of keyword-indexed payload field `field`."""
         shard = self._shard(IMAGES)
-        if shard is None:
+        if shard is None or field not in shard.info().payload_schema:
             return {}
         # a facet returns at most `limit` values; no label set here comes near a million
-        response = shard.facet(qe.FacetRequest("label", limit=1_000_000, exact=True))
-        return {str(h.value): int(h.count) for h in response.hits}
+        response = shard.facet(qe.FacetRequest(field, limit=1_000_000, exact=exact))
+        # an exact facet still lists a value whose points were all deleted, with count 0
+        return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
     def _records(self, raw: Sequence[qe.Record]) -> list[Record]:
         return [

@@ -17,8 +17,18 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class GeoCircle:
+    """Within `radius_km` of a point (degrees), as the crow flies on the Earth's surface."""
+
+    lat: float
+    lon: float
+    radius_km: float
+
+
+@dataclass(frozen=True)
 class SearchFilter:
-    """What narrows a query: labels (any of), a folder (recursive), a score floor, a rank cap."""
+    """What narrows a query: labels (any of), a folder (recursive), a score floor, a rank cap,
+    and the photo's EXIF: when it was taken, with which camera, where."""
 
     labels: tuple[str, ...] = ()
     folder: str | None = None
@@ -28,6 +38,14 @@ class SearchFilter:
     kinds: tuple[str, ...] = ()
     #: images under any of these ConSE concepts (lower-case label or hypernym names)
     concepts: tuple[str, ...] = ()
+    #: taken at or after / strictly before these times: `taken`'s epoch seconds (the
+    #: camera's wall clock read as UTC, see ingest/exif.py). An image without a date fails both.
+    taken_after: float | None = None
+    taken_before: float | None = None
+    #: taken with any of these cameras (exact `camera` payload values)
+    cameras: tuple[str, ...] = ()
+    #: taken within this circle (an image without a GPS position fails it)
+    near: GeoCircle | None = None
 
 
 NO_FILTER = SearchFilter()
@@ -35,12 +53,20 @@ NO_FILTER = SearchFilter()
 
 @dataclass(frozen=True)
 class Condition:
-    """A backend-neutral payload condition: exactly one of `any_of`, `equals`, `lte` is set."""
+    """A backend-neutral payload condition: exactly one of `any_of`, `equals`, `lte`, a float
+    range (`gte` and/or `lt`) and `geo` is set."""
 
     key: str
     any_of: tuple[str, ...] = ()
     equals: str | None = None
     lte: int | None = None
+    gte: float | None = None
+    lt: float | None = None
+    geo: GeoCircle | None = None
+
+    @property
+    def is_range(self) -> bool:
+        return self.gte is not None or self.lt is not None
 
 
 def normalise_folder(folder: str) -> str | None:
@@ -68,6 +94,12 @@ def conditions(flt: SearchFilter | None) -> list[Condition]:
         out.append(Condition("kind", any_of=tuple(flt.kinds)))
     if flt.concepts:
         out.append(Condition("concepts", any_of=tuple(flt.concepts)))
+    if flt.taken_after is not None or flt.taken_before is not None:
+        out.append(Condition("taken", gte=flt.taken_after, lt=flt.taken_before))
+    if flt.cameras:
+        out.append(Condition("camera", any_of=tuple(flt.cameras)))
+    if flt.near is not None:
+        out.append(Condition("location", geo=flt.near))
     return out
 
 
@@ -89,6 +121,12 @@ def to_edge(flt: SearchFilter | None) -> qdrant_edge.Filter | None:
         elif c.lte is not None:
             # Edge 0.9 has no integer range class; a float range works on an integer index
             must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(lte=float(c.lte))))
+        elif c.is_range:
+            must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lt=c.lt)))
+        elif c.geo is not None:
+            centre = qe.GeoPoint(lon=c.geo.lon, lat=c.geo.lat)
+            radius = qe.GeoRadius(centre, c.geo.radius_km * 1000.0)
+            must.append(qe.FieldCondition(c.key, geo_radius=radius))
     return qe.Filter(must=list(must)) if must else None
 
 
@@ -104,4 +142,10 @@ def to_server(flt: SearchFilter | None) -> models.Filter | None:
             must.append(m.FieldCondition(key=c.key, match=m.MatchValue(value=c.equals)))
         elif c.lte is not None:
             must.append(m.FieldCondition(key=c.key, range=m.Range(lte=c.lte)))
+        elif c.is_range:
+            must.append(m.FieldCondition(key=c.key, range=m.Range(gte=c.gte, lt=c.lt)))
+        elif c.geo is not None:
+            centre = m.GeoPoint(lon=c.geo.lon, lat=c.geo.lat)
+            radius = m.GeoRadius(center=centre, radius=c.geo.radius_km * 1000.0)
+            must.append(m.FieldCondition(key=c.key, geo_radius=radius))
     return m.Filter(must=must) if must else None

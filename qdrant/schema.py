@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 from uuid import NAMESPACE_URL, uuid5
 
 IMAGES = "images"
@@ -13,7 +13,7 @@ WORDS = "words"
 META = "devise_meta"
 SCHEMA_VERSION = 1
 
-IndexKind = Literal["keyword", "integer"]
+IndexKind = Literal["keyword", "integer", "float", "geo"]
 
 # Payload indexes per collection. `folders` is a list field: a keyword index matches any
 # element exactly, which is what the folder prefix filter relies on. `sha256` lets ingest
@@ -25,6 +25,11 @@ IMAGE_INDEXES: dict[str, IndexKind] = {
     "path": "keyword",
     # the ConSE concepts (labels and hypernyms) an image falls under, for general-word search
     "concepts": "keyword",
+    # from EXIF (ingest/exif.py): when (epoch seconds of the camera's wall clock, a float
+    # range: Edge and qdrant-client's local mode both filter it alike), with what, where
+    "taken": "float",
+    "camera": "keyword",
+    "location": "geo",
 }
 WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword", "kind": "keyword"}
 # Kinds of `words` entries: frequent single words, whole class labels, and their hypernyms.
@@ -42,8 +47,16 @@ DUP_VECTOR = "dup"
 HNSW_VECTORS: frozenset[str] = frozenset({DUP_VECTOR})
 
 
+class GeoPayload(TypedDict):
+    """A position as Qdrant's geo index reads it, in degrees."""
+
+    lat: float
+    lon: float
+
+
 class ImagePayload(TypedDict):
-    """Payload of one image point."""
+    """Payload of one image point. The EXIF fields are there only when the photo has them;
+    `exif` (the version of ingest/exif.py that read them) is there once they were read."""
 
     path: str
     folder: str
@@ -54,6 +67,11 @@ class ImagePayload(TypedDict):
     bytes: int
     mtime: float
     sha256: str
+    taken: NotRequired[float]
+    taken_iso: NotRequired[str]
+    camera: NotRequired[str]
+    location: NotRequired[GeoPayload]
+    exif: NotRequired[int]
 
 
 class WordPayload(TypedDict):

@@ -54,8 +54,16 @@ def _with_vectors(with_vectors: WithVectors) -> bool | list[str]:
     return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
 
 
+_SCHEMAS: dict[IndexKind, m.PayloadSchemaType] = {
+    "keyword": m.PayloadSchemaType.KEYWORD,
+    "integer": m.PayloadSchemaType.INTEGER,
+    "float": m.PayloadSchemaType.FLOAT,
+    "geo": m.PayloadSchemaType.GEO,
+}
+
+
 def _schema(kind: IndexKind) -> m.PayloadSchemaType:
-    return m.PayloadSchemaType.KEYWORD if kind == "keyword" else m.PayloadSchemaType.INTEGER
+    return _SCHEMAS[kind]
 
 
 class ServerStore:
@@ -174,6 +182,18 @@ class ServerStore:
                     self.client.create_payload_index(collection, field, _schema(kind), wait=True)
         self._sizes_cache.pop(collection, None)
 
+    def _add_indexes(self, collection: str, indexes: dict[str, IndexKind]) -> None:
+        """Create the payload indexes a collection made by an older version lacks (the EXIF
+        fields' came later). Local mode has no payload indexes to create."""
+        if self._local:
+            return
+        with self._guard(f"describe {collection}"):
+            have = set(self.client.get_collection(collection).payload_schema or {})
+        for field, kind in indexes.items():
+            if field not in have:
+                with self._guard(f"index {field} of {collection}"):
+                    self.client.create_payload_index(collection, field, _schema(kind), wait=True)
+
     def _add_vectors(self, collection: str, vectors: dict[str, int]) -> None:
         sizes = self._sizes(collection, refresh=True)
         for name, dim in vectors.items():
@@ -226,11 +246,13 @@ class ServerStore:
         if image_vectors:
             if self._exists(IMAGES):
                 self._add_vectors(IMAGES, image_vectors)
+                self._add_indexes(IMAGES, IMAGE_INDEXES)
             else:
                 self._create(IMAGES, image_vectors, IMAGE_INDEXES, shard_number, replication_factor)
         if word_dim is not None:
             if self._exists(WORDS):
                 self._add_vectors(WORDS, {WORD_VECTOR: word_dim})
+                self._add_indexes(WORDS, WORD_INDEXES)
             else:
                 self._create(
                     WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES, shard_number, replication_factor
@@ -302,6 +324,17 @@ class ServerStore:
         """Merge `payload` into one image point's payload."""
         with self._guard("set payload"):
             self.client.set_payload(IMAGES, payload, points=[point_id], wait=True)
+
+    def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each payload into its image point's payload: one request per batch, not
+        one round trip per point."""
+        for start in range(0, len(updates), UPSERT_BATCH):
+            ops: list[m.UpdateOperation] = [
+                m.SetPayloadOperation(set_payload=m.SetPayload(payload=payload, points=[point_id]))
+                for point_id, payload in updates[start : start + UPSERT_BATCH]
+            ]
+            with self._guard("set payloads"):
+                self.client.batch_update_points(IMAGES, ops, wait=True)
 
     def upsert_words(
         self,
@@ -422,11 +455,15 @@ class ServerStore:
 
     def facet_labels(self) -> dict[str, int]:
         """Number of image points per label."""
+        return self.facet_values("label")
+
+    def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
+        """Number of image points per value of keyword-indexed payload field `field`."""
         if not self._exists(IMAGES):
             return {}
-        with self._guard("facet labels"):
-            response = self.client.facet(IMAGES, "label", limit=1_000_000, exact=True)
-        return {str(h.value): int(h.count) for h in response.hits}
+        with self._guard(f"facet {field}"):
+            response = self.client.facet(IMAGES, field, limit=1_000_000, exact=exact)
+        return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
     def _records(self, raw: Sequence[m.Record]) -> list[Record]:
         return [

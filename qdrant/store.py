@@ -102,6 +102,11 @@ class Store(Protocol):
         """Merge `payload` into one image point's payload (e.g. a moved file's new path)."""
         ...
 
+    def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each (point id, payload) into that image point's payload; other fields and
+        every vector stay. Not atomic: a failure part-way leaves the first ones applied."""
+        ...
+
     def search_images(
         self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
     ) -> list[Hit]:
@@ -152,6 +157,13 @@ class Store(Protocol):
 
     def facet_labels(self) -> dict[str, int]:
         """Number of image points per label."""
+        ...
+
+    def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
+        """Number of image points per value of a keyword-indexed field (`label`, `camera`).
+        Values whose points are all gone are left out. `exact=False` takes the counts from
+        the index, which may be approximate: enough for the names, and at 100,000 points
+        about 0.02 ms against 13 ms for exact counts on Edge."""
         ...
 
     def scroll_images(

@@ -34,7 +34,8 @@ def test_date_camera_and_position(tmp_path: Path) -> None:
     got = read_exif(p)
     assert got["taken_iso"] == "2019-06-15T12:30:00"  # DateTimeOriginal wins over DateTime
     assert got["camera"] == "Canon EOS 5D"
-    assert abs(got["lat"] + 33.8667) < 1e-3 and abs(got["lon"] - 151.21) < 1e-3
+    where = got["location"]
+    assert abs(where["lat"] + 33.8667) < 1e-3 and abs(where["lon"] - 151.21) < 1e-3
 
 
 def test_bad_fields_dropped_one_by_one(tmp_path: Path) -> None:

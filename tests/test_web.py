@@ -448,7 +448,10 @@ def test_live_api_names_parameters_and_answers_with_the_cli_json(
     svc = web_index.service
     info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     params = {p["parameter_name"]: p for p in info["/search_text"]["parameters"]}
-    assert list(params) == ["query", "model", "labels", "folder", "min_score", "k"]
+    assert list(params) == [
+        "query", "model", "labels", "folder", "min_score", "k",
+        "after", "before", "cameras", "near", "radius_km",
+    ]  # fmt: skip
     assert [n for n, p in params.items() if not p["parameter_has_default"]] == ["query"]
     gallery, status = client.predict("cat", api_name="/search_text")  # the query alone
     assert gallery and "result(s)" in status

@@ -1,0 +1,96 @@
+"""The photo filters every face takes as text: when (`--after`, `--before`), with which camera
+(`--camera`), and where (`--near LAT,LON --radius-km R`). Parsed here once, so the CLI, the
+web app and its HTTP API accept and refuse the same things with the same words."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+
+from qdrant.filters import GeoCircle
+
+#: the radius `--near` gets when no `--radius-km` is given
+DEFAULT_RADIUS_KM = 10.0
+# half the Earth's circumference: every point on it is within this of any other
+MAX_RADIUS_KM = 20_040.0
+DATE_FORMS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]"
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be read; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class PhotoFilter:
+    """The EXIF filters, read: `taken` at or after `after` and before `before` (epoch seconds,
+    see `parse_when`), with any of `cameras` (as typed), within `near`."""
+
+    after: float | None = None
+    before: float | None = None
+    cameras: tuple[str, ...] = ()
+    near: GeoCircle | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.after is not None or self.before is not None or self.cameras or self.near)
+
+
+def parse_when(text: str) -> float:
+    """An ISO date or date-time as `taken`'s epoch seconds (a camera's wall clock, read as
+    UTC: EXIF dates carry no time zone, so neither may the filter). A date alone is its
+    midnight."""
+    raw = (text or "").strip()
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise FilterError(f"{raw!r} is not a date: use {DATE_FORMS}") from None
+    if when.tzinfo is not None:
+        raise FilterError(
+            f"{raw!r} has a time zone, but photos' EXIF dates have none: give the local "
+            f"date or time, {DATE_FORMS}"
+        )
+    return when.replace(tzinfo=dt.UTC).timestamp()
+
+
+def iso_of(seconds: float) -> str:
+    """`taken`'s epoch seconds as the wall-clock date-time it stands for."""
+    when = dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
+    return when.date().isoformat() if when.time() == dt.time() else when.isoformat()
+
+
+def parse_near(text: str) -> tuple[float, float]:
+    """`LAT,LON` in decimal degrees, as (lat, lon)."""
+    raw = (text or "").strip()
+    parts = [p.strip() for p in raw.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise FilterError(
+            f"{raw!r} is not LAT,LON: give two numbers in degrees, such as 48.8566,2.3522"
+        ) from None
+    if not -90.0 <= lat <= 90.0:
+        raise FilterError(f"latitude {parts[0]} is outside -90..90 (LAT,LON: latitude first)")
+    if not -180.0 <= lon <= 180.0:
+        raise FilterError(f"longitude {parts[1]} is outside -180..180")
+    return lat, lon
+
+
+def parse_radius(value: str | float) -> float:
+    """A radius in km: positive, finite, at most half the Earth's circumference."""
+    try:
+        km = float(value)
+    except (TypeError, ValueError):
+        raise FilterError(f"{value!r} is not a number of km") from None
+    if not (0.0 < km <= MAX_RADIUS_KM) or math.isnan(km):
+        raise FilterError(f"the radius must be above 0 and at most {MAX_RADIUS_KM:g} km, got {km}")
+    return km
+
+
+def circle(near: str, radius_km: str | float | None) -> GeoCircle:
+    """`--near` and `--radius-km` (default DEFAULT_RADIUS_KM) as one circle."""
+    lat, lon = parse_near(near)
+    if radius_km is None or radius_km == "":
+        return GeoCircle(lat, lon, DEFAULT_RADIUS_KM)
+    return GeoCircle(lat, lon, parse_radius(radius_km))
