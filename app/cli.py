@@ -238,15 +238,15 @@ def build_embedders(
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """The embedders to ingest with, and what the index records of each. With no --models,
     every model that can run here; an absent one is said in one line."""
-    from model.embedders import EMBEDDER_NAMES, available_models
+    from model.embedders import INGEST_NAMES, available_models, duplicate_embedder
 
     explicit = names is not None
-    wanted = list(names) if names else list(EMBEDDER_NAMES)
-    unknown = set(wanted) - set(EMBEDDER_NAMES)
+    wanted = list(names) if names else list(INGEST_NAMES)
+    unknown = set(wanted) - set(INGEST_NAMES)
     if unknown:
         raise CliError(
             f"--models: unknown model(s) {', '.join(sorted(unknown))}; "
-            f"choose from {', '.join(EMBEDDER_NAMES)}"
+            f"choose from {', '.join(INGEST_NAMES)}"
         )
     if "devise" in wanted and settings.checkpoint is None:
         if explicit:
@@ -257,7 +257,7 @@ def build_embedders(
         wanted.remove("devise")
     clip_weights = getattr(args, "clip_weights", None)
     avail = available_models(
-        wanted,
+        [n for n in wanted if n != "dup"],
         checkpoint=settings.checkpoint,
         weights=args.weights,
         clip_weights=Path(clip_weights) if clip_weights else None,
@@ -266,8 +266,13 @@ def build_embedders(
     )
     embedders: list[Any] = []
     extra: dict[str, dict[str, Any]] = {}
+    found: dict[str, Any] = dict(avail.models)
+    if "dup" in wanted:
+        found["dup"] = duplicate_embedder(
+            checkpoint=settings.checkpoint, weights=args.weights, precision=settings.precision
+        )
     emb: Any
-    for name, emb in avail.models.items():
+    for name, emb in found.items():
         if emb is None:
             if explicit:
                 raise CliError(avail.messages[name])
@@ -287,6 +292,8 @@ def build_embedders(
                 "weights": emb.backbone.weights_id,
                 "top_t": emb.top_t,
             }
+        elif name == "dup":
+            extra[name] = {"backbone": emb.backbone.name, "weights": emb.backbone.weights_id}
         elif name == "clip":
             extra[name] = {
                 "model": emb.model_name,
@@ -325,6 +332,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
+        if summary.indexed or summary.moved or summary.pruned:
+            # merges segments and builds the `dup` vector's graph where a segment has grown
+            # past the indexing threshold, so that `devise duplicates` stays quick at 100k
+            # images. Here, not in the web app's ingest: it holds the GIL while it runs.
+            store.optimize()
         _service(store, settings).ensure_vocabulary()  # the first ingest loads the words
     finally:
         store.close()
@@ -515,6 +527,43 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 def cmd_tag(args: argparse.Namespace) -> int:
     return _query(args, "tag")
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from app.duplicates import human_date, human_size
+
+    args.must_exist = True
+    settings, store = _open_store(args)
+    try:
+        report = _service(store, settings).duplicates(
+            model=args.model, threshold=args.threshold, folder=args.folder
+        )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    how = f"{report.model} >= {report.threshold:g}, {report.took_ms:.0f} ms"
+    if report.note:
+        print(f"no duplicates ({how}): {report.note}")
+        return 0
+    if not report.groups:
+        print(f"no duplicates among {report.scanned} images ({how})")
+        return 0
+    for group in report.groups:
+        print(f"{group.kind} · {len(group.images)} files")
+        for im in group.images:
+            score = "   -  " if im.score is None else f"{im.score:6.3f}"
+            print(
+                f"  {score}  {f'{im.width}x{im.height}':>11}  {human_size(im.bytes):>9}  "
+                f"{human_date(im.mtime)}  {im.path}"
+            )
+    files = sum(len(g.images) for g in report.groups)
+    print(
+        f"({len(report.groups)} groups, {files} files, among {report.scanned} images; {how}; "
+        "nothing was deleted)"
+    )
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -740,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         type=_csv,
         default=None,
-        help="comma-separated models: devise,conse,clip (default: every model that can run)",
+        help="comma-separated models: devise,conse,clip,dup (default: every model that can "
+        "run; dup is the near-duplicate vector that `devise duplicates` compares)",
     )
     i.add_argument(
         "--clip-weights",
@@ -911,6 +961,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query_flags(s3, filters=False)
     s3.set_defaults(func=cmd_tag)
+
+    dp = sub.add_parser(
+        "duplicates",
+        help="groups of near-duplicate images and of identical files (deletes nothing)",
+        description="Groups of images whose vectors are within the threshold of each other "
+        "(resized, recompressed or slightly cropped copies: 'near'), and of files with the "
+        "same content (same sha256: 'exact'), the largest picture first, each with its "
+        "dimensions, size and date, so you can choose what to keep. Nothing is deleted.",
+    )
+    dp.add_argument(
+        "--model",
+        default="dup",
+        help="the vector compared: dup (default: the near-duplicate vector, which ingest "
+        "stores), or devise, conse, clip (word-space vectors: poor at telling copies from "
+        "look-alikes)",
+    )
+    dp.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="cosine at or above which two images are near-duplicates, in (0, 1] "
+        "(default 0.7 for dup, measured on planted copies: see the README)",
+    )
+    dp.add_argument("--folder", default=None, help="only images under this folder")
+    dp.add_argument("--json", action="store_true", help="print JSON")
+    index_flags(dp)
+    dp.set_defaults(func=cmd_duplicates)
 
     sv = sub.add_parser("serve", help="start the web app")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

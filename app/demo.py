@@ -61,7 +61,7 @@ def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
 
     models = store.get_meta().get("models") or {}
     rec = models.get("devise") or {}
-    if rec.get("id") != content_id or "conse" not in models:
+    if rec.get("id") != content_id or "conse" not in models or "dup" not in models:
         return False
     flt = SearchFilter(folder=abs_posix(gallery))
     first = next(iter(store.scroll_images(batch=1)), None)
@@ -188,16 +188,18 @@ def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
     if not gallery_indexed(store, gallery, content_id):
         from ingest.pipeline import ingest
         from model.conse import ConseEmbedder
-        from model.embedder import DeviseEmbedder
+        from model.embedder import DeviseEmbedder, DuplicateEmbedder
 
-        print(f"[4/5] indexing the gallery {gallery} into {store.describe()} (devise, conse)")
+        print(f"[4/5] indexing the gallery {gallery} into {store.describe()} (devise, conse, dup)")
         emb = DeviseEmbedder(ckpt)
-        # ConSE on the same backbone: one forward pass per image serves both models
+        # ConSE and the near-duplicate vector on the same backbone: one forward pass per image
+        # serves all three models
         conse = ConseEmbedder(emb.meta["backbone"], emb.words, backbone=emb.backbone)
+        dup = DuplicateEmbedder(backbone=emb.backbone)
         summary = ingest(
             store,
             [gallery],
-            [emb, conse],
+            [emb, conse, dup],
             model_meta={
                 "devise": {
                     "words": emb.words_source,
@@ -210,6 +212,7 @@ def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
                     "weights": conse.backbone.weights_id,
                     "top_t": conse.top_t,
                 },
+                "dup": {"backbone": dup.backbone.name, "weights": dup.backbone.weights_id},
             },
         )
         print(summary.line())

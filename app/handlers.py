@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.duplicates import DuplicateReport, describe, human_date, human_size
 from app.filters import PhotoFilter
 from app.service import Answer, ImageResult, ServiceError, TagResult
 from model.images import ImageError
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_K = 12
 MAX_UI_K = 100
 COMPARE_KINDS = ("text", "image", "tag")
+#: groups the Duplicates tab shows, each in a gallery of its own (the CLI lists them all)
+MAX_UI_GROUPS = 20
 
 
 @dataclass
@@ -74,6 +77,21 @@ class CompareOut:
     answers: dict[str, Answer | str] = field(default_factory=dict)
     status: str = ""
     ok: bool = True
+
+
+@dataclass
+class DuplicatesOut:
+    """The Duplicates tab: one (heading, gallery items) per group shown, and a status line."""
+
+    groups: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    #: every file shown, one row each, in full: group, kind, score, pixels, size, date, path
+    rows: list[list[str | int]] = field(default_factory=list)
+    status: str = ""
+    ok: bool = True
+
+
+#: the Duplicates tab's table of files
+DUPLICATE_COLUMNS = ["group", "kind", "score", "pixels", "size", "modified", "path"]
 
 
 def caption(r: ImageResult) -> str:
@@ -346,7 +364,74 @@ class WebHandlers:
             )
         return self._gallery(a, "the query"), TagsOut()
 
+    def duplicates(
+        self, threshold: float | None = None, folder: str | None = None
+    ) -> DuplicatesOut:
+        """Groups of near-duplicate and identical images, each a gallery captioned with every
+        file's dimensions, size and date. Shows; never deletes."""
+        try:
+            report = self.service.duplicates(threshold=threshold, folder=folder)
+        except USER_ERRORS as e:
+            return DuplicatesOut(status=f"⚠️ {e}", ok=False)
+        return self._duplicate_groups(report)
+
+    def _duplicate_groups(self, report: DuplicateReport) -> DuplicatesOut:
+        out = DuplicatesOut()
+        hidden = 0
+        for group in report.groups:
+            items: list[tuple[str, str]] = []
+            for i, im in enumerate(group.images):
+                if self.served is not None and not self.served.allows(im.path):
+                    hidden += 1  # a file gone since indexing, or a symlink out of the roots
+                    continue
+                if group.kind == "exact":
+                    how = "identical"
+                elif i == 0:
+                    how = "largest"
+                else:
+                    how = "-" if im.score is None else f"{im.score:.2f}"
+                items.append((im.path, f"{how} · {describe(im)}"))
+            if len(items) > 1 and len(out.groups) < MAX_UI_GROUPS:
+                heading = f"{group.kind} · {len(group.images)} files · {group.images[0].path}"
+                out.groups.append((heading, items))
+                number = len(out.groups)
+                shown = {path for path, _ in items}
+                for im in group.images:
+                    if im.path in shown:
+                        score = "-" if im.score is None else f"{im.score:.3f}"
+                        out.rows.append(
+                            [number, group.kind, score, f"{im.width}x{im.height}",
+                             human_size(im.bytes), human_date(im.mtime), im.path]
+                        )  # fmt: skip
+        files = sum(len(g.images) for g in report.groups)
+        how = f"{report.model} ≥ {report.threshold:g}, {report.took_ms:.0f} ms"
+        if report.note:
+            out.status = f"No duplicates ({how}): {report.note}"
+        elif not report.groups:
+            out.status = f"No duplicates among {report.scanned} images ({how})."
+        else:
+            out.status = (
+                f"{len(report.groups)} group(s), {files} files, among {report.scanned} images "
+                f"({how}). Nothing is deleted: choose what to keep in your file manager."
+            )
+            if len(report.groups) > len(out.groups):
+                out.status += (
+                    f" The first {len(out.groups)} groups are shown; `devise duplicates` "
+                    "lists them all."
+                )
+        if hidden:
+            out.status += f" {hidden} file(s) not shown (missing, or outside the indexed folders)."
+        return out
+
     # ---------------------------------------------------------------- for programs
+
+    def duplicates_json(
+        self, threshold: float | None = None, folder: str | None = None, model: str = "dup"
+    ) -> dict[str, Any]:
+        """The CLI's `duplicates --json` answer."""
+        return self.service.duplicates(
+            model=model or "dup", threshold=threshold, folder=folder
+        ).to_json()
 
     def search_json(
         self, query: str, model: str = "devise", labels: Sequence[str] | None = None,

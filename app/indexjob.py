@@ -107,24 +107,52 @@ class IndexJob:
             thread.join(timeout)
 
 
-def default_embedders(service: SearchService) -> list[ArrayEmbedder]:
+def _devise(service: SearchService) -> ArrayEmbedder:
     """The DeViSE model that built the index (or the one the app was started with)."""
     from app.service import ModelMissingError
 
     if service.store.count("images") > 0:
-        return [service.embedder("devise")]
+        emb: ArrayEmbedder = service.embedder("devise")
+        return emb
     if service.checkpoint is None:
         raise ModelMissingError(
             "an empty index needs a DeViSE checkpoint: start the app with --checkpoint CKPT"
         )
     from model.embedder import DeviseEmbedder
 
-    return [DeviseEmbedder(service.checkpoint, precision=service.precision)]
+    return DeviseEmbedder(service.checkpoint, precision=service.precision)
+
+
+def _dup(service: SearchService) -> list[ArrayEmbedder]:
+    """The near-duplicate vector, made as `devise ingest` makes it, so that folders indexed
+    here join `duplicates`; none when the index holds dup vectors made otherwise (another
+    backbone or weights file), which the job must not mix in."""
+    from model.embedders import duplicate_embedder
+
+    recorded = (service.meta().get("models") or {}).get("devise") or {}
+    ckpt = service.checkpoint or recorded.get("checkpoint")
+    try:
+        dup = duplicate_embedder(
+            checkpoint=Path(ckpt) if ckpt else None, precision=service.precision
+        )
+        have = ((service.meta().get("models") or {}).get("dup") or {}).get("id")
+        if have is not None and have != dup.content_id:
+            log.warning("not adding dup vectors: the index's were made by another model")
+            return []
+    except Exception as e:  # noqa: BLE001 - duplicates are a bonus, never a failed job
+        log.warning("not adding dup vectors: %s", e)
+        return []
+    return [dup]
+
+
+def default_embedders(service: SearchService) -> list[ArrayEmbedder]:
+    """The DeViSE model that built the index, and the near-duplicate vector."""
+    return [_devise(service), *_dup(service)]
 
 
 def devise_meta(service: SearchService) -> dict[str, dict[str, Any]]:
     """What ingest records about the DeViSE model, as `devise ingest` does."""
-    emb = default_embedders(service)[0]
+    emb = _devise(service)
     words = getattr(emb, "words_source", None)
     ckpt = service.checkpoint or (service.meta().get("models") or {}).get("devise", {}).get(
         "checkpoint"

@@ -21,6 +21,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.duplicates import (
+    DEFAULT_THRESHOLDS,
+    DUP_MODEL,
+    DuplicateReport,
+    DuplicatesError,
+    check_threshold,
+    scan,
+)
 from app.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of, parse_when
 from app.query import QueryError, Term, parse_query, reading
 from qdrant.filters import GeoCircle, SearchFilter
@@ -215,9 +223,10 @@ class SearchService:
         return meta
 
     def models(self) -> list[str]:
-        """The models whose vectors the index holds, in display order."""
-        present = (self.meta().get("models") or {}).keys()
-        return [m for m in MODELS if m in present] + sorted(set(present) - set(MODELS))
+        """The models whose vectors the index holds and that answer searches, in display
+        order (not the near-duplicate vector, which only `duplicates` reads)."""
+        present = set((self.meta().get("models") or {}).keys()) - {DUP_MODEL}
+        return [m for m in MODELS if m in present] + sorted(present - set(MODELS))
 
     def labels(self) -> list[str]:
         return sorted(self.store.facet_labels())
@@ -1060,6 +1069,37 @@ class SearchService:
         if isinstance(image, PILImage.Image):
             return image.convert("RGB")
         return decode_image(image if isinstance(image, bytes) else Path(image))
+
+    def duplicates(
+        self,
+        *,
+        model: str | None = None,
+        threshold: float | None = None,
+        folder: str | None = None,
+    ) -> DuplicateReport:
+        """Groups of near-duplicate images (named vector `model`'s cosine at least
+        `threshold`) and of identical files (same sha256), under `folder` when given.
+        Deletes nothing. See app/duplicates.py."""
+        t0 = time.perf_counter()
+        model = model or DUP_MODEL
+        if model not in DEFAULT_THRESHOLDS:
+            raise BadQueryError(
+                f"unknown model {model!r}: choose from {', '.join(DEFAULT_THRESHOLDS)}"
+            )
+        try:
+            value = check_threshold(DEFAULT_THRESHOLDS[model] if threshold is None else threshold)
+        except DuplicatesError as e:
+            raise BadQueryError(str(e)) from None
+        self._require_images(model)
+        folder = folder.strip() if folder else None
+        if folder:
+            note = self.unmatched_filter((), folder)
+            if note:
+                took = (time.perf_counter() - t0) * 1000
+                return DuplicateReport(model, value, took, note=note)
+        report = scan(self.store, model, value, folder or None)
+        report.took_ms = (time.perf_counter() - t0) * 1000
+        return report
 
     def compare(
         self,

@@ -1,4 +1,5 @@
-"""The Gradio 6 web app: search by text or image, tag an image, compare models, index a folder.
+"""The Gradio 6 web app: search by text or image, tag an image, compare models, find
+duplicates, index a folder.
 
 `build_demo(service)` lays out the page over the plain handlers of `app/handlers.py`;
 `serve()` holds the launch flags, the file guard (`app/guard.py`) and the store's lifetime;
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.duplicates import DEFAULT_THRESHOLDS, DUP_MODEL
 from app.service import MODELS
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ from app.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
 from app.handlers import (
     COMPARE_KINDS,
     DEFAULT_K,
+    DUPLICATE_COLUMNS,
+    MAX_UI_GROUPS,
     MAX_UI_K,
     TAG_HEADERS,
     USER_ERRORS,
@@ -97,7 +101,15 @@ def add_json_api(h: WebHandlers) -> None:
         tag --json` prints it."""
         return answer(lambda: h.tag_json(uploaded_bytes(image), model, k, min_score))
 
-    for fn in (search_json, similar_json, tag_json):
+    def duplicates_json(
+        threshold: float | None = None, folder: str | None = None, model: str = "dup"
+    ) -> str:
+        """Groups of near-duplicate and identical images: {"model", "threshold", "took_ms",
+        "scanned", "groups": [{"kind", "images": [{"path", "score", "width", "height",
+        "bytes", "mtime"}]}]}, as `devise duplicates --json` prints it. Deletes nothing."""
+        return answer(lambda: h.duplicates_json(threshold, folder, model))
+
+    for fn in (search_json, similar_json, tag_json, duplicates_json):
         # Gradio reads the types from the annotations, which postponed evaluation left as text
         fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
         gr.api(fn, api_name=fn.__name__)
@@ -250,6 +262,43 @@ def build_demo(
                         )
                         slots.append((g, lab))
 
+        with gr.Tab("Duplicates"):
+            gr.Markdown(
+                "Near-duplicates (resized, recompressed or slightly cropped copies) and "
+                "identical files, each group side by side with every file's dimensions and "
+                "size, the largest first; the table below gives every file's date and full "
+                "path, so you can choose what to keep. **Nothing is deleted here.**"
+            )
+            with gr.Row():
+                dup_threshold = gr.Slider(
+                    0.3, 1.0, value=DEFAULT_THRESHOLDS[DUP_MODEL], step=0.01, scale=2,
+                    label="Threshold (cosine)", elem_id="dup-threshold",
+                    info="higher: only closer copies; 1.0: identical files only",
+                )  # fmt: skip
+                dup_folder = gr.Textbox(
+                    label="Folder", placeholder="/photos/2024", scale=3, elem_id="dup-folder"
+                )
+                dup_btn = gr.Button(
+                    "Find duplicates", variant="primary", scale=1, elem_id="find-duplicates"
+                )
+            dup_status = gr.Markdown(elem_id="dup-status")
+            dup_galleries = [
+                gr.Gallery(
+                    label=f"group {i + 1}",
+                    columns=6,
+                    height=270,
+                    allow_preview=True,
+                    object_fit="contain",
+                    visible=False,
+                    elem_id=f"dup-group-{i}",
+                )  # fmt: skip
+                for i in range(MAX_UI_GROUPS)
+            ]
+            dup_table = gr.Dataframe(
+                headers=DUPLICATE_COLUMNS, label="The files of these groups, in full",
+                interactive=False, wrap=True, visible=False, elem_id="dup-table",
+            )  # fmt: skip
+
         with gr.Accordion("Index a folder", open=False, visible=ingest_roots is not None):
             where = ", ".join(str(p) for p in ingest_roots or ())
             gr.Markdown(
@@ -343,6 +392,20 @@ def build_demo(
             updates.append(out.status)
             return updates
 
+        def on_duplicates(threshold: float | None = None, folder: str | None = None) -> list[Any]:
+            out = h.duplicates(threshold, folder)
+            warn(out.ok, out.status)
+            updates: list[Any] = []
+            for i in range(MAX_UI_GROUPS):
+                if i < len(out.groups):
+                    heading, items = out.groups[i]
+                    updates.append(gr.update(value=items, label=heading, visible=True))
+                else:
+                    updates.append(gr.update(value=None, visible=False))
+            updates.append(gr.update(value=out.rows or None, visible=bool(out.rows)))
+            updates.append(out.status)
+            return updates
+
         def on_load() -> tuple[Any, Any, Any, str]:
             ms = h.model_choices()
             return (
@@ -385,6 +448,12 @@ def build_demo(
             [kind, cmp_text, cmp_image, labels, folder, min_score, k, *photo_filters],
             cmp_outputs,
             api_name="compare",
+        )
+        dup_btn.click(
+            on_duplicates,
+            [dup_threshold, dup_folder],
+            [*dup_galleries, dup_table, dup_status],
+            api_name="duplicates",
         )
         demo.load(on_load, None, [model, labels, cameras, overview], api_visibility="private")
         add_json_api(h)

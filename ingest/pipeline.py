@@ -275,6 +275,7 @@ def ingest(
 
     todo: list[FileEntry] = []
     refresh: set[str] = set()
+    lacking: set[str] = set()  # of `refresh`: those missing a vector, counted as indexed
     exif_only: list[str] = []  # unchanged files whose points lack the EXIF fields
     for f in files:
         rec = existing.get(f.path)
@@ -284,16 +285,20 @@ def ingest(
             # stores keep mtime to the microsecond at best: compare within a millisecond
             and abs(float(rec.payload.get("mtime", -1)) - f.mtime) < 1e-3
         )
-        if same and has_vectors.get(f.path, set()) >= set(names):
-            if _has_extra_fields(rec, embedders):
+        if same:
+            if has_vectors.get(f.path, set()) >= set(names) and _has_extra_fields(rec, embedders):
                 summary.unchanged += 1
                 if _lacks_exif(rec):
                     exif_only.append(f.path)
             else:
-                # an index made before ConSE stored its top classes, detections and concepts
-                # by wnid: embed once more, but update only these models' vectors and
+                # an unchanged file whose point lacks one of these models' vectors (an index
+                # made before the `dup` vector, or a model added later) or their payload
+                # fields (before ConSE stored its top classes, detections and concepts by
+                # wnid): embed it once more, but update only these models' vectors and
                 # fields, keeping every other model's
                 refresh.add(f.path)
+                if not has_vectors.get(f.path, set()) >= set(names):
+                    lacking.add(f.path)
                 todo.append(f)
         else:
             todo.append(f)
@@ -407,8 +412,9 @@ def ingest(
                         store.update_vectors(ids, n, v[stale])
                     for pid, i in zip(ids, stale, strict=True):
                         store.set_image_payload(pid, dict(payloads[i]))
-                summary.indexed += len(fresh)
-                summary.unchanged += len(stale)
+                embedded = sum(1 for i in stale if entries[i].path in lacking)
+                summary.indexed += len(fresh) + embedded
+                summary.unchanged += len(stale) - embedded
             bar.update(len(batch.indices) + len(batch.failures))
             if on_batch is not None:
                 on_batch(summary)

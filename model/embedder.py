@@ -7,6 +7,7 @@ are never mixed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from PIL import Image
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.images import Preprocess, to_array
-from model.specs import RANDOM_INIT, BackboneLike, weights_identity
+from model.specs import DEFAULT_BACKBONE, RANDOM_INIT, BackboneLike, weights_identity
 from model.words import WordVectors, unit
 
 Float32Array = npt.NDArray[np.float32]
@@ -260,6 +261,100 @@ class DeviseEmbedder(WordSpaceEmbedder):
         if words.source != self.words_source:
             raise ValueError(f"{words.source} is not this checkpoint's {self.words_source}")
         self._words = words
+
+
+#: The near-duplicate vector's dimension: pooled backbone features projected to 128 d. On the
+#: planted copies of bench/bench_duplicates.py, 128 d groups the real photos as the whole
+#: 1280-d features do, and the duplicate scan over 100,000 points costs a tenth as much.
+DUP_DIM = 128
+# The projection is a fixed Gaussian matrix drawn from this seed: the same on every machine,
+# and its hash is part of the content id, so a change would be refused, never mixed.
+_DUP_SEED = 14
+
+
+class DuplicateEmbedder:
+    """The `dup` vector, what `devise duplicates` compares: an ImageNet backbone's pooled
+    features, unit-norm, randomly projected to DUP_DIM dimensions and unit-norm again.
+
+    Not in a word space: no text queries. The word-space models (devise, conse) put every
+    photo of a class near every other; the backbone's own features tell one photo from
+    another, and a resized, recompressed or slightly cropped copy stays close (measured in
+    bench/bench_duplicates.py). Shares the forward pass with devise and conse on the same
+    backbone (ingest.pipeline.embed_batch), so it costs a matrix product per batch.
+    """
+
+    name = "dup"
+
+    def __init__(
+        self,
+        backbone_name: str = DEFAULT_BACKBONE,
+        weights: str | None = "default",
+        precision: str = "fp32",
+        *,
+        backbone: BackboneLike | None = None,
+    ) -> None:
+        self.backbone_name = backbone.name if backbone is not None else backbone_name
+        self._weights = weights
+        self._precision = precision
+        self._backbone = backbone
+        self._projection: Float32Array | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def backbone(self) -> BackboneLike:
+        with self._lock:
+            if self._backbone is None:
+                self._backbone = load_for_inference(
+                    self.backbone_name, self._weights, self._precision
+                )
+            return self._backbone
+
+    def set_backbone(self, backbone: BackboneLike) -> None:
+        """Inject an already built backbone (tests, or sharing DeViSE's)."""
+        if backbone.name != self.backbone_name:
+            raise ValueError(f"backbone {backbone.name} is not {self.backbone_name}")
+        with self._lock:
+            self._backbone = backbone
+
+    @property
+    def projection(self) -> Float32Array:
+        """(feature_dim, DUP_DIM) fixed Gaussian matrix."""
+        features = self.backbone.feature_dim
+        with self._lock:
+            if self._projection is None or self._projection.shape[0] != features:
+                rng = np.random.default_rng(_DUP_SEED)
+                self._projection = rng.standard_normal((features, DUP_DIM)).astype(np.float32)
+            return self._projection
+
+    @property
+    def dim(self) -> int:
+        return DUP_DIM
+
+    @property
+    def content_id(self) -> str:
+        bb = self.backbone
+        digest = hashlib.sha256(self.projection.tobytes()).hexdigest()[:12]
+        key = f"dup|{bb.name}|{bb.weights_id}|{digest}"
+        return "dup:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.backbone.spec.preprocess
+
+    def embed_features(self, features: Float32Array) -> Float32Array:
+        """Pooled backbone features (N, F) -> (N, DUP_DIM) unit vectors."""
+        if len(features) == 0:
+            return np.zeros((0, DUP_DIM), np.float32)
+        return unit(unit(np.asarray(features, dtype=np.float32)) @ self.projection)
+
+    def embed_arrays(self, arrays: Float32Array) -> Float32Array:
+        return self.embed_features(self.backbone.features(arrays))
+
+    def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
+        if not images:
+            return np.zeros((0, DUP_DIM), np.float32)
+        spec = self.preprocess
+        return self.embed_arrays(np.stack([to_array(im, spec) for im in images]))
 
 
 def load_for_inference(

@@ -1,6 +1,7 @@
-"""Which embedders can run here: `devise` (a checkpoint), `conse` (offline, no training)
-and `clip` (only with its weights). An absent one is `None`, with one line saying why and
-how to get it; nothing ever falls back to a random or partial model.
+"""Which embedders can run here: `devise` (a checkpoint), `conse` (offline, no training),
+`clip` (only with its weights), and `dup` (the near-duplicate vector, offline, from
+`duplicate_embedder`). An absent one is `None`, with one line saying why and how to get it;
+nothing ever falls back to a random or partial model.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from model.backbones import DEFAULT_BACKBONE, RANDOM_INIT, BackboneError
 from model.checkpoint import CheckpointError
 from model.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipEmbedder, ClipUnavailable
 from model.conse import DEFAULT_TOP_T, ConseEmbedder
-from model.embedder import DeviseEmbedder, Embedder
+from model.embedder import DeviseEmbedder, DuplicateEmbedder, Embedder
 from model.words import DEFAULT_WORDS, WordsError, WordVectors
 
+#: the models that search and evaluation compare
 EMBEDDER_NAMES = ("devise", "conse", "clip")
+#: what ingest can store: those, and the near-duplicate vector
+INGEST_NAMES = (*EMBEDDER_NAMES, "dup")
 
 
 class Availability(NamedTuple):
@@ -31,6 +35,35 @@ def _parse_names(names: Sequence[str]) -> list[str]:
             f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(EMBEDDER_NAMES)}"
         )
     return list(dict.fromkeys(names))
+
+
+def _imagenet_backbone(
+    devise: DeviseEmbedder | None, conse_backbone: str | None, weights: str | None
+) -> tuple[str, str | None]:
+    """(backbone name, weights) for conse and dup: the checkpoint's backbone when it has
+    ImageNet weights, so that one forward pass serves every model; else the default."""
+    if devise is None or devise.meta.get("weights") == RANDOM_INIT:
+        return conse_backbone or DEFAULT_BACKBONE, "default"
+    backbone = conse_backbone or devise.meta["backbone"]
+    return backbone, weights if backbone == devise.meta["backbone"] and weights else "default"
+
+
+def duplicate_embedder(
+    *,
+    checkpoint: Path | None = None,
+    weights: str | None = None,
+    conse_backbone: str | None = None,
+    precision: str = "fp32",
+) -> DuplicateEmbedder:
+    """The near-duplicate vector's embedder (built lazily), on conse's backbone."""
+    devise = None
+    if checkpoint is not None:
+        try:
+            devise = DeviseEmbedder(checkpoint, weights=weights, precision=precision)
+        except CheckpointError:
+            devise = None
+    backbone, bb_weights = _imagenet_backbone(devise, conse_backbone, weights)
+    return DuplicateEmbedder(backbone, bb_weights, precision)
 
 
 def available_models(
@@ -75,20 +108,15 @@ def available_models(
             )
             models[name] = devise
         elif name == "conse":
-            backbone = conse_backbone or DEFAULT_BACKBONE
             source: WordVectors | str = words if words is not None else DEFAULT_WORDS
-            bb_weights: str | None = "default"
             if devise is None and checkpoint is not None:
                 try:
                     devise = DeviseEmbedder(checkpoint, weights=weights, precision=precision)
                 except CheckpointError:
                     devise = None
-            if devise is not None and devise.meta.get("weights") != RANDOM_INIT:
-                backbone = conse_backbone or devise.meta["backbone"]
-                if words is None:
-                    source = devise.words_source
-                if backbone == devise.meta["backbone"] and weights:
-                    bb_weights = weights
+            backbone, bb_weights = _imagenet_backbone(devise, conse_backbone, weights)
+            if devise is not None and devise.meta.get("weights") != RANDOM_INIT and words is None:
+                source = devise.words_source
             try:
                 models[name] = ConseEmbedder(backbone, source, top_t, bb_weights, precision)
             except (BackboneError, WordsError) as e:

@@ -27,6 +27,7 @@ import qdrant_edge as qe
 from qdrant.errors import IndexInUseError, StoreError
 from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
+    HNSW_VECTORS,
     IMAGE_INDEXES,
     IMAGES,
     WORD_INDEXES,
@@ -59,16 +60,46 @@ _WAL_LOCKED = "Kind(WouldBlock)"
 _EXISTS_DIFFERENTLY = "already exists with different parameters"
 
 
-def _vector_params(size: int) -> qe.EdgeVectorParams:
-    return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)
+# An approximate query of the `dup` vector keeps this many candidates. Near-duplicates lie far
+# closer than anything else, so a small beam finds them: recall 1.0 against exact search on
+# 100,000 clustered points (bench/bench_duplicates.py), and faster than the default.
+HNSW_EF = 64
+# optimize() builds a segment's indexes once its vectors pass this size (KB): Qdrant's default,
+# 10 MB, about 20,000 points of 128 d; below that an exact scan is as quick as a graph.
+_INDEXING_THRESHOLD_KB = 10_000
 
 
-def _optimizers() -> qe.EdgeOptimizersConfig:
-    # indexing_threshold=0 keeps optimize() from ever building HNSW: exact search is a
-    # few ms at 100k x 300 and has recall 1.0, while HNSW on GloVe-like vectors measured
-    # recall 0.75-0.80 (see OFFLINE.md and bench/bench_store.py). optimize() then only
-    # merges segments and drops deleted points.
+def _hnsw(name: str) -> qe.HnswIndexConfig:
+    # m=0 builds no graph: only the duplicate scan's vector gets one (schema.HNSW_VECTORS).
+    # Exact search is a few ms at 100k x 300 with recall 1.0, while HNSW on GloVe-like
+    # vectors measured recall 0.75-0.80 (OFFLINE.md, bench/bench_store.py).
+    return qe.HnswIndexConfig(
+        m=16 if name in HNSW_VECTORS else 0, ef_construct=100, full_scan_threshold=10_000
+    )
+
+
+def _vector_params(size: int, name: str | None = None) -> qe.EdgeVectorParams:
+    if name is None:  # the words shard: never indexed (see _optimizers)
+        return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)
+    return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, hnsw_config=_hnsw(name))
+
+
+def _optimizers(collection: str) -> qe.EdgeOptimizersConfig:
+    # words: indexing_threshold=0 keeps optimize() from building anything, so optimize()
+    # only merges segments and drops deleted points. images: segments are indexed, but
+    # every vector except `dup` has m=0 there (see _hnsw), so only `dup` gets a graph.
+    if collection == IMAGES:
+        return qe.EdgeOptimizersConfig(indexing_threshold=_INDEXING_THRESHOLD_KB)
     return qe.EdgeOptimizersConfig(indexing_threshold=0)
+
+
+def _images_config(sizes: dict[str, int]) -> qe.EdgeConfig:
+    """The images shard's config: no graph by default, one for HNSW_VECTORS."""
+    return qe.EdgeConfig(
+        vectors={k: _vector_params(d, k) for k, d in sizes.items()},
+        hnsw_config=_hnsw(""),
+        optimizers=_optimizers(IMAGES),
+    )
 
 
 _INDEX_SCHEMAS: dict[IndexKind, qe.PayloadSchemaType] = {
@@ -174,8 +205,12 @@ class EdgeStore:
         # a killed optimize() leaves its half-built segments here and nothing removes them;
         # removing them is safe because this process holds root's lock
         shutil.rmtree(path / "temp_segments", ignore_errors=True)
+        # the images shard is loaded with today's config, which Edge checks and persists: an
+        # index made before the `dup` vector had a graph (or with indexing off) gets one
+        sizes = self._persisted_sizes(name) if name == IMAGES else {}
+        config = _images_config(sizes) if sizes else None
         try:
-            return qe.EdgeShard.load(str(path))
+            return qe.EdgeShard.load(str(path), config)
         except Exception as e:
             if _WAL_LOCKED in str(e):
                 raise IndexInUseError(
@@ -231,7 +266,8 @@ class EdgeStore:
         self.close()
 
     def optimize(self) -> None:
-        """Merge segments and drop deleted points; never builds HNSW (see `_optimizers`).
+        """Merge segments, drop deleted points and build the `dup` vector's HNSW graph in
+        segments past the indexing threshold; no other vector gets one (see `_hnsw`).
 
         Holds the GIL for its whole run: call it after ingest, never while serving.
         """
@@ -250,18 +286,21 @@ class EdgeStore:
             raise StoreError(f"collection {name!r} does not exist yet in {self.root}")
         return shard
 
+    def _persisted_sizes(self, name: str) -> dict[str, int]:
+        # the shard persists its own config here and rewrites it when a vector is added
+        path = self.root / name / "edge_config.json"
+        if not path.exists():
+            return {}
+        config = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): int(v["size"]) for k, v in config.get("vectors", {}).items()}
+
     def _sizes(self, name: str) -> dict[str, int]:
         if name not in self._shards:
             return {}
         cached = self._sizes_cache.get(name)
         if cached is not None:
             return cached
-        # the shard persists its own config here and rewrites it when a vector is added
-        path = self.root / name / "edge_config.json"
-        if not path.exists():
-            return {}
-        config = json.loads(path.read_text(encoding="utf-8"))
-        sizes = {str(k): int(v["size"]) for k, v in config.get("vectors", {}).items()}
+        sizes = self._persisted_sizes(name)
         self._sizes_cache[name] = sizes
         return sizes
 
@@ -270,10 +309,13 @@ class EdgeStore:
         return dict(self._sizes(IMAGES))
 
     def _create(self, name: str, vectors: dict[str, int], indexes: dict[str, IndexKind]) -> None:
-        config = qe.EdgeConfig(
-            vectors={k: _vector_params(d) for k, d in vectors.items()},
-            optimizers=_optimizers(),
-        )
+        if name == IMAGES:
+            config = _images_config(vectors)
+        else:
+            config = qe.EdgeConfig(
+                vectors={k: _vector_params(d) for k, d in vectors.items()},
+                optimizers=_optimizers(name),
+            )
         shard = qe.EdgeShard.create(str(self.root / name), config)
         self._shards[name] = shard
         self._dirty = True
@@ -314,6 +356,11 @@ class EdgeStore:
                 finally:
                     self._sizes_cache.pop(name, None)
         shard.flush()
+        if name == IMAGES and HNSW_VECTORS & (set(vectors) - set(sizes)):
+            # a vector added in place gets the shard-wide config (no graph); reloading with
+            # _images_config gives it its own
+            shard.close()
+            self._shards[name] = self._load(name)
 
     def ensure_collections(
         self,
@@ -463,6 +510,43 @@ class EdgeStore:
     def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
         """The `k` words nearest to `vector`."""
         return self._query(WORDS, WORD_VECTOR, vector, k, flt)
+
+    def search_images_batch(
+        self,
+        name: str,
+        vectors: Matrix,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        exact: bool = True,
+        with_payload: bool = True,
+    ) -> list[list[Hit]]:
+        """For each row of `vectors`, the `k` images nearest by `name`, in one query_batch."""
+        mat = as_matrix(vectors, len(vectors), f"vector {name!r}")
+        shard = self._shard(IMAGES)
+        if shard is None or k <= 0 or not len(mat):
+            return [[] for _ in range(len(mat))]
+        if name not in self._sizes(IMAGES):
+            raise StoreError(f"{self.root}: collection {IMAGES!r} has no vector {name!r}")
+        edge_filter = to_edge(flt)
+        threshold = score_threshold(flt)
+        params = qe.SearchParams(exact=True) if exact else qe.SearchParams(hnsw_ef=max(HNSW_EF, k))
+        requests = [
+            qe.QueryRequest(
+                limit=k,
+                query=qe.Query.Nearest(row.tolist(), using=name),
+                filter=edge_filter,
+                score_threshold=threshold,
+                params=params,
+                with_payload=with_payload,
+                with_vector=False,
+            )
+            for row in mat
+        ]
+        return [
+            [Hit(point_id_str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+            for points in shard.query_batch(qe.QueryBatchRequest(requests))
+        ]
 
     def count(self, collection: str, flt: SearchFilter | None = None) -> int:
         """Exact number of points in `collection` matching `flt`."""

@@ -39,6 +39,12 @@ WORD_KINDS = ("word", "label", "hypernym")
 CONCEPT_RANK = 10_000_000
 # The words collection has one named vector.
 WORD_VECTOR = "word"
+# The near-duplicate vector of an image (pooled backbone features, projected and unit-norm):
+# what `duplicates` compares. It is the only vector with an HNSW graph: the duplicate scan
+# queries every point, which exact search cannot do over 100,000 points in about a minute.
+# Every other vector is searched exactly and never gets a graph.
+DUP_VECTOR = "dup"
+HNSW_VECTORS: frozenset[str] = frozenset({DUP_VECTOR})
 
 
 class GeoPayload(TypedDict):

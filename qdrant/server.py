@@ -393,6 +393,51 @@ class ServerStore:
         """The `k` words nearest to `vector`."""
         return self._query(WORDS, WORD_VECTOR, vector, k, flt)
 
+    def search_images_batch(
+        self,
+        name: str,
+        vectors: Matrix,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        exact: bool = True,
+        with_payload: bool = True,
+    ) -> list[list[Hit]]:
+        """For each row of `vectors`, the `k` images nearest by `name`, in one batch request."""
+        mat = as_matrix(vectors, len(vectors), f"vector {name!r}")
+        if k <= 0 or not len(mat):
+            return [[] for _ in range(len(mat))]
+        sizes = self._sizes(IMAGES)
+        if name not in sizes:
+            sizes = self._sizes(IMAGES, refresh=True)
+        if not sizes:
+            return [[] for _ in range(len(mat))]
+        if name not in sizes:
+            raise StoreError(f"{self.url}: collection {IMAGES!r} has no vector {name!r}")
+        query_filter = to_server(flt)
+        threshold = score_threshold(flt)
+        # local mode (tests) always searches by brute force and warns on search params
+        params = None if self._local else m.SearchParams(exact=exact)
+        requests = [
+            m.QueryRequest(
+                query=row.tolist(),
+                using=name,
+                filter=query_filter,
+                score_threshold=threshold,
+                params=params,
+                limit=k,
+                with_payload=with_payload,
+                with_vector=False,
+            )
+            for row in mat
+        ]
+        with self._guard(f"batch search {IMAGES}"):
+            responses = self.client.query_batch_points(IMAGES, requests=requests)
+        return [
+            [Hit(point_id_str(p.id), float(p.score), dict(p.payload or {})) for p in r.points]
+            for r in responses
+        ]
+
     def count(self, collection: str, flt: SearchFilter | None = None) -> int:
         """Exact number of points in `collection` matching `flt`."""
         if not self._exists(collection):

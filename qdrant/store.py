@@ -113,6 +113,24 @@ class Store(Protocol):
         """The `k` images nearest to `vector` by named vector `name`, best first."""
         ...
 
+    def search_images_batch(
+        self,
+        name: str,
+        vectors: Matrix,
+        k: int,
+        flt: SearchFilter | None = None,
+        *,
+        exact: bool = True,
+        with_payload: bool = True,
+    ) -> list[list[Hit]]:
+        """For each row of `vectors`, the `k` images nearest by named vector `name`, best
+        first, as one batch request; `flt`'s `min_score` is every query's score threshold.
+
+        `exact=False` lets a vector with an HNSW graph (`dup`, see schema.HNSW_VECTORS) use
+        it: approximate, and what makes a scan that queries every point fast.
+        """
+        ...
+
     def upsert_words(
         self,
         ranks: Sequence[int],

@@ -36,8 +36,9 @@ def test_demo_builds_then_skips_every_stage(
     with EdgeStore(tmp_path / "index") as store:
         n = store.count(IMAGES)
         assert n == 20 + len(list((root / "gallery" / "photos").rglob("*.png")))
-        assert set(store.get_meta()["models"]) == {"devise", "conse"}
+        assert set(store.get_meta()["models"]) == {"devise", "conse", "dup"}
         assert store.count_vectors("conse") == n == store.count_vectors("devise")
+        assert store.count_vectors("dup") == n  # the demo's Duplicates tab has its vectors
         assert store.get_meta()["evaluation"]["models"]["devise"]["flat_hit@1"] > 0
         assert store.facet_labels()["cat"] == 1  # scikit-image's cat, in photos/cat/
     t = time.perf_counter()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ingest.pipeline import IngestError, ingest
@@ -291,3 +292,23 @@ def test_queries_keep_answering_during_an_ingest_on_a_server(tmp_path: Path) -> 
         counts.append(store.count(IMAGES))
     worker.join()
     assert answered >= 3 and counts[0] < 55 and store.count(IMAGES) == 55
+
+
+def test_a_model_added_alone_keeps_the_others_vectors(tmp_path: Path, store: EdgeStore) -> None:
+    """An index made before the `dup` vector: ingesting with that model alone adds it to
+    every unchanged point in place, and the points keep their devise vectors."""
+    root = tmp_path / "p"
+    make_tree(root)
+    run(store, [root], FakeEmbedder())
+    before = {r.id: r.vectors["devise"] for r in store.scroll_images(with_vectors=["devise"])}
+    dup = FakeEmbedder(name="dup", content_id="d-1")
+    s = ingest(store, [root], [dup], progress=False)  # type: ignore[list-item]
+    assert s.indexed == 15 and dup.calls == 15
+    assert store.count(IMAGES) == 15
+    assert store.count_vectors("devise") == 15 and store.count_vectors("dup") == 15
+    after = {r.id: r.vectors["devise"] for r in store.scroll_images(with_vectors=["devise"])}
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    again = FakeEmbedder(name="dup", content_id="d-1")
+    assert ingest(store, [root], [again], progress=False).unchanged == 15  # type: ignore[list-item]
+    assert again.calls == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 from qdrant_client import QdrantClient
 
 from qdrant import (
@@ -468,3 +470,94 @@ def test_connect_passes_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with server.connect("https://qdrant.invalid:6333", api_key="s3cret", timeout=2.0) as s:
         assert s.client.init_options["api_key"] == "s3cret"
         assert s.describe() == "https://qdrant.invalid:6333"
+
+
+# ------------------------------------------------------------------ batch queries
+
+
+def test_batch_search_is_each_query_alone(filled: tuple[Store, list[str], np.ndarray]) -> None:
+    """One batch answers every query exactly as a single search would, filters included."""
+    store, _, vecs = filled
+    flt = SearchFilter(folder="/data/a", min_score=0.1)
+    batch = store.search_images_batch("devise", vecs[:6], 4, flt)
+    assert len(batch) == 6
+    for q, hits in zip(vecs[:6], batch, strict=True):
+        alone = store.search_images("devise", q, 4, flt)
+        assert [h.id for h in hits] == [h.id for h in alone]
+        assert all(h.score >= 0.1 and h.payload["path"].startswith("/data/a/") for h in hits)
+    ids_only = store.search_images_batch("devise", vecs[:2], 3, with_payload=False)
+    assert all(h.payload == {} for hits in ids_only for h in hits)
+    assert store.search_images_batch("devise", vecs[:0], 3) == []
+    with pytest.raises(StoreError, match="no vector 'nope'"):
+        store.search_images_batch("nope", vecs[:1], 3)
+
+
+def test_batch_search_backends_are_congruent(tmp_path: Path) -> None:
+    ids, payloads, vecs = make_images(300, seed=21)
+    queries = unit(np.random.default_rng(22), 12)
+    results = []
+    for kind in ("edge", "server"):
+        with open_backend(kind, tmp_path) as s:
+            s.ensure_collections({"devise": DIM})
+            s.upsert_images(ids, payloads, {"devise": vecs})
+            batch = s.search_images_batch("devise", queries, 7, SearchFilter(min_score=0.2))
+            results.append([[(h.id, h.score) for h in hits] for hits in batch])
+    for a, b in zip(*results, strict=True):
+        assert [i for i, _ in a] == [i for i, _ in b]
+        np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+
+
+def _near_pairs(n: int, d: int, seed: int) -> np.ndarray:
+    """n unit vectors where each even row's next row is a near copy of it."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    v[1::2] = v[0::2] + 0.05 * rng.standard_normal((n // 2, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_edge_dup_vector_gets_a_graph_and_finds_the_same(tmp_path: Path) -> None:
+    """Only `dup` is indexed by HNSW (an index made before it existed gets it on the next
+    open), and its approximate batch search finds what exact search finds."""
+    from qdrant.schema import DUP_VECTOR
+
+    n = 24_000  # past the 10 MB indexing threshold at 128 d
+    paths = [f"/d/{i}.jpg" for i in range(n)]
+    ids = [image_point_id(p) for p in paths]
+    pls = [
+        image_payload(p, label="x", width=1, height=1, size_bytes=1, mtime=0.0, sha256=str(i))
+        for i, p in enumerate(paths)
+    ]
+    dup = _near_pairs(n, 128, 5)
+    devise = unit(np.random.default_rng(6), n)
+    # an index as the previous version made it: indexing off, no per-vector graph settings
+    old = qe.EdgeShard.create(
+        str(tmp_path / "ix" / "images"),
+        qe.EdgeConfig(
+            vectors={"devise": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)},
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+        ),
+    )
+    for start in range(0, n, 4000):
+        points = [
+            qe.Point(ids[i], {"devise": devise[i].tolist()}, dict(pls[i]))
+            for i in range(start, start + 4000)
+        ]
+        old.update(qe.UpdateOperation.upsert_points(points))
+    old.flush()
+    old.close()
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections({"devise": DIM, DUP_VECTOR: 128})
+        s.update_vectors(ids, DUP_VECTOR, dup)
+        s.optimize()
+        vectors = json.loads((tmp_path / "ix" / "images" / "edge_config.json").read_text())
+        assert vectors["vectors"][DUP_VECTOR]["hnsw_config"]["m"] == 16
+        assert vectors["vectors"]["devise"]["hnsw_config"]["m"] == 0
+        flt = SearchFilter(min_score=0.9)
+        queries = dup[:400]
+        exact = s.search_images_batch(DUP_VECTOR, queries, 5, flt, with_payload=False)
+        approx = s.search_images_batch(DUP_VECTOR, queries, 5, flt, exact=False, with_payload=False)
+        assert [{h.id for h in a} for a in approx] == [{h.id for h in e} for e in exact]
+        # every point and its planted near copy, nothing else
+        assert all(len(e) == 2 for e in exact)
+        assert s.search_images("devise", devise[3], 1)[0].id == ids[3]
+        assert s.count(IMAGES) == n and s.count_vectors(DUP_VECTOR) == n
