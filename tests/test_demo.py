@@ -60,14 +60,14 @@ def test_a_demo_index_from_before_the_face_detector_is_refreshed(tmp_path: Path)
     Image.new("RGB", (8, 8)).save(gallery / "a.png")
     path = str((gallery / "a.png").resolve())
     with EdgeStore(tmp_path / "index") as store:
-        store.ensure_collections({"devise": 2, "conse": 2})
+        store.ensure_collections({"devise": 2, "conse": 2, "dup": 2})
         meta = store.get_meta()
-        meta["models"] = {"devise": {"id": "ckpt"}, "conse": {"id": "c"}}
+        meta["models"] = {"devise": {"id": "ckpt"}, "conse": {"id": "c"}, "dup": {"id": "d"}}
         meta["words"] = {"source": "glove-6b-50d", "count": 0, "concepts": 5}
         store.set_meta(meta)
         old = {"path": path, "folder": str(gallery.resolve()), "folders": [str(gallery.resolve())]}
         old |= {"label": "gallery", "conse_top": [[0, 0.9]], "concepts": ["tench"]}
-        vec = {"devise": [[1.0, 0.0]], "conse": [[1.0, 0.0]]}
+        vec = {"devise": [[1.0, 0.0]], "conse": [[1.0, 0.0]], "dup": [[1.0, 0.0]]}
         store.upsert_images([image_point_id(path)], [old], vec)  # type: ignore[list-item,arg-type]
         assert not demo.gallery_indexed(store, gallery, "ckpt")
         assert not demo.vocabulary_loaded(store, "glove-6b-50d", 0)
