@@ -177,6 +177,14 @@ class WebHandlers:
         except Exception:  # noqa: BLE001
             return ["devise"]
 
+    @staticmethod
+    def tag_model(models: list[str]) -> str:
+        """The Tag tab's default model: conse where the index has it. A person tagging a
+        photo wants what is in it, and conse knows ImageNet's 1,000 classes and their
+        hypernyms; a devise checkpoint knows only its own labels (the demo's: ten kinds of
+        clothing, so a cup of coffee gets `shirt` and `sandal`)."""
+        return "conse" if "conse" in models else (models[0] if models else "devise")
+
     # ---------------------------------------------------------------- queries
 
     def _gallery(self, answer: Answer, what: str) -> GalleryOut:

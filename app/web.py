@@ -219,6 +219,15 @@ def build_demo(
                 tag_image = image_input("tag-query")
                 with gr.Column():
                     tag_btn = gr.Button("Tag", variant="primary")
+                    tag_model = gr.Radio(
+                        models,
+                        value=h.tag_model(models),
+                        label="Tag with",
+                        info="conse: ImageNet's 1,000 classes and their WordNet hypernyms, so "
+                        "it names what is in most photos; devise: its checkpoint's own labels, "
+                        "then the words nearest to the picture",
+                        elem_id="tag-model",
+                    )
                     generality = gr.Radio(
                         ["specific", "general"],
                         value="specific",
@@ -406,10 +415,11 @@ def build_demo(
             updates.append(out.status)
             return updates
 
-        def on_load() -> tuple[Any, Any, Any, str]:
+        def on_load() -> tuple[Any, Any, Any, Any, str]:
             ms = h.model_choices()
             return (
                 gr.update(choices=ms, value=ms[0]),
+                gr.update(choices=ms, value=h.tag_model(ms)),
                 gr.update(choices=h.label_choices()),
                 gr.update(choices=h.camera_choices()),
                 h.overview(),
@@ -438,7 +448,7 @@ def build_demo(
         )  # fmt: skip
         tag_btn.click(
             on_tag,
-            [tag_image, model, k, min_score, generality],
+            [tag_image, tag_model, k, min_score, generality],
             [tags, tag_status],
             api_name="tag",
         )
@@ -455,7 +465,9 @@ def build_demo(
             [*dup_galleries, dup_table, dup_status],
             api_name="duplicates",
         )
-        demo.load(on_load, None, [model, labels, cameras, overview], api_visibility="private")
+        demo.load(
+            on_load, None, [model, tag_model, labels, cameras, overview], api_visibility="private"
+        )
         add_json_api(h)
         index_btn.click(
             on_index, [index_folder], [index_status, labels, cameras, overview],

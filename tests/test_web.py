@@ -520,3 +520,11 @@ def test_live_app_takes_an_image_plus_words(live: WebApp, web_index: WebIndex) -
     assert "for truck ×2, −cat by devise" in status
     _, status = client.predict("cat -cat", "devise", [], "", 0, 6, api_name="/search_text")
     assert status.startswith("⚠️") and "cancel out" in status
+
+
+def test_tag_tab_defaults_to_conse_where_the_index_has_it() -> None:
+    # tagging a photo wants ImageNet's classes; a devise checkpoint may know ten clothes
+    assert WebHandlers.tag_model(["devise", "conse", "clip"]) == "conse"
+    assert WebHandlers.tag_model(["devise"]) == "devise"
+    assert WebHandlers.tag_model(["clip", "devise"]) == "clip"
+    assert WebHandlers.tag_model([]) == "devise"
