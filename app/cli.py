@@ -530,7 +530,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from app.duplicates import human_date, human_size
+    from app.duplicates import human_date, human_size, small_note
 
     args.must_exist = True
     settings, store = _open_store(args)
@@ -544,6 +544,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json()))
         return 0
     how = f"{report.model} >= {report.threshold:g}, {report.took_ms:.0f} ms"
+    if report.small:
+        print(small_note(report.small))
     if report.note:
         print(f"no duplicates ({how}): {report.note}")
         return 0

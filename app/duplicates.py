@@ -35,6 +35,11 @@ DEFAULT_THRESHOLDS = {"dup": 0.7, "devise": 0.98, "conse": 0.9, "clip": 0.95}
 NEIGHBOURS = 16
 #: points scrolled, and queried in one batch, at a time
 PAGE = 256
+#: images whose shorter side is below this are grouped by content (sha256) only. Measured
+#: on planted copies of 25 px faces and 28 px Fashion-MNIST garments (bench_duplicates.py):
+#: no vector tells a copy from a look-alike there (dup at 0.7: precision 0.002), so on the
+#: demo's gallery every garment chained into one group of 986 "near-duplicates".
+MIN_NEAR_SIDE = 64
 
 
 class DuplicatesError(ValueError):
@@ -86,6 +91,8 @@ class DuplicateReport:
     scanned: int = 0
     #: why nothing could be found, when a filter matches no image (not in JSON)
     note: str | None = None
+    #: images too small to compare by vector (under MIN_NEAR_SIDE px): by content only
+    small: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +100,7 @@ class DuplicateReport:
             "threshold": self.threshold,
             "took_ms": round(self.took_ms, 2),
             "scanned": self.scanned,
+            "content_only": self.small,
             "groups": [g.to_json() for g in self.groups],
         }
 
@@ -134,6 +142,14 @@ def human_date(mtime: float) -> str:
 def describe(image: DuplicateImage) -> str:
     """Dimensions and size, short enough for a gallery caption: `1200x800 · 2.3 MB`."""
     return f"{image.width}x{image.height} · {human_size(image.bytes)}"
+
+
+def small_note(n: int) -> str:
+    """What a person is told of the images compared by content only."""
+    return (
+        f"{n} image(s) under {MIN_NEAR_SIDE} px were compared by content (sha256) only: that "
+        "small, a copy and a look-alike have the same features."
+    )
 
 
 def check_threshold(threshold: float) -> float:
@@ -178,27 +194,31 @@ def scan(store: Store, model: str, threshold: float, folder: str | None = None) 
     ids: list[str] = []
     rows: list[Vector] = []
 
+    pairs: list[tuple[str, str]] = []
+
     def query_page() -> None:
         hits = store.search_images_batch(
             model, np.stack(rows), NEIGHBOURS + 1, near, exact=False, with_payload=False
         )
         for point, found in zip(ids, hits, strict=True):
-            for hit in found:
-                if hit.id != point:
-                    links.union(point, hit.id)
+            pairs.extend((point, hit.id) for hit in found if hit.id != point)
         ids.clear()
         rows.clear()
 
     for rec in store.scroll_images(with_vectors=[model], flt=where, batch=PAGE):
-        facts[rec.id] = _facts(rec.payload)
+        fact = facts[rec.id] = _facts(rec.payload)
         vec = rec.vectors.get(model)
-        if vec is not None:
+        if vec is not None and not _small(fact):
             ids.append(rec.id)
             rows.append(vec)
             if len(ids) == PAGE:
                 query_page()
     if ids:
         query_page()
+    # a link to a small image (a neighbour is found before its payload is read) is dropped
+    for a, b in pairs:
+        if b in facts and not _small(facts[b]):
+            links.union(a, b)
     by_content: dict[str, str] = {}
     for point, fact in facts.items():
         if fact.sha256:
@@ -209,8 +229,18 @@ def scan(store: Store, model: str, threshold: float, folder: str | None = None) 
     grouped = [ids_ for ids_ in members.values() if len(ids_) > 1]
     groups = _groups(store, model, grouped, facts)
     return DuplicateReport(
-        model, threshold, (time.perf_counter() - t0) * 1000, groups, scanned=len(facts)
+        model,
+        threshold,
+        (time.perf_counter() - t0) * 1000,
+        groups,
+        scanned=len(facts),
+        small=sum(1 for f in facts.values() if _small(f)),
     )
+
+
+def _small(fact: _Facts) -> bool:
+    """Too small for any vector to tell a copy from a look-alike (an unknown size is not)."""
+    return 0 < min(fact.width, fact.height) < MIN_NEAR_SIDE
 
 
 def _groups(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.duplicates import DuplicateReport, describe, human_date, human_size
+from app.duplicates import DuplicateReport, describe, human_date, human_size, small_note
 from app.filters import PhotoFilter
 from app.service import Answer, ImageResult, ServiceError, TagResult
 from model.images import ImageError
@@ -427,6 +427,8 @@ class WebHandlers:
                     f" The first {len(out.groups)} groups are shown; `devise duplicates` "
                     "lists them all."
                 )
+        if report.small:
+            out.status += " " + small_note(report.small)
         if hidden:
             out.status += f" {hidden} file(s) not shown (missing, or outside the indexed folders)."
         return out

@@ -155,7 +155,7 @@ def test_more_copies_than_neighbours_still_form_one_group(store: Store) -> None:
     others = _unit(rng.standard_normal((PAGE + 40, DIM)))  # more than one page in all
     paths = [f"/m/copy{i}.jpg" for i in range(n)] + [f"/m/other{i}.jpg" for i in range(len(others))]
     payloads = [
-        image_payload(p, label="x", width=1, height=1, size_bytes=1, mtime=0.0, sha256=p)
+        image_payload(p, label="x", width=640, height=480, size_bytes=1, mtime=0.0, sha256=p)
         for p in paths
     ]
     store.ensure_collections({"dup": DIM})
@@ -219,7 +219,7 @@ def test_cli_prints_groups_and_json(tmp_path: Path, capsys: pytest.CaptureFixtur
         planted = plant(s)
     assert main(["duplicates", "--index", str(index), "--threshold", "0.9", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"model", "threshold", "took_ms", "scanned", "groups"}
+    assert set(out) == {"model", "threshold", "took_ms", "scanned", "content_only", "groups"}
     assert out["model"] == "dup" and out["threshold"] == 0.9
     assert set(out["groups"][0]) == {"kind", "images"}
     assert set(out["groups"][0]["images"][0]) == {

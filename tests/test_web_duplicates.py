@@ -44,8 +44,8 @@ def dup_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DupIndex]:
     root = base / "photos"
     (root / "2024").mkdir(parents=True)
     (root / "backup").mkdir()
-    draw_image("disc", 1, size=96).save(root / "2024" / "a.png")
-    Image.open(root / "2024" / "a.png").resize((48, 48)).save(root / "2024" / "a_small.png")
+    draw_image("disc", 1, size=192).save(root / "2024" / "a.png")
+    Image.open(root / "2024" / "a.png").resize((96, 96)).save(root / "2024" / "a_small.png")
     shutil.copy(root / "2024" / "a.png", root / "2024" / "a_copy.png")
     draw_image("stripes", 2).save(root / "2024" / "b.png")
     shutil.copy(root / "2024" / "b.png", root / "backup" / "b.png")
@@ -85,7 +85,7 @@ def test_groups_side_by_side_with_sizes_and_dates(dup_index: DupIndex) -> None:
     names = [Path(path).name for path, _ in near]
     assert sorted(names[:2]) == ["a.png", "a_copy.png"] and names[2] == "a_small.png"
     size = (dup_index.root / "2024" / "a.png").stat().st_size
-    assert near[0][1] == f"largest · 96x96 · {size} B"
+    assert near[0][1] == f"largest · 192x192 · {size} B"
     # the table lists every file shown, in full
     assert len(out.rows) == 5
     assert {r[6] for r in out.rows} == {p for _, items in out.groups for p, _ in items}
