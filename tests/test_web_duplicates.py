@@ -90,9 +90,9 @@ def test_groups_side_by_side_with_sizes_and_dates(dup_index: DupIndex) -> None:
     assert len(out.rows) == 5
     assert {r[6] for r in out.rows} == {p for _, items in out.groups for p, _ in items}
     assert [r[:2] for r in out.rows[:2]] == [[1, "exact"], [1, "exact"]]
-    assert out.rows[2][:4] == [2, "near", "1.000", "96x96"] and out.rows[2][5].startswith("20")
-    assert near[1][1].startswith("1.00 · 96x96")  # the byte copy
-    assert near[2][1].startswith("0.9") and "48x48" in near[2][1]
+    assert out.rows[2][:4] == [2, "near", "1.000", "192x192"] and out.rows[2][5].startswith("20")
+    assert near[1][1].startswith("1.00 · 192x192")  # the byte copy
+    assert near[2][1].startswith("0.9") and "96x96" in near[2][1]
     assert all(c.startswith("identical · ") for _, c in exact)
     assert {Path(p).parent.name for p, _ in exact} == {"2024", "backup"}
     # shows, never deletes
