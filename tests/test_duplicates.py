@@ -167,6 +167,36 @@ def test_more_copies_than_neighbours_still_form_one_group(store: Store) -> None:
     assert groups_of(report.to_json()) == [set(paths[:n])]
 
 
+def test_small_images_are_grouped_by_content_only(store: Store) -> None:
+    """Thumbnails whose vectors coincide are not near-duplicates (no vector can tell at that
+    size), but identical small files still are; a large pair with the same vectors is."""
+    rng = np.random.default_rng(3)
+    v = _unit(rng.standard_normal(DIM))
+    same = np.stack([v, v, v, v, v, v])
+    spec = [  # (path, width, height, sha256)
+        ("/s/thumb1.png", 28, 28, "t1"),
+        ("/s/thumb2.png", 28, 28, "t2"),  # vector as thumb1's, other content: not grouped
+        ("/s/thumb3.png", 28, 28, "t1"),  # content as thumb1's: exact
+        ("/s/big1.jpg", 640, 480, "b1"),
+        ("/s/big2.jpg", 320, 240, "b2"),  # vector as big1's: near
+        ("/s/wide.jpg", 800, 40, "w1"),  # 40 px high: small too, though wide
+    ]
+    payloads = [
+        image_payload(p, label="x", width=w, height=h, size_bytes=1, mtime=0.0, sha256=sha)
+        for p, w, h, sha in spec
+    ]
+    store.ensure_collections({"dup": DIM})
+    store.upsert_images([image_point_id(p) for p, *_ in spec], payloads, {"dup": same})
+    store.set_meta({"models": {"dup": {"dim": DIM, "id": "x"}}})
+    report = SearchService(store).duplicates(threshold=0.9)
+    assert report.small == 4 and report.to_json()["content_only"] == 4
+    kinds = {g.kind: {im.path for im in g.images} for g in report.groups}
+    assert kinds == {
+        "exact": {"/s/thumb1.png", "/s/thumb3.png"},
+        "near": {"/s/big1.jpg", "/s/big2.jpg"},
+    }
+
+
 def test_folder_limits_the_scan(store: Store) -> None:
     planted = plant(store)
     service = SearchService(store)
