@@ -1112,6 +1112,14 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`devise search ... --json | head`): stop quietly, and point
+        # stdout at devnull so that the interpreter's last flush raises nothing either
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - known errors print one line; others re-raise
         if isinstance(e, _known_errors()):
             _say(f"error: {e}")

@@ -196,3 +196,19 @@ def test_sigkill_during_training_leaves_the_old_checkpoint(
     assert b"devise:" in seen
     assert load_checkpoint(out).content_id == before
     assert json.dumps(load_checkpoint(out).meta)  # still whole
+
+
+def test_cli_output_piped_into_a_reader_that_quits_is_not_an_error(  # type: ignore[no-untyped-def]
+    fake_index, tmp_path: Path
+) -> None:
+    """`devise search ... --json | head`: the reader closes the pipe before the answer is
+    written; the CLI stops quietly instead of printing a BrokenPipeError."""
+    store, _, _ = fake_index
+    store.close()
+    argv = [sys.executable, "-m", "app.cli", "status", "--json", "--index", str(tmp_path / "index")]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # long before the interpreter has imported anything and answered
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1
+    assert "BrokenPipe" not in err and "Traceback" not in err and err == ""
