@@ -176,9 +176,9 @@ def build_demo(
         # keep working, and the new ones are named
         photo_filters = [after, before, cameras, near, radius_km]
 
-        def results_gallery(label: str, elem_id: str) -> gr.Gallery:
+        def results_gallery(label: str, elem_id: str, columns: int = 6) -> gr.Gallery:
             return gr.Gallery(
-                label=label, columns=6, height="auto", allow_preview=False,
+                label=label, columns=columns, height="auto", allow_preview=False,
                 object_fit="contain", elem_id=elem_id,
             )  # fmt: skip
 
@@ -258,8 +258,9 @@ def build_demo(
             slots: list[tuple[gr.Gallery, gr.Dataframe]] = []
             with gr.Row():
                 for m in slot_models:
-                    with gr.Column():
-                        g = results_gallery(m, f"compare-{m}")
+                    # a model the index lacks takes no room; side by side, 3 images a row
+                    with gr.Column(visible=m in models):
+                        g = results_gallery(m, f"compare-{m}", columns=3)
                         g.visible = m in models
                         # tags in each model's own order, as in the Tag tab
                         lab = gr.Dataframe(
