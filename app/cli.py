@@ -88,7 +88,7 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    import model.datasets as datasets
+    import model.data.datasets as datasets
 
     out = Path(args.out)
     if args.name == "fashion-mnist":
@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from model.embedders import EMBEDDER_NAMES, available_models
+    from model.embedders.factory import EMBEDDER_NAMES, available_models
     from model.evaluate import evaluate_models, tags_report
 
     requested = [m for m in (args.models or ()) if m != "softmax"]
@@ -238,7 +238,7 @@ def build_embedders(
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """The embedders to ingest with, and what the index records of each. With no --models,
     every model that can run here; an absent one is said in one line."""
-    from model.embedders import INGEST_NAMES, available_models, duplicate_embedder
+    from model.embedders.factory import INGEST_NAMES, available_models, duplicate_embedder
 
     explicit = names is not None
     wanted = list(names) if names else list(INGEST_NAMES)
@@ -354,7 +354,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_words(args: argparse.Namespace) -> int:
     from ingest.vocabulary import concepts_for, load_vocabulary
-    from model.words import load_words
+    from model.vocab.words import load_words
 
     settings = _settings(args)
     source = args.words
@@ -1042,17 +1042,17 @@ def _say(text: str) -> None:
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [CliError]
     for mod, name in [
-        ("model.features", "DataError"),
-        ("model.words", "WordsError"),
+        ("model.data.features", "DataError"),
+        ("model.vocab.words", "WordsError"),
         ("model.backbones", "BackboneError"),
         ("model.checkpoint", "CheckpointError"),
-        ("model.images", "ImageError"),
-        ("model.embedder", "UnknownWordsError"),
+        ("model.data.images", "ImageError"),
+        ("model.embedders.embedder", "UnknownWordsError"),
         ("qdrant.errors", "StoreError"),
         ("ingest.pipeline", "IngestError"),
         ("app.service", "ServiceError"),
-        ("model.clip", "ClipUnavailable"),
-        ("model.datasets", "DatasetError"),
+        ("model.embedders.clip", "ClipUnavailable"),
+        ("model.data.datasets", "DatasetError"),
         ("model.device", "DeviceError"),
     ]:
         module = sys.modules.get(mod)

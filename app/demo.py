@@ -29,7 +29,7 @@ VOCABULARY = 100_000
 
 def export_labelled_photos(out: Path) -> int:
     """scikit-image's photos as `out/<label>/<name>.png`, so their label means something."""
-    import model.datasets as datasets
+    import model.data.datasets as datasets
 
     staging = out / ".staging"
     labels = datasets.export_photos(staging)
@@ -46,7 +46,7 @@ def export_labelled_photos(out: Path) -> int:
 
 
 def count_images(root: Path) -> int:
-    from model.images import is_image_path
+    from model.data.images import is_image_path
 
     return sum(1 for p in root.rglob("*") if is_image_path(p) and p.is_file())
 
@@ -55,7 +55,7 @@ def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
     """True when every gallery image has a point made by this checkpoint, carrying the
     payload fields conse stores now (a demo made before the face detector and the concepts
     keyed by WordNet id is refreshed by its next ingest)."""
-    from model.conse import ConseEmbedder
+    from model.embedders.conse import ConseEmbedder
     from qdrant.filters import SearchFilter
     from qdrant.schema import IMAGES, abs_posix
 
@@ -93,7 +93,7 @@ def check_size(done: Path, size: int, flag: str) -> bool:
         return False
     built = done.read_text().strip()
     if built and int(built) != size:
-        from model.datasets import DatasetError
+        from model.data.datasets import DatasetError
 
         raise DatasetError(
             f"{done.parent} was built with {flag} {built}, not {size}: pass {flag} {built}, "
@@ -114,7 +114,7 @@ def run_demo(
     gallery_size: int | None = None,
 ) -> int:
     """Build the demo (sizes: Fashion-MNIST images to train on and to search), then serve."""
-    import model.datasets as datasets
+    import model.data.datasets as datasets
     from app.settings import Settings
 
     t_start = time.perf_counter()
@@ -141,7 +141,7 @@ def run_demo(
         train(train_dir, ckpt, TrainConfig(holdout=DEMO_HOLDOUT, cache_dir=cache_dir))
     report_file = root / "eval.json"
     if not report_file.exists():
-        from model.embedders import available_models
+        from model.embedders.factory import available_models
         from model.evaluate import evaluate_models
 
         print("[3/5] evaluating devise and conse on the gallery")
@@ -187,8 +187,8 @@ def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
     words_source = str(meta["words"]["source"])
     if not gallery_indexed(store, gallery, content_id):
         from ingest.pipeline import ingest
-        from model.conse import ConseEmbedder
-        from model.embedder import DeviseEmbedder, DuplicateEmbedder
+        from model.embedders.conse import ConseEmbedder
+        from model.embedders.embedder import DeviseEmbedder, DuplicateEmbedder
 
         print(f"[4/5] indexing the gallery {gallery} into {store.describe()} (devise, conse, dup)")
         emb = DeviseEmbedder(ckpt)
@@ -218,7 +218,7 @@ def build_index(store: Store, gallery: Path, ckpt: Path) -> None:
         print(summary.line())
     if not vocabulary_loaded(store, words_source, VOCABULARY):
         from ingest.vocabulary import concepts_for, load_vocabulary
-        from model.words import load_words
+        from model.vocab.words import load_words
 
         print(
             f"[5/5] loading the {VOCABULARY} most frequent words of {words_source}, "

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.images import is_image_path
+from model.data.images import is_image_path
 
 if TYPE_CHECKING:
     from app.service import SearchService

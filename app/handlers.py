@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from app.duplicates import DuplicateReport, describe, human_date, human_size, small_note
 from app.filters import PhotoFilter
 from app.service import Answer, ImageResult, ServiceError, TagResult
-from model.images import ImageError
+from model.data.images import ImageError
 
 if TYPE_CHECKING:
     from app.guard import ServedRoots

@@ -118,7 +118,7 @@ def _devise(service: SearchService) -> ArrayEmbedder:
         raise ModelMissingError(
             "an empty index needs a DeViSE checkpoint: start the app with --checkpoint CKPT"
         )
-    from model.embedder import DeviseEmbedder
+    from model.embedders.embedder import DeviseEmbedder
 
     return DeviseEmbedder(service.checkpoint, precision=service.precision)
 
@@ -127,7 +127,7 @@ def _dup(service: SearchService) -> list[ArrayEmbedder]:
     """The near-duplicate vector, made as `devise ingest` makes it, so that folders indexed
     here join `duplicates`; none when the index holds dup vectors made otherwise (another
     backbone or weights file), which the job must not mix in."""
-    from model.embedders import duplicate_embedder
+    from model.embedders.factory import duplicate_embedder
 
     recorded = (service.meta().get("models") or {}).get("devise") or {}
     ckpt = service.checkpoint or recorded.get("checkpoint")

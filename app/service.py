@@ -326,7 +326,7 @@ class SearchService:
             if (self.meta().get("words") or {}).get("count"):
                 return False
             from ingest.vocabulary import concepts_for, load_vocabulary
-            from model.words import load_words
+            from model.vocab.words import load_words
 
             source = source or self._words_source()
             self.notify(
@@ -347,14 +347,14 @@ class SearchService:
         if self._factory is not None:
             return self._factory(model, rec)
         if model == "devise":
-            from model.embedder import DeviseEmbedder
+            from model.embedders.embedder import DeviseEmbedder
 
             ckpt = self.checkpoint or (Path(rec["checkpoint"]) if rec.get("checkpoint") else None)
             if ckpt is None:
                 raise ModelMissingError("no DeViSE checkpoint: pass --checkpoint CKPT")
             return DeviseEmbedder(ckpt, precision=self.precision)
         if model == "conse":
-            from model.conse import ConseEmbedder
+            from model.embedders.conse import ConseEmbedder
 
             weights = rec.get("weights")
             return ConseEmbedder(
@@ -366,7 +366,7 @@ class SearchService:
                 self.precision,
             )
         if model == "clip":
-            from model.clip import ClipEmbedder, ClipUnavailable
+            from model.embedders.clip import ClipEmbedder, ClipUnavailable
 
             wf = rec.get("weights_file")
             try:
@@ -552,7 +552,7 @@ class SearchService:
         """Near spellings from the vocabulary's own source (loaded on this error path only)."""
         source = (self.meta().get("words") or {}).get("source")
         try:
-            from model.words import load_words
+            from model.vocab.words import load_words
 
             words = load_words(source) if source else None
         except Exception as e:  # noqa: BLE001 - suggestions are a courtesy, never a failure
@@ -843,7 +843,7 @@ class SearchService:
         the notes (the second item) say so."""
         from dataclasses import replace
 
-        from model.conse import top_probs
+        from model.embedders.conse import top_probs
         from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
         cs = imagenet_concepts()
@@ -967,7 +967,7 @@ class SearchService:
         """ConSE's ImageNet class probabilities and what the face detector found (concept
         key -> score): from the payload of an indexed image (no backbone needed), else from
         the classifier and the detector."""
-        from model.conse import top_probs
+        from model.embedders.conse import top_probs
 
         if isinstance(image, (str, Path)):
             rec = self.store.find_by_path([abs_posix(image)]).get(abs_posix(image))
@@ -1064,7 +1064,7 @@ class SearchService:
         """A path, raw bytes or a PIL image as an RGB PIL image (the decoder's rules)."""
         from PIL import Image as PILImage
 
-        from model.images import decode_image
+        from model.data.images import decode_image
 
         if isinstance(image, PILImage.Image):
             return image.convert("RGB")

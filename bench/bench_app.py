@@ -28,7 +28,7 @@ import numpy as np
 
 from app.service import SearchService
 from ingest.vocabulary import load_vocabulary
-from model.words import load_words
+from model.vocab.words import load_words
 from qdrant.edge import EdgeStore
 from qdrant.schema import image_payload, image_point_id
 
@@ -89,7 +89,7 @@ def tiny_checkpoint(out: Path) -> Path:
 
 
 def bench_queries(args: argparse.Namespace, tmp: Path) -> None:
-    from model.embedder import DeviseEmbedder
+    from model.embedders.embedder import DeviseEmbedder
 
     words = load_words()
     vectors = {w: np.asarray(words.kv[w], dtype=np.float32) for w in LABELS}
@@ -128,7 +128,7 @@ def bench_queries(args: argparse.Namespace, tmp: Path) -> None:
         buf = io.BytesIO()
         draw_image("disc", 3, size=224).save(buf, format="PNG")
         data = buf.getvalue()
-        from model.images import decode_image
+        from model.data.images import decode_image
 
         service.tag(data, k=10)  # warm: backbone load, first-call allocations
         fwd, tag = [], []

@@ -43,7 +43,7 @@ class _Features:
     name = "devise"
 
     def __init__(self, backbone) -> None:  # type: ignore[no-untyped-def]
-        from model.words import unit
+        from model.vocab.words import unit
 
         self.backbone = backbone
         self.dim = backbone.feature_dim
@@ -71,10 +71,10 @@ def main() -> None:
     from bench.bench_ingest import make_photos
     from ingest.pipeline import ingest
     from model.backbones import cpu_has_bf16, load_backbone, resolve_precision
-    from model.datasets import export_photos
+    from model.data.datasets import export_photos
+    from model.data.images import load_array
     from model.fastpath import openvino_has_bf16, resolve_runtime
-    from model.images import load_array
-    from model.words import unit
+    from model.vocab.words import unit
     from qdrant.edge import EdgeStore
 
     fast = resolve_precision("auto")
@@ -198,7 +198,7 @@ def cli_times() -> None:
             [
                 sys.executable,
                 "-c",
-                "import numpy as np;from model.embedder import load_for_inference as f;"
+                "import numpy as np;from model.embedders.embedder import load_for_inference as f;"
                 "f('efficientnet_lite0','default','auto').features(np.zeros((1,3,224,224),'f4'))",
             ],
             env,

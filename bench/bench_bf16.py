@@ -31,7 +31,7 @@ def main() -> None:
     from app.demo import DEMO_HOLDOUT
     from model.backbones import load_backbone
     from model.bf16 import emulate_bf16
-    from model.datasets import export_fashion_mnist
+    from model.data.datasets import export_fashion_mnist
     from model.evaluate import evaluate_checkpoint
     from model.train import TrainConfig, train
 

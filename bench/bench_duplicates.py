@@ -68,14 +68,14 @@ def true_pairs(truth: dict[str, str], under: str | None) -> set[tuple[str, str]]
 def planted(args: argparse.Namespace) -> None:
     from app.service import SearchService
     from ingest.pipeline import ingest
-    from model.conse import ConseEmbedder
-    from model.embedder import DeviseEmbedder, DuplicateEmbedder
+    from model.embedders.conse import ConseEmbedder
+    from model.embedders.embedder import DeviseEmbedder, DuplicateEmbedder
     from qdrant.edge import EdgeStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dup-"))
     fashion = Path(args.fashion) if args.fashion else None
     if fashion is None:
-        from model.datasets import export_fashion_mnist
+        from model.data.datasets import export_fashion_mnist
 
         fashion = tmp / "fashion-mnist"
         export_fashion_mnist(fashion, split="test", limit=500)

@@ -29,10 +29,10 @@ def main() -> None:
 
     from bench_tags import cpu_name
 
-    from model.conse import ConseEmbedder
-    from model.datasets import export_photos, read_fashion_mnist, stratified_indices
+    from model.data.datasets import export_photos, read_fashion_mnist, stratified_indices
+    from model.data.images import decode_image
     from model.detectors.faces import FaceDetector
-    from model.images import decode_image
+    from model.embedders.conse import ConseEmbedder
 
     print(f"CPU: {cpu_name()}")
     det = FaceDetector()

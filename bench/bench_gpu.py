@@ -68,7 +68,7 @@ class _Features:
     name = "devise"
 
     def __init__(self, model: Any, preprocess: Any, tag: str) -> None:
-        from model.words import unit
+        from model.vocab.words import unit
 
         self.model = model
         self.preprocess = preprocess
@@ -99,7 +99,7 @@ def build(name: str, device: Any) -> tuple[Any, Any]:
             import open_clip
             import torch
 
-            from model.clip import ClipEmbedder
+            from model.embedders.clip import ClipEmbedder
 
             torch.manual_seed(0)  # the same random model on both devices
             model, _, pre = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
@@ -184,9 +184,9 @@ def ingest_rate(
 def cosines(name: str, gpu: Any, cpu_dev: Any, real_jpgs: list[Path]) -> dict[str, float]:
     """GPU-vs-CPU-fp32 cosines of real photos: same arrays (numerics only), and each device's
     whole decode path (nvJPEG + torch resize against PIL)."""
+    from model.data.loader import iter_batches
     from model.fastpath import set_default_runtime
-    from model.loader import iter_batches
-    from model.words import unit
+    from model.vocab.words import unit
 
     g_model, pre = build(name, gpu)
     saved = set_default_runtime("torch")  # the reference is plain PyTorch fp32 on the CPU
@@ -226,7 +226,7 @@ def cli(args: list[str], env: dict[str, str]) -> tuple[float, str]:
 def training(root: Path, n_train: int, n_test: int) -> None:
     import json
 
-    from model.datasets import export_fashion_mnist
+    from model.data.datasets import export_fashion_mnist
 
     train_dir, test_dir = root / "fm-train", root / "fm-test"
     export_fashion_mnist(train_dir, split="train", limit=n_train)
@@ -336,7 +336,7 @@ def main() -> int:
         )
         return 0
 
-    from model.datasets import export_photos
+    from model.data.datasets import export_photos
     from model.device import CPU, GpuJpegDecoder, autocast_dtype, decode_workers, resolve_device
 
     gpu = resolve_device("cuda")

@@ -39,9 +39,9 @@ def main() -> None:
     from bench_tags import cpu_name  # type: ignore[import-not-found]
 
     from model import gzsl
-    from model.embedder import DeviseEmbedder
+    from model.data.features import extract_features, scan_image_folder
+    from model.embedders.embedder import DeviseEmbedder
     from model.evaluate import evaluate_checkpoint
-    from model.features import extract_features, scan_image_folder
     from model.train import TrainConfig, train
 
     print(f"CPU: {cpu_name()}")

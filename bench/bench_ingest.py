@@ -44,8 +44,8 @@ def main() -> None:
     from ingest.pipeline import ingest
     from model.backbones import load_backbone
     from model.checkpoint import save_checkpoint
-    from model.devise import DeviseHead
-    from model.embedder import DeviseEmbedder
+    from model.embedders.devise import DeviseHead
+    from model.embedders.embedder import DeviseEmbedder
     from qdrant.edge import EdgeStore
 
     backbone = load_backbone(args.backbone, "default", args.precision)
@@ -106,7 +106,7 @@ def main() -> None:
 
         if not args.skip_words:
             from ingest.vocabulary import load_vocabulary
-            from model.words import load_words
+            from model.vocab.words import load_words
 
             t = time.perf_counter()
             words = load_words()

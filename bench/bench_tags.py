@@ -65,16 +65,16 @@ def main() -> None:
     p.add_argument("-k", type=int, default=5)
     args = p.parse_args()
 
-    from model.conse import ConseEmbedder, conse_vectors
-    from model.datasets import (
+    from model.data.datasets import (
         PHOTO_LABELS,
         export_photos,
         read_fashion_mnist,
         stratified_indices,
     )
-    from model.images import decode_image
+    from model.data.images import decode_image
+    from model.embedders.conse import ConseEmbedder, conse_vectors
     from model.vocab.hierarchy import GENERAL, imagenet_concepts
-    from model.words import alphabetic_vocabulary, unit
+    from model.vocab.words import alphabetic_vocabulary, unit
 
     print(f"CPU: {cpu_name()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-tags-"))

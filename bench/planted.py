@@ -51,7 +51,7 @@ def _save(im: Image.Image, path: Path) -> None:
 
 def originals(fashion: Path | None, faces: int = 100) -> dict[str, Image.Image]:
     """Every distinct photo, by a unique source name."""
-    from model.datasets import PHOTO_LABELS, _photo_array
+    from model.data.datasets import PHOTO_LABELS, _photo_array
 
     out: dict[str, Image.Image] = {}
     for name in PHOTO_LABELS:

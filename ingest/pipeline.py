@@ -30,10 +30,10 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from ingest.exif import EXIF_VERSION, exif_payload
+from model.data.images import Preprocess, is_image_path
+from model.data.loader import default_workers, iter_batches
 from model.device import default_batch_size, default_device
-from model.images import Preprocess, is_image_path
-from model.loader import default_workers, iter_batches
-from model.words import label_name
+from model.vocab.words import label_name
 from qdrant.filters import SearchFilter
 from qdrant.schema import SCHEMA_VERSION, abs_posix, check_schema, image_payload, image_point_id
 from qdrant.store import Record, Store

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.vocab.hierarchy import ConceptSet
-from model.words import WordVectors, alphabetic_vocabulary, unit
+from model.vocab.words import WordVectors, alphabetic_vocabulary, unit
 from qdrant.schema import CONCEPT_RANK, WORDS
 from qdrant.store import Store
 

@@ -279,7 +279,7 @@ def to_device(x: Any, device: Device) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class JpegJob:
-    """A JPEG whose header passed every check of `model.images.decode_image_info`, left for
+    """A JPEG whose header passed every check of `model.data.images.decode_image_info`, left for
     nvJPEG to decode: its bytes, upright size and EXIF orientation."""
 
     data: bytes
@@ -315,7 +315,7 @@ def crop_resize_normalise(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> torch.Tensor:
-    """`model.images.to_array` in torch, for a (3, H, W) uint8 picture (any device): the
+    """`model.data.images.to_array` in torch, for a (3, H, W) uint8 picture (any device): the
     centre crop of side min(H, W) * size / resize, resized to `size` with antialiased
     bilinear filtering (PIL's reducing resize), normalised; (3, size, size) float32."""
     from torch.nn import functional as F

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.conse import ConseEmbedder
-from model.embedder import DeviseEmbedder, Embedder
-from model.features import extract_features, scan_image_folder
-from model.images import load_array
+from model.data.features import extract_features, scan_image_folder
+from model.data.images import load_array
+from model.embedders.conse import ConseEmbedder
+from model.embedders.embedder import DeviseEmbedder, Embedder
 from model.report import EvalReport
 from model.specs import BackboneLike
 from model.train import split_indices
-from model.words import WordVectors, unit
+from model.vocab.words import WordVectors, unit
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
@@ -278,7 +278,7 @@ def evaluate_checkpoint(
 
 def _decode_batch(paths: Sequence[Path]) -> tuple[list[Any], list[int]]:
     """PIL images of the decodable paths and their positions; bad files are logged."""
-    from model.images import ImageError, decode_image
+    from model.data.images import ImageError, decode_image
 
     images, ok = [], []
     for i, p in enumerate(paths):
@@ -497,7 +497,7 @@ def _word_tagger(
     """Tag names, their unit vectors and kinds: the `top` frequent words, less the words
     of multi-word labels, plus the labels and (where WordNet is) their hypernyms."""
     from model.vocab.hierarchy import label_concepts, label_fragments
-    from model.words import alphabetic_vocabulary
+    from model.vocab.words import alphabetic_vocabulary
 
     concepts = list(label_concepts(labels).concepts) if labels else []
     fragments = label_fragments(c.name for c in concepts)
@@ -535,7 +535,7 @@ def tags_report(
     the nearest ImageNet class names (prompted). Photos are exported into `photos_dir` when
     missing.
     """
-    from model.datasets import export_photos
+    from model.data.datasets import export_photos
     from model.vocab.hierarchy import imagenet_concepts
 
     photos = export_photos(Path(photos_dir))

@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from model.images import Preprocess
+from model.data.images import Preprocess
 
 Precision = Literal["fp32", "bf16"]
 DEFAULT_BACKBONE = "efficientnet_lite0"

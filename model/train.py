@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from model.backbones import RANDOM_INIT, load_backbone
 from model.checkpoint import save_checkpoint
+from model.data.features import DataError, LabelledImages, extract_features, scan_image_folder
 from model.device import Device, autocast_dtype, pick
-from model.devise import LOSSES, DeviseHead, HeadKind, LossKind
-from model.features import DataError, LabelledImages, extract_features, scan_image_folder
-from model.words import DEFAULT_WORDS, WordVectors, load_words
+from model.embedders.devise import LOSSES, DeviseHead, HeadKind, LossKind
+from model.vocab.words import DEFAULT_WORDS, WordVectors, load_words
 
 log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
@@ -407,7 +407,7 @@ def finetune(
     """Train the backbone's last stage with the head, from images (features change, so
     nothing is cached). BatchNorm statistics stay frozen: batches are small on a CPU.
     On a GPU the forward pass runs under bf16/fp16 autocast (fp16 with a gradient scaler)."""
-    from model.loader import iter_batches
+    from model.data.loader import iter_batches
 
     device = device or pick(None)
     amp = autocast_dtype(device)

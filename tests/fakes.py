@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from model.images import Preprocess, to_array
+from model.data.images import Preprocess, to_array
 
 DIM = 8
 

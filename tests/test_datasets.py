@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import datasets
-from model.datasets import (
+from model.data import datasets
+from model.data.datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_SYSTEM_DIR,
     PHOTO_LABELS,
@@ -27,7 +27,7 @@ from model.datasets import (
     read_idx,
     stratified_indices,
 )
-from model.images import decode_image
+from model.data.images import decode_image
 
 
 def idx_bytes(array: np.ndarray, compress: bool = True) -> bytes:

@@ -18,7 +18,8 @@ from PIL import Image
 
 from app import cli
 from model import device as dev
-from model import loader
+from model.data import loader
+from model.data.images import ImageError, Preprocess, decode_image_info, jpeg_for_gpu, to_array
 from model.device import (
     CPU,
     Device,
@@ -30,7 +31,6 @@ from model.device import (
     resolve_device,
     rotate_chw,
 )
-from model.images import ImageError, Preprocess, decode_image_info, jpeg_for_gpu, to_array
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +157,7 @@ def _asymmetric(w: int = 40, h: int = 24) -> Image.Image:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_gpu_orientation_matches_pil(orientation: int) -> None:
-    from model.images import _ORIENT
+    from model.data.images import _ORIENT
 
     im = _asymmetric()
     want = im.transpose(_ORIENT[orientation]) if orientation in _ORIENT else im
@@ -266,7 +266,7 @@ def test_the_gpu_decoder_hands_refused_files_back(tmp_path: Path) -> None:
 
 def test_the_feature_cache_key_ignores_the_device(tmp_path: Path) -> None:
     from model.backbones import load_backbone
-    from model.features import _cache_key
+    from model.data.features import _cache_key
 
     p = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(p)

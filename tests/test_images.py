@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from model.images import (
+from model.data.images import (
     MAX_SIDE,
     DecodedImage,
     ImageError,
@@ -291,7 +291,7 @@ def test_is_image_path() -> None:
 
 
 def test_to_array_normalises_like_the_plain_formula() -> None:
-    from model.images import Preprocess, to_array
+    from model.data.images import Preprocess, to_array
 
     rng = np.random.default_rng(3)
     im = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))

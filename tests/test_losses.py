@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.devise import LOSSES, cosine_loss, hinge_rank_loss
+from model.embedders.devise import LOSSES, cosine_loss, hinge_rank_loss
 
 
 def _toy() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,10 +11,10 @@ import torch
 
 from model.backbones import BackboneError, load_backbone
 from model.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
-from model.devise import DeviseHead, cosine_loss, hinge_rank_loss
-from model.features import DataError, scan_image_folder
+from model.data.features import DataError, scan_image_folder
+from model.embedders.devise import DeviseHead, cosine_loss, hinge_rank_loss
 from model.train import resolve_holdout, split_indices
-from model.words import UnknownLabelsError, WordVectors, label_name, unit
+from model.vocab.words import UnknownLabelsError, WordVectors, label_name, unit
 
 
 def test_hinge_rank_loss_matches_hand_computation() -> None:
@@ -198,8 +198,8 @@ def test_bf16_falls_back_to_fp32_when_it_disagrees(
 def test_bf16_embeddings_match_fp32_on_real_photos(tmp_path: Path) -> None:
     """The fast path's results must not change: cosine >= 0.995 on real photos."""
     from model.backbones import cpu_has_bf16
-    from model.datasets import export_photos
-    from model.images import load_array
+    from model.data.datasets import export_photos
+    from model.data.images import load_array
 
     export_photos(tmp_path, names=["chelsea", "rocket"])  # emulated bf16 is slow: two photos
     fp32 = load_backbone("efficientnet_lite0", "default", "fp32")
@@ -216,8 +216,8 @@ def test_efficientnet_lite0_sees_a_cat_in_chelsea() -> None:
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    from model.images import to_array
-    from model.words import imagenet_class_names
+    from model.data.images import to_array
+    from model.vocab.words import imagenet_class_names
 
     b = load_backbone("efficientnet_lite0", "default", "fp32")
     arr = to_array(Image.fromarray(skimage_data.chelsea()), b.spec.preprocess)[None]

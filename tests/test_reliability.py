@@ -17,7 +17,7 @@ import pytest
 from app.service import ModelMissingError, SearchService
 from ingest.pipeline import ingest
 from model.checkpoint import load_checkpoint
-from model.images import ImageError
+from model.data.images import ImageError
 from qdrant.edge import EdgeStore
 from tests.corpus import build_corpus, png_bomb
 from tests.fakes import FakeEmbedder
@@ -67,7 +67,7 @@ def test_bad_images_give_clear_errors_on_tag_and_similar(fake_index, tmp_path: P
 
 
 def test_decompression_bomb_keeps_memory_bounded(tmp_path: Path) -> None:
-    from model.images import decode_image
+    from model.data.images import decode_image
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_bomb())

@@ -17,7 +17,7 @@ from app.service import (
     fold_inflections,
 )
 from ingest.pipeline import ingest
-from model.images import ImageError
+from model.data.images import ImageError
 from qdrant.edge import EdgeStore
 from tests.conftest import draw_image, make_image_folder
 from tests.fakes import FakeEmbedder

@@ -1,4 +1,4 @@
-from model.words import suggest_words
+from model.vocab.words import suggest_words
 
 
 def test_transposition_counts_as_one_edit() -> None:

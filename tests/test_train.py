@@ -10,10 +10,10 @@ import pytest
 
 from app.cli import main
 from model.checkpoint import read_meta
-from model.embedder import DeviseEmbedder
+from model.embedders.embedder import DeviseEmbedder
 from model.evaluate import evaluate_checkpoint
 from model.train import TrainConfig, train
-from model.words import WordVectors
+from model.vocab.words import WordVectors
 from tests.conftest import draw_image
 
 

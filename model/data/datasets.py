@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from model.paths import default_cache_dir
-from model.words import label_name
+from model.vocab.words import label_name
 
 UInt8Array = npt.NDArray[np.uint8]
 Split = Literal["train", "test"]

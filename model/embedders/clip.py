@@ -29,10 +29,10 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
+from model.data.images import Preprocess
 from model.device import Device, GpuRunner, pick, prepare, to_device
-from model.images import Preprocess
 from model.specs import file_id
-from model.words import imagenet_class_names, unit
+from model.vocab.words import imagenet_class_names, unit
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from model.data.images import ImageError, Preprocess, decode_image_info, jpeg_for_gpu, to_array
 from model.device import Device, decode_workers
-from model.images import ImageError, Preprocess, decode_image_info, jpeg_for_gpu, to_array
 
 if TYPE_CHECKING:
     import torch

@@ -19,9 +19,9 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.checkpoint import Checkpoint, load_checkpoint
-from model.images import Preprocess, to_array
+from model.data.images import Preprocess, to_array
 from model.specs import DEFAULT_BACKBONE, RANDOM_INIT, BackboneLike, weights_identity
-from model.words import WordVectors, unit
+from model.vocab.words import WordVectors, unit
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -57,7 +57,7 @@ def embed_phrase(words: WordVectors, text: str) -> Float32Array:
     """A query phrase as the unit mean of its known words; raises UnknownWordsError."""
     vec = words.label_vector(text)
     if vec is None:
-        from model.words import label_tokens
+        from model.vocab.words import label_tokens
 
         toks = label_tokens(text) or [text.strip()]
         unknown = [t for t in toks if t not in words]
@@ -114,7 +114,7 @@ class WordSpaceEmbedder:
 def head_forward(
     head: Mapping[str, npt.NDArray[np.float32]], kind: str, features: Float32Array
 ) -> Float32Array:
-    """`model.devise.DeviseHead.forward` in eval mode, in numpy: queries need no torch.
+    """`model.embedders.devise.DeviseHead.forward` in eval mode, in numpy: queries need no torch.
 
     `head` is the head's state dict. A test checks this against the torch module.
     """
@@ -251,7 +251,7 @@ class DeviseEmbedder(WordSpaceEmbedder):
         """The checkpoint's word space, loaded on first use."""
         with self._lock:
             if self._words is None:
-                from model.words import load_words
+                from model.vocab.words import load_words
 
                 self._words = load_words(self.words_source)
             return self._words

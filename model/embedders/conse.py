@@ -24,9 +24,9 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.detectors.faces import FaceDetector
-from model.embedder import WordSpaceEmbedder
+from model.embedders.embedder import WordSpaceEmbedder
 from model.specs import DEFAULT_BACKBONE, BackboneLike
-from model.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
+from model.vocab.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
 Float32Array = npt.NDArray[np.float32]
 DEFAULT_TOP_T = 10
@@ -125,7 +125,7 @@ class ConseEmbedder(WordSpaceEmbedder):
     def backbone(self) -> BackboneLike:
         with self._lock:
             if self._backbone is None:
-                from model.embedder import load_for_inference
+                from model.embedders.embedder import load_for_inference
 
                 self._backbone = load_for_inference(
                     self.backbone_name, self._weights, self._precision
