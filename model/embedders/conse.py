@@ -24,7 +24,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.detectors.faces import FaceDetector
-from model.embedders.embedder import WordSpaceEmbedder
+from model.embedders.embedder import LazyBackbone, WordSpaceEmbedder
 from model.specs import DEFAULT_BACKBONE, BackboneLike
 from model.vocab.words import DEFAULT_WORDS, WordVectors, imagenet_class_names, load_words, unit
 
@@ -81,7 +81,7 @@ def imagenet_class_vectors(words: WordVectors) -> Float32Array:
     return rows
 
 
-class ConseEmbedder(WordSpaceEmbedder):
+class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
     """ConSE over an ImageNet backbone's classifier, in a word space. Built lazily."""
 
     name = "conse"
@@ -120,24 +120,6 @@ class ConseEmbedder(WordSpaceEmbedder):
             if self._words is None:
                 self._words = load_words(self._words_name)
             return self._words
-
-    @property
-    def backbone(self) -> BackboneLike:
-        with self._lock:
-            if self._backbone is None:
-                from model.embedders.embedder import load_for_inference
-
-                self._backbone = load_for_inference(
-                    self.backbone_name, self._weights, self._precision
-                )
-            return self._backbone
-
-    def set_backbone(self, backbone: BackboneLike) -> None:
-        """Inject an already built backbone (tests, or sharing DeViSE's)."""
-        if backbone.name != self.backbone_name:
-            raise ValueError(f"backbone {backbone.name} is not {self.backbone_name}")
-        with self._lock:
-            self._backbone = backbone
 
     @property
     def class_vectors(self) -> Float32Array:

@@ -272,7 +272,34 @@ DUP_DIM = 128
 _DUP_SEED = 14
 
 
-class DuplicateEmbedder:
+class LazyBackbone:
+    """A named ImageNet backbone built on first use (from the compiled cache when it is
+    there), or injected to share one forward pass (ConSE and dup share DeViSE's)."""
+
+    backbone_name: str
+    _weights: str | None
+    _precision: str
+    _backbone: BackboneLike | None
+    _lock: threading.Lock
+
+    @property
+    def backbone(self) -> BackboneLike:
+        with self._lock:
+            if self._backbone is None:
+                self._backbone = load_for_inference(
+                    self.backbone_name, self._weights, self._precision
+                )
+            return self._backbone
+
+    def set_backbone(self, backbone: BackboneLike) -> None:
+        """Inject an already built backbone (tests, or sharing DeViSE's)."""
+        if backbone.name != self.backbone_name:
+            raise ValueError(f"backbone {backbone.name} is not {self.backbone_name}")
+        with self._lock:
+            self._backbone = backbone
+
+
+class DuplicateEmbedder(LazyBackbone):
     """The `dup` vector, what `devise duplicates` compares: an ImageNet backbone's pooled
     features, unit-norm, randomly projected to DUP_DIM dimensions and unit-norm again.
 
@@ -299,22 +326,6 @@ class DuplicateEmbedder:
         self._backbone = backbone
         self._projection: Float32Array | None = None
         self._lock = threading.Lock()
-
-    @property
-    def backbone(self) -> BackboneLike:
-        with self._lock:
-            if self._backbone is None:
-                self._backbone = load_for_inference(
-                    self.backbone_name, self._weights, self._precision
-                )
-            return self._backbone
-
-    def set_backbone(self, backbone: BackboneLike) -> None:
-        """Inject an already built backbone (tests, or sharing DeViSE's)."""
-        if backbone.name != self.backbone_name:
-            raise ValueError(f"backbone {backbone.name} is not {self.backbone_name}")
-        with self._lock:
-            self._backbone = backbone
 
     @property
     def projection(self) -> Float32Array:
