@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,20 +32,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_tags import cpu_name  # noqa: E402
 from planted import plant  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def pairs_of(groups: Sequence[Sequence[str]]) -> set[tuple[str, str]]:

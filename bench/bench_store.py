@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from bench_tags import cpu_name  # type: ignore[import-not-found]
 
 from qdrant.edge import EdgeStore
 from qdrant.filters import GeoCircle, SearchFilter
@@ -43,24 +43,6 @@ CITIES = [(48.86, 2.35), (51.51, -0.13), (40.71, -74.01), (35.68, 139.69), (-33.
 CITIES += [(52.52, 13.40), (41.90, 12.50), (55.76, 37.62), (-23.55, -46.63), (1.35, 103.82)]
 T0 = dt.datetime(2015, 1, 1, tzinfo=dt.UTC).timestamp()
 YEAR = 365.25 * 86400
-
-
-def cpu_name() -> str:
-    """The CPU's model name and the cores this process may use, for the figures' caption."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        out = ""
-    fields = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in out.splitlines())
-    )
-    name = fields.get("Model name", "unknown CPU")
-    # a VM may name only the brand ("AMD EPYC"): family and model tell the generation
-    if "CPU family" in fields:
-        name += f" (family {fields['CPU family']}, model {fields.get('Model', '?')})"
-    import os
-
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def haversine_km(lat: F32, lon: F32, at: tuple[float, float]) -> F32:

@@ -18,7 +18,7 @@ Photos: scikit-image's, plus Debian darknet's dog, eagle, giraffe, horses and pe
 from __future__ import annotations
 
 import argparse
-import platform
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -43,14 +43,19 @@ TRUTH = {
 
 
 def cpu_name() -> str:
+    """The CPU's model name and the cores this process may use, for the figures' caption."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        out = ""
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in out.splitlines())
+    )
+    name = fields.get("Model name", "unknown CPU")
+    # a VM may name only the brand ("AMD EPYC"): family and model tell the generation
+    if "CPU family" in fields:
+        name += f" (family {fields['CPU family']}, model {fields.get('Model', '?')})"
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def ranks(scores: np.ndarray, relevant: list[int]) -> tuple[int, float]:
