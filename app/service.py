@@ -33,7 +33,7 @@ from app.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of,
 from app.query import QueryError, Term, parse_query, reading
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
-from qdrant.store import Hit, Record, Store
+from qdrant.store import Hit, Store
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
@@ -781,24 +781,26 @@ class SearchService:
         mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
         gamma, seen = self._zero_shot_bias("devise", bias)
         offset = np.array([gamma if x.lower() in seen else 0.0 for x in labels], np.float32)
-        pool = self.store.search_images(
-            "devise", mat[label], max(LABEL_CANDIDATES, 20 * k), replace(flt, min_score=None)
+        # the candidates' ids only; their payloads and vectors come once, with `retrieve`
+        (pool,) = self.store.search_images_batch(
+            "devise",
+            mat[label][None, :],
+            max(LABEL_CANDIDATES, 20 * k),
+            replace(flt, min_score=None),
+            with_payload=False,
         )
-        records = {
-            r.id: r
-            for r in self.store.retrieve_images([h.id for h in pool], with_vectors=["devise"])
-        }
-        hits = [h for h in pool if "devise" in records.get(h.id, Record("", {})).vectors]
+        by_id = {r.id: r for r in self.store.retrieve_images([h.id for h in pool], ["devise"])}
+        hits = [by_id[h.id] for h in pool if "devise" in getattr(by_id.get(h.id), "vectors", {})]
         if not hits:
             return [], ""
-        x = np.stack([np.asarray(records[h.id].vectors["devise"], np.float32) for h in hits])
+        x = np.stack([np.asarray(r.vectors["devise"], np.float32) for r in hits])
         x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         calibrated = x @ mat.T - offset
         rivals = np.delete(calibrated, label, axis=1)
         margin = calibrated[:, label] - (rivals.max(axis=1) if rivals.shape[1] else 0.0)
         order = np.argsort(-margin, kind="stable")
         results = [
-            ImageResult.of(hits[j], float(margin[j]))
+            ImageResult.of(Hit(hits[j].id, float(margin[j]), hits[j].payload))
             for j in order
             if flt.min_score is None or margin[j] >= flt.min_score
         ]
