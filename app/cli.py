@@ -295,11 +295,7 @@ def build_embedders(
         elif name == "dup":
             extra[name] = {"backbone": emb.backbone.name, "weights": emb.backbone.weights_id}
         elif name == "clip":
-            extra[name] = {
-                "model": emb.model_name,
-                "pretrained": emb.pretrained,
-                "weights_file": str(emb.weights_path) if emb.weights_path else None,
-            }
+            extra[name] = emb.record()
     if not embedders:
         raise CliError("no model to ingest with: pass --checkpoint CKPT or --models conse")
     return embedders, extra
@@ -337,7 +333,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             # past the indexing threshold, so that `devise duplicates` stays quick at 100k
             # images. Here, not in the web app's ingest: it holds the GIL while it runs.
             store.optimize()
-        _service(store, settings).ensure_vocabulary()  # the first ingest loads the words
+        service = _service(store, settings)
+        service.ensure_vocabulary()  # the first ingest loads the words
+        clip = next((e for e in embedders if e.name == "clip"), None)
+        if clip is not None:  # CLIP's tags then answer at once, from the words collection
+            service.ensure_clip_vocabulary(clip)
     finally:
         store.close()
     if args.json:

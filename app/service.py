@@ -286,12 +286,25 @@ class SearchService:
                 emb = self._build(model, rec)
                 self._embedders[model] = emb
         if rec.get("id") is not None and getattr(emb, "content_id", rec["id"]) != rec["id"]:
+            if model == "clip" and getattr(emb, "matches_legacy", lambda _: False)(rec["id"]):
+                self._migrate_model_id(model, rec["id"], emb.content_id)
+                return emb
             raise ModelMissingError(
                 f"the index's {model} vectors were made by model {rec.get('id')}, but the "
                 f"loaded {model} model is {emb.content_id}: its answers would be wrong. Use the "
                 f"checkpoint that built the index, or re-ingest with --reembed."
             )
         return emb
+
+    def _migrate_model_id(self, model: str, old: str, new: str) -> None:
+        """Rewrite an identity recorded in an older form (CLIP's by tag) as the current one."""
+        meta = self.store.get_meta()
+        rec = (meta.get("models") or {}).get(model)
+        if rec is None or rec.get("id") != old:
+            return
+        rec["id"] = new
+        self.store.set_meta(meta)
+        log.info("%s: recorded model %s is now named %s", model, old, new)
 
     def _model_record(self, model: str) -> dict[str, Any]:
         """What the index records of `model`, or {} where the defaults (or --checkpoint) do."""
@@ -368,14 +381,17 @@ class SearchService:
         if model == "clip":
             from model.embedders.clip import ClipEmbedder, ClipUnavailable
 
+            # the file ingest read, when it is still there: then neither open_clip's caches
+            # nor open_clip itself need to be consulted (the identity is the file's hash)
             wf = rec.get("weights_file")
             try:
                 return ClipEmbedder(
                     rec.get("model", "ViT-B-32"),
                     rec.get("pretrained", "laion2b_s34b_b79k"),
-                    Path(wf) if wf and Path(wf).exists() else None,
+                    Path(wf) if wf and Path(wf).is_file() else None,
                     self.precision,
                     allow_download=False,
+                    facts=rec.get("facts"),
                 )
             except ClipUnavailable as e:
                 raise ModelMissingError(str(e)) from e
@@ -942,8 +958,10 @@ class SearchService:
             return Answer(model, (time.perf_counter() - t0) * 1000, results)
         vector, _ = self.image_vector(image, model)
         if model == "clip":
-            emb = self.embedder("clip")
-            results = [TagResult(w, s) for w, s in emb.tag(vector, k)]
+            t_load = time.perf_counter()
+            self.ensure_clip_vocabulary()
+            t0 += time.perf_counter() - t_load  # took_ms is the query's, not the embedding's
+            results = self._clip_tags(vector, k, min_score)
         else:
             if not (self.meta().get("words") or {}).get("count"):
                 t_load = time.perf_counter()
@@ -952,6 +970,54 @@ class SearchService:
             gamma = self._zero_shot_bias(model, zero_shot_bias)
             results = self._word_tags(vector, model, k, min_score, max_rank, gamma)
         return Answer(model, (time.perf_counter() - t0) * 1000, results)
+
+    def ensure_clip_vocabulary(self, clip: Any = None) -> bool:
+        """CLIP's text vectors of the tag vocabulary, embedded once per CLIP model (saying how
+        long it will take, with a progress bar) and kept in the words collection; True when
+        it embedded them now. `clip`: the embedder to use (the index's by default)."""
+        from ingest.vocabulary import clip_tag_words, embed_clip_vocabulary
+
+        with self._vocabulary_lock:
+            rec = self._model_record("clip")
+            done = (self.meta().get("words") or {}).get("clip") or {}
+            if done.get("entries") and done.get("id") == (
+                clip.content_id if clip is not None else rec.get("id")
+            ):
+                return False
+        if not (self.meta().get("words") or {}).get("count"):
+            self.ensure_vocabulary()
+        with self._vocabulary_lock:
+            clip = clip if clip is not None else self.embedder("clip")
+            self.notify(
+                "embedding the tag vocabulary (labels, hypernyms and the "
+                f"{clip_tag_words():,} most frequent words) with clip's text tower, once for "
+                "this model: a minute or so on a laptop CPU"
+            )
+            summary = embed_clip_vocabulary(self.store, clip, self.progress)
+            if summary is not None:
+                self.notify(
+                    f"embedded {summary.entries:,} tag words with clip in {summary.seconds:.1f}s"
+                )
+            return summary is not None
+
+    def _clip_tags(self, vector: Float32Array, k: int, min_score: float | None) -> list[TagResult]:
+        """CLIP's tags, composed like devise's: its best three ImageNet labels, then two
+        hypernyms, then the nearest frequent words, each by cosine of CLIP's vectors."""
+        from ingest.vocabulary import CLIP_WORD_VECTOR
+
+        pairs: list[tuple[str, float, str]] = []
+        taken: set[str] = set()
+        for kind, quota in (("label", 3), ("hypernym", 2), ("word", k)):
+            flt = SearchFilter(kinds=(kind,), min_score=min_score)
+            hits = self.store.search_words(vector, quota + len(taken), flt, using=CLIP_WORD_VECTOR)
+            fresh = [
+                (str(h.payload.get("word")), float(h.score), kind)
+                for h in hits
+                if str(h.payload.get("word")).lower() not in taken
+            ][:quota]
+            taken |= {w.lower() for w, _, _ in fresh}
+            pairs += fresh
+        return [TagResult(w, sc, kd) for w, sc, kd in pairs[:k]]
 
     def _zero_shot_bias(self, model: str, bias: str | float) -> tuple[float, set[str]]:
         """(gamma, the checkpoint's seen labels): calibrated stacking for devise tags."""

@@ -191,6 +191,9 @@ def _check_models(store: Store, embedders: Sequence[ArrayEmbedder], reembed: boo
     for emb in embedders:
         rec = (meta.get("models") or {}).get(emb.name)
         if rec and rec.get("id") != emb.content_id:
+            matches_legacy = getattr(emb, "matches_legacy", None)
+            if matches_legacy is not None and matches_legacy(rec.get("id")):
+                continue  # the same weights, named the older way: record_models renames it
             if not reembed:
                 raise IngestError(
                     f"the index {store.describe()} holds {emb.name} vectors of model "

@@ -139,3 +139,86 @@ def concepts_for(models: dict[str, dict[str, Any]]) -> list[ConceptSet]:
         if labels:
             out.append(label_concepts(labels))
     return out
+
+
+#: How many of the most frequent words (stop words left out) CLIP's tag vocabulary takes
+#: beside every label and hypernym: `$DEVISE_CLIP_TAG_WORDS` overrides it.
+CLIP_TAG_WORDS = 2_000
+#: The words collection's named vector for CLIP's prompted text vectors of its entries.
+CLIP_WORD_VECTOR = "clip"
+
+
+def clip_tag_words() -> int:
+    import os
+
+    raw = os.environ.get("DEVISE_CLIP_TAG_WORDS", "").strip()
+    return int(raw) if raw.isdigit() else CLIP_TAG_WORDS
+
+
+@dataclass
+class ClipVocabularySummary:
+    entries: int
+    seconds: float
+    model: str
+
+
+def clip_tag_entries(store: Store, top: int) -> list[tuple[int | str, str, str]]:
+    """(point id, name, kind) of every label and hypernym in the vocabulary and of its `top`
+    most frequent words that are not stop words."""
+    from gensim.parsing.preprocessing import STOPWORDS
+
+    from qdrant.filters import SearchFilter
+    from qdrant.schema import word_point_id
+
+    out: list[tuple[int | str, str, str]] = []
+    for rec in store.scroll_words(SearchFilter(kinds=("label", "hypernym"))):
+        word, kind = str(rec.payload.get("word")), str(rec.payload.get("kind"))
+        out.append((word_point_id(CONCEPT_RANK, word, kind), word, kind))
+    words: list[tuple[int, str]] = []
+    # stop words and non-words are skipped, so read past `top` ranks; frequent ranks are dense
+    for rec in store.scroll_words(SearchFilter(max_rank=3 * top + 500)):
+        word = str(rec.payload.get("word"))
+        if word.isalpha() and word not in STOPWORDS and len(word) > 1:
+            words.append((int(rec.payload.get("rank", 0)), word))
+    words.sort()
+    out += [(word_point_id(rank, word, "word"), word, "word") for rank, word in words[:top]]
+    return out
+
+
+def embed_clip_vocabulary(
+    store: Store, clip: Any, progress: bool = True, top: int | None = None
+) -> ClipVocabularySummary | None:
+    """CLIP's prompted text vectors of the tag vocabulary (labels, hypernyms and the most
+    frequent words), stored once as the words' named vector `clip` and recorded with the
+    model's identity; None when they are already there for this model."""
+    meta = store.get_meta()
+    words_meta = meta.get("words") or {}
+    done = words_meta.get("clip") or {}
+    if done.get("id") == clip.content_id and done.get("entries"):
+        return None
+    t0 = time.perf_counter()
+    entries = clip_tag_entries(store, clip_tag_words() if top is None else top)
+    if not entries:
+        return None
+    store.ensure_word_vector(CLIP_WORD_VECTOR, clip.dim)
+    names = [name for _, name, _ in entries]
+    with tqdm(
+        total=len(names) * len(clip.templates),
+        desc="clip tag vocabulary",
+        unit="prompt",
+        disable=not progress,
+    ) as bar:
+        vecs = np.zeros((0, clip.dim), np.float32)
+        parts = []
+        for start in range(0, len(names), BATCH):
+            parts.append(clip.embed_texts(names[start : start + BATCH], progress=bar))
+        vecs = np.concatenate(parts) if parts else vecs
+    store.update_word_vectors([pid for pid, _, _ in entries], CLIP_WORD_VECTOR, vecs)
+    meta = store.get_meta()
+    words_meta = dict(meta.get("words") or {})
+    seconds = time.perf_counter() - t0
+    words_meta["clip"] = {"id": clip.content_id, "entries": len(entries), "seconds": seconds}
+    meta["words"] = words_meta
+    store.set_meta(meta)
+    store.flush()
+    return ClipVocabularySummary(len(entries), seconds, clip.content_id)

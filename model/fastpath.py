@@ -25,6 +25,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -118,10 +119,13 @@ class CompiledModel:
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
         self.precision = precision
+        # float32 pictures for the backbones, int64 token ids for a text tower
+        kind = str(compiled.input(0).get_element_type())
+        self._dtype = np.int64 if "i64" in kind or "int64" in kind else np.float32
 
     def __call__(self, x: Float32Array) -> Float32Array:
         with self._lock:
-            self._request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+            self._request.infer({0: np.ascontiguousarray(x, dtype=self._dtype)})
             out = self._request.get_output_tensor(0).data
             return np.array(out, dtype=np.float32, copy=True)
 
@@ -216,6 +220,53 @@ def try_compile_module(
     compilation fails: the caller runs the model in PyTorch instead."""
     try:
         return compile_module(module, example_shape, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        log.warning(
+            "%s: OpenVINO could not compile it (%s: %s); using PyTorch",
+            what,
+            type(e).__name__,
+            detail,
+        )
+        return None
+
+
+def try_compile_lazy(
+    make: Callable[[], tuple[Any, Any, list[tuple[int, ...]]]],
+    *,
+    what: str,
+    name: str,
+    key: str,
+    precision: str,
+    cache_dir: Path | None = None,
+) -> CompiledModel | None:
+    """A model compiled from the on-disk cache when it is there, without calling `make`;
+    otherwise `make()` gives (torch module, example input, input shapes with -1 for the
+    dynamic dimensions), which is converted and cached. None after one warning naming
+    `what` when anything fails: the caller runs the model in PyTorch instead."""
+    xml = ir_path(name, key, cache_dir)
+    try:
+        model = None
+        if xml.is_file() and xml.with_suffix(".bin").is_file():
+            try:
+                model = _core().read_model(str(xml))
+            except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+                log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+        if model is None:
+            import openvino as ov
+
+            module, example, shapes = make()
+            log.info("converting %s for OpenVINO (cached at %s)", name, xml)
+            import torch
+
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracer warnings about Python control flow
+                # traced here without the trace check: open_clip's ViT fails it on module
+                # names alone (`___torch_mangle_N`), with identical graphs and outputs
+                traced = torch.jit.trace(module, example, check_trace=False)
+                model = ov.convert_model(traced, input=shapes)
+            _save(model, xml)
+        return _compile(model, precision)
     except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
         detail = str(e).splitlines()[0][:200] if str(e) else ""
         log.warning(

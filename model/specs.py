@@ -122,6 +122,38 @@ def file_id(path: Path) -> str:
     return f"sha256:{h.hexdigest()[:16]}"
 
 
+def cached_file_id(path: Path, cache_dir: Path | None = None) -> str:
+    """`file_id` of `path`, hashed once per file: remembered by real path, size and
+    modification time in `file-ids.json` of the cache folder (None: the default)."""
+    import json
+
+    from model.paths import default_cache_dir
+
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    book = Path(cache_dir or default_cache_dir()) / "file-ids.json"
+    try:
+        known = json.loads(book.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(real)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and entry.get("id"):
+        return str(entry["id"])
+    fid = file_id(Path(real))
+    known[real] = {"stamp": stamp, "id": fid}
+    try:
+        book.parent.mkdir(parents=True, exist_ok=True)
+        tmp = book.with_name(f".{book.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, book)
+    except OSError as e:  # a read-only cache only costs hashing again next time
+        logging.getLogger(__name__).debug("could not remember the hash of %s (%s)", real, e)
+    return fid
+
+
 def get_spec(name: str) -> BackboneSpec:
     try:
         return SPECS[name]

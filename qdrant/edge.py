@@ -507,9 +507,50 @@ class EdgeStore:
         """The `k` images nearest to `vector` by named vector `name`."""
         return self._query(IMAGES, name, vector, k, flt)
 
-    def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """The `k` words nearest to `vector`."""
-        return self._query(WORDS, WORD_VECTOR, vector, k, flt)
+    def search_words(
+        self, vector: Vector, k: int, flt: SearchFilter | None = None, using: str = WORD_VECTOR
+    ) -> list[Hit]:
+        """The `k` words nearest to `vector` by the words' named vector `using`."""
+        return self._query(WORDS, using, vector, k, flt)
+
+    def word_vector_sizes(self) -> dict[str, int]:
+        """The named vectors of `words` and their dimensions."""
+        return dict(self._sizes(WORDS))
+
+    def ensure_word_vector(self, name: str, dim: int) -> None:
+        """Add named vector `name` to the words collection (points lack it until set)."""
+        self._add_vectors(WORDS, {name: dim})
+
+    def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
+        """Set vector `name` on existing word points."""
+        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
+        shard = self._require(WORDS)
+        for start in range(0, len(ids), UPSERT_BATCH):
+            stop = min(start + UPSERT_BATCH, len(ids))
+            pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
+            self._write(shard, qe.UpdateOperation.update_vectors(pvs))
+            self._maybe_flush()
+
+    def scroll_words(self, flt: SearchFilter | None = None) -> Iterator[Record]:
+        """Every word point matching `flt` (payload only)."""
+        shard = self._shard(WORDS)
+        if shard is None:
+            return
+        offset: qe.PointId | None = None
+        edge_filter = to_edge(flt)
+        while True:
+            raw, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset,
+                    limit=SCROLL_BATCH * 4,
+                    filter=edge_filter,
+                    with_payload=True,
+                    with_vector=False,
+                )
+            )
+            yield from self._records(raw)
+            if offset is None:
+                return
 
     def search_images_batch(
         self,

@@ -143,8 +143,28 @@ class Store(Protocol):
         (`kinds`, default all "word")."""
         ...
 
-    def search_words(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
-        """The `k` words nearest to `vector`, best first (`max_rank` and `min_score` apply)."""
+    def search_words(
+        self, vector: Vector, k: int, flt: SearchFilter | None = None, using: str = ...
+    ) -> list[Hit]:
+        """The `k` words nearest to `vector`, best first (`max_rank` and `min_score` apply),
+        by the words' named vector `using` (default: the word-space vector `word`)."""
+        ...
+
+    def word_vector_sizes(self) -> dict[str, int]:
+        """The named vectors of `words` and their dimensions."""
+        ...
+
+    def ensure_word_vector(self, name: str, dim: int) -> None:
+        """Add named vector `name` to the words collection (another model's vectors of the
+        same entries: CLIP's prompted text vectors, say); points lack it until set."""
+        ...
+
+    def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
+        """Set vector `name` on existing word points (ids as `scroll_words` gives them)."""
+        ...
+
+    def scroll_words(self, flt: SearchFilter | None = None) -> Iterator[Record]:
+        """Every word point matching `flt`, payload only."""
         ...
 
     def count(self, collection: str, flt: SearchFilter | None = None) -> int:

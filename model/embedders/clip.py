@@ -1,46 +1,75 @@
 """CLIP through open_clip: images and prompted texts in CLIP's own joint space.
 
 Weights resolve, in order, from:
-1. an explicit file (`--clip-weights FILE`: open_clip's `.bin`/`.pt`/`.safetensors`);
+1. an explicit file (`--clip-weights FILE`: open_clip's `.safetensors`/`.bin`/`.pt`, or
+   OpenAI's TorchScript `.pt` archive);
 2. the local caches open_clip downloads into (the Hugging Face hub cache, or
-   `~/.cache/clip` for URL-only tags), read without any network access;
+   `~/.cache/clip` for URL downloads), read without any network access;
 3. a download, only when allowed and the weights' host answers within a few seconds
    (an offline hub download otherwise retries for about a minute).
 
 With none of these, `ClipUnavailable` says so in one line, with how to get the weights.
+
+**One identity, however the weights were found.** A model's `content_id` is
+`clip:<architecture>:sha256:<first 16 hex digits of the weights file>`, so an index made
+from the hub cache is queried with the same weights passed as a file, found in the URL
+cache, or downloaded anew. The hash is computed once per file (about a second for
+ViT-B-32's 605 MB) and remembered by path, size and modification time. (The same weights
+in another file format, a TorchScript archive and a safetensors file say, are two files
+and two identities.)
+
+**Fast answers.** Both towers are compiled by OpenVINO once and cached by that identity
+(`model/fastpath.py`); a later process reads the compiled towers without building the
+PyTorch model or importing open_clip at all. The text tower runs on the prompt's own
+tokens, not the 77-token context: CLIP's text transformer is causal and pools at the
+end-of-text token, so the padding after it never changes the result, and a six-token prompt
+costs a tenth of the padded one.
+
 Random weights are never used by the product: `ClipEmbedder._for_tests` is the only way
-to build an untrained model, and nothing outside the tests calls it.
+to build an untrained model in memory, and nothing outside the unit tests calls it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import importlib.util
+import json
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from PIL import Image
 
-from model.data.images import Preprocess
+from model.data.images import Preprocess, to_array
 from model.device import Device, GpuRunner, pick, prepare, to_device
-from model.specs import file_id
-from model.vocab.words import imagenet_class_names, unit
+from model.specs import cached_file_id
+from model.vocab.words import unit
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
+TokenArray = npt.NDArray[np.int64]
 
 DEFAULT_CLIP_MODEL = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
-_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+#: OpenAI's image normalisation, which every CLIP tag of open_clip 3.3 but a few uses
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: what a pretrained tag says about its preprocessing and activation (open_clip's names)
+TAG_KEYS = ("mean", "std", "interpolation", "resize_mode", "quick_gelu")
+#: entries of an OpenAI TorchScript state dict that are not weights of open_clip's model
+_JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 class ClipUnavailable(RuntimeError):
@@ -52,6 +81,28 @@ def _absent(model_name: str, pretrained: str, why: str) -> ClipUnavailable:
         f"clip absent: {why}; pass --clip-weights FILE (open_clip weights for "
         f"{model_name}/{pretrained}) or run once online to download them"
     )
+
+
+def _open_clip_dir() -> Path | None:
+    """open_clip's installed folder, found without importing it (its import costs seconds)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def model_config(model_name: str) -> dict[str, Any] | None:
+    """open_clip's architecture config of `model_name` (its `model_configs/NAME.json`), read
+    without importing open_clip; None when it has no such file."""
+    root = _open_clip_dir()
+    if root is None:
+        return None
+    path = root / "model_configs" / f"{model_name}.json"
+    try:
+        cfg: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg
 
 
 def _pretrained_cfg(model_name: str, pretrained: str) -> dict[str, Any]:
@@ -71,6 +122,25 @@ def _pretrained_cfg(model_name: str, pretrained: str) -> dict[str, Any]:
             f"clip: {pretrained!r} is not a pretrained tag of {model_name} (tags: {tags})"
         )
     return cfg
+
+
+def tag_facts(model_name: str, pretrained: str) -> dict[str, Any]:
+    """The tag's preprocessing and activation (`TAG_KEYS`), with the image size of the
+    architecture as `size`; OpenAI's normalisation where the tag names none. For a name
+    that is not a tag (weights given as a file) only the architecture's facts."""
+    try:
+        cfg = _pretrained_cfg(model_name, pretrained)
+    except ClipUnavailable:
+        cfg = {}
+    facts: dict[str, Any] = {k: cfg[k] for k in TAG_KEYS if k in cfg}
+    facts.setdefault("mean", OPENAI_MEAN)
+    facts.setdefault("std", OPENAI_STD)
+    facts["mean"] = [float(x) for x in facts["mean"]]
+    facts["std"] = [float(x) for x in facts["std"]]
+    facts["quick_gelu"] = bool(facts.get("quick_gelu", False))
+    size = ((model_config(model_name) or {}).get("vision_cfg") or {}).get("image_size", 224)
+    facts["size"] = int(size[0] if isinstance(size, (list, tuple)) else size)
+    return facts
 
 
 def _hf_candidates(hf_hub: str) -> tuple[str, list[str]]:
@@ -98,8 +168,16 @@ def _hf_cached(hf_hub: str, cache_dir: Path | None) -> Path | None:
     return None
 
 
+def url_cache_dir() -> Path:
+    """Where open_clip's URL downloads land (`download_pretrained_from_url`'s default)."""
+    return Path("~/.cache/clip").expanduser()
+
+
 def cached_weights(model_name: str, pretrained: str, cache_dir: Path | None = None) -> Path | None:
-    """The weights file of a tag when already in a local cache; never touches the network."""
+    """The weights file of a tag when already in a local cache; never touches the network.
+
+    `cache_dir` is open_clip's own `cache_dir` (None: its defaults, the hub cache and
+    `~/.cache/clip`)."""
     cfg = _pretrained_cfg(model_name, pretrained)
     if cfg.get("file"):
         p = Path(cfg["file"])
@@ -109,8 +187,7 @@ def cached_weights(model_name: str, pretrained: str, cache_dir: Path | None = No
         if hit is not None:
             return hit
     if cfg.get("url"):
-        base = cache_dir if cache_dir else Path("~/.cache/clip").expanduser()
-        p = base / os.path.basename(cfg["url"])
+        p = (cache_dir or url_cache_dir()) / os.path.basename(cfg["url"])
         if p.is_file():
             return p
     return None
@@ -154,7 +231,8 @@ def resolve_weights(
     cache_dir: Path | None = None,
 ) -> Path:
     """The weights file to load: explicit file, local cache, then a download. Raises
-    ClipUnavailable (one line) when none works."""
+    ClipUnavailable (one line) when none works. `cache_dir` is open_clip's download cache
+    (None: its defaults)."""
     if weights_file is not None:
         p = Path(weights_file).expanduser()
         if not p.is_file():
@@ -197,7 +275,78 @@ def clip_available(
     return True, str(p)
 
 
+def clip_content_id(model_name: str, weights: Path, cache_dir: Path | None = None) -> str:
+    """The identity of CLIP weights: architecture and the weights file's content hash."""
+    return f"clip:{model_name}:{cached_file_id(weights, cache_dir)}"
+
+
+def legacy_tag_id(content_id: str) -> tuple[str, str] | None:
+    """(architecture, tag) of an identity written before identities were content hashes
+    (`clip:ViT-B-32:laion2b_s34b_b79k`); None for a current one."""
+    parts = content_id.split(":")
+    if len(parts) != 3 or parts[0] != "clip" or parts[2].startswith("sha256"):
+        return None
+    return parts[1], parts[2]
+
+
+def is_torchscript(path: Path) -> bool:
+    """An OpenAI-style TorchScript archive (a zip holding `constants.pkl` or `code/`)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(
+                n.endswith(("/constants.pkl", "/code/")) or "/code/" in n for n in z.namelist()
+            )
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs 'initialized randomly' on the root logger before our weights load."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def load_open_clip(model_name: str, weights: Path, facts: dict[str, Any]) -> Any:
+    """open_clip's model of `model_name` with the weights of `weights`, in eval mode.
+
+    The tag's facts reach open_clip through the arguments 3.3 takes: `force_quick_gelu`,
+    `image_mean`, `image_std`, `image_interpolation` and `image_resize_mode`. A TorchScript
+    archive (OpenAI's own format) is read with `torch.jit.load`, never unpickled, and its
+    weights copied into open_clip's model."""
+    import open_clip
+    import torch
+
+    kwargs: dict[str, Any] = {
+        "force_quick_gelu": bool(facts.get("quick_gelu", False)),
+        "image_mean": tuple(facts["mean"]) if facts.get("mean") else None,
+        "image_std": tuple(facts["std"]) if facts.get("std") else None,
+        "image_interpolation": facts.get("interpolation"),
+        "image_resize_mode": facts.get("resize_mode"),
+    }
+    if is_torchscript(weights):
+        with _quiet_open_clip():
+            model, _, _ = open_clip.create_model_and_transforms(
+                model_name, pretrained=None, **kwargs
+            )
+        state = torch.jit.load(str(weights), map_location="cpu").state_dict()
+        state = {k: v for k, v in state.items() if k not in _JIT_EXTRAS}
+        model.load_state_dict(state, strict=True)
+    else:
+        model, _, _ = open_clip.create_model_and_transforms(
+            model_name, pretrained=str(weights), weights_only=True, **kwargs
+        )
+    return model.eval()
+
+
 def _output_dim(model: Any) -> int | None:
+    import torch
+
     proj = getattr(model, "text_projection", None)
     if isinstance(proj, torch.Tensor):
         return int(proj.shape[1])
@@ -206,8 +355,52 @@ def _output_dim(model: Any) -> int | None:
     return None
 
 
+def _text_tower(model: Any) -> Any:
+    """A module from tokens (N, L) to text features (N, D).
+
+    For open_clip's `CLIP` (a causal text transformer pooled at the end-of-text token, the
+    largest id of a row) L may be shorter than the context: position embeddings and the
+    causal mask are cut to L. Since no position attends to a later one, features at and
+    before the end-of-text token are exactly those of the padded 77-token input. Other
+    text towers get the full context."""
+    import torch
+
+    causal = (
+        type(model).__name__ == "CLIP"
+        and getattr(model, "text_pool_type", "argmax") == "argmax"
+        and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
+    )
+
+    class TrimmedText(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            m = self.clip
+            n = tokens.shape[1]
+            cast = m.transformer.get_cast_dtype()
+            x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:n].to(cast)
+            x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
+            x = m.ln_final(x)
+            x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+            proj = m.text_projection
+            return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    class FullText(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.clip.encode_text(tokens)
+
+    return (TrimmedText() if causal else FullText()).eval(), causal
+
+
 class ClipEmbedder:
-    """open_clip image and text towers; unit-norm float32 vectors. The model builds lazily."""
+    """open_clip image and text towers; unit-norm float32 vectors. Everything builds lazily:
+    a process that finds both towers compiled in the cache never builds the PyTorch model."""
 
     name = "clip"
 
@@ -220,29 +413,42 @@ class ClipEmbedder:
         *,
         allow_download: bool = True,
         cache_dir: Path | None = None,
+        weights_cache: Path | None = None,
+        facts: dict[str, Any] | None = None,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         batch_size: int = 32,
         device: Device | str | None = None,
     ) -> None:
+        """`cache_dir`: devise's cache (compiled towers, file hashes; None: the default);
+        `weights_cache`: open_clip's download cache (None: its defaults); `facts`: the tag's
+        preprocessing as `tag_facts` gives it, when already known (an index records it)."""
         #: where the towers run (None: the process default, `model.device.default_device`)
         self.device: Device = pick(device)
         self._gpu: GpuRunner | None = None
+        self._text_gpu: GpuRunner | None = None
         self.model_name = model_name
         self.pretrained = pretrained
         self.precision = precision
         self.templates = tuple(templates)
         self.batch_size = batch_size
         self._cache_dir = cache_dir
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._model: Any = None
-        self._preprocess: Callable[[Image.Image], torch.Tensor] | None = None
-        self._tokenizer: Callable[[list[str]], torch.Tensor] | None = None
-        self._vocab: tuple[list[str], Float32Array] | None = None
+        self._facts = dict(facts) if facts else None
+        self._tokenizer: Callable[[list[str]], TokenArray] | None = None
+        self._text: Callable[[TokenArray], Float32Array] | None = None
+        self._image: Callable[[Float32Array], Float32Array] | None = None
+        self._trim = True
         self._dim: int | None = None
-        self._explicit = weights_file is not None
+        #: "openvino" once a tower runs compiled, "torch" when it runs eagerly
+        self.runtime = "torch"
         # Resolved now, so an absent CLIP is known before any work starts.
         self.weights_path: Path | None = resolve_weights(
-            model_name, pretrained, weights_file, allow_download=allow_download
+            model_name,
+            pretrained,
+            weights_file,
+            allow_download=allow_download,
+            cache_dir=weights_cache,
         )
         self._content_id: str | None = None
 
@@ -250,8 +456,8 @@ class ClipEmbedder:
     def _for_tests(cls, model: Any, preprocess: Any, tokenizer: Any, dim: int) -> ClipEmbedder:
         """An embedder around an injected open_clip model (e.g. random, pretrained=None).
 
-        For tests of shapes and storage only: the CLI and the app never call this.
-        """
+        For unit tests of shapes and storage only: the CLI and the app never call this.
+        `preprocess` is unused (images go through the shared `Preprocess` spec)."""
         self = cls.__new__(cls)
         self.model_name = "test"
         self.pretrained = "random-init"
@@ -260,224 +466,298 @@ class ClipEmbedder:
         self.batch_size = 8
         self.device = pick(None)
         self._gpu = None
+        self._text_gpu = None
         self._cache_dir = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._model = model.eval()
         self._place()
-        self._preprocess = preprocess
-        self._tokenizer = tokenizer
-        self._vocab = None
+        cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", {}) or {}
+        size = cfg.get("size", 224)
+        self._facts = {
+            "mean": list(cfg.get("mean", OPENAI_MEAN)),
+            "std": list(cfg.get("std", OPENAI_STD)),
+            "size": int(size[0] if isinstance(size, (tuple, list)) else size),
+        }
+        self._tokenizer = lambda texts: np.asarray(tokenizer(texts).numpy(), np.int64)
+        self._text = None
+        self._image = None
+        self._trim = True
         self._dim = dim
-        self._explicit = False
+        self.runtime = "torch"
         self.weights_path = None
         self._content_id = "clip:test:random-init"
         return self
 
-    def _build(self) -> None:
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def content_id(self) -> str:
+        if self._content_id is None:
+            assert self.weights_path is not None
+            self._content_id = clip_content_id(self.model_name, self.weights_path, self._cache_dir)
+        return self._content_id
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        """The tag's preprocessing and activation, and the input size (see `tag_facts`)."""
+        if self._facts is None:
+            self._facts = tag_facts(self.model_name, self.pretrained)
+        return self._facts
+
+    def record(self) -> dict[str, Any]:
+        """What an index keeps of this model, so a later process needs no open_clip import."""
+        return {
+            "model": self.model_name,
+            "pretrained": self.pretrained,
+            "weights_file": str(self.weights_path) if self.weights_path else None,
+            "facts": self.facts,
+        }
+
+    def matches_legacy(self, recorded: str) -> bool:
+        """Whether an identity of the older, tag-named form (`clip:ViT-B-32:laion2b_s34b_b79k`)
+        names these weights: same architecture and tag, and the weights are the ones the tag
+        finds in open_clip's caches (not some other file passed under the tag's name)."""
+        legacy = legacy_tag_id(recorded)
+        if legacy != (self.model_name, self.pretrained) or self.weights_path is None:
+            return False
+        try:
+            cached = cached_weights(self.model_name, self.pretrained)
+        except ClipUnavailable:
+            return False
+        return cached is not None and os.path.samefile(cached, self.weights_path)
+
+    def tag_vocabulary(self) -> tuple[list[str], Float32Array]:
+        """The 1000 ImageNet class names and their prompted text vectors (for reports; the
+        index keeps its own tag vocabulary's vectors in the words collection)."""
+        from model.vocab.words import imagenet_class_names
+
+        names = imagenet_class_names()
+        return names, self.embed_texts(names)
+
+    # ------------------------------------------------------------------ building
+
+    def _build(self) -> Any:
+        """The PyTorch model (both towers), loaded once."""
         with self._lock:
             if self._model is not None:
-                return
-            import open_clip
-
+                return self._model
             assert self.weights_path is not None  # only _for_tests builds without weights
             try:
-                # The tag's preprocessing and activation; an explicit file may have no tag.
-                cfg = _pretrained_cfg(self.model_name, self.pretrained)
-            except ClipUnavailable:
-                if not self._explicit:
-                    raise
-                cfg = {}
-            force_pre = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg} or None
-            try:
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    self.model_name,
-                    pretrained=str(self.weights_path),
-                    force_quick_gelu=bool(cfg.get("quick_gelu", False)),
-                    force_preprocess_cfg=force_pre,
-                    weights_only=True,
-                )
+                model = load_open_clip(self.model_name, self.weights_path, self.facts)
             except Exception as e:  # noqa: BLE001 - bad or mismatched files
                 raise ClipUnavailable(
                     f"clip absent: cannot load {self.weights_path} as {self.model_name} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                    f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
                 ) from e
-            model.eval()
-            self._preprocess = preprocess
-            self._tokenizer = open_clip.get_tokenizer(self.model_name)
             self._dim = _output_dim(model)
             self._model = model
             self._place()
+            return model
 
     def _place(self) -> None:
         """Move the towers to a GPU device (channels_last, checked mixed precision)."""
         if not self.device.is_cuda:
             return
+        import torch
+
         prepare(self.device)
         self._model.to(self.device.torch_name, memory_format=torch.channels_last)
         self._gpu = GpuRunner(self.device, f"clip {self.model_name}")
 
+    def _compiled(self, tower: str, make: Callable[[], tuple[Any, Any, Any]]) -> Any:
+        """Tower `tower` compiled by OpenVINO, read from the cache when there (no model is
+        built then), else converted from `make()` = (module, example input, dynamic shape)
+        and cached. None where the runtime is torch, bf16 is not native here, the model is a
+        test model, or compilation failed."""
+        from model import fastpath
+
+        prec = "bf16" if self.precision == "bf16" else "fp32"
+        if self.device.is_cuda or not fastpath.takes_fast_path(prec):
+            return None
+        if self.pretrained == "random-init" and self.weights_path is None:
+            return None  # an injected test model: nothing to cache it by
+        key = fastpath.cache_key([self.content_id, tower, "trimmed-text-v1"])
+        name = f"clip-{self.model_name}-{tower}"
+        return fastpath.try_compile_lazy(
+            make,
+            what=f"clip {tower} tower",
+            name=name,
+            key=key,
+            precision=prec,
+            cache_dir=self._cache_dir,
+        )
+
+    def _text_encoder(self) -> Callable[[TokenArray], Float32Array]:
+        with self._lock:
+            if self._text is not None:
+                return self._text
+
+            def make() -> tuple[Any, Any, Any]:
+                import torch
+
+                tower, _ = _text_tower(self._build())
+                return tower, torch.ones((2, 8), dtype=torch.long), [(-1, -1)]
+
+            compiled = self._compiled("text", make)
+            if compiled is not None:
+                self.runtime = "openvino"
+                self._text = compiled
+                return compiled
+            import torch
+
+            model = self._build()
+            tower, self._trim = _text_tower(model)
+
+            @torch.inference_mode()
+            def run(tokens: TokenArray) -> Float32Array:
+                t = torch.from_numpy(np.ascontiguousarray(tokens))
+                if self._gpu is not None:
+                    if self._text_gpu is None:
+                        self._text_gpu = GpuRunner(self.device, f"clip {self.model_name} text")
+                    f = self._text_gpu(tower, to_device(t, self.device))
+                    return np.asarray(f.float().cpu().numpy(), np.float32)
+                with self._autocast():
+                    f = tower(t)
+                return np.asarray(f.float().numpy(), np.float32)
+
+            self._text = run
+            return run
+
+    def _image_encoder(self) -> Callable[[Float32Array], Float32Array]:
+        with self._lock:
+            if self._image is not None:
+                return self._image
+            size = int(self.facts.get("size", 224))
+
+            def make() -> tuple[Any, Any, Any]:
+                import torch
+
+                visual = self._build().visual
+                return visual, torch.zeros((1, 3, size, size)), [(-1, 3, size, size)]
+
+            compiled = self._compiled("visual", make)
+            if compiled is not None:
+                self.runtime = "openvino"
+                self._image = compiled
+                return compiled
+            import torch
+
+            model = self._build()
+
+            @torch.inference_mode()
+            def run(x: Any) -> Float32Array:
+                if self._gpu is not None:
+                    xg = to_device(x, self.device).contiguous(memory_format=torch.channels_last)
+                    f = self._gpu(model.encode_image, xg)
+                    return np.asarray(f.float().cpu().numpy(), np.float32)
+                t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+                with self._autocast():
+                    f = model.encode_image(t)
+                return np.asarray(f.float().numpy(), np.float32)
+
+            self._image = run
+            return run
+
+    def _tokenize(self, texts: list[str]) -> TokenArray:
+        """Token ids (N, L): the 77-token context, cut after the longest prompt's end-of-text
+        token where the text tower allows it."""
+        if self._tokenizer is None:
+            self._tokenizer = _load_tokenizer(self.model_name)
+        tokens = self._tokenizer(texts)
+        if self._trim and len(tokens):
+            last = int(tokens.argmax(axis=1).max()) + 1  # the end-of-text id is the largest
+            tokens = tokens[:, :last]
+        return np.ascontiguousarray(tokens, dtype=np.int64)
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    # ------------------------------------------------------------------ embedding
+
     @property
     def dim(self) -> int:
         if self._dim is None:
-            self._build()
-        if self._dim is None:
-            self._dim = int(self.embed_texts(["photo"]).shape[1])
+            emb = (model_config(self.model_name) or {}).get("embed_dim")
+            self._dim = int(emb) if emb else int(self.embed_texts(["photo"]).shape[1])
         return self._dim
 
     @property
-    def content_id(self) -> str:
-        if self._content_id is None:
-            if self._explicit and self.weights_path is not None:
-                self._content_id = f"clip:{self.model_name}:{file_id(self.weights_path)}"
-            else:
-                self._content_id = f"clip:{self.model_name}:{self.pretrained}"
-        return self._content_id
+    def preprocess(self) -> Preprocess:
+        """The image tower's input as a shared preprocessing spec, for ingest and queries.
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
-
-    #: "openvino" once the image tower is compiled, "torch" when it runs eagerly
-    runtime = "torch"
-    #: the input shape (C, H, W) the image tower was compiled for (None: not tried yet)
-    _visual_shape: tuple[int, ...] | None = None
-    _visual: Any = None
-
-    def _compiled_visual(self, shape: tuple[int, ...]) -> Any:
-        """The image tower compiled by OpenVINO (the fast path), built on first use; None
-        where the runtime is torch, bf16 cannot run natively, or compilation failed."""
-        from model import fastpath
-
-        if self._visual_shape is not None:
-            return self._visual if tuple(shape[1:]) == self._visual_shape else None
-        self._visual_shape = tuple(shape[1:])
-        prec = "bf16" if self.precision == "bf16" else "fp32"
-        if not fastpath.takes_fast_path(prec):
-            return None
-        # random test weights are never written to the cache
-        key = None if self.pretrained == "random-init" else f"{self.content_id}:visual"
-        self._visual = fastpath.try_compile_module(
-            self._model.visual,
-            (1, *shape[1:]),
-            what="clip image tower",
-            name=f"clip-{self.model_name}",
-            key=None if key is None else fastpath.cache_key([key]),
-            precision=prec,
-        )
-        if self._visual is not None:
-            self.runtime = "openvino"
-        return self._visual
-
-    @torch.inference_mode()
-    def _encode_images(self, x: torch.Tensor) -> Float32Array:
-        if self._gpu is not None:
-            xg = to_device(x, self.device).contiguous(memory_format=torch.channels_last)
-            return np.asarray(self._gpu(self._model.encode_image, xg).cpu().numpy(), np.float32)
-        compiled = self._compiled_visual(tuple(x.shape)) if len(x) else None
-        if compiled is not None:
-            return np.asarray(compiled(x.numpy()), dtype=np.float32)
-        with self._autocast():
-            f = self._model.encode_image(x)
-        return np.asarray(f.float().numpy(), dtype=np.float32)
+        open_clip resizes the short side to the input size and center-crops (the tags'
+        `shortest` mode) with bicubic filtering; this spec does the same with ingest's
+        bilinear filtering, a difference far below what changes a ranking, and one that
+        query and index share. Mean and std are the tag's own."""
+        f = self.facts
+        size = int(f.get("size", 224))
+        mean = tuple(float(x) for x in f.get("mean", OPENAI_MEAN))
+        std = tuple(float(x) for x in f.get("std", OPENAI_STD))
+        return Preprocess(size, size, mean=mean, std=std)  # type: ignore[arg-type]
 
     def embed_images(self, images: Sequence[Image.Image]) -> Float32Array:
-        self._build()
-        assert self._preprocess is not None
         if not images:
             return np.zeros((0, self.dim), np.float32)
+        spec = self.preprocess
         out = []
         for s in range(0, len(images), self.batch_size):
-            x = torch.stack(
-                [self._preprocess(im.convert("RGB")) for im in images[s : s + self.batch_size]]
+            batch = np.stack(
+                [to_array(im.convert("RGB"), spec) for im in images[s : s + self.batch_size]]
             )
-            out.append(self._encode_images(x))
+            out.append(self._image_encoder()(batch))
         return unit(np.concatenate(out))
-
-    @torch.inference_mode()
-    def _encode_prompts(self, prompts: list[str]) -> Float32Array:
-        assert self._tokenizer is not None
-        out = []
-        for s in range(0, len(prompts), 256):
-            tokens = self._tokenizer(prompts[s : s + 256])
-            if self._gpu is not None:  # text: same autocast, checked by its own runner
-                f = self._text_runner()(self._model.encode_text, to_device(tokens, self.device))
-                out.append(f.cpu().numpy())
-                continue
-            with self._autocast():
-                f = self._model.encode_text(tokens)
-            out.append(f.float().numpy())
-        return unit(np.concatenate(out))
-
-    _text_gpu: GpuRunner | None = None
-
-    def _text_runner(self) -> GpuRunner:
-        if self._text_gpu is None:
-            self._text_gpu = GpuRunner(self.device, f"clip {self.model_name} text")
-        return self._text_gpu
-
-    def embed_texts(self, texts: Sequence[str]) -> Float32Array:
-        """Each text through the prompt templates, averaged over templates, unit-norm."""
-        self._build()
-        if not texts:
-            return np.zeros((0, self._dim or 0), np.float32)
-        prompts = [t.format(x.strip()) for x in texts for t in self.templates]
-        enc = self._encode_prompts(prompts).reshape(len(texts), len(self.templates), -1)
-        return unit(enc.mean(axis=1))
-
-    @property
-    def preprocess(self) -> Preprocess:
-        """The image tower's input as a shared preprocessing spec, for batched ingest.
-
-        open_clip resizes the short side to the input size with bicubic filtering and
-        center-crops; ingest's loader uses bilinear filtering, a difference far below what
-        changes a ranking. Mean and std are the model's own.
-        """
-        self._build()
-        cfg = getattr(getattr(self._model, "visual", None), "preprocess_cfg", {}) or {}
-        size = cfg.get("size", 224)
-        size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        mean = tuple(float(x) for x in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
-        std = tuple(float(x) for x in cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
-        return Preprocess(size, size, mean=mean, std=std)  # type: ignore[arg-type]
 
     def embed_arrays(self, arrays: Float32Array) -> Float32Array:
         """(N, 3, H, W) arrays preprocessed with `preprocess` -> (N, D) unit vectors."""
-        self._build()
-        if isinstance(arrays, torch.Tensor):  # already on the GPU (the CUDA loader)
-            return unit(self._encode_images(arrays))
-        return unit(self._encode_images(torch.from_numpy(np.ascontiguousarray(arrays))))
+        encode = self._image_encoder()
+        if not isinstance(arrays, np.ndarray):  # a tensor already on the GPU (CUDA loader)
+            return unit(encode(arrays))
+        return unit(encode(np.ascontiguousarray(arrays, dtype=np.float32)))
 
-    def tag(self, vector: Float32Array, k: int) -> list[tuple[str, float]]:
-        """The `k` ImageNet class names nearest to an image vector."""
-        names, vecs = self.tag_vocabulary()
-        scores = vecs @ np.asarray(vector, dtype=np.float32)
-        top = np.argsort(-scores)[:k]
-        return [(names[i], float(scores[i])) for i in top]
+    def encode_prompts(self, prompts: Sequence[str], progress: Any = None) -> Float32Array:
+        """Each prompt through the text tower as it is, unit-norm; prompts of like length
+        are batched together (`progress`, a tqdm bar, is advanced per prompt)."""
+        if not prompts:
+            return np.zeros((0, self.dim), np.float32)
+        encode = self._text_encoder()
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out = np.zeros((len(prompts), 0), np.float32)
+        for s in range(0, len(order), 128):
+            idx = order[s : s + 128]
+            feats = encode(self._tokenize([prompts[i] for i in idx]))
+            if out.shape[1] == 0:
+                out = np.zeros((len(prompts), feats.shape[1]), np.float32)
+            out[idx] = feats
+            if progress is not None:
+                progress.update(len(idx))
+        return unit(out)
 
-    def tag_vocabulary(self) -> tuple[list[str], Float32Array]:
-        """The 1000 ImageNet class names and their prompted text vectors; cached on disk
-        (under the cache folder, keyed by the model's content id) when one is given."""
-        if self._vocab is not None:
-            return self._vocab
-        names = imagenet_class_names()
-        cache = None
-        if self._cache_dir is not None:
-            key = hashlib.sha256(
-                f"{self.content_id}|{'|'.join(self.templates)}".encode()
-            ).hexdigest()[:16]
-            cache = Path(self._cache_dir) / "clip-vocab" / f"{key}.npy"
-            if cache.is_file():
-                try:
-                    vecs = np.load(cache, allow_pickle=False).astype(np.float32)
-                    if vecs.shape[0] == len(names):
-                        self._vocab = (names, vecs)
-                        return self._vocab
-                except (OSError, ValueError) as e:
-                    log.warning("ignoring unreadable clip vocabulary cache %s: %s", cache, e)
-        vecs = self.embed_texts(names)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npy")
-            np.save(tmp, vecs, allow_pickle=False)
-            os.replace(tmp, cache)
-        self._vocab = (names, vecs)
-        return self._vocab
+    def embed_texts(self, texts: Sequence[str], progress: Any = None) -> Float32Array:
+        """Each text through the prompt templates, averaged over templates, unit-norm."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        prompts = [t.format(x.strip()) for x in texts for t in self.templates]
+        enc = self.encode_prompts(prompts, progress).reshape(len(texts), len(self.templates), -1)
+        return unit(enc.mean(axis=1))
+
+
+def _load_tokenizer(model_name: str) -> Callable[[list[str]], TokenArray]:
+    """open_clip's tokenizer for `model_name`, as numpy ids (N, 77).
+
+    CLIP's own BPE (every architecture whose config names no Hugging Face tokenizer) runs
+    from open_clip's merge table without importing torch or open_clip (`clip_bpe`: seconds
+    saved per process); any other tokenizer goes through `open_clip.get_tokenizer`."""
+    text_cfg = (model_config(model_name) or {}).get("text_cfg") or {}
+    context = int(text_cfg.get("context_length", 77))
+    root = _open_clip_dir()
+    merges = root / "bpe_simple_vocab_16e6.txt.gz" if root is not None else None
+    if not text_cfg.get("hf_tokenizer_name") and merges is not None and merges.is_file():
+        from model.embedders.clip_bpe import ClipBPE
+
+        return ClipBPE(merges, context)
+    import open_clip
+
+    tok = open_clip.get_tokenizer(model_name)
+    return lambda texts: np.asarray(tok(texts).numpy(), dtype=np.int64)

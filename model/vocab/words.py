@@ -229,9 +229,11 @@ def load_words(name_or_path: str = DEFAULT_WORDS) -> WordVectors:
     if "/" in name_or_path or name_or_path.endswith((".txt", ".bin", ".gz")):
         raise WordsError(f"word vector file not found: {name_or_path}")
     try:
-        import gensim.downloader as api
+        loaded = _downloaded(name_or_path)
+        if loaded is None:
+            import gensim.downloader as api
 
-        loaded = api.load(name_or_path)
+            loaded = api.load(name_or_path)
     except Exception as e:  # noqa: BLE001 - network errors, unknown names
         raise WordsError(
             f"cannot load word vectors {name_or_path!r} with gensim's downloader ({e}). "
@@ -241,6 +243,25 @@ def load_words(name_or_path: str = DEFAULT_WORDS) -> WordVectors:
     if not isinstance(loaded, KeyedVectors):
         raise WordsError(f"{name_or_path!r} is not a word-vector model")
     return WordVectors(loaded, name_or_path)
+
+
+def _downloaded(name: str) -> object | None:
+    """A gensim downloader model already in gensim's data folder (`$GENSIM_DATA_DIR`, else
+    `~/gensim-data`), loaded as `gensim.downloader.load` loads it (the folder's own
+    `load_data()`), but without first asking the network for gensim's catalogue: offline,
+    that request fails with a logged traceback, or hangs where the network drops packets.
+    None when the folder does not hold it."""
+    import importlib
+    import sys
+
+    from gensim.downloader import BASE_DIR
+
+    folder = Path(BASE_DIR) / name
+    if not (folder / "__init__.py").is_file() or not any(folder.glob(f"{name}*")):
+        return None
+    if BASE_DIR not in sys.path:
+        sys.path.insert(0, BASE_DIR)
+    return importlib.import_module(name).load_data()
 
 
 def alphabetic_vocabulary(words: WordVectors, top: int | None) -> Iterable[tuple[int, str]]:
