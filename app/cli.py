@@ -260,6 +260,8 @@ def build_embedders(
         [n for n in wanted if n != "dup"],
         checkpoint=settings.checkpoint,
         weights=args.weights,
+        clip_model=getattr(args, "clip_model", "ViT-B-32"),
+        clip_pretrained=getattr(args, "clip_pretrained", "laion2b_s34b_b79k"),
         clip_weights=Path(clip_weights) if clip_weights else None,
         precision=settings.precision,
         cache_dir=_cache_dir(args),
@@ -795,10 +797,24 @@ def build_parser() -> argparse.ArgumentParser:
         "run; dup is the near-duplicate vector that `devise duplicates` compares)",
     )
     i.add_argument(
+        "--clip-model",
+        default="ViT-B-32",
+        help="open_clip architecture for clip (default ViT-B-32)",
+    )
+    i.add_argument(
+        "--clip-pretrained",
+        default="laion2b_s34b_b79k",
+        help="open_clip pretrained tag for clip: its weights are looked for in open_clip's "
+        "caches (the Hugging Face hub cache, ~/.cache/clip), else downloaded; its "
+        "preprocessing and activation (quick-GELU for OpenAI's) are used with --clip-weights "
+        "too (default laion2b_s34b_b79k)",
+    )
+    i.add_argument(
         "--clip-weights",
         default=None,
         metavar="FILE",
-        help="open_clip weights file for clip (else the local cache, or a download)",
+        help="open_clip weights file for clip (else the tag's weights in the local caches, or "
+        "a download); the index is tied to the weights' content, not to where they were found",
     )
     i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     i.add_argument("--prune", action="store_true", help="delete points whose files are gone")
