@@ -236,18 +236,19 @@ def try_compile_lazy(
     *,
     what: str,
     name: str,
-    key: str,
+    key: str | None,
     precision: str,
     cache_dir: Path | None = None,
 ) -> CompiledModel | None:
     """A model compiled from the on-disk cache when it is there, without calling `make`;
     otherwise `make()` gives (torch module, example input, input shapes with -1 for the
-    dynamic dimensions), which is converted and cached. None after one warning naming
-    `what` when anything fails: the caller runs the model in PyTorch instead."""
-    xml = ir_path(name, key, cache_dir)
+    dynamic dimensions), which is converted and cached (`key` None: converted every time).
+    None after one warning naming `what` when anything fails: the caller runs the model in
+    PyTorch instead."""
+    xml = ir_path(name, key, cache_dir) if key is not None else None
     try:
         model = None
-        if xml.is_file() and xml.with_suffix(".bin").is_file():
+        if xml is not None and xml.is_file() and xml.with_suffix(".bin").is_file():
             try:
                 model = _core().read_model(str(xml))
             except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
@@ -265,7 +266,8 @@ def try_compile_lazy(
                 # names alone (`___torch_mangle_N`), with identical graphs and outputs
                 traced = torch.jit.trace(module, example, check_trace=False)
                 model = ov.convert_model(traced, input=shapes)
-            _save(model, xml)
+            if xml is not None:
+                _save(model, xml)
         return _compile(model, precision)
     except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
         detail = str(e).splitlines()[0][:200] if str(e) else ""

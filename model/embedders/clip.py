@@ -567,16 +567,16 @@ class ClipEmbedder:
     def _compiled(self, tower: str, make: Callable[[], tuple[Any, Any, Any]]) -> Any:
         """Tower `tower` compiled by OpenVINO, read from the cache when there (no model is
         built then), else converted from `make()` = (module, example input, dynamic shape)
-        and cached. None where the runtime is torch, bf16 is not native here, the model is a
-        test model, or compilation failed."""
+        and cached. None where the runtime is torch, bf16 is not native here, or compilation
+        failed."""
         from model import fastpath
 
         prec = "bf16" if self.precision == "bf16" else "fp32"
         if self.device.is_cuda or not fastpath.takes_fast_path(prec):
             return None
-        if self.pretrained == "random-init" and self.weights_path is None:
-            return None  # an injected test model: nothing to cache it by
-        key = fastpath.cache_key([self.content_id, tower, "trimmed-text-v1"])
+        # an injected test model is converted every time: nothing names its weights
+        test_model = self.pretrained == "random-init" and self.weights_path is None
+        key = None if test_model else fastpath.cache_key([self.content_id, tower, "trimmed-v1"])
         name = f"clip-{self.model_name}-{tower}"
         return fastpath.try_compile_lazy(
             make,
