@@ -30,7 +30,7 @@ from app.duplicates import (
     scan,
 )
 from app.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of, parse_when
-from app.query import QueryError, Term, parse_query, reading
+from app.query import QueryError, Reading, Term, parse_query, read_query, reading
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -133,7 +133,8 @@ class Answer:
     #: empty (a filter that can never match), or how a concept query was answered ("no
     #: image indexed under 'giraffe'; ranked by word-vector similarity instead")
     note: str | None = None
-    #: how a text query's terms were read ("dog ×2, beach, −people"); in JSON when set
+    #: how a text query's terms were read ("dog ×2 · beach · −people", and "(ignored: a,
+    #: on)" when it dropped function words); in JSON when set
     query: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -722,7 +723,8 @@ class SearchService:
         labels less gamma (calibrated stacking, `zero_shot_bias` as for tags)."""
         validate(k, min_score)
         t0 = time.perf_counter()
-        terms = self.query_terms(text, image)
+        read = self.read(text, model, image)
+        terms = read.terms
         vector, indexed, used = self._compound(terms, model, image)
         flt = self._filter(labels, folder, min_score, photo)
         # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
@@ -743,7 +745,7 @@ class SearchService:
             hits = self._images(model, vector, k + len(indexed), flt)
             results = [r for r in hits if r.path not in indexed][:k]
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
-        answer.query = note or reading(used)
+        answer.query = note or read.line(used)
         if len(used) < len(terms):
             dropped = [t for t in terms if t not in used]
             answer.query += f" (ignored, no known word: {reading(dropped)})"
@@ -751,6 +753,31 @@ class SearchService:
         if notes:
             answer.note = "; ".join(([answer.note] if answer.note else []) + notes)
         return answer
+
+    def read(self, text: str, model: str, image: ImageInput | None = None) -> Reading:
+        """A text query read as a person means it (app.query's `read_query`): function words
+        dropped, the vocabulary's phrases joined, plurals folded. CLIP reads language
+        itself, so a plain sentence (no weight, negation or image) reaches it unchanged."""
+        terms = self.query_terms(text, image)
+        if model == "clip":
+            if all(t.text is not None and t.weight == 1 for t in terms) and len(terms) > 1:
+                return Reading([Term(text=" ".join(text.split()))])
+            return Reading(terms)
+        return read_query(terms, self._phrase_test(model))
+
+    def _phrase_test(self, model: str) -> Callable[[str], bool]:
+        """Whether a lower-case word or phrase names one concept or label of the vocabulary:
+        ImageNet's labels, their hypernyms and lemmas, and the model's own labels."""
+        from model.vocab.hierarchy import imagenet_concepts
+
+        cs = imagenet_concepts()
+        own: dict[str, tuple[str, str]] = {}
+        if model != "conse":
+            try:
+                own = self._model_concepts(model)
+            except (ServiceError, ValueError, OSError) as e:
+                log.info("phrases of %s's own labels not read: %s", model, e)
+        return lambda text: text in own or cs.find(text) is not None
 
     def _own_label(self, text: str) -> int | None:
         """The index of the devise checkpoint's label that a whole query names, else None
