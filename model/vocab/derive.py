@@ -222,11 +222,15 @@ def main() -> None:
     )
     from gensim.parsing.preprocessing import STOPWORDS
 
-    lexicon = derive_lexicon(root, dict(kv.key_to_index), frozenset(STOPWORDS))
+    from model.vocab.hierarchy import imagenet_concepts
+
+    shown = {c.key: {c.plain.lower(), *c.aliases} for c in imagenet_concepts().concepts if c.shown}
+    lexicon = derive_lexicon(root, dict(kv.key_to_index), frozenset(STOPWORDS), shown)
     args.lexicon.write_text(json.dumps(lexicon, indent=0, sort_keys=True) + "\n")
     print(
         f"wrote {args.lexicon}: {len(lexicon['stopwords'])} stop words, "
-        f"{len(lexicon['inflections'])} inflected forms"
+        f"{len(lexicon['inflections'])} inflected forms, {len(lexicon['kind_of'])} nouns read as "
+        "a kind of a concept"
     )
 
 

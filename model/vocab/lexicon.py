@@ -10,6 +10,11 @@
   lemma of its own and more frequent, or used in WordNet's tagged texts, stays (`glasses`,
   `jeans`, `news`).
 
+- `kind_of(word)`: for a frequent noun that names no ImageNet concept, the nearest concept
+  above its commonest WordNet sense, at most `MAX_HOPS` hypernym links up (`astronaut`,
+  `man`, `woman` -> person; `puppy` -> dog), by wnid; never for a name (`Eiffel`). Conse
+  scores it by that concept's mass, or its own cosine where higher: a weaker reading.
+
 `python -m model.vocab.derive` writes the file from WordNet 3.0 (Debian `wordnet-base`);
 WordNet is not needed at run time. WordNet's licence is in WORDNET_LICENSE beside it.
 """
@@ -24,6 +29,8 @@ from typing import Any
 LEXICON_FILE = Path(__file__).with_name("lexicon.json")
 #: words folded: the frequent ones, as many as the index loads by default
 MAX_FOLD_RANK = 100_000
+#: how far up WordNet a word may be read as a concept: girl -> woman -> adult -> person is 3
+MAX_HOPS = 3
 # WordNet's morphy detachment rules for nouns (suffix, replacement), in its order
 NOUN_RULES = (
     ("s", ""),
@@ -56,6 +63,12 @@ def noun_lemma(word: str) -> str:
     return str(_data()["inflections"].get(word.lower(), word))
 
 
+def kind_of(word: str) -> str | None:
+    """The wnid of the nearest ImageNet concept above `word`'s commonest noun sense, or None."""
+    found = _data().get("kind_of", {}).get(word.lower())
+    return str(found) if found else None
+
+
 def _read_index(root: Path) -> dict[str, int]:
     """WordNet noun lemma -> its tagged-sense count (how often WordNet's corpus used it)."""
     out: dict[str, int] = {}
@@ -79,9 +92,15 @@ def _read_exceptions(root: Path) -> dict[str, str]:
     return out
 
 
-def derive_lexicon(root: Path, ranks: dict[str, int], stopwords: frozenset[str]) -> dict[str, Any]:
-    """The shipped data: the stop-word list and {inflected form: noun lemma} for the frequent
-    alphabetic words of `ranks` (word -> frequency rank)."""
+def derive_lexicon(
+    root: Path,
+    ranks: dict[str, int],
+    stopwords: frozenset[str],
+    concepts: dict[str, set[str]] | None = None,
+) -> dict[str, Any]:
+    """The shipped data: the stop-word list, {inflected form: noun lemma} for the frequent
+    alphabetic words of `ranks` (word -> frequency rank), and {noun: concept wnid} for the
+    frequent nouns that name no concept, given `concepts` (wnid -> its names, lower-case)."""
     lemmas = _read_index(root)
     exceptions = _read_exceptions(root)
 
@@ -113,9 +132,44 @@ def derive_lexicon(root: Path, ranks: dict[str, int], stopwords: frozenset[str])
                 break
             inflections[word] = cand
             break
+    kinds = _kinds(root, ranks, lemmas, concepts or {}) if concepts else {}
     return {
         "source": "WordNet 3.0 (see WORDNET_LICENSE) and gensim's STOPWORDS",
+        "kind_of": kinds,
         "max_fold_rank": MAX_FOLD_RANK,
         "stopwords": sorted(stopwords),
         "inflections": dict(sorted(inflections.items())),
     }
+
+
+def _kinds(
+    root: Path, ranks: dict[str, int], lemmas: dict[str, int], concepts: dict[str, set[str]]
+) -> dict[str, str]:
+    from model.vocab.wordnet import WordNet
+
+    named = {name for names in concepts.values() for name in names}
+    wn = WordNet(root)
+    out: dict[str, str] = {}
+    try:
+        for word, r in ranks.items():
+            if r >= MAX_FOLD_RANK or not word.isalpha() or word in named or word not in lemmas:
+                continue
+            senses = wn.senses(word)
+            if not senses:
+                continue
+            # a name (Eiffel, Gretzky) is a person's or a place's, not a kind of thing
+            spelled = [x for x in wn.synset(senses[0]).lemmas if x.lower() == word]
+            if not spelled or spelled[0][:1].isupper():
+                continue
+            layer, seen = [senses[0]], {senses[0]}
+            for _ in range(MAX_HOPS):
+                nxt = [h for o in layer for h in wn.synset(o).hypernyms if h not in seen]
+                hit = next((f"n{h:08d}" for h in nxt if f"n{h:08d}" in concepts), None)
+                if hit is not None:
+                    out[word] = hit
+                    break
+                seen.update(nxt)
+                layer = nxt
+    finally:
+        wn.close()
+    return dict(sorted(out.items()))
