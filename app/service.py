@@ -734,8 +734,9 @@ class SearchService:
         flt = self._filter(labels, folder, min_score, photo)
         # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
         # by the probability mass under the concept, not by the word's vector
-        plain = all(t.text is not None and t.weight == 1 for t in terms)
-        whole = " ".join(t.text or "" for t in terms)
+        # (an unknown word beside it is left out, and named)
+        plain = all(t.text is not None and t.weight == 1 for t in used)
+        whole = " ".join(t.text or "" for t in used)
         concept = self._concept_query(whole) if plain and model == "conse" else None
         label = self._own_label(whole) if plain and model == "devise" else None
         note = ""
@@ -757,6 +758,8 @@ class SearchService:
         if len(used) < len(terms):
             dropped = [t for t in terms if t not in used]
             answer.query += f" (ignored, no known word: {reading(dropped)})"
+            # never silently: a term the index cannot answer is named in the note too
+            notes.append(f"not in the vocabulary, left out: {reading(dropped)}")
         answer = self._explain_empty(answer, labels, folder, flt)
         if notes:
             answer.note = "; ".join(([answer.note] if answer.note else []) + notes)

@@ -212,3 +212,12 @@ def test_the_shipped_lexicon_is_derived_from_wordnet(glove: WordVectors) -> None
     assert fresh["inflections"]["horses"] == "horse" and fresh["inflections"]["men"] == "man"
     assert fresh["inflections"]["people"] == "person"
     assert "glasses" not in fresh["inflections"]  # a lemma of its own
+
+
+def test_a_term_the_index_cannot_answer_is_named_in_the_note(
+    index: tuple[SearchService, Path],
+) -> None:
+    answer = index[0].search_text("a dog on the qqqzx", model="conse", k=3)
+    assert answer.query == "dog (ignored: a, on, the) (ignored, no known word: qqqzx)"
+    assert answer.note is not None and "not in the vocabulary, left out: qqqzx" in answer.note
+    assert {Path(r.path).stem for r in answer.results} & {"dog", "person"}
