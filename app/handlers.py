@@ -114,7 +114,8 @@ class PhotoArgs:
 
 
 def _read_as(answer: Answer, fallback: str) -> str:
-    """How the service read a query, for the status line: `dog ×2, beach, −people`."""
+    """How the service read a query, for the status line:
+    `dog ×2 · beach · −people (ignored: a, on)`."""
     return answer.query if answer.query else fallback
 
 

@@ -11,15 +11,26 @@ vector and the query into their weighted sum, normalised again.
 
 Whether a path names an existing file is the service's question: this module only decides
 what looks like a path (a slash, or an image file's suffix).
+
+`read_query` then reads the terms as a person means them (the service gives it what the
+vocabulary knows): function words are dropped (gensim's stop-word list), words that together
+name a phrase of the vocabulary become that phrase (`cup of coffee`, `big cat`, `German
+shepherd`), and plurals are folded to their lemma (`horses` -> horse, `people` -> person).
+`Reading.line()` says how, in one line: `dog · grass (ignored: a, on, the)`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from model.vocab.lexicon import NOUN_RULES, noun_lemma, stop_words
 
 MAX_WEIGHT = 100.0
+#: the longest run of typed words tried as one vocabulary phrase ("cup of coffee")
+MAX_PHRASE_WORDS = 4
+SEPARATOR = " · "
 _QUOTES = ("'", '"')
 # what makes a bare or quoted term an image path rather than words
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -142,11 +153,102 @@ def format_weight(weight: float) -> str:
 
 
 def reading(terms: Sequence[Term]) -> str:
-    """How the query was read, heaviest term first: `dog ×2, beach, −people`."""
+    """How the query was read, heaviest term first: `dog ×2 · beach · −people`."""
     ordered = sorted(terms, key=lambda t: -t.weight)  # stable: ties keep the typed order
     parts = []
     for t in ordered:
         sign = "−" if t.weight < 0 else ""
         times = "" if abs(t.weight) == 1 else f" ×{format_weight(t.weight)}"
         parts.append(f"{sign}{t.label()}{times}")
-    return ", ".join(parts)
+    return SEPARATOR.join(parts)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A query as read: its content terms (phrases joined, forms folded) and the function
+    words it dropped, as typed."""
+
+    terms: list[Term]
+    ignored: list[str] = field(default_factory=list)
+
+    def line(self, terms: Sequence[Term] | None = None) -> str:
+        """How it was read: `dog · grass (ignored: a, on, the)`; `terms` replaces the read
+        terms (the service drops the ones it cannot answer)."""
+        shown = reading(self.terms if terms is None else terms)
+        if self.ignored:
+            shown += f" (ignored: {', '.join(dict.fromkeys(self.ignored))})"
+        return shown
+
+
+def read_query(
+    terms: Sequence[Term],
+    is_phrase: Callable[[str], bool],
+    stop: frozenset[str] | None = None,
+    lemma: Callable[[str], str] = noun_lemma,
+) -> Reading:
+    """Read parsed terms as a person means them. `is_phrase(text)` says whether the
+    vocabulary answers a lower-case word or phrase as one concept or label.
+
+    Only plain words (unweighted, unquoted) are joined or dropped: a weighted or negated
+    word (`2:dog`, `-the`) is kept as typed, folded; a quoted phrase and an image are kept
+    whole. A stop word the vocabulary knows as a concept stays (`computer`). A query of
+    nothing but function words is kept as typed, so it still means something."""
+    stop = stop_words() if stop is None else stop
+    out: list[Term] = []
+    ignored: list[str] = []
+    run: list[str] = []
+
+    def fold(word: str) -> str:
+        low = word.lower()
+        if is_phrase(low):
+            return low
+        folded = lemma(low)
+        if folded != low:
+            return folded
+        # a form the shipped table leaves alone may still be a concept's plural (shoes)
+        for suffix, repl in NOUN_RULES:
+            if low.endswith(suffix) and len(low) > len(suffix):
+                cand = low[: len(low) - len(suffix)] + repl
+                if is_phrase(cand):
+                    return cand
+        return low
+
+    def flush() -> None:
+        i = 0
+        while i < len(run):
+            for n in range(min(MAX_PHRASE_WORDS, len(run) - i), 1, -1):
+                words = [w.lower() for w in run[i : i + n]]
+                found = next(
+                    (
+                        p
+                        for p in (" ".join(words), " ".join([*words[:-1], fold(words[-1])]))
+                        if is_phrase(p)
+                    ),
+                    None,
+                )
+                if found is not None:
+                    out.append(Term(text=found))
+                    i += n
+                    break
+            else:
+                word = run[i]
+                if word.lower() in stop and not is_phrase(word.lower()):
+                    ignored.append(word)
+                else:
+                    out.append(Term(text=fold(word)))
+                i += 1
+        run.clear()
+
+    for t in terms:
+        if t.text is not None and not t.is_image and t.weight == 1.0 and " " not in t.text:
+            run.append(t.text)
+            continue
+        flush()
+        if t.text is not None and not t.is_image and " " not in t.text:
+            out.append(Term(t.weight, text=fold(t.text)))
+        else:
+            out.append(t)
+    flush()
+    if not out:  # only function words: read them as typed rather than as nothing
+        return Reading(list(terms))
+    return Reading(out, ignored)

@@ -30,7 +30,7 @@ from app.duplicates import (
     scan,
 )
 from app.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of, parse_when
-from app.query import QueryError, Term, parse_query, reading
+from app.query import QueryError, Reading, Term, parse_query, read_query, reading
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -47,6 +47,9 @@ MODELS = ("devise", "conse", "clip")
 GENERALITY = ("specific", "general")
 # a concept query reads this many images under the concept before ordering them by mass
 CONCEPT_CANDIDATES = 500
+# a query of several terms on conse scores the images nearest each term's word vector (and
+# the concepts' images) by every term: this many per term
+JOINT_CANDIDATES = 300
 # A devise query that names one of the checkpoint's labels is re-ranked among this many
 # nearest images (at least 20 per result asked for): an unseen label's own images sit
 # further out by cosine than the seen labels' images (measured on the demo gallery: the
@@ -133,7 +136,8 @@ class Answer:
     #: empty (a filter that can never match), or how a concept query was answered ("no
     #: image indexed under 'giraffe'; ranked by word-vector similarity instead")
     note: str | None = None
-    #: how a text query's terms were read ("dog ×2, beach, −people"); in JSON when set
+    #: how a text query's terms were read ("dog ×2 · beach · −people", and "(ignored: a,
+    #: on)" when it dropped function words); in JSON when set
     query: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -211,6 +215,8 @@ class SearchService:
         self._lock = threading.Lock()
         self._concept_names: dict[str, dict[str, tuple[str, str]]] = {}
         self._vocabulary_lock = threading.Lock()
+        #: the constants of the joint ranking of several terms (app/ranking/joint.py)
+        self.joint_calibration: Any = None
         #: where one-line notices go (the CLI prints them to stderr); progress: show bars
         self.notify: Callable[[str], None] = notify or log.warning
         self.progress = progress
@@ -738,13 +744,15 @@ class SearchService:
         labels less gamma (calibrated stacking, `zero_shot_bias` as for tags)."""
         validate(k, min_score)
         t0 = time.perf_counter()
-        terms = self.query_terms(text, image)
+        read = self.read(text, model, image)
+        terms = read.terms
         vector, indexed, used = self._compound(terms, model, image)
         flt = self._filter(labels, folder, min_score, photo)
         # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
         # by the probability mass under the concept, not by the word's vector
-        plain = all(t.text is not None and t.weight == 1 for t in terms)
-        whole = " ".join(t.text or "" for t in terms)
+        # (an unknown word beside it is left out, and named)
+        plain = all(t.text is not None and t.weight == 1 for t in used)
+        whole = " ".join(t.text or "" for t in used)
         concept = self._concept_query(whole) if plain and model == "conse" else None
         label = self._own_label(whole) if plain and model == "devise" else None
         note = ""
@@ -755,18 +763,150 @@ class SearchService:
             notes += self._other_senses(whole, concept)
         elif label is not None:
             results, note = self._label_images(label, k, flt, zero_shot_bias)
+        elif model == "conse" and self._joins(used):
+            results, said = self._joint_images(used, vector, k, flt)
+            notes += said
         else:
             hits = self._images(model, vector, k + len(indexed), flt)
             results = [r for r in hits if r.path not in indexed][:k]
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
-        answer.query = note or reading(used)
+        answer.query = note or read.line(used)
         if len(used) < len(terms):
             dropped = [t for t in terms if t not in used]
             answer.query += f" (ignored, no known word: {reading(dropped)})"
+            # never silently: a term the index cannot answer is named in the note too
+            notes.append(f"not in the vocabulary, left out: {reading(dropped)}")
         answer = self._explain_empty(answer, labels, folder, flt)
         if notes:
             answer.note = "; ".join(([answer.note] if answer.note else []) + notes)
         return answer
+
+    def _joins(self, terms: Sequence[Term]) -> bool:
+        """Whether conse answers `terms` by the joint ranking: words only, at least one
+        positive, and more than one term or a weight; the index's points carry concepts."""
+        if any(t.is_image for t in terms) or not any(t.weight > 0 for t in terms):
+            return False
+        if len(terms) < 2 and all(t.weight == 1 for t in terms):
+            # one word: the joint ranking answers it only as a kind of a concept (astronaut)
+            if self._kind_of(terms[0].text or "") is None:
+                return False
+        first = next(iter(self.store.scroll_images(batch=1)), None)
+        return first is not None and "conse_top" in first.payload
+
+    def _kind_of(self, text: str) -> int | None:
+        """The ImageNet concept a noun that names none is a kind of (astronaut: person)."""
+        from model.vocab.hierarchy import imagenet_concepts
+        from model.vocab.lexicon import kind_of
+
+        if " " in text.strip() or imagenet_concepts().find(text) is not None:
+            return None
+        wnid = kind_of(text)
+        return imagenet_concepts().index(wnid) if wnid else None
+
+    def _joint_images(
+        self, terms: Sequence[Term], vector: Float32Array, k: int, flt: SearchFilter
+    ) -> tuple[list[ImageResult], list[str]]:
+        """Images for several terms on conse, ranked by app/ranking/joint.py: a soft AND of
+        each term's score (concept mass, a detector's score, or calibrated cosine), negated
+        terms demoting the photos that carry them. The candidates are every positive
+        concept's images and the images nearest each positive term and the whole query."""
+        from dataclasses import replace
+
+        from app.ranking import joint
+        from model.embedders.conse import top_probs
+        from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
+
+        cs = imagenet_concepts()
+        vectors, _ = self._phrase_vectors([t.text or "" for t in terms], "conse")
+        plain = replace(flt, min_score=None)
+        concepts = [cs.find(t.text or "") for t in terms]
+        notes: list[str] = []
+        kinds: set[int] = set()
+        for i, t in enumerate(terms):
+            if concepts[i] is None and (kind := self._kind_of(t.text or "")) is not None:
+                concepts[i] = kind
+                kinds.add(i)
+                notes.append(f"{t.text!r} read as a kind of {cs.concepts[kind].name}")
+        ids: dict[str, None] = {}
+        for t, c, v in zip(terms, concepts, vectors, strict=True):
+            if c is None or t.weight <= 0 or v is None:
+                continue
+            key = cs.concepts[c].key
+            for h in self.store.search_images(
+                "conse", v, CONCEPT_CANDIDATES, replace(plain, concepts=(key,))
+            ):
+                ids.setdefault(str(h.id), None)
+        queries = [v for t, v in zip(terms, vectors, strict=True) if t.weight > 0 and v is not None]
+        for hits in self.store.search_images_batch(
+            "conse", np.stack([vector, *queries]), JOINT_CANDIDATES, plain, with_payload=False
+        ):
+            for h in hits:
+                ids.setdefault(str(h.id), None)
+        records = [
+            r for r in self.store.retrieve_images(list(ids), ["conse"]) if "conse" in r.vectors
+        ]
+        if not records:
+            return [], notes
+        x = np.stack([np.asarray(r.vectors["conse"], np.float32) for r in records])
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        probs = np.stack([top_probs(r.payload.get("conse_top") or []) for r in records])
+        scored: list[joint.TermScores] = []
+        for i, (t, c, v) in enumerate(zip(terms, concepts, vectors, strict=True)):
+            cosine = x @ v if v is not None else np.zeros(len(records), np.float32)
+            mass = None
+            if c is not None:
+                mass = probs @ cs.members[c]
+                key = cs.concepts[c].key
+                detected = np.array(
+                    [float((r.payload.get("detected") or {}).get(key, 0.0)) for r in records],
+                    np.float32,
+                )
+                mass = np.maximum(mass, detected)
+                if float(mass.max(initial=0.0)) < MIN_MASS:
+                    notes.append(
+                        f"no image indexed under '{cs.concepts[c].name}': {t.text!r} scored by "
+                        "word-vector similarity instead, a weak cue"
+                    )
+                    mass = None
+            else:
+                notes.append(
+                    f"{t.text!r} names no concept: scored by word-vector similarity, a weak cue"
+                )
+            scored.append(
+                joint.TermScores(t.weight, cosine.astype(np.float32), mass, kind=i in kinds)
+            )
+        order, scores, _ = joint.rank(scored, self.joint_calibration or joint.DEFAULT)
+        results = [
+            ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
+            for i in order
+            if flt.min_score is None or scores[i] >= flt.min_score
+        ]
+        return results[:k], notes
+
+    def read(self, text: str, model: str, image: ImageInput | None = None) -> Reading:
+        """A text query read as a person means it (app.query's `read_query`): function words
+        dropped, the vocabulary's phrases joined, plurals folded. CLIP reads language
+        itself, so a plain sentence (no weight, negation or image) reaches it unchanged."""
+        terms = self.query_terms(text, image)
+        if model == "clip":
+            if all(t.text is not None and t.weight == 1 for t in terms) and len(terms) > 1:
+                return Reading([Term(text=" ".join(text.split()))])
+            return Reading(terms)
+        return read_query(terms, self._phrase_test(model))
+
+    def _phrase_test(self, model: str) -> Callable[[str], bool]:
+        """Whether a lower-case word or phrase names one concept or label of the vocabulary:
+        ImageNet's labels, their hypernyms and lemmas, and the model's own labels."""
+        from model.vocab.hierarchy import imagenet_concepts
+
+        cs = imagenet_concepts()
+        own: dict[str, tuple[str, str]] = {}
+        if model != "conse":
+            try:
+                own = self._model_concepts(model)
+            except (ServiceError, ValueError, OSError) as e:
+                log.info("phrases of %s's own labels not read: %s", model, e)
+        return lambda text: text in own or cs.find(text) is not None
 
     def _own_label(self, text: str) -> int | None:
         """The index of the devise checkpoint's label that a whole query names, else None

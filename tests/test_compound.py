@@ -124,12 +124,12 @@ def test_an_image_term_uses_the_stored_vector_and_leaves_itself_out(indexed: Ind
         svc.search_text(f"{query} 2:ball", k=5),  # a path among the words
     ):
         assert [r.path for r in answer.results] == indexed.ranked(want, skip=[str(query)])[:5]
-        assert answer.query is not None and answer.query.startswith("ball ×2, image ")
+        assert answer.query is not None and answer.query.startswith("ball ×2 · image ")
     assert indexed.devise.calls == before  # an indexed image is never embedded again
     # an upload is embedded, and is not left out: nothing says it is that indexed file
     up = svc.search_text("2:ball", image=query.read_bytes(), k=5)
     assert indexed.devise.calls == before + 1
-    assert up.query == "ball ×2, the uploaded image"
+    assert up.query == "ball ×2 · the uploaded image"
     assert [r.path for r in up.results] == indexed.ranked(want)[:5]
     # an image query with no words is `similar`
     alone = svc.search_text("", image=query, k=4).results
@@ -149,7 +149,7 @@ def test_clip_takes_its_text_tower_for_words_and_image_tower_for_images(indexed:
 
 def test_compound_errors_are_clear(indexed: Indexed, tmp_path: Path) -> None:
     svc = indexed.service
-    with pytest.raises(BadQueryError, match=r"cancel out \(ball, −ball\)"):
+    with pytest.raises(BadQueryError, match=r"cancel out \(ball · −ball\)"):
         svc.search_text("ball -ball")
     with pytest.raises(BadQueryError, match="cancel out"):
         svc.search_text("2:zebra -zebra -zebra")
@@ -184,10 +184,10 @@ def test_cli_search_with_image_and_words(
     assert main([*argv, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"model", "took_ms", "results", "query"}
-    assert out["query"] == f"ball ×2, image {query}, −zebra"
+    assert out["query"] == f"ball ×2 · image {query} · −zebra"
     assert [r["path"] for r in out["results"]] == [r.path for r in want.results]
     assert main(argv) == 0
-    assert capsys.readouterr().out.startswith(f"query: ball ×2, image {query}, −zebra\n")
+    assert capsys.readouterr().out.startswith(f"query: ball ×2 · image {query} · −zebra\n")
     assert main(["search", "ball -ball", "--index", str(index)]) == 1
     missing = str(query.parent / "nope.png")
     assert main(["search", "--image", missing, "ball", "--index", str(index)]) == 1
@@ -198,13 +198,13 @@ def test_cli_search_with_image_and_words(
 def test_web_handlers_read_the_query_in_both_tabs(indexed: Indexed) -> None:
     h = WebHandlers(indexed.service)
     out = h.search_text("zebra 2:ball -stripe", "devise", [], "", 0.0, 5)
-    assert out.ok and "for ball ×2, zebra, −stripe by devise" in out.status
+    assert out.ok and "for ball ×2 · zebra · −stripe by devise" in out.status
     buf = io.BytesIO()
     draw_image("stripes", 3).save(buf, format="PNG")
     up = h.search_image(buf.getvalue(), "devise", [], "", 0.0, 5, "2:ball")
     want = indexed.service.search_text("2:ball", image=buf.getvalue(), k=5)
     assert up.ok and up.paths == [r.path for r in want.results]
-    assert "for ball ×2, the uploaded image by devise" in up.status
+    assert "for ball ×2 · the uploaded image by devise" in up.status
     # no words: the plain similar-images search, as before
     plain = h.search_image(buf.getvalue(), "devise", [], "", 0.0, 5)
     assert plain.paths == [r.path for r in indexed.service.similar(buf.getvalue(), k=5).results]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from app.query import QueryError, Term, looks_like_image_path, parse_query, reading
+from app.query import QueryError, Term, looks_like_image_path, parse_query, read_query, reading
 
 
 def test_words_weights_and_negatives() -> None:
@@ -82,11 +84,50 @@ def test_malformed_queries_say_what_is_wrong(query: str, message: str) -> None:
 
 
 def test_reading_shows_heaviest_first() -> None:
-    assert reading(parse_query("beach 2:dog -people")) == "dog ×2, beach, −people"
+    assert reading(parse_query("beach 2:dog -people")) == "dog ×2 · beach · −people"
     assert reading(parse_query("0.5:cat -2:grass 'ankle boot'")) == (
-        '"ankle boot", cat ×0.5, −grass ×2'
+        '"ankle boot" · cat ×0.5 · −grass ×2'
     )
     up = Term(image="upload", upload=True)
     assert reading([*parse_query("'at night' a/b.jpg"), up]) == (
-        '"at night", image a/b.jpg, the uploaded image'
+        '"at night" · image a/b.jpg · the uploaded image'
     )
+
+
+def _concepts() -> Callable[[str], bool]:
+    from model.vocab.hierarchy import imagenet_concepts
+
+    cs = imagenet_concepts()
+    return lambda text: cs.find(text) is not None
+
+
+@pytest.mark.parametrize(
+    ("typed", "line"),
+    [
+        ("a dog on the grass", "dog · grass (ignored: a, on, the)"),
+        ("horses in a field", "horse · field (ignored: in, a)"),
+        ("people on the beach", "person · beach (ignored: on, the)"),
+        ("men in shoes", "man · shoe (ignored: in)"),
+        ("a cup of coffee", "cup · coffee (ignored: a, of)"),
+        # phrases of the vocabulary before words, their last word folded
+        ("big cats", '"big cat"'),
+        ("German shepherds eating ice cream", '"german shepherd" · eating · "ice cream"'),
+        # weights and negation kept (a weighted or negated word is never dropped)
+        ("animal -dogs 2:the", "the ×2 · animal · −dog"),
+        # a stop word that is a concept stays; a query of nothing but stop words is kept
+        ("the computer", "computer (ignored: the)"),
+        ("the who", "the · who"),
+        # a quoted phrase is kept whole
+        ("'cup of tea' on", '"cup of tea" (ignored: on)'),
+    ],
+)
+def test_read_query_as_a_person_means_it(typed: str, line: str) -> None:
+    assert read_query(parse_query(typed), _concepts()).line() == line
+
+
+def test_shipped_stop_words_are_gensims() -> None:
+    from gensim.parsing.preprocessing import STOPWORDS
+
+    from model.vocab.lexicon import stop_words
+
+    assert stop_words() == frozenset(STOPWORDS)

@@ -184,7 +184,7 @@ def test_cli_json_shapes_end_to_end(
     assert set(s) == {"model", "took_ms", "results", "query"} and len(s["results"]) == 4
     # `cat` is one of the checkpoint's labels: ranked by its calibrated margin, and said so
     assert s["query"].startswith("cat (the model's label: score = its margin")
-    assert run_json(["search", "cat kitten", "-k", "1", "--json", *idx])["query"] == "cat, kitten"
+    assert run_json(["search", "cat kitten", "-k", "1", "--json", *idx])["query"] == "cat · kitten"
     assert set(s["results"][0]) == {"path", "score", "label", "folder"}
     img = str(data / "cat" / "000.png")
     sim = run_json(["similar", img, "-k", "3", "--label", "truck", "--json", *idx])

@@ -511,13 +511,13 @@ def test_live_app_takes_an_image_plus_words(live: WebApp, web_index: WebIndex) -
     )  # fmt: skip
     want = svc.search_text("2:truck", image=probe.read_bytes(), k=5)
     assert _gallery_rows(gallery) == _want_rows(want.results)
-    assert "for truck ×2, the uploaded image by devise" in status
+    assert "for truck ×2 · the uploaded image by devise" in status
     # the text endpoint reads compound queries the same way
     gallery, status = client.predict(
         "2:truck -cat", "devise", [], "", 0, 6, api_name="/search_text"
     )  # fmt: skip
     assert _gallery_rows(gallery) == _want_rows(svc.search_text("2:truck -cat", k=6).results)
-    assert "for truck ×2, −cat by devise" in status
+    assert "for truck ×2 · −cat by devise" in status
     _, status = client.predict("cat -cat", "devise", [], "", 0, 6, api_name="/search_text")
     assert status.startswith("⚠️") and "cancel out" in status
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.data.datasets import FASHION_MNIST_CLASSES
+from model.vocab.lexicon import LEXICON_FILE, derive_lexicon
 from model.vocab.rules import ABSTRACT, MAX_TAG_RANK, restates_a_tag
 from model.vocab.wordnet import WordNet, wordnet_dir
 from model.vocab.words import imagenet_class_names, imagenet_wnids
@@ -202,6 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wordnet", type=Path, default=None, help="WordNet 3.0 dict folder")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--lexicon", type=Path, default=LEXICON_FILE, help="stop words and lemmas")
     args = ap.parse_args()
     root = args.wordnet or wordnet_dir()
     if root is None:
@@ -217,6 +219,18 @@ def main() -> None:
     print(
         f"wrote {args.out}: 1000 classes, {len(nodes)} hypernyms, {tags} of them tags, "
         f"{shared} names shared by several synsets"
+    )
+    from gensim.parsing.preprocessing import STOPWORDS
+
+    from model.vocab.hierarchy import imagenet_concepts
+
+    shown = {c.key: {c.plain.lower(), *c.aliases} for c in imagenet_concepts().concepts if c.shown}
+    lexicon = derive_lexicon(root, dict(kv.key_to_index), frozenset(STOPWORDS), shown)
+    args.lexicon.write_text(json.dumps(lexicon, indent=0, sort_keys=True) + "\n")
+    print(
+        f"wrote {args.lexicon}: {len(lexicon['stopwords'])} stop words, "
+        f"{len(lexicon['inflections'])} inflected forms, {len(lexicon['kind_of'])} nouns read as "
+        "a kind of a concept"
     )
 
 

@@ -1,0 +1,1 @@
+"""Scoring modes of text search, each a small module with one entry point."""
