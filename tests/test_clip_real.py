@@ -151,6 +151,9 @@ def test_every_clip_command_from_the_hub_cache(world: ClipWorld) -> None:
     text = world.ok("tag", str(fresh), "--model", "clip", "--index", idx)
     assert "label" in text and "error" not in text
 
+    dups = _json(world.ok("duplicates", "--model", "clip", "--index", idx, "--json"))
+    assert dups["model"] == "clip" and dups["scanned"] == len(PHOTOS)
+
 
 def test_same_weights_found_another_way_share_the_index(world: ClipWorld) -> None:
     idx = str(world.index)
