@@ -22,6 +22,7 @@ from app.service import MODELS
 if TYPE_CHECKING:
     import gradio as gr
 
+    from app.cliapi import CliApi
     from app.service import SearchService
     from app.settings import Settings
     from ingest.pipeline import ArrayEmbedder
@@ -121,8 +122,10 @@ def build_demo(
     handlers: WebHandlers | None = None,
     ingest_roots: Sequence[Path] | None = None,
     title: str = "devise-search",
+    cli_api: CliApi | None = None,
 ) -> gr.Blocks:
-    """The page. `ingest_roots`: folders the Index box may index (None: no Index box)."""
+    """The page. `ingest_roots`: folders the Index box may index (None: no Index box);
+    `cli_api`: the endpoints the `devise` CLI calls while this app holds the index."""
     import gradio as gr
 
     h = handlers or WebHandlers(service)
@@ -470,6 +473,8 @@ def build_demo(
             on_load, None, [model, tag_model, labels, cameras, overview], api_visibility="private"
         )
         add_json_api(h)
+        if cli_api is not None:
+            cli_api.register()
         index_btn.click(
             on_index, [index_folder], [index_status, labels, cameras, overview],
             api_name="index_folder",
@@ -509,6 +514,7 @@ class WebApp:
     service: SearchService
     served: ServedRoots
     job: IndexJob | None
+    cli: CliApi | None = None
 
     def close(self) -> None:
         if self.job is not None:
@@ -527,10 +533,14 @@ def launch_app(
     model_meta: Callable[[], dict[str, dict[str, Any]]] | None = None,
     max_file_size: str | int = MAX_UPLOAD,
     quiet: bool = True,
+    cli_token: str | None = None,
 ) -> WebApp:
-    """Builds and starts the app without blocking; the caller owns the store."""
+    """Builds and starts the app without blocking; the caller owns the store. `cli_token`:
+    serve the `devise` CLI's endpoints (app/cliapi.py), ingest allowed with this token."""
     from gradio import utils as gr_utils
     from starlette.middleware import Middleware
+
+    from app.cliapi import CliApi
 
     cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
     served = ServedRoots(roots_from_index(service), extra=sorted(cache_dirs))
@@ -544,22 +554,29 @@ def launch_app(
             demo_ref[0].allowed_paths.extend(new)
 
     job = None
-    if ingest_roots is not None:
+    if ingest_roots is not None or cli_token is not None:
+        # the CLI's ingests run in the same job as the Index box's, one at a time
         job = IndexJob(
             service,
             embedders or (lambda: default_embedders(service)),
-            allowed=ingest_roots,
+            allowed=ingest_roots or [],
             model_meta=model_meta,
             on_done=indexed,
         )
     handlers = WebHandlers(service, served=served, job=job)
-    demo = build_demo(service, handlers=handlers, ingest_roots=ingest_roots)
+    cli = None
+    login: Any = auth
+    if cli_token is not None:
+        cli = CliApi(handlers, job, token=cli_token, loopback=is_loopback(host))
+        if auth is not None:
+            login = _login(auth, cli_token)
+    demo = build_demo(service, handlers=handlers, ingest_roots=ingest_roots, cli_api=cli)
     demo_ref.append(demo)
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(
         server_name=host,
         server_port=port,
-        auth=auth,
+        auth=login,
         allowed_paths=allowed,
         max_file_size=max_file_size,
         prevent_thread_lock=True,
@@ -569,7 +586,21 @@ def launch_app(
         footer_links=["api"],
         app_kwargs={"middleware": [Middleware(FileGuard, served=served)]},
     )
-    return WebApp(demo, url, service, served, job)
+    return WebApp(demo, url, service, served, job, cli)
+
+
+def _login(auth: tuple[str, str], token: str) -> Callable[[str, str], bool]:
+    """The app's --auth, and the CLI's login: its user name with the index's token."""
+    import secrets
+
+    from app.remote import CLI_USER, token_ok
+
+    def check(user: str, password: str) -> bool:
+        if user == CLI_USER:
+            return token_ok(password, token)
+        return secrets.compare_digest(f"{user}\0{password}", f"{auth[0]}\0{auth[1]}")
+
+    return check
 
 
 def serve(
@@ -600,7 +631,13 @@ def serve(
     if ingest_roots is None:
         # The Index box may index the user's own files when only they can reach the app.
         ingest_roots = [Path.home()] if is_loopback(host) else []
+    from app.remote import ServeRecord, connect_host, new_token, remove_record, write_record
+
     store = settings.open_store()
+    # The embedded index admits this process only: the CLI finds where it listens in the
+    # index folder, beside the lock, and sends its commands here (app/remote.py).
+    embedded = settings.qdrant_url is None
+    token = new_token()
     try:
         service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
         app = launch_app(
@@ -610,13 +647,24 @@ def serve(
             auth=credentials,
             ingest_roots=ingest_roots or None,
             model_meta=lambda: devise_meta(service),
+            cli_token=token if embedded else None,
         )
+        if embedded:
+            bound = app.url.split("//", 1)[-1].rsplit(":", 1)
+            record = ServeRecord(
+                pid=os.getpid(), url=f"http://{connect_host(host)}:{bound[-1].rstrip('/')}/",
+                token=token, auth=credentials is not None, host=host,
+                checkpoint=str(settings.checkpoint.resolve()) if settings.checkpoint else None,
+            )  # fmt: skip
+            write_record(settings.index, record)
         print(f"devise-search is running at {app.url} (Ctrl-C to stop)", flush=True)
         if on_ready is not None:
             on_ready(app.url)
         try:
             app.demo.block_thread()
         finally:
+            if embedded:
+                remove_record(settings.index, os.getpid())
             app.close()
     finally:
         store.close()
