@@ -696,9 +696,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.web import serve
 
     roots = [Path(r) for r in args.ingest_root] if args.ingest_root else None
+    for w in args.watch or ():
+        if not Path(w).is_dir():
+            raise CliError(f"--watch: not a folder: {w}")
     return serve(
-        _settings(args), host=args.host, port=args.port, auth=args.auth, ingest_roots=roots
-    )
+        _settings(args), host=args.host, port=args.port, auth=args.auth, ingest_roots=roots,
+        watch=[Path(w) for w in args.watch] if args.watch else None, rescan_s=args.rescan,
+    )  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1127,6 +1131,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folders the app's Index box may index (repeatable; default: your home folder "
         "when bound to loopback, none otherwise)",
+    )
+    sv.add_argument(
+        "--watch",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="DIR",
+        help="index new, changed, moved and deleted photos under these folders while the app "
+        "runs (file events, in batches)",
+    )
+    sv.add_argument(
+        "--rescan",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --watch: also re-walk the folders this often, for mounts that send no file "
+        "events (default 300; 0: never)",
     )
     index_flags(sv)
     _device_flag(sv)

@@ -208,6 +208,20 @@ class CliApi:
             self._meta[key] = meta
             return embedders, meta
 
+    def watch_runner(
+        self,
+    ) -> Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary]:
+        """How the folder watcher ingests: with the models the index holds (so a new photo
+        gets every vector its neighbours have), pruning what is gone."""
+        from model.embedders.factory import INGEST_NAMES
+
+        recorded = self.h.service.meta().get("models") or {}
+        models = [m for m in INGEST_NAMES if m in recorded] or None
+        ckpt = self.h.service.checkpoint or (recorded.get("devise") or {}).get("checkpoint")
+        return self._runner(
+            {"models": models, "checkpoint": str(ckpt) if ckpt else None, "prune": True}
+        )
+
     def ingest_status(self, req_id: int) -> dict[str, Any]:
         req = self.job.request(int(req_id)) if self.job is not None else None
         if req is None:

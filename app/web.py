@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from app.cliapi import CliApi
     from app.service import SearchService
     from app.settings import Settings
+    from app.watch import FolderWatcher
     from ingest.pipeline import ArrayEmbedder
 
 from app.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
@@ -123,6 +124,7 @@ def build_demo(
     ingest_roots: Sequence[Path] | None = None,
     title: str = "devise-search",
     cli_api: CliApi | None = None,
+    watch_status: Callable[[], str] | None = None,
 ) -> gr.Blocks:
     """The page. `ingest_roots`: folders the Index box may index (None: no Index box);
     `cli_api`: the endpoints the `devise` CLI calls while this app holds the index."""
@@ -475,6 +477,14 @@ def build_demo(
         add_json_api(h)
         if cli_api is not None:
             cli_api.register()
+        if watch_status is not None:
+            # what `--watch` is doing, and the index's counts, without reloading the page
+            watching = gr.Markdown(watch_status(), elem_id="watch-status")
+            timer = gr.Timer(2.0)
+            timer.tick(
+                lambda: (watch_status(), h.overview()), None, [watching, overview],
+                api_visibility="private", concurrency_limit=None,
+            )  # fmt: skip
         index_btn.click(
             on_index, [index_folder], [index_status, labels, cameras, overview],
             api_name="index_folder",
@@ -515,8 +525,11 @@ class WebApp:
     served: ServedRoots
     job: IndexJob | None
     cli: CliApi | None = None
+    watcher: FolderWatcher | None = None
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.job is not None:
             self.job.wait(timeout=600)
         self.demo.close()
@@ -534,13 +547,18 @@ def launch_app(
     max_file_size: str | int = MAX_UPLOAD,
     quiet: bool = True,
     cli_token: str | None = None,
+    watch: Sequence[Path] | None = None,
+    rescan_s: float | None = None,
 ) -> WebApp:
     """Builds and starts the app without blocking; the caller owns the store. `cli_token`:
-    serve the `devise` CLI's endpoints (app/cliapi.py), ingest allowed with this token."""
+    serve the `devise` CLI's endpoints (app/cliapi.py), ingest allowed with this token;
+    `watch`: folders to index as they change (app/watch.py), rescanned every `rescan_s`."""
     from gradio import utils as gr_utils
     from starlette.middleware import Middleware
 
     from app.cliapi import CliApi
+    from app.remote import new_token
+    from app.watch import RESCAN_S, FolderWatcher
 
     cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
     served = ServedRoots(roots_from_index(service), extra=sorted(cache_dirs))
@@ -554,7 +572,7 @@ def launch_app(
             demo_ref[0].allowed_paths.extend(new)
 
     job = None
-    if ingest_roots is not None or cli_token is not None:
+    if ingest_roots is not None or cli_token is not None or watch:
         # the CLI's ingests run in the same job as the Index box's, one at a time
         job = IndexJob(
             service,
@@ -564,13 +582,21 @@ def launch_app(
             on_done=indexed,
         )
     handlers = WebHandlers(service, served=served, job=job)
-    cli = None
+    cli = watcher = None
     login: Any = auth
-    if cli_token is not None:
-        cli = CliApi(handlers, job, token=cli_token, loopback=is_loopback(host))
-        if auth is not None:
-            login = _login(auth, cli_token)
-    demo = build_demo(service, handlers=handlers, ingest_roots=ingest_roots, cli_api=cli)
+    if job is not None:
+        cli = CliApi(handlers, job, token=cli_token or new_token(), loopback=is_loopback(host))
+    if cli_token is not None and auth is not None:
+        login = _login(auth, cli_token)
+    if watch and job is not None and cli is not None:
+        watcher = FolderWatcher(
+            job, watch, cli.watch_runner, rescan_s=RESCAN_S if rescan_s is None else rescan_s
+        )
+    demo = build_demo(
+        service, handlers=handlers, ingest_roots=ingest_roots,
+        cli_api=cli if cli_token is not None else None,
+        watch_status=watcher.describe if watcher is not None else None,
+    )  # fmt: skip
     demo_ref.append(demo)
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(
@@ -586,7 +612,9 @@ def launch_app(
         footer_links=["api"],
         app_kwargs={"middleware": [Middleware(FileGuard, served=served)]},
     )
-    return WebApp(demo, url, service, served, job, cli)
+    if watcher is not None:
+        watcher.start()
+    return WebApp(demo, url, service, served, job, cli, watcher)
 
 
 def _login(auth: tuple[str, str], token: str) -> Callable[[str, str], bool]:
@@ -612,6 +640,8 @@ def serve(
     ingest_roots: Sequence[Path] | None = None,
     env: dict[str, str] | None = None,
     on_ready: Callable[[str], None] | None = None,
+    watch: Sequence[Path] | None = None,
+    rescan_s: float | None = None,
 ) -> int:
     """`devise serve`: opens the store for the app's lifetime and blocks until Ctrl-C."""
     from app.service import SearchService
@@ -648,6 +678,8 @@ def serve(
             ingest_roots=ingest_roots or None,
             model_meta=lambda: devise_meta(service),
             cli_token=token if embedded else None,
+            watch=watch,
+            rescan_s=rescan_s,
         )
         if embedded:
             bound = app.url.split("//", 1)[-1].rsplit(":", 1)
@@ -660,12 +692,35 @@ def serve(
         print(f"devise-search is running at {app.url} (Ctrl-C to stop)", flush=True)
         if on_ready is not None:
             on_ready(app.url)
+        if watch:
+            print(f"watching {', '.join(str(w) for w in watch)} for new photos", flush=True)
+        # `kill` (SIGTERM) stops the app as Ctrl-C does: the record goes, the store closes
+        previous = _on_sigterm_interrupt()
         try:
             app.demo.block_thread()
         finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
             if embedded:
                 remove_record(settings.index, os.getpid())
             app.close()
     finally:
         store.close()
     return 0
+
+
+def _on_sigterm_interrupt() -> Any:
+    """Makes SIGTERM raise KeyboardInterrupt in the main thread; returns the old handler
+    (None off the main thread, where no handler can be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
