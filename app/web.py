@@ -557,6 +557,7 @@ def launch_app(
     from starlette.middleware import Middleware
 
     from app.cliapi import CliApi
+    from app.httpapi import SearchRoute
     from app.remote import new_token
     from app.watch import RESCAN_S, FolderWatcher
 
@@ -610,7 +611,18 @@ def launch_app(
         ssr_mode=False,
         quiet=quiet,
         footer_links=["api"],
-        app_kwargs={"middleware": [Middleware(FileGuard, served=served)]},
+        app_kwargs={
+            "middleware": [
+                Middleware(FileGuard, served=served),
+                # POST|GET /search_json: one request into the same handler, no queue
+                Middleware(
+                    SearchRoute,
+                    handlers=handlers,
+                    token=cli.token if cli else new_token(),
+                    needs_token=auth is not None,
+                ),
+            ]
+        },  # fmt: skip
     )
     if watcher is not None:
         watcher.start()

@@ -349,3 +349,65 @@ def test_a_second_ingest_waits_for_the_first_and_says_so(bare_api: Any) -> None:
         time.sleep(0.01)
     assert order == [first.id, second.id] and first.state == "done"
     assert job.request(second.id) is second and second.summary["indexed"] == second.id
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
+    """(status, JSON) of a GET (no body) or POST to the app's /search_json route."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_the_direct_search_route_answers_as_the_cli_does(served: Served) -> None:
+    cli = devise(
+        "search", "dog", "--model", "conse", "-k", "3", "--json", "--index", str(served.index)
+    )
+    want = no_took(json.loads(cli.stdout))
+    url = served.record.url + "search_json"
+    code, posted = http_json(url, {"query": "dog", "model": "conse", "k": 3})
+    assert code == 200 and no_took(posted) == want
+    code, got = http_json(url + "?query=dog&model=conse&k=3")
+    assert code == 200 and no_took(got) == want
+    code, bad = http_json(url + "?query=dog&k=many")
+    assert code == 400 and bad == {"error": "k must be a whole number, got 'many'"}
+    code, bad = http_json(url, {"query": "dog", "colour": "red"})
+    assert code == 400 and "colour" in bad["error"]
+    code, bad = http_json(url, {"query": "dog", "model": "clip"})
+    assert code == 400 and "clip" in bad["error"]
+
+
+def test_with_auth_the_cli_logs_in_with_the_token_only(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from app.remote import RemoteError, RemoteIndex
+    from app.service import SearchService
+    from app.web import launch_app
+    from qdrant.edge import EdgeStore
+
+    store = EdgeStore(tmp_path / "index")
+    app = launch_app(
+        SearchService(store), port=free_port(), auth=("ann", "secret"), cli_token="tok"
+    )
+    try:
+        rec = ServeRecord(os.getpid(), app.url, "tok", True, "127.0.0.1")
+        assert RemoteIndex(rec, timeout_s=30).status()["images"] == 0
+        with pytest.raises(RemoteError):
+            RemoteIndex(replace(rec, token="nope"), timeout_s=30).status()
+        url = app.url + "search_json?query=dog"
+        assert http_json(url)[0] == 401
+        assert http_json(url, token="nope")[0] == 401
+        code, answer = http_json(url, token="tok")  # let in: the empty index says so
+        assert code == 400 and "holds no images yet" in answer["error"]
+    finally:
+        app.close()
+        store.close()
