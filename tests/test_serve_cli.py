@@ -411,3 +411,53 @@ def test_with_auth_the_cli_logs_in_with_the_token_only(tmp_path: Path) -> None:
     finally:
         app.close()
         store.close()
+
+
+def test_a_burst_of_1000_files_is_indexed_in_a_few_batches(tmp_path: Path) -> None:
+    """The watcher with real file events and a counting runner in place of the models: a
+    burst of 1,000 copies becomes a few ingests of the folder, not 1,000."""
+    from app.indexjob import IndexJob
+    from app.watch import FolderWatcher
+    from ingest.pipeline import IngestSummary
+
+    watched = tmp_path / "watched"
+    (watched / "burst").mkdir(parents=True)
+    seen: set[str] = set()
+    calls: list[list[Path]] = []
+
+    def runner() -> Any:
+        def run(req: Any, on_batch: Any) -> IngestSummary:
+            calls.append(list(req.paths))
+            now = {str(p) for p in watched.rglob("*.png")}
+            s = IngestSummary(indexed=len(now - seen), pruned=len(seen - now))
+            seen.clear()
+            seen.update(now)
+            return s
+
+        return run
+
+    job = IndexJob(None, lambda: [], allowed=[])  # type: ignore[arg-type]
+    w = FolderWatcher(job, [watched], runner, settle_s=0.5, max_wait_s=3.0, rescan_s=None)
+    w.start()
+    try:
+        deadline = time.monotonic() + 20
+        while w.batches < 1:  # the first scan at start
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        photo = (SKIMAGE / "camera.png").read_bytes()
+        for i in range(1000):
+            (watched / "burst" / f"{i:04d}.png").write_bytes(photo)
+        deadline = time.monotonic() + 60
+        while w.indexed < 1000:
+            assert time.monotonic() < deadline, w.describe()
+            time.sleep(0.1)
+        assert 1 <= w.batches - 1 <= 6, w.describe()  # a handful of ingests, not 1,000
+        assert all(c == [watched] for c in calls)
+        assert "indexed 1000" in w.describe() and w.counts()["failed"] == 0
+        shutil.rmtree(watched / "burst")
+        deadline = time.monotonic() + 30
+        while w.removed < 1000:
+            assert time.monotonic() < deadline, w.describe()
+            time.sleep(0.1)
+    finally:
+        w.stop()
