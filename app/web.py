@@ -485,6 +485,11 @@ def build_demo(
                 lambda: (watch_status(), h.overview()), None, [watching, overview],
                 api_visibility="private", concurrency_limit=None,
             )  # fmt: skip
+        elif cli_api is not None:
+            # the CLI may ingest into this app's index at any time: keep the counts current
+            gr.Timer(5.0).tick(
+                h.overview, None, [overview], api_visibility="private", concurrency_limit=None
+            )
         index_btn.click(
             on_index, [index_folder], [index_status, labels, cameras, overview],
             api_name="index_folder",

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,9 +41,9 @@ QUERIES = ["dog", "horse", "bird", "cat", "coffee", "rocket", "person", "kite", 
            "dress", "bag", "sneaker", "coat", "ankle boot"]  # fmt: skip
 
 
-def devise(*args: str, **kw: object) -> subprocess.Popen[str]:
+def devise(*args: str, **kw: Any) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env, text=True, **kw)  # type: ignore[call-overload]
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env, text=True, **kw)
 
 
 def model_flags(checkpoint: str | None) -> list[str]:
@@ -76,18 +77,26 @@ def build_index(where: Path, checkpoint: str | None) -> Path:
 
 
 class Client:
-    """One keep-alive connection calling /search_json as gradio_client does, without it."""
+    """One keep-alive connection. door "direct": `POST /search_json`, the app's plain JSON
+    route; door "gradio": Gradio's queued API, as gradio_client calls it (POST the call to
+    /gradio_api/call/search_json, then read its event stream)."""
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, door: str = "direct") -> None:
         u = urlsplit(url)
         self.conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=60)
         self.model = model
+        self.door = door
 
     def search(self, query: str) -> bool:
+        headers = {"Content-Type": "application/json"}
+        if self.door == "direct":
+            body = json.dumps({"query": query, "model": self.model, "k": 10})
+            self.conn.request("POST", "/search_json", body, headers)
+            r = self.conn.getresponse()
+            data = r.read()
+            return r.status == 200 and isinstance(json.loads(data).get("results"), list)
         body = json.dumps({"data": [query, self.model, None, None, None, 10] + [None] * 5})
-        self.conn.request(
-            "POST", "/gradio_api/call/search_json", body, {"Content-Type": "application/json"}
-        )
+        self.conn.request("POST", "/gradio_api/call/search_json", body, headers)
         r = self.conn.getresponse()
         data = r.read()
         if r.status != 200:
@@ -103,14 +112,16 @@ class Client:
         return isinstance(answer.get("results"), list)
 
 
-def load(url: str, clients: int, seconds: float, model: str) -> dict[str, float]:
+def load(
+    url: str, clients: int, seconds: float, model: str, door: str = "direct"
+) -> dict[str, Any]:
     lat: list[float] = []
     failed = [0]
     lock = threading.Lock()
     end = time.monotonic() + seconds
 
     def worker(i: int) -> None:
-        c = Client(url, model)
+        c = Client(url, model, door)
         n = i
         while time.monotonic() < end:
             t = time.perf_counter()
@@ -118,7 +129,7 @@ def load(url: str, clients: int, seconds: float, model: str) -> dict[str, float]
                 ok = c.search(QUERIES[n % len(QUERIES)])
             except Exception:  # noqa: BLE001 - a failed request is counted, not raised
                 ok = False
-                c = Client(url, model)
+                c = Client(url, model, door)
             dt = time.perf_counter() - t
             with lock:
                 if ok:
@@ -136,9 +147,38 @@ def load(url: str, clients: int, seconds: float, model: str) -> dict[str, float]
     wall = time.monotonic() - t0
     q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [0.0] * 99
     return {
-        "clients": clients, "requests": len(lat), "failed": failed[0],
+        "door": door, "clients": clients, "requests": len(lat), "failed": failed[0],
         "rps": len(lat) / wall, "p50": q[49] * 1000, "p95": q[94] * 1000, "p99": q[98] * 1000,
     }  # fmt: skip
+
+
+def burst(index: Path, staging: Path, watched: Path, n: int) -> None:
+    """Copies n Fashion-MNIST photos into the watched folder at once; prints how long until
+    the app's index holds them all."""
+    from app.remote import RemoteIndex, find_server
+
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "datasets", "fashion-mnist", str(staging),
+         "--split", "test", "--limit", str(n)], env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    record = find_server(index)
+    assert record is not None
+    remote = RemoteIndex(record)
+    before = int(remote.status()["images"])
+    t0 = time.monotonic()
+    shutil.copytree(staging, watched / "burst")
+    copied = time.monotonic() - t0
+    while int(remote.status()["images"]) < before + n:
+        if time.monotonic() - t0 > 900:
+            print(f"burst: not all {n} indexed after 900 s")
+            return
+        time.sleep(0.5)
+    took = time.monotonic() - t0
+    print(
+        f"burst of {n} photos into --watch: copied in {copied:.1f} s, all searchable after "
+        f"{took:.0f} s ({n / took:.1f} img/s)"
+    )
 
 
 def free_port() -> int:
@@ -154,6 +194,10 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16,32")
     ap.add_argument("--ingest", type=int, default=300)
     ap.add_argument("--checkpoint", default=None, help="a DeViSE checkpoint (else ConSE)")
+    ap.add_argument(
+        "--burst", type=int, default=1000, help="then copy this many photos into the watched "
+        "folder at once and time until all are searchable (0: skip)",
+    )  # fmt: skip
     args = ap.parse_args()
     args.model = "devise" if args.checkpoint else "conse"
     levels = [int(x) for x in args.clients.split(",")]
@@ -162,8 +206,10 @@ def main() -> None:
     try:
         index = Path(args.index) if args.index else build_index(tmp, args.checkpoint)
         port = free_port()
+        watched = tmp / "watched"
+        watched.mkdir()
         server = devise(
-            "serve", "--index", str(index), "--port", str(port),
+            "serve", "--index", str(index), "--port", str(port), "--watch", str(watched),
             *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -173,9 +219,14 @@ def main() -> None:
                 raise SystemExit("devise serve did not start")
             time.sleep(0.3)
         url = json.loads((index / "serve.json").read_text())["url"]
-        Client(url, args.model).search("dog")  # warm: the first query loads the words
+        for door in ("direct", "gradio"):  # warm: the first query loads the words
+            assert Client(url, args.model, door).search("dog"), f"the {door} door failed"
         print(f"CPU: {cpu_name()}; app at {url}; model {args.model}; {args.seconds:g} s a level")
-        rows = [("idle", load(url, n, args.seconds, args.model)) for n in levels]
+        rows = [
+            ("idle", load(url, n, args.seconds, args.model, door))
+            for door in ("direct", "gradio")
+            for n in levels
+        ]
         fm = tmp / "fm"
         subprocess.run(
             [sys.executable, "-m", "app.cli", "datasets", "fashion-mnist", str(fm), "--limit",
@@ -195,11 +246,16 @@ def main() -> None:
         out, _ = ing.communicate(timeout=900)
         ing_s = time.monotonic() - t_ing
         print(f"ingest of {args.ingest} images through the app: {out.strip()} ({ing_s:.0f} s)")
-        print("| while | clients | req/s | p50 ms | p95 ms | p99 ms | failed | ingest running |")
-        print("|---|---|---|---|---|---|---|---|")
+        if args.burst:
+            burst(index, tmp / "staging", watched, args.burst)
+        print(
+            "| while | door | clients | req/s | p50 ms | p95 ms | p99 ms | failed "
+            "| ingest running |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for what, r in rows:
             print(
-                f"| {what} | {r['clients']:.0f} | {r['rps']:.1f} | {r['p50']:.0f} | "
+                f"| {what} | {r['door']} | {r['clients']:.0f} | {r['rps']:.1f} | {r['p50']:.0f} | "
                 f"{r['p95']:.0f} | {r['p99']:.0f} | {r['failed']:.0f} | "
                 f"{'yes' if r.get('ingesting') else ('-' if what == 'idle' else 'ended')} |"
             )
