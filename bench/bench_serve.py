@@ -223,9 +223,8 @@ def main() -> None:
     server = None
     try:
         index = Path(args.index) if args.index else build_index(tmp, args.checkpoint)
-        print(
-            f"service ms per query (p50, in process): {service_times(index, args.checkpoint, args.model)}"
-        )
+        per_query = service_times(index, args.checkpoint, args.model)
+        print(f"service ms per query (p50, in process): {per_query}")
         port = free_port()
         watched = tmp / "watched"
         watched.mkdir()
