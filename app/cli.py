@@ -310,6 +310,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for d in args.dirs:
         if not Path(d).exists():
             raise CliError(f"not found: {d}")
+    remote = _server(settings)
+    if remote is not None:
+        return _remote_ingest(args, settings, remote)
     embedders, extra = build_embedders(args.models, settings, args)
     store = settings.open_store()
     try:
@@ -354,6 +357,62 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server(settings: Any) -> Any:
+    """The app that holds this embedded index (`devise serve`), to send the command to; None
+    when none does (the command opens the store itself)."""
+    if settings.qdrant_url is not None:
+        return None
+    from app.remote import RemoteIndex, find_server
+
+    record = find_server(settings.index)
+    return RemoteIndex(record) if record is not None else None
+
+
+def _abs(path: Any) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
+    """`devise ingest` run by the app that holds the index, in its background job: the same
+    models, the same progress bar and the same summary."""
+    from tqdm import tqdm
+
+    options = {
+        "models": list(args.models) if args.models is not None else None,
+        "checkpoint": _abs(settings.checkpoint), "weights": _abs(args.weights),
+        "clip_weights": _abs(args.clip_weights), "precision": settings.precision,
+        "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
+        "workers": args.workers, "cache": _abs(args.cache),
+    }  # fmt: skip
+    show = not args.json and sys.stderr.isatty() or args.progress
+    bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
+    said: set[str] = set()
+
+    def progress(state: dict[str, Any]) -> None:
+        if state["state"] == "queued" and state["message"].startswith("waiting"):
+            if "waiting" not in said:  # said once: this ingest waits its turn
+                said.add("waiting")
+                _say(f"{state['message']}; this one starts after it")
+        if state["total"] and bar.total != state["total"]:
+            bar.total = state["total"]
+            bar.refresh()
+        step = min(state["done"], bar.total or state["done"]) - bar.n
+        if step > 0:
+            bar.update(step)
+
+    try:
+        state = remote.ingest([str(d) for d in args.dirs], options, on_progress=progress)
+    finally:
+        bar.close()
+    if state["state"] != "done":
+        raise CliError(state["message"])
+    if args.json:
+        print(json.dumps(state["summary"]))
+    else:
+        print(state["line"])
+    return 0
+
+
 def cmd_words(args: argparse.Namespace) -> int:
     from ingest.vocabulary import concepts_for, load_vocabulary
     from model.vocab.words import load_words
@@ -388,11 +447,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from app.service import SearchService
 
     args.must_exist = True
-    _, store = _open_store(args)
-    try:
-        st = SearchService(store).status()
-    finally:
-        store.close()
+    remote = _server(_settings(args))
+    if remote is not None:
+        st = remote.status()
+    else:
+        _, store = _open_store(args)
+        try:
+            st = SearchService(store).status()
+        finally:
+            store.close()
     if args.json:
         print(json.dumps(st))
         return 0
@@ -443,9 +506,48 @@ def _service(store: Any, settings: Any) -> Any:
     )
 
 
+def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
+    """The answer of the app that holds the index, as an Answer to print."""
+    from app.service import Answer, ImageResult, TagResult
+
+    record = remote.record
+    if args.checkpoint and _abs(args.checkpoint) != record.checkpoint:
+        raise CliError(
+            f"the app at {record.url} (PID {record.pid}) holds this index and answers with "
+            "its own checkpoint: drop --checkpoint, or stop the app"
+        )
+    params: dict[str, Any] = {"model": args.model, "min_score": args.min_score, "k": args.k}
+    if kind in ("search", "similar"):
+        params.update(
+            labels=args.label or [], folder=args.folder, after=args.after, before=args.before,
+            cameras=args.camera or [], near=args.near, radius_km=args.radius_km,
+        )  # fmt: skip
+    if kind in ("search", "tag"):
+        params["zero_shot_bias"] = args.zero_shot_bias
+    if kind == "search":
+        params["text"] = args.text
+    if kind == "tag":
+        params["generality"] = args.generality
+    image = getattr(args, "image", None)
+    data = remote.query(kind, params, _image_arg(image) if image else None)
+    results = [
+        TagResult(r["word"], r["score"], r.get("kind", "word"))
+        if "word" in r
+        else ImageResult(
+            r["path"], r["score"], r["label"], r["folder"], r.get("taken"), r.get("camera")
+        )
+        for r in data["results"]
+    ]
+    return Answer(data["model"], data["took_ms"], results, data.get("note"), data.get("query"))
+
+
 def _query(args: argparse.Namespace, kind: str) -> int:
     # tagging needs no image in the index, so not even an index made yet
     args.must_exist = kind != "tag"
+    remote = _server(_settings(args))
+    if remote is not None:
+        _print_answer(_remote_query(args, kind, remote), args.json, _kind(kind))
+        return 0
     settings, store = _open_store(args)
     try:
         service = _service(store, settings)
@@ -486,8 +588,12 @@ def _query(args: argparse.Namespace, kind: str) -> int:
             )
     finally:
         store.close()
-    _print_answer(answer, args.json, "tags" if kind == "tag" else "images")
+    _print_answer(answer, args.json, _kind(kind))
     return 0
+
+
+def _kind(kind: str) -> str:
+    return "tags" if kind == "tag" else "images"
 
 
 def _bias_flag(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -535,13 +641,17 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     from app.duplicates import human_date, human_size, small_note
 
     args.must_exist = True
-    settings, store = _open_store(args)
-    try:
-        report = _service(store, settings).duplicates(
-            model=args.model, threshold=args.threshold, folder=args.folder
-        )
-    finally:
-        store.close()
+    remote = _server(_settings(args))
+    if remote is not None:
+        report = _remote_duplicates(args, remote)
+    else:
+        settings, store = _open_store(args)
+        try:
+            report = _service(store, settings).duplicates(
+                model=args.model, threshold=args.threshold, folder=args.folder
+            )
+        finally:
+            store.close()
     if args.json:
         print(json.dumps(report.to_json()))
         return 0
@@ -570,13 +680,31 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remote_duplicates(args: argparse.Namespace, remote: Any) -> Any:
+    from app.duplicates import DuplicateGroup, DuplicateImage, DuplicateReport
+
+    data = remote.duplicates(args.threshold, args.folder, args.model)
+    groups = [
+        DuplicateGroup(g["kind"], [DuplicateImage(**im) for im in g["images"]])
+        for g in data["groups"]
+    ]
+    return DuplicateReport(
+        data["model"], data["threshold"], data["took_ms"], groups, data["scanned"],
+        data.get("note"), data.get("content_only", 0),
+    )  # fmt: skip
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.web import serve
 
     roots = [Path(r) for r in args.ingest_root] if args.ingest_root else None
+    for w in args.watch or ():
+        if not Path(w).is_dir():
+            raise CliError(f"--watch: not a folder: {w}")
     return serve(
-        _settings(args), host=args.host, port=args.port, auth=args.auth, ingest_roots=roots
-    )
+        _settings(args), host=args.host, port=args.port, auth=args.auth, ingest_roots=roots,
+        watch=[Path(w) for w in args.watch] if args.watch else None, rescan_s=args.rescan,
+    )  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1020,6 +1148,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="folders the app's Index box may index (repeatable; default: your home folder "
         "when bound to loopback, none otherwise)",
     )
+    sv.add_argument(
+        "--watch",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="DIR",
+        help="index new, changed, moved and deleted photos under these folders while the app "
+        "runs (file events, in batches)",
+    )
+    sv.add_argument(
+        "--rescan",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --watch: also re-walk the folders this often, for mounts that send no file "
+        "events (default 300; 0: never)",
+    )
     index_flags(sv)
     _device_flag(sv)
     sv.set_defaults(func=cmd_serve)
@@ -1067,6 +1212,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("qdrant.errors", "StoreError"),
         ("ingest.pipeline", "IngestError"),
         ("app.service", "ServiceError"),
+        ("app.remote", "RemoteError"),
         ("model.embedders.clip", "ClipUnavailable"),
         ("model.data.datasets", "DatasetError"),
         ("model.device", "DeviceError"),

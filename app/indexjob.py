@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,31 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+
+#: finished requests kept for their callers to read
+KEEP_REQUESTS = 64
+
+
+@dataclass
+class IngestRequest:
+    """One ingest sent to the app (by the CLI or the folder watcher), and how it went."""
+
+    id: int
+    paths: list[Path]
+    source: str = "cli"
+    state: str = "queued"  # queued | running | done | failed
+    message: str = ""
+    done: int = 0  # files embedded or failed so far
+    total: int = 0  # files to embed (known once the run has looked for changes)
+    summary: dict[str, Any] = field(default_factory=dict)
+    line: str = ""
+    failed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "state": self.state, "message": self.message, "done": self.done,
+            "total": self.total, "summary": self.summary, "line": self.line,
+        }  # fmt: skip
 
 
 class IndexJob:
@@ -39,6 +67,12 @@ class IndexJob:
         self.state = "idle"  # idle | running | done | failed
         self.message = "no indexing job yet"
         self.done_files = 0
+        # One ingest at a time on the store, whoever asks (the Index box, the CLI, the
+        # watcher): the others wait here, in order, and say so.
+        self._ingest_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._requests: dict[int, IngestRequest] = {}
+        self._now: IngestRequest | None = None
 
     @property
     def running(self) -> bool:
@@ -81,6 +115,9 @@ class IndexJob:
                 f"{sum(summary.failed.values())} skipped so far"
             )
 
+        if not self._ingest_lock.acquire(blocking=False):
+            self.message = f"indexing {path}: waiting for the running ingest to finish"
+            self._ingest_lock.acquire()
         try:
             embedders = list(self._embedders())
             meta = self._model_meta() if self._model_meta else {}
@@ -100,11 +137,87 @@ class IndexJob:
             log.exception("indexing %s failed", path)
             self.message = f"indexing {path} failed: {e}"
             self.state = "failed"
+        finally:
+            self._ingest_lock.release()
 
     def wait(self, timeout: float | None = None) -> None:
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if self._ingest_lock.acquire(timeout=-1 if timeout is None else timeout):
+            self._ingest_lock.release()
+
+    # ------------------------------------------------------------ requests (CLI, watcher)
+
+    def submit(
+        self,
+        paths: Sequence[Path],
+        run: Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary],
+        *,
+        source: str = "cli",
+        on_end: Callable[[IngestRequest], None] | None = None,
+    ) -> IngestRequest:
+        """Queues an ingest: `run(request, on_batch)` does it, holding the store's one
+        ingest slot; a request that finds the slot taken waits, and its message says so.
+        The paths must have been checked by the caller."""
+        req = IngestRequest(next(self._ids), list(paths), source)
+        req.message = f"queued: {', '.join(str(p) for p in req.paths)}"
+        with self._lock:
+            self._requests[req.id] = req
+            for old in sorted(self._requests)[:-KEEP_REQUESTS]:
+                if self._requests[old].state in ("done", "failed"):
+                    del self._requests[old]
+        threading.Thread(
+            target=self._serve_request, args=(req, run, on_end), name=f"devise-ingest-{req.id}",
+            daemon=True,
+        ).start()  # fmt: skip
+        return req
+
+    def request(self, req_id: int) -> IngestRequest | None:
+        with self._lock:
+            return self._requests.get(req_id)
+
+    def _serve_request(
+        self,
+        req: IngestRequest,
+        run: Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary],
+        on_end: Callable[[IngestRequest], None] | None,
+    ) -> None:
+        where = ", ".join(str(p) for p in req.paths)
+        if not self._ingest_lock.acquire(blocking=False):
+            busy = self._now.message if self._now is not None else self.message
+            req.message = f"waiting for the running ingest to finish ({busy})"
+            self._ingest_lock.acquire()
+        self._now = req
+        t0 = time.perf_counter()
+        try:
+            req.state, req.message = "running", f"indexing {where}: starting"
+
+            def on_batch(summary: IngestSummary) -> None:
+                req.failed = sum(summary.failed.values())
+                req.done, req.total = summary.indexed + req.failed, summary.to_embed
+                req.message = (
+                    f"indexing {where}: {summary.indexed} new, {summary.unchanged} unchanged, "
+                    f"{req.failed} skipped so far"
+                )
+
+            summary = run(req, on_batch)
+            req.summary, req.line = summary.to_json(), summary.line()
+            req.failed = sum(summary.failed.values())
+            req.message = f"indexed {where}: {req.line}"
+            req.state = "done"
+            if self._on_done is not None:
+                self._on_done([p if p.is_dir() else p.parent for p in req.paths])
+        except Exception as e:  # noqa: BLE001 - a request's failure is reported, never raised
+            log.info("ingest of %s failed: %s", where, e)
+            req.message = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+            req.state = "failed"
+        finally:
+            self._now = None
+            self._ingest_lock.release()
+            log.debug("ingest %d took %.1f s", req.id, time.perf_counter() - t0)
+        if on_end is not None:
+            on_end(req)
 
 
 def _devise(service: SearchService) -> ArrayEmbedder:

@@ -22,8 +22,10 @@ from app.service import MODELS
 if TYPE_CHECKING:
     import gradio as gr
 
+    from app.cliapi import CliApi
     from app.service import SearchService
     from app.settings import Settings
+    from app.watch import FolderWatcher
     from ingest.pipeline import ArrayEmbedder
 
 from app.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
@@ -121,8 +123,11 @@ def build_demo(
     handlers: WebHandlers | None = None,
     ingest_roots: Sequence[Path] | None = None,
     title: str = "devise-search",
+    cli_api: CliApi | None = None,
+    watch_status: Callable[[], str] | None = None,
 ) -> gr.Blocks:
-    """The page. `ingest_roots`: folders the Index box may index (None: no Index box)."""
+    """The page. `ingest_roots`: folders the Index box may index (None: no Index box);
+    `cli_api`: the endpoints the `devise` CLI calls while this app holds the index."""
     import gradio as gr
 
     h = handlers or WebHandlers(service)
@@ -470,6 +475,21 @@ def build_demo(
             on_load, None, [model, tag_model, labels, cameras, overview], api_visibility="private"
         )
         add_json_api(h)
+        if cli_api is not None:
+            cli_api.register()
+        if watch_status is not None:
+            # what `--watch` is doing, and the index's counts, without reloading the page
+            watching = gr.Markdown(watch_status(), elem_id="watch-status")
+            timer = gr.Timer(2.0)
+            timer.tick(
+                lambda: (watch_status(), h.overview()), None, [watching, overview],
+                api_visibility="private", concurrency_limit=None,
+            )  # fmt: skip
+        elif cli_api is not None:
+            # the CLI may ingest into this app's index at any time: keep the counts current
+            gr.Timer(5.0).tick(
+                h.overview, None, [overview], api_visibility="private", concurrency_limit=None
+            )
         index_btn.click(
             on_index, [index_folder], [index_status, labels, cameras, overview],
             api_name="index_folder",
@@ -509,8 +529,12 @@ class WebApp:
     service: SearchService
     served: ServedRoots
     job: IndexJob | None
+    cli: CliApi | None = None
+    watcher: FolderWatcher | None = None
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.job is not None:
             self.job.wait(timeout=600)
         self.demo.close()
@@ -527,10 +551,20 @@ def launch_app(
     model_meta: Callable[[], dict[str, dict[str, Any]]] | None = None,
     max_file_size: str | int = MAX_UPLOAD,
     quiet: bool = True,
+    cli_token: str | None = None,
+    watch: Sequence[Path] | None = None,
+    rescan_s: float | None = None,
 ) -> WebApp:
-    """Builds and starts the app without blocking; the caller owns the store."""
+    """Builds and starts the app without blocking; the caller owns the store. `cli_token`:
+    serve the `devise` CLI's endpoints (app/cliapi.py), ingest allowed with this token;
+    `watch`: folders to index as they change (app/watch.py), rescanned every `rescan_s`."""
     from gradio import utils as gr_utils
     from starlette.middleware import Middleware
+
+    from app.cliapi import CliApi
+    from app.httpapi import SearchRoute
+    from app.remote import new_token
+    from app.watch import RESCAN_S, FolderWatcher
 
     cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
     served = ServedRoots(roots_from_index(service), extra=sorted(cache_dirs))
@@ -544,22 +578,37 @@ def launch_app(
             demo_ref[0].allowed_paths.extend(new)
 
     job = None
-    if ingest_roots is not None:
+    if ingest_roots is not None or cli_token is not None or watch:
+        # the CLI's ingests run in the same job as the Index box's, one at a time
         job = IndexJob(
             service,
             embedders or (lambda: default_embedders(service)),
-            allowed=ingest_roots,
+            allowed=ingest_roots or [],
             model_meta=model_meta,
             on_done=indexed,
         )
     handlers = WebHandlers(service, served=served, job=job)
-    demo = build_demo(service, handlers=handlers, ingest_roots=ingest_roots)
+    cli = watcher = None
+    login: Any = auth
+    if job is not None:
+        cli = CliApi(handlers, job, token=cli_token or new_token(), loopback=is_loopback(host))
+    if cli_token is not None and auth is not None:
+        login = _login(auth, cli_token)
+    if watch and job is not None and cli is not None:
+        watcher = FolderWatcher(
+            job, watch, cli.watch_runner, rescan_s=RESCAN_S if rescan_s is None else rescan_s
+        )
+    demo = build_demo(
+        service, handlers=handlers, ingest_roots=ingest_roots,
+        cli_api=cli if cli_token is not None else None,
+        watch_status=watcher.describe if watcher is not None else None,
+    )  # fmt: skip
     demo_ref.append(demo)
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(
         server_name=host,
         server_port=port,
-        auth=auth,
+        auth=login,
         allowed_paths=allowed,
         max_file_size=max_file_size,
         prevent_thread_lock=True,
@@ -567,9 +616,36 @@ def launch_app(
         ssr_mode=False,
         quiet=quiet,
         footer_links=["api"],
-        app_kwargs={"middleware": [Middleware(FileGuard, served=served)]},
+        app_kwargs={
+            "middleware": [
+                Middleware(FileGuard, served=served),
+                # POST|GET /search_json: one request into the same handler, no queue
+                Middleware(
+                    SearchRoute,
+                    handlers=handlers,
+                    token=cli.token if cli else new_token(),
+                    needs_token=auth is not None,
+                ),
+            ]
+        },  # fmt: skip
     )
-    return WebApp(demo, url, service, served, job)
+    if watcher is not None:
+        watcher.start()
+    return WebApp(demo, url, service, served, job, cli, watcher)
+
+
+def _login(auth: tuple[str, str], token: str) -> Callable[[str, str], bool]:
+    """The app's --auth, and the CLI's login: its user name with the index's token."""
+    import secrets
+
+    from app.remote import CLI_USER, token_ok
+
+    def check(user: str, password: str) -> bool:
+        if user == CLI_USER:
+            return token_ok(password, token)
+        return secrets.compare_digest(f"{user}\0{password}", f"{auth[0]}\0{auth[1]}")
+
+    return check
 
 
 def serve(
@@ -581,6 +657,8 @@ def serve(
     ingest_roots: Sequence[Path] | None = None,
     env: dict[str, str] | None = None,
     on_ready: Callable[[str], None] | None = None,
+    watch: Sequence[Path] | None = None,
+    rescan_s: float | None = None,
 ) -> int:
     """`devise serve`: opens the store for the app's lifetime and blocks until Ctrl-C."""
     from app.service import SearchService
@@ -600,7 +678,13 @@ def serve(
     if ingest_roots is None:
         # The Index box may index the user's own files when only they can reach the app.
         ingest_roots = [Path.home()] if is_loopback(host) else []
+    from app.remote import ServeRecord, connect_host, new_token, remove_record, write_record
+
     store = settings.open_store()
+    # The embedded index admits this process only: the CLI finds where it listens in the
+    # index folder, beside the lock, and sends its commands here (app/remote.py).
+    embedded = settings.qdrant_url is None
+    token = new_token()
     try:
         service = SearchService(store, checkpoint=settings.checkpoint, precision=settings.precision)
         app = launch_app(
@@ -610,14 +694,50 @@ def serve(
             auth=credentials,
             ingest_roots=ingest_roots or None,
             model_meta=lambda: devise_meta(service),
+            cli_token=token if embedded else None,
+            watch=watch,
+            rescan_s=rescan_s,
         )
+        if embedded:
+            bound = app.url.split("//", 1)[-1].rsplit(":", 1)
+            record = ServeRecord(
+                pid=os.getpid(), url=f"http://{connect_host(host)}:{bound[-1].rstrip('/')}/",
+                token=token, auth=credentials is not None, host=host,
+                checkpoint=str(settings.checkpoint.resolve()) if settings.checkpoint else None,
+            )  # fmt: skip
+            write_record(settings.index, record)
         print(f"devise-search is running at {app.url} (Ctrl-C to stop)", flush=True)
         if on_ready is not None:
             on_ready(app.url)
+        if watch:
+            print(f"watching {', '.join(str(w) for w in watch)} for new photos", flush=True)
+        # `kill` (SIGTERM) stops the app as Ctrl-C does: the record goes, the store closes
+        previous = _on_sigterm_interrupt()
         try:
             app.demo.block_thread()
         finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
+            if embedded:
+                remove_record(settings.index, os.getpid())
             app.close()
     finally:
         store.close()
     return 0
+
+
+def _on_sigterm_interrupt() -> Any:
+    """Makes SIGTERM raise KeyboardInterrupt in the main thread; returns the old handler
+    (None off the main thread, where no handler can be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)

@@ -80,6 +80,7 @@ class IngestSummary:
     embed_seconds: float = 0.0
     wait_seconds: float = 0.0  # time the embedders waited for the loader threads
     batches: int = 0
+    to_embed: int = 0  # files found new or changed, to embed: what a progress bar counts to
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -355,6 +356,7 @@ def ingest(
         else:
             summary.indexed += 1  # a copy of an indexed file: same vectors, new point
 
+    summary.to_embed = len(to_embed)
     bar = tqdm(
         total=len(to_embed),
         desc="ingest",

@@ -1,0 +1,289 @@
+"""The app's endpoints for the `devise` CLI (see app/remote.py): while the app holds the
+index, the CLI's search, similar, tag, status and ingest come here and run on the app's own
+search service and background index job, so they print what they print with the app down.
+
+Ingest is the one that writes, so it needs the token from the index folder's serve.json;
+an app bound beyond loopback indexes only folders inside its --ingest-root, token or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.remote import image_digest, token_ok
+
+if TYPE_CHECKING:
+    from app.handlers import WebHandlers
+    from app.indexjob import IndexJob, IngestRequest
+    from ingest.pipeline import ArrayEmbedder, IngestSummary
+
+log = logging.getLogger(__name__)
+
+QUERY_KINDS = ("search", "similar", "tag")
+
+
+class CliApi:
+    """What the CLI asks of the app; plain methods (tests call them), registered on the
+    page by `register()` as `/cli_status`, `/cli_query`, `/cli_ingest` and
+    `/cli_ingest_status`."""
+
+    def __init__(
+        self,
+        handlers: WebHandlers,
+        job: IndexJob | None,
+        *,
+        token: str,
+        loopback: bool,
+    ) -> None:
+        self.h = handlers
+        self.job = job
+        self.token = token
+        self.loopback = loopback
+        self._embedders: dict[str, list[ArrayEmbedder]] = {}
+        self._meta: dict[str, dict[str, dict[str, Any]]] = {}
+        self._embedders_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- reading
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.h.service.status()
+        return out
+
+    def query(
+        self, kind: str, params: dict[str, Any], image: bytes | None, image_name: str = ""
+    ) -> dict[str, Any]:
+        """search / similar / tag as the CLI runs them; the answer's JSON."""
+        service = self.h.service
+        if kind not in QUERY_KINDS:
+            raise ValueError(f"unknown query kind {kind!r}; one of {', '.join(QUERY_KINDS)}")
+        picture: bytes | Path | None = image
+        if image is not None and image_name:
+            picture = self._indexed(image, image_name)
+        common: dict[str, Any] = {
+            "model": params.get("model") or "devise",
+            "min_score": params.get("min_score"),
+            "k": int(params.get("k", 10)),
+        }
+        if kind == "tag":
+            if picture is None:
+                raise ValueError("tag needs an image")
+            return service.tag(
+                picture,
+                generality=params.get("generality") or "specific",
+                zero_shot_bias=params.get("zero_shot_bias", "auto"),
+                **common,
+            ).to_json()
+        photo = service.photo_filter(
+            after=params.get("after"),
+            before=params.get("before"),
+            cameras=params.get("cameras") or (),
+            near=params.get("near"),
+            radius_km=params.get("radius_km"),
+        )
+        labels = params.get("labels") or ()
+        folder = params.get("folder")
+        if kind == "search":
+            return service.search_text(
+                params.get("text") or "", image=picture, labels=labels, folder=folder,
+                zero_shot_bias=params.get("zero_shot_bias", "auto"), photo=photo, **common,
+            ).to_json()  # fmt: skip
+        if picture is None:
+            raise ValueError("similar needs an image")
+        return service.similar(
+            picture, labels=labels, folder=folder, photo=photo, **common
+        ).to_json()
+
+    def _indexed(self, data: bytes, name: str) -> bytes | Path:
+        """The CLI's own file as the CLI would query it: an indexed file (same path, same
+        content) by its path, so its stored vector is reused and it is left out of its own
+        results; any other file by its bytes. The app never reads a path it is sent."""
+        from qdrant.schema import abs_posix
+
+        path = abs_posix(name)
+        rec = self.h.service.store.find_by_path([path]).get(path)
+        if rec is not None and rec.payload.get("sha256") == image_digest(data):
+            return Path(path)
+        return data
+
+    def duplicates(
+        self, threshold: float | None, folder: str | None, model: str = "dup"
+    ) -> dict[str, Any]:
+        """`devise duplicates --json`, and the note the CLI prints when nothing matched."""
+        report = self.h.service.duplicates(model=model or "dup", threshold=threshold, folder=folder)
+        out: dict[str, Any] = report.to_json()
+        out["note"] = report.note
+        return out
+
+    # ---------------------------------------------------------------- ingest
+
+    def ingest(self, token: str, paths: Sequence[str], options: dict[str, Any]) -> int:
+        """Queues an ingest in the app's background job; returns its id."""
+        if not token_ok(token, self.token):
+            raise PermissionError(
+                "ingest through the app needs the token in its index folder's serve.json"
+            )
+        if self.job is None:
+            raise PermissionError("this app indexes nothing: start it with --ingest-root DIR")
+        checked = [self.check_path(p) for p in paths]
+        if not checked:
+            raise ValueError("name at least one folder to index")
+        opts = dict(options)
+        run = self._runner(opts)
+        return self.job.submit(checked, run, source="cli").id
+
+    def check_path(self, path: str) -> Path:
+        """A path the CLI may have indexed: any existing one on a loopback app (the token
+        shows the caller can read the index itself); inside --ingest-root otherwise."""
+        p = Path(os.path.abspath(os.path.expanduser(path)))
+        if not p.exists():
+            raise ValueError(f"not found: {path}")
+        if self.loopback:
+            return p
+        assert self.job is not None
+        real = Path(os.path.realpath(p))
+        if not any(real == a or real.is_relative_to(a) for a in self.job.allowed):
+            where = ", ".join(str(a) for a in self.job.allowed) or "nowhere"
+            raise PermissionError(
+                f"this app is bound beyond loopback and indexes folders under {where} only, not {p}"
+            )
+        return p
+
+    def _runner(
+        self, opts: dict[str, Any]
+    ) -> Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary]:
+        def run(req: IngestRequest, on_batch: Callable[[IngestSummary], None]) -> IngestSummary:
+            from ingest.pipeline import ingest
+
+            embedders, meta = self.embedders(opts)
+            store = self.h.service.store
+            summary = ingest(
+                store, req.paths, embedders, prune=bool(opts.get("prune")),
+                reembed=bool(opts.get("reembed")), batch_size=opts.get("batch_size"),
+                workers=opts.get("workers"), progress=False, model_meta=meta,
+                on_batch=on_batch,
+            )  # fmt: skip
+            # Not optimize(), which `devise ingest` runs: it holds the GIL for its whole
+            # run, and every search of the app would wait (OFFLINE.md, "The GIL").
+            self.h.service.ensure_vocabulary()
+            return summary
+
+        return run
+
+    def embedders(
+        self, opts: dict[str, Any]
+    ) -> tuple[list[ArrayEmbedder], dict[str, dict[str, Any]]]:
+        """The models `devise ingest` would choose with these flags, loaded once per set of
+        flags and kept: a watcher's many small ingests must not reload a backbone each."""
+        from app.cli import build_embedders
+        from app.settings import Settings
+
+        key = json.dumps(
+            {k: opts.get(k) for k in ("models", "checkpoint", "weights", "clip_weights",
+                                      "precision", "cache")},
+            sort_keys=True,
+        )  # fmt: skip
+        with self._embedders_lock:
+            if key in self._embedders:
+                return self._embedders[key], self._meta[key]
+            ckpt = opts.get("checkpoint")
+            settings = Settings(
+                index=Path(self.h.service.store.describe()),
+                checkpoint=Path(ckpt) if ckpt else None,
+                precision=opts.get("precision") or self.h.service.precision,
+            )
+            args = argparse.Namespace(
+                weights=opts.get("weights"), clip_weights=opts.get("clip_weights"),
+                cache=opts.get("cache"),
+            )  # fmt: skip
+            models = opts.get("models")
+            embedders, meta = build_embedders(models, settings, args)
+            self._embedders[key] = embedders
+            self._meta[key] = meta
+            return embedders, meta
+
+    def watch_runner(
+        self,
+    ) -> Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary]:
+        """How the folder watcher ingests: with the models the index holds (so a new photo
+        gets every vector its neighbours have), pruning what is gone."""
+        from model.embedders.factory import INGEST_NAMES
+
+        recorded = self.h.service.meta().get("models") or {}
+        models = [m for m in INGEST_NAMES if m in recorded] or None
+        ckpt = self.h.service.checkpoint or (recorded.get("devise") or {}).get("checkpoint")
+        return self._runner(
+            {"models": models, "checkpoint": str(ckpt) if ckpt else None, "prune": True}
+        )
+
+    def ingest_status(self, req_id: int) -> dict[str, Any]:
+        req = self.job.request(int(req_id)) if self.job is not None else None
+        if req is None:
+            raise ValueError(f"no ingest {req_id} in this app (it may have restarted)")
+        return req.to_json()
+
+    # ---------------------------------------------------------------- Gradio
+
+    def register(self) -> None:
+        """Adds the endpoints to the Blocks being built (call inside `with gr.Blocks()`)."""
+        from typing import get_type_hints
+
+        import gradio as gr
+        from gradio.data_classes import FileData
+
+        from app.guard import uploaded_bytes
+
+        def answer(call: Callable[[], Any]) -> str:
+            try:
+                return json.dumps(call())
+            except gr.Error:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure reaches the CLI as one line
+                from app.cli import _known_errors
+
+                known = isinstance(e, (*_known_errors(), ValueError, PermissionError, OSError))
+                raise gr.Error(str(e) if known else f"{type(e).__name__}: {e}") from e
+
+        def cli_status() -> str:
+            """`devise status --json`, for the CLI while this app holds the index."""
+            return answer(self.status)
+
+        def cli_query(
+            kind: str, params: str, image: FileData | None = None, image_name: str = ""
+        ) -> str:
+            """`devise search|similar|tag --json` for the CLI: params is the JSON of the
+            command's flags; the image travels as an upload."""
+            return answer(
+                lambda: self.query(
+                    kind, json.loads(params or "{}"),
+                    uploaded_bytes(image) if image is not None else None, image_name,
+                )
+            )  # fmt: skip
+
+        def cli_duplicates(
+            threshold: float | None = None, folder: str | None = None, model: str = "dup"
+        ) -> str:
+            """`devise duplicates --json` for the CLI, with the report's note."""
+            return answer(lambda: self.duplicates(threshold, folder, model))
+
+        def cli_ingest(token: str, paths: str, options: str = "{}") -> str:
+            """Queues `devise ingest` in the app's background job: {"id"}."""
+            return answer(
+                lambda: {"id": self.ingest(token, json.loads(paths), json.loads(options))}
+            )
+
+        def cli_ingest_status(job_id: int) -> str:
+            """How a queued ingest goes: {"state", "message", "done", "total", "summary"}."""
+            return answer(lambda: self.ingest_status(job_id))
+
+        for fn in (cli_status, cli_query, cli_duplicates, cli_ingest, cli_ingest_status):
+            fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
+            # no queue slot for these: the web page's searches have theirs (2), and a
+            # program's quick call should not wait behind a page's long one
+            gr.api(fn, api_name=fn.__name__, concurrency_limit=None)

@@ -1,0 +1,125 @@
+"""`POST|GET /search_json` straight on the app's own server (Gradio's Starlette app), beside
+Gradio's queued `/gradio_api/call/search_json`.
+
+Why a second door to the same handler: a Gradio API call is two HTTP requests (the call,
+then its event stream) through the queue, about 30 ms of the app's CPU for a 2 ms search,
+so on two cores it tops out near 30 searches a second and 16 clients wait over a second
+(bench/bench_serve.py). This route is one request and one thread-pool hop into the same
+`WebHandlers.search_json` that every face uses; the answer is `devise search --json`'s.
+
+Access follows the app's: open where the app has no --auth (as its Gradio API is);
+with --auth it needs the index's token (`Authorization: Bearer TOKEN`, from serve.json).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from app.remote import token_ok
+
+if TYPE_CHECKING:
+    from app.handlers import WebHandlers
+
+PATH = "/search_json"
+MAX_BODY = 64 * 1024
+_LISTS = ("labels", "cameras")
+_FIELDS = (
+    "query", "model", "labels", "folder", "min_score", "k", "after", "before", "cameras",
+    "near", "radius_km",
+)  # fmt: skip
+
+
+def parse_params(raw: dict[str, Any]) -> dict[str, Any]:
+    """The search's parameters from a JSON body or a query string; ValueError names the bad
+    one."""
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        v = raw.get(name)
+        if v is None or v == "":
+            continue
+        if name in _LISTS:
+            out[name] = [str(x) for x in v] if isinstance(v, list) else [str(v)]
+        elif name == "k":
+            try:
+                out[name] = int(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"k must be a whole number, got {v!r}") from None
+        elif name in ("min_score", "radius_km"):
+            try:
+                out[name] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a number, got {v!r}") from None
+        else:
+            out[name] = str(v)
+    if "query" not in out:
+        raise ValueError('query is missing: send {"query": "dog"} or ?query=dog')
+    return out
+
+
+class SearchRoute:
+    """ASGI middleware that answers PATH itself and passes every other request on."""
+
+    def __init__(self, app: Any, handlers: WebHandlers, token: str, needs_token: bool) -> None:
+        self.app = app
+        self.h = handlers
+        self.token = token
+        self.needs_token = needs_token
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path") != PATH:
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        request = Request(scope, receive)
+        response: JSONResponse
+        if self.needs_token and not self._authorised(request):
+            response = JSONResponse({"error": "this app has --auth: send the token"}, 401)
+        elif request.method not in ("GET", "POST"):
+            response = JSONResponse({"error": "use GET or POST"}, 405)
+        else:
+            try:
+                if request.method == "POST":
+                    body = await request.body()
+                    if len(body) > MAX_BODY:
+                        raise ValueError("the request body is too large")
+                    raw = json.loads(body or b"{}")
+                    if not isinstance(raw, dict):
+                        raise ValueError("send a JSON object")
+                else:
+                    q = request.query_params
+                    raw = {k: (q.getlist(k) if k in _LISTS else q[k]) for k in q}
+                params = parse_params(raw)
+                answer = await run_in_threadpool(self._search, params)
+                response = JSONResponse(answer)
+            except json.JSONDecodeError as e:
+                response = JSONResponse({"error": f"the body is not JSON: {e}"}, 400)
+            except Exception as e:  # noqa: BLE001 - a user's error is a 400 with its line
+                from app.handlers import USER_ERRORS
+
+                if not isinstance(e, USER_ERRORS):
+                    raise
+                response = JSONResponse({"error": str(e)}, 400)
+        await response(scope, receive, send)
+
+    def _authorised(self, request: Any) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and token_ok(given.strip(), self.token)
+
+    def _search(self, p: dict[str, Any]) -> dict[str, Any]:
+        from app.handlers import PhotoArgs
+
+        photo = PhotoArgs(
+            p.get("after"), p.get("before"), p.get("cameras"), p.get("near"), p.get("radius_km")
+        )
+        return self.h.search_json(
+            p["query"], p.get("model") or "devise", p.get("labels"), p.get("folder"),
+            p.get("min_score"), p.get("k", 10), photo,
+        )  # fmt: skip
