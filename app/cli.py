@@ -380,7 +380,8 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
     options = {
         "models": list(args.models) if args.models is not None else None,
         "checkpoint": _abs(settings.checkpoint), "weights": _abs(args.weights),
-        "clip_weights": _abs(args.clip_weights), "precision": settings.precision,
+        "clip_weights": _abs(args.clip_weights), "clip_model": args.clip_model,
+        "clip_pretrained": args.clip_pretrained, "precision": settings.precision,
         "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
         "workers": args.workers, "cache": _abs(args.cache),
     }  # fmt: skip

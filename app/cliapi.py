@@ -186,7 +186,7 @@ class CliApi:
 
         key = json.dumps(
             {k: opts.get(k) for k in ("models", "checkpoint", "weights", "clip_weights",
-                                      "precision", "cache")},
+                                      "clip_model", "clip_pretrained", "precision", "cache")},
             sort_keys=True,
         )  # fmt: skip
         with self._embedders_lock:
@@ -200,6 +200,8 @@ class CliApi:
             )
             args = argparse.Namespace(
                 weights=opts.get("weights"), clip_weights=opts.get("clip_weights"),
+                clip_model=opts.get("clip_model") or "ViT-B-32",
+                clip_pretrained=opts.get("clip_pretrained") or "laion2b_s34b_b79k",
                 cache=opts.get("cache"),
             )  # fmt: skip
             models = opts.get("models")
