@@ -130,6 +130,19 @@ class Backbone(SpecNamed, nn.Module):
         self._gpu = GpuRunner(device, self.name)
         return self
 
+    @property
+    def numerics(self) -> str:
+        """What computes the features, and in which number format: `cpu-openvino-bf16`,
+        `cpu-torch-fp32`, `cuda-bfloat16-autocast`, ... Features made with different numerics
+        never share a cache entry (`model.data.features`)."""
+        if self._gpu is not None:
+            dtype = self._gpu.dtype
+            return f"{self.device.torch_name}-" + (
+                f"{str(dtype).removeprefix('torch.')}-autocast" if dtype is not None else "fp32"
+            )
+        fast = self.runtime == "openvino" and fastpath.takes_fast_path(self.precision, self.runtime)
+        return f"cpu-{'openvino' if fast else 'torch'}-{self.precision}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))
 

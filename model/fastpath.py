@@ -283,6 +283,11 @@ class CompiledBackbone(SpecNamed):
         self._compiled = compiled
         self._weight, self._bias = classifier
 
+    @property
+    def numerics(self) -> str:
+        """What computes the features and in which format (see `Backbone.numerics`)."""
+        return f"cpu-openvino-{self.precision}"
+
     def features(self, batch: Float32Array) -> Float32Array:
         x = np.asarray(batch, dtype=np.float32)
         size = self.spec.preprocess.size

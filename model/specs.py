@@ -155,6 +155,9 @@ class BackboneLike(Protocol):
     runtime: str
 
     @property
+    def numerics(self) -> str: ...
+
+    @property
     def name(self) -> str: ...
 
     @property
