@@ -65,3 +65,182 @@ def test_bf16_that_falls_back_stores_its_features_as_fp32(
     monkeypatch.setattr(Backbone, "BF16_MIN_COSINE", 0.995)
     bf16 = extract_features(load_backbone("resnet18", None, "bf16"), photos, cache_dir=cache)
     assert not bf16.cached
+
+
+# ------------------------------------------------------------------ what auto picks
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model import specs
+
+    monkeypatch.setattr(specs, "cpu_has_bf16", lambda: True)
+
+
+def test_auto_is_bf16_only_for_measured_backbones_on_a_native_bf16_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from model import specs
+
+    monkeypatch.setattr(specs, "AUTO_BF16", frozenset({"resnet18"}))
+    monkeypatch.setattr(specs, "cpu_has_bf16", lambda: True)
+    assert specs.resolve_precision("auto", "resnet18") == "bf16"
+    assert specs.resolve_precision("auto", "resnet50") == "fp32"  # not measured to hold
+    assert specs.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(specs, "cpu_has_bf16", lambda: False)  # AVX2 only: never slower
+    assert specs.resolve_precision("auto", "resnet18") == "fp32"
+    assert specs.resolve_precision("int8", "resnet18") == "int8"  # only when asked for
+
+
+def test_auto_is_fp32_for_every_backbone_measured_so_far(bf16_cpu: None) -> None:
+    """The measured table (README, Precision): efficientnet_lite0 moves text->image p@10 by
+    2 points under real bf16, and the ResNets have no real weights here to measure."""
+    from model import specs
+
+    for name in specs.SPECS:
+        assert specs.resolve_precision("auto", name) == "fp32", name
+
+
+def test_an_unknown_precision_is_one_clear_line() -> None:
+    from model.specs import BackboneError, resolve_precision
+
+    with pytest.raises(BackboneError, match=r"unknown precision 'fp8': use fp32, bf16, int8"):
+        resolve_precision("fp8")
+
+
+def test_int8_asked_for_on_the_torch_runtime_is_refused_clearly() -> None:
+    from model.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="int8 runs on the CPU through OpenVINO only"):
+        load_backbone("resnet18", None, "int8", runtime="torch")
+
+
+# ------------------------------------------------------------------ int8
+
+
+@pytest.mark.slow
+def test_int8_is_quantised_once_and_then_read_from_the_cache(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("nncf", reason="int8 needs NNCF (pip install '.[int8]')")
+    from model import quantize
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Backbone, "BF16_MIN_COSINE", -1.0)  # measure int8 as it is
+    from model.data.images import load_array
+
+    fp32 = load_backbone("resnet18", None, "fp32")
+    x = np.stack([load_array(p, fp32.spec.preprocess) for p in photos])
+    ref = fp32.features(x)
+    q = load_backbone("resnet18", None, "int8")
+    got = q.features(x)
+    assert q.precision == "int8" and q.numerics == "cpu-openvino-int8"
+    assert list((tmp_path / "cache" / "openvino").glob("resnet18-*-int8-*.xml"))
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert not np.allclose(got, ref, atol=1e-4), "int8 ran as fp32"
+    assert cos.min() > 0.8, cos  # quantised, not broken
+
+    def no_quantising(*a: object, **k: object) -> None:
+        raise AssertionError("quantised again despite the cache")
+
+    monkeypatch.setattr(quantize, "quantize", no_quantising)
+    again = load_backbone("resnet18", None, "int8")
+    assert np.array_equal(again.features(x), got)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_int8_efficientnet_lite0_fails_its_check_and_runs_fp32(
+    photos: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured: NNCF's int8 efficientnet_lite0 agrees with fp32 only to cosine ~0.85-0.95
+    (depthwise convolutions): the first-batch check must catch it."""
+    pytest.importorskip("nncf", reason="int8 needs NNCF (pip install '.[int8]')")
+    from model.data.images import load_array
+
+    q = load_backbone("efficientnet_lite0", "default", "int8")
+    x = np.stack([load_array(p, q.spec.preprocess) for p in photos])
+    out = q.features(x)
+    assert q.precision == "fp32" and "int8 features agree with fp32 only" in caplog.text
+    ref = load_backbone("efficientnet_lite0", "default", "fp32").features(x)
+    assert np.allclose(out, ref, atol=1e-3)
+
+
+# ------------------------------------------------------------------ compiled, torch-free
+
+
+def test_a_compiled_bf16_backbone_checks_its_first_batch_too(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import fastpath
+    from model.data.images import load_array
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    fp32 = load_backbone("resnet18", None, "fp32")
+    x = np.stack([load_array(p, fp32.spec.preprocess) for p in photos[:2]])
+    ref = fp32.features(x)  # compiles and caches the fp32 model
+    bf16 = fastpath.load_compiled("resnet18", "random-init", "bf16")
+    assert bf16 is not None and bf16.precision == "bf16"
+    monkeypatch.setattr(fastpath, "SAME_VECTORS_COSINE", 1.01)  # nothing passes
+    out = bf16.features(x)
+    assert bf16.precision == "fp32" and bf16.numerics == "cpu-openvino-fp32"
+    assert np.allclose(out, ref, atol=1e-4)
+
+
+# ------------------------------------------------------------------ the index records it
+
+
+def test_the_index_records_the_precision_its_vectors_were_made_with(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    from ingest.pipeline import ingest
+    from model.embedders.embedder import DuplicateEmbedder
+    from qdrant.edge import EdgeStore
+
+    with EdgeStore(tmp_path / "index") as store:
+        ingest(store, [photos[0].parent], [DuplicateEmbedder("resnet18", None, "bf16")],
+               progress=False, batch_size=4)  # fmt: skip
+        rec = store.get_meta()["models"]["dup"]
+        assert rec["precision"] == "bf16" and rec["numerics"] == "cpu-openvino-bf16"
+        assert rec["precisions"] == ["bf16"]
+        # a later run at another precision adds to what the vectors were made at
+        (photos[0].parent / "extra").mkdir()
+        export_photos(photos[0].parent / "extra", names=["moon"])
+        ingest(store, [photos[0].parent], [DuplicateEmbedder("resnet18", None, "fp32")],
+               progress=False, batch_size=4)  # fmt: skip
+        rec = store.get_meta()["models"]["dup"]
+        assert rec["precision"] == "fp32" and rec["precisions"] == ["bf16", "fp32"]
+
+
+def test_a_compiled_bf16_backbone_says_bf16_and_keeps_its_own_features(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's `devise eval --precision bf16` that returned fp32's numbers: the
+    torch-free backbone read OpenVINO's `bfloat16` as fp32, and shared fp32's cache."""
+    from model import fastpath
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    fp32 = load_backbone("resnet18", None, "fp32")
+    a = extract_features(fp32, photos, cache_dir=tmp_path / "features")
+    bf16 = fastpath.load_compiled("resnet18", "random-init", "bf16")
+    assert bf16 is not None and bf16.precision == "bf16"
+    b = extract_features(bf16, photos, cache_dir=tmp_path / "features")
+    assert not b.cached and not np.array_equal(a.features, b.features)
+
+
+def test_without_an_int8_model_int8_runs_the_fp32_fast_path_and_says_why(
+    photos: list[Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from model import fastpath, quantize
+    from model.data.images import load_array
+
+    def absent(*a: object, **k: object) -> None:
+        raise quantize.QuantizeError("--precision int8 needs NNCF: pip install nncf")
+
+    monkeypatch.setattr(fastpath, "_int8_model", absent)
+    q = load_backbone("resnet18", None, "int8")
+    x = np.stack([load_array(p, q.spec.preprocess) for p in photos[:2]])
+    out = q.features(x)
+    assert q.precision == "fp32" and q.runtime == "openvino"
+    assert "needs NNCF" in caplog.text and "running fp32" in caplog.text
+    assert np.allclose(out, load_backbone("resnet18", None, "fp32").features(x), atol=1e-4)
