@@ -193,20 +193,24 @@ def test_a_compiled_bf16_backbone_checks_its_first_batch_too(
 def test_the_index_records_the_precision_its_vectors_were_made_with(
     photos: list[Path], tmp_path: Path
 ) -> None:
+    import shutil
+
     from ingest.pipeline import ingest
     from model.embedders.embedder import DuplicateEmbedder
     from qdrant.edge import EdgeStore
 
+    folder = tmp_path / "photos"  # its own copy: this test adds a photo
+    shutil.copytree(photos[0].parent, folder)
     with EdgeStore(tmp_path / "index") as store:
-        ingest(store, [photos[0].parent], [DuplicateEmbedder("resnet18", None, "bf16")],
+        ingest(store, [folder], [DuplicateEmbedder("resnet18", None, "bf16")],
                progress=False, batch_size=4)  # fmt: skip
         rec = store.get_meta()["models"]["dup"]
         assert rec["precision"] == "bf16" and rec["numerics"] == "cpu-openvino-bf16"
         assert rec["precisions"] == ["bf16"]
         # a later run at another precision adds to what the vectors were made at
-        (photos[0].parent / "extra").mkdir()
-        export_photos(photos[0].parent / "extra", names=["moon"])
-        ingest(store, [photos[0].parent], [DuplicateEmbedder("resnet18", None, "fp32")],
+        (folder / "extra").mkdir()
+        export_photos(folder / "extra", names=["moon"])
+        ingest(store, [folder], [DuplicateEmbedder("resnet18", None, "fp32")],
                progress=False, batch_size=4)  # fmt: skip
         rec = store.get_meta()["models"]["dup"]
         assert rec["precision"] == "fp32" and rec["precisions"] == ["bf16", "fp32"]
@@ -244,3 +248,27 @@ def test_without_an_int8_model_int8_runs_the_fp32_fast_path_and_says_why(
     assert q.precision == "fp32" and q.runtime == "openvino"
     assert "needs NNCF" in caplog.text and "running fp32" in caplog.text
     assert np.allclose(out, load_backbone("resnet18", None, "fp32").features(x), atol=1e-4)
+
+
+def test_a_query_at_another_precision_finds_what_the_index_holds(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    """bf16-made vectors, fp32 queries (and the reverse): allowed, because both passed the
+    first-batch check against fp32; each photo finds itself first, at cosine >= 0.995."""
+    from ingest.pipeline import ingest
+    from model.embedders.embedder import DuplicateEmbedder
+    from qdrant.edge import EdgeStore
+
+    for made, asked in [("bf16", "fp32"), ("fp32", "bf16")]:
+        with EdgeStore(tmp_path / f"index-{made}") as store:
+            ingest(store, [photos[0].parent], [DuplicateEmbedder("resnet18", None, made)],
+                   progress=False, batch_size=4)  # fmt: skip
+            query = DuplicateEmbedder("resnet18", None, asked)
+            from model.data.images import decode_image
+
+            vectors = query.embed_images([decode_image(p) for p in photos])
+            assert query.backbone.precision == asked
+            for p, v in zip(photos, vectors, strict=True):
+                best = store.search_images("dup", v, 1)[0]
+                assert best.payload["path"] == p.resolve().as_posix(), (made, asked, p)
+                assert best.score >= 0.995, (made, asked, p, best.score)
