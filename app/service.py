@@ -240,8 +240,6 @@ class SearchService:
                 "id": rec.get("id"),
                 "points": self.store.count_vectors(name),
             }
-            if rec.get("precision"):  # what the vectors were made at (ingest records it)
-                models[name]["precision"] = rec["precision"]
         return {
             "index": self.store.describe(),
             "images": self.store.count(IMAGES),
