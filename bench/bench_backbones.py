@@ -1,12 +1,23 @@
-"""Backbone speed: plain fp32 against the fast path, with the embeddings compared.
+"""Backbone speed at fp32, bf16 and int8, ingest end to end for each, and the CPU's peak.
 
-For each backbone, in one run: plain fp32 PyTorch img/s (contiguous NCHW, no autocast),
-PyTorch in channels_last (with bf16 autocast where the CPU has AVX-512 BF16 or AMX), the fast
-path that ingest uses (OpenVINO, fp32 or native bf16), ingest end to end with the fast path,
-the ratios, and the cosine between plain fp32 and fast-path embeddings of real photos
-(scikit-image's). Also the wall time of whole `devise search` and `devise tag` processes
-against a small index. ResNet weights are random (none ship offline): speed does not depend
-on them.
+For each backbone, in one run (batch 32 at 224 px):
+
+- plain fp32 PyTorch img/s (contiguous NCHW, no autocast);
+- the fast path (OpenVINO) at each precision: fp32, bf16 (`INFERENCE_PRECISION_HINT=bf16`,
+  native only with AVX-512 BF16 or AMX) and int8 (NNCF post-training quantisation,
+  `model/quantize.py`), each with its ratio to the fp32 fast path;
+- ingest end to end (decode of camera-sized JPEGs, the backbone, the store) at each
+  precision;
+- each one's fraction of the CPU's peak: FLOPs per image (counted by
+  `torch.utils.flop_counter`, 2 per multiply-add) times img/s, against cores x GHz x
+  FLOPs per cycle per core of the units that precision uses (`PEAKS`, with their sources);
+- the cosine between plain fp32 and each precision's features of real photos
+  (scikit-image's and darknet's).
+
+The first-batch fallback is off here, so each precision is measured as it is; what
+`--precision auto` picks is printed. ResNet weights are random (none ship offline): speed
+does not depend on them. Also the wall time of whole `devise search` and `devise tag`
+processes against a small index.
 
     python bench/bench_backbones.py [--backbones efficientnet_lite0,resnet50] [--n 128]
 """
@@ -25,6 +36,56 @@ import numpy as np
 
 #: ingest with the fast path, as a multiple of plain fp32 backbone-only throughput (issue #7)
 GOALS = {"efficientnet_lite0": 3.0, "resnet50": 2.5}
+
+#: Peak FLOPs per cycle per core of the units each precision runs on, per CPU kind. Sources:
+#: AMD's Software Optimization Guide for AMD Family 19h Processors (Zen 4: two 256-bit FMA
+#: pipes, AVX-512 runs as two 256-bit halves; VDPBF16PS does 2 bf16 multiply-adds per fp32
+#: lane, VPDPBUSD 4 int8 ones per int32 lane) and Intel's 64 and IA-32 Architectures
+#: Optimization Reference Manual (two 512-bit FMA units on Xeon; AMX TMUL: 1024 bf16 and
+#: 2048 int8 operations per cycle). Counted as 2 FLOPs per multiply-add, int8 ops as FLOPs.
+PEAKS: dict[str, dict[str, int]] = {
+    "zen4 (AVX-512 BF16, VNNI; 2x256-bit FMA)": {"fp32": 32, "bf16": 64, "int8": 128},
+    "xeon with AMX": {"fp32": 64, "bf16": 1024, "int8": 2048},
+    "xeon AVX-512 (BF16/VNNI, no AMX)": {"fp32": 64, "bf16": 128, "int8": 256},
+    "AVX2 (2 FMA units)": {"fp32": 32, "bf16": 32, "int8": 64},
+}
+
+
+def cpu_kind() -> str:
+    flags: set[str] = set()
+    vendor = ""
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("vendor_id") and not vendor:
+                vendor = line.split(":", 1)[1].strip()
+    if "amx_bf16" in flags:
+        return "xeon with AMX"
+    if "avx512f" in flags:
+        if vendor == "AuthenticAMD":
+            return "zen4 (AVX-512 BF16, VNNI; 2x256-bit FMA)"
+        return "xeon AVX-512 (BF16/VNNI, no AMX)"
+    return "AVX2 (2 FMA units)"
+
+
+def cpu_ghz() -> float:
+    """The clock /proc/cpuinfo reports (in a VM, the host's nominal clock; boost unknown)."""
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1]) / 1000
+    return float("nan")
+
+
+def flops_per_image(backbone) -> float:  # type: ignore[no-untyped-def]
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    size = backbone.spec.preprocess.size
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        backbone(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
 
 
 def throughput(fn, x: np.ndarray, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -61,6 +122,7 @@ class _Features:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--backbones", default="efficientnet_lite0,resnet50")
+    p.add_argument("--precisions", default="fp32,bf16,int8")
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--skip-cli", action="store_true")
@@ -69,30 +131,35 @@ def main() -> None:
     import torch
 
     from bench.bench_ingest import make_photos
+    from bench.bench_tags import cpu_name
     from ingest.pipeline import ingest
-    from model.backbones import cpu_has_bf16, load_backbone, resolve_precision
+    from model import fastpath
+    from model.backbones import Backbone, cpu_has_bf16, load_backbone, resolve_precision
     from model.data.datasets import export_photos
     from model.data.images import load_array
-    from model.fastpath import openvino_has_bf16, resolve_runtime
+    from model.quantize import DARKNET_PHOTOS
     from model.vocab.words import unit
     from qdrant.edge import EdgeStore
 
-    fast = resolve_precision("auto")
+    # each precision measured as it is: no first-batch fallback to fp32
+    Backbone.BF16_MIN_COSINE = -1.0
+    kind, ghz, cores = cpu_kind(), cpu_ghz(), len(os.sched_getaffinity(0))
     print(
-        f"CPU native bf16: {cpu_has_bf16()}; fast path: {resolve_runtime('auto')} in {fast} "
-        f"(OpenVINO bf16: {fast == 'bf16' and openvino_has_bf16()}); torch threads "
-        f"{torch.get_num_threads()}; batch {args.batch_size} at 224 px"
+        f"CPU: {cpu_name()}; native bf16: {cpu_has_bf16()} (OpenVINO: "
+        f"{fastpath.openvino_has_bf16()}); torch threads {torch.get_num_threads()}; batch "
+        f"{args.batch_size} at 224 px\npeak assumed: {kind}, {cores} cores x {ghz:.2f} GHz "
+        f"(/proc/cpuinfo) x FLOPs/cycle {PEAKS[kind]} (sources: bench_backbones.PEAKS)"
     )
+    precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         export_photos(root / "real")
-        real = sorted((root / "real").glob("*.png"))
+        real = sorted((root / "real").glob("*.png")) + sorted(DARKNET_PHOTOS.glob("*.jpg"))
         make_photos(root / "photos", args.n)
         for name in args.backbones.split(","):
             weights = "default" if name == "efficientnet_lite0" else None
             slow = load_backbone(name, weights, "fp32", runtime="torch")
-            eager = load_backbone(name, weights, fast, runtime="torch")
-            quick = load_backbone(name, weights, fast)  # the default: what ingest uses
+            flops = flops_per_image(slow)
             x = (
                 np.random.default_rng(0)
                 .standard_normal((args.batch_size, 3, 224, 224))
@@ -104,45 +171,65 @@ def main() -> None:
                 with torch.inference_mode():
                     return bb(torch.from_numpy(a)).numpy()
 
-            t = time.perf_counter()
-            quick.features(x[:1])  # compile (or read the compiled model from the cache)
-            first_call = time.perf_counter() - t
+            arr = np.stack([load_array(f, slow.spec.preprocess) for f in real])
+            ref = unit(plain(arr))
             fp32 = throughput(plain, x, args.n)
-            eager_rate = throughput(eager.features, x, args.n)
-            quick_rate = throughput(quick.features, x, args.n)
-            arr = np.stack([load_array(f, quick.spec.preprocess) for f in real])
-            cos = (unit(plain(arr)) * unit(quick.features(arr))).sum(axis=1)
-
-            with EdgeStore(root / f"index-{name}") as store:
-                s = ingest(
-                    store,
-                    [root / "photos"],
-                    [_Features(quick)],
-                    batch_size=args.batch_size,  # type: ignore[list-item]
-                    progress=False,
-                )
-            rate = s.indexed / s.seconds
-            goal = GOALS.get(name)
-            verdict = (
-                ""
-                if goal is None
-                else f" (goal {goal}x: {'met' if rate / fp32 >= goal else 'NOT met'})"
-            )
             print(
-                f"{name}:\n"
-                f"  plain fp32 torch (NCHW)       {fp32:6.1f} img/s\n"
-                f"  torch channels_last {fast:<9} {eager_rate:6.1f} img/s  "
-                f"{eager_rate / fp32:.2f}x\n"
-                f"  fast path ({quick.runtime} {quick.precision}) {quick_rate:6.1f} img/s  "
-                f"{quick_rate / fp32:.2f}x  (first call {first_call:.1f} s)\n"
-                f"  ingest end to end, fast path  {rate:6.1f} img/s  {rate / fp32:.2f}x plain fp32"
-                f"{verdict}, {rate / quick_rate:.2f} of the fast backbone; loader wait "
-                f"{s.wait_seconds / max(1, s.batches) * 1000:.0f} ms/batch\n"
-                f"  cosine plain fp32 vs fast path on {len(real)} real photos: min {cos.min():.5f}"
+                f"{name}: {flops / 1e9:.2f} GFLOPs per image; --precision auto runs "
+                f"{resolve_precision('auto', name)}\n"
+                f"  {'':22s} {'img/s':>7s} {'vs fp32 fast':>12s} {'of peak':>8s}  "
+                f"{'ingest img/s':>12s} {'vs fp32 fast':>12s}  cosine min (photos)\n"
+                f"  {'plain fp32 PyTorch':22s} {fp32:7.1f} {'':12s} "
+                f"{_peak(flops * fp32, cores, ghz, PEAKS[kind]['fp32']):>8s}"
             )
+            base: tuple[float, float] | None = None
+            for prec in precisions:
+                t = time.perf_counter()
+                try:
+                    quick = load_backbone(name, weights, prec)
+                    quick.features(x[:1])  # compile, or quantise (or read either from the cache)
+                except Exception as e:  # noqa: BLE001 - a precision this CPU cannot run
+                    print(f"  {prec:22s} not available: {type(e).__name__}: {e}")
+                    continue
+                first = time.perf_counter() - t
+                if quick.precision != prec or quick.runtime != "openvino":
+                    print(f"  {prec:22s} not run natively here ({quick.numerics}): skipped")
+                    continue
+                rate = throughput(quick.features, x, args.n)
+                cos = (ref * unit(quick.features(arr))).sum(axis=1)
+                with EdgeStore(root / f"index-{name}-{prec}") as store:
+                    s = ingest(
+                        store,
+                        [root / "photos"],
+                        [_Features(quick)],
+                        batch_size=args.batch_size,  # type: ignore[list-item]
+                        progress=False,
+                    )
+                end = s.indexed / s.seconds
+                if base is None and prec == "fp32":
+                    base = (rate, end)
+                b_rate, b_end = base if base is not None else (float("nan"), float("nan"))
+                goal = GOALS.get(name) if prec == "fp32" else None
+                verdict = (
+                    ""
+                    if goal is None
+                    else f"; {end / fp32:.2f}x plain (goal {goal}x: "
+                    f"{'met' if end / fp32 >= goal else 'NOT met'})"
+                )
+                print(
+                    f"  {'fast path ' + prec:22s} {rate:7.1f} {rate / b_rate:11.2f}x "
+                    f"{_peak(flops * rate, cores, ghz, PEAKS[kind][prec]):>8s}  "
+                    f"{end:12.1f} {end / b_end:11.2f}x  {cos.min():.4f} "
+                    f"(first call {first:.1f} s; loader wait "
+                    f"{s.wait_seconds / max(1, s.batches) * 1000:.0f} ms/batch{verdict})"
+                )
 
     if not args.skip_cli:
         cli_times()
+
+
+def _peak(flops_per_s: float, cores: int, ghz: float, per_cycle: int) -> str:
+    return f"{flops_per_s / (cores * ghz * 1e9 * per_cycle):.0%}"
 
 
 def cli_times() -> None:

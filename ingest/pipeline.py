@@ -219,9 +219,44 @@ def record_models(
     meta["schema"] = SCHEMA_VERSION
     models = dict(meta.get("models") or {})
     for emb in embedders:
-        models[emb.name] = {"dim": emb.dim, "id": emb.content_id, **extra.get(emb.name, {})}
+        old = models.get(emb.name) or {}
+        # the same model's vectors keep the record of the precisions they were made at
+        kept = {k: old[k] for k in NUMERICS_FIELDS if k in old and old.get("id") == emb.content_id}
+        models[emb.name] = {
+            "dim": emb.dim,
+            "id": emb.content_id,
+            **kept,
+            **extra.get(emb.name, {}),
+        }
     meta["models"] = models
     store.set_meta(meta)
+
+
+NUMERICS_FIELDS = ("precision", "numerics", "precisions")
+
+
+def record_precisions(store: Store, embedders: Sequence[ArrayEmbedder]) -> None:
+    """Record the numerics that made each model's vectors in this run, in its record:
+    `precision` (fp32, bf16, int8: what ran, after any first-batch fallback), `numerics`
+    (what computed them, `cpu-openvino-bf16` say) and `precisions`, every precision its
+    vectors were ever made at. A query may run at another precision: every bf16 or int8
+    backbone checks its first batch against fp32 (cosine 0.995) and falls back below it."""
+    meta = store.get_meta()
+    models = dict(meta.get("models") or {})
+    changed = False
+    for emb in embedders:
+        bb = getattr(emb, "_backbone", None)  # only a backbone this run built and used
+        if bb is None or emb.name not in models:
+            continue
+        rec = dict(models[emb.name])
+        seen = sorted({*rec.get("precisions", []), bb.precision})
+        new = {"precision": bb.precision, "numerics": bb.numerics, "precisions": seen}
+        if any(rec.get(k) != v for k, v in new.items()):
+            models[emb.name] = {**rec, **new}
+            changed = True
+    if changed:
+        meta["models"] = models
+        store.set_meta(meta)
 
 
 def record_roots(store: Store, roots: Sequence[Path]) -> None:
@@ -427,6 +462,7 @@ def ingest(
         bar.close()
         store.flush()
 
+    record_precisions(store, embedders)
     if prune:
         summary.pruned = prune_missing(store, roots)
     summary.seconds = time.perf_counter() - t0

@@ -31,6 +31,7 @@ from model.device import CPU, Device, GpuRunner, pick, prepare, to_device
 from model.specs import (
     DEFAULT_BACKBONE,
     RANDOM_INIT,
+    SAME_VECTORS_COSINE,
     SPECS,
     BackboneError,
     BackboneSpec,
@@ -130,6 +131,19 @@ class Backbone(SpecNamed, nn.Module):
         self._gpu = GpuRunner(device, self.name)
         return self
 
+    @property
+    def numerics(self) -> str:
+        """What computes the features, and in which number format: `cpu-openvino-bf16`,
+        `cpu-torch-fp32`, `cuda-bfloat16-autocast`, ... Features made with different numerics
+        never share a cache entry (`model.data.features`)."""
+        if self._gpu is not None:
+            dtype = self._gpu.dtype
+            return f"{self.device.torch_name}-" + (
+                f"{str(dtype).removeprefix('torch.')}-autocast" if dtype is not None else "fp32"
+            )
+        fast = self.runtime == "openvino" and fastpath.takes_fast_path(self.precision, self.runtime)
+        return f"cpu-{'openvino' if fast else 'torch'}-{self.precision}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))
 
@@ -170,24 +184,33 @@ class Backbone(SpecNamed, nn.Module):
             return None
         with self._compile_lock:
             if self._compiled is None:
-                self._compiled = fastpath.try_compile_module(
-                    self,
-                    (1, 3, self.spec.preprocess.size, self.spec.preprocess.size),
-                    what=self.name,
-                    name=self.name,
-                    key=fastpath.backbone_key(self.name, self._cache_name()),
-                    precision=self.precision,
-                    classifier=(
-                        self.classifier.weight.detach().numpy(),  # type: ignore[operator]
-                        self.classifier.bias.detach().numpy(),  # type: ignore[operator]
-                    ),
-                )
+                self._compiled = self._try_compile()
+                if self._compiled is None and self.precision == "int8":
+                    # no int8 model (no NNCF, too few calibration images): fp32, still fast
+                    log.warning("%s: no int8 model; running fp32", self.name)
+                    self.precision = "fp32"
+                    self._compiled = self._try_compile()
                 if self._compiled is None:
                     self.runtime = "torch"
             return self._compiled
 
-    #: bf16 must agree with fp32 at least this well on the first real batch, or it is dropped.
-    BF16_MIN_COSINE = 0.995
+    def _try_compile(self) -> fastpath.CompiledModel | None:
+        return fastpath.try_compile_module(
+            self,
+            (1, 3, self.spec.preprocess.size, self.spec.preprocess.size),
+            what=f"{self.name} ({self.precision})",
+            name=self.name,
+            key=fastpath.backbone_key(self.name, self._cache_name()),
+            precision=self.precision,
+            classifier=(
+                self.classifier.weight.detach().numpy(),  # type: ignore[operator]
+                self.classifier.bias.detach().numpy(),  # type: ignore[operator]
+            ),
+        )
+
+    #: bf16 (or int8) must agree with fp32 at least this well on the first real batch, or it
+    #: is dropped.
+    BF16_MIN_COSINE = SAME_VECTORS_COSINE
 
     @torch.inference_mode()
     def features(self, batch: npt.NDArray[np.float32] | torch.Tensor) -> npt.NDArray[np.float32]:
@@ -205,15 +228,16 @@ class Backbone(SpecNamed, nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 f = self(x).float()
-        if self.precision == "bf16" and not self._bf16_checked and len(x):
+        if self.precision != "fp32" and not self._bf16_checked and len(x):
             self._bf16_checked = True
             exact = self(x).float()
             cos = float(nn.functional.cosine_similarity(f, exact, dim=1).min())
             if cos < self.BF16_MIN_COSINE:
                 log.warning(
-                    "%s: bf16 features agree with fp32 only to cosine %.4f (< %.3f) on the "
+                    "%s: %s features agree with fp32 only to cosine %.4f (< %.3f) on the "
                     "first batch; falling back to fp32",
                     self.name,
+                    self.precision,
                     cos,
                     self.BF16_MIN_COSINE,
                 )
@@ -362,9 +386,16 @@ def load_backbone(
         rt = fastpath.resolve_runtime(runtime)
     except fastpath.RuntimeChoiceError as e:
         raise BackboneError(str(e)) from None
-    bb = _BUILDERS[name](spec, weights, resolve_precision(precision))
-    bb.runtime = rt
+    prec = resolve_precision(precision, name)
     dev = pick(device)
+    if prec == "int8" and (rt != "openvino" or dev.is_cuda):
+        raise BackboneError(
+            "--precision int8 runs on the CPU through OpenVINO only"
+            + (" (a GPU was chosen: use --device cpu)" if dev.is_cuda else "")
+            + ("" if rt == "openvino" else " (the runtime is torch: use --runtime openvino)")
+        )
+    bb = _BUILDERS[name](spec, weights, prec)
+    bb.runtime = rt
     if dev.is_cuda:
         bb.to_device(dev)
     return bb

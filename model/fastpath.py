@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.paths import default_cache_dir
-from model.specs import SpecNamed, get_spec, resolve_precision
+from model.specs import SAME_VECTORS_COSINE, SpecNamed, get_spec, resolve_precision
 
 if TYPE_CHECKING:
     from model.specs import BackboneSpec, Precision
@@ -210,7 +210,48 @@ def compile_module(
             _save(model, xml)
     if xml is not None and classifier is not None and xml.is_file():
         save_classifier(xml, *classifier)
+    if precision == "int8":
+        model = _int8_model(model, name, xml)
     return _compile(model, precision)
+
+
+#: What makes an int8 model, for its cache key: the calibration recipe (`model.quantize`)
+#: and NNCF's version. A change to either quantises again.
+INT8_RECIPE = "nncf-ptq-performance-calib-v1"
+
+
+def int8_path(xml: Path) -> Path:
+    """Where the int8 model quantised from the fp32 model at `xml` is cached."""
+    from model.quantize import nncf_version
+
+    key = hashlib.sha256(json.dumps([INT8_RECIPE, nncf_version()]).encode()).hexdigest()[:12]
+    return xml.with_name(f"{xml.stem}-int8-{key}.xml")
+
+
+def _read_cached(xml: Path | None) -> Any:
+    if xml is None or not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+        return None
+    try:
+        return _core().read_model(str(xml))
+    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+        log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+        return None
+
+
+def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
+    """The int8 model quantised from the fp32 `model`, from the cache or made (and cached)
+    now; raises `quantize.QuantizeError` where none can be made."""
+    from model import quantize
+
+    q = int8_path(xml) if xml is not None else None
+    cached = _read_cached(q)
+    if cached is not None:
+        return cached
+    calibration, _ = quantize.calibration_arrays(get_spec(name).preprocess)
+    quantized = quantize.quantize(model, calibration)
+    if q is not None:
+        _save(quantized, q)
+    return quantized
 
 
 def try_compile_module(
@@ -281,12 +322,17 @@ def try_compile_lazy(
 
 
 def _compile(model: Any, precision: str) -> CompiledModel:
+    # int8: the quantised layers run in int8 (VNNI / AMX-INT8), the rest in fp32
     hint = "bf16" if precision == "bf16" else "f32"
     compiled = _core().compile_model(
         model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
     )
     got = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    return CompiledModel(compiled, "bf16" if "bf16" in got else "fp32")
+    if precision == "int8":
+        return CompiledModel(compiled, "int8")
+    # OpenVINO names it `<Type: 'bfloat16'>`: matching "bf16" read every bf16 model as fp32,
+    # so a torch-free bf16 backbone said fp32 and shared fp32's feature cache
+    return CompiledModel(compiled, "bf16" if "bfloat16" in got or "bf16" in got else "fp32")
 
 
 def backbone_key(name: str, weights_key: str) -> str:
@@ -329,12 +375,20 @@ class CompiledBackbone(SpecNamed):
         weights_id: str,
         compiled: CompiledModel,
         classifier: tuple[Float32Array, Float32Array],
+        reference: Callable[[], CompiledModel] | None = None,
     ) -> None:
         self.spec = spec
         self.weights_id = weights_id
-        self.precision: Precision = "bf16" if compiled.precision == "bf16" else "fp32"
+        self.precision: Precision = compiled.precision  # type: ignore[assignment]
         self._compiled = compiled
         self._weight, self._bias = classifier
+        # bf16 or int8: the fp32 model, to check the first batch against (as `Backbone` does)
+        self._reference = reference if compiled.precision != "fp32" else None
+
+    @property
+    def numerics(self) -> str:
+        """What computes the features and in which format (see `Backbone.numerics`)."""
+        return f"cpu-openvino-{self.precision}"
 
     def features(self, batch: Float32Array) -> Float32Array:
         x = np.asarray(batch, dtype=np.float32)
@@ -343,7 +397,23 @@ class CompiledBackbone(SpecNamed):
             raise ValueError(f"{self.name} takes (N, 3, {size}, {size}) arrays, got {x.shape}")
         if not len(x):
             return np.zeros((0, self.feature_dim), np.float32)
-        return self._compiled(x)
+        out = self._compiled(x)
+        if self._reference is not None:
+            reference, self._reference = self._reference(), None
+            exact = reference(x)
+            cos = float(_cosines(out, exact).min())
+            if cos < SAME_VECTORS_COSINE:
+                log.warning(
+                    "%s: %s features agree with fp32 only to cosine %.4f (< %.3f) on the "
+                    "first batch; falling back to fp32",
+                    self.name,
+                    self.precision,
+                    cos,
+                    SAME_VECTORS_COSINE,
+                )
+                self._compiled, self.precision = reference, "fp32"
+                return exact
+        return out
 
     def logits(self, features: Float32Array) -> Float32Array:
         f = np.asarray(features, dtype=np.float32)
@@ -360,19 +430,31 @@ def load_compiled(
     from model.device import default_device
 
     spec = get_spec(name)
-    prec = resolve_precision(precision)
+    prec = resolve_precision(precision, name)
     if default_device().is_cuda or not takes_fast_path(prec):
         return None
     xml = ir_path(name, backbone_key(name, weights_key or weights_id))
     cls = _classifier_path(xml)
     if not (xml.is_file() and xml.with_suffix(".bin").is_file() and cls.is_file()):
         return None
+    run = int8_path(xml) if prec == "int8" else xml
+    if not (run.is_file() and run.with_suffix(".bin").is_file()):
+        return None
     try:
         with np.load(cls, allow_pickle=False) as z:
             classifier = (z["weight"], z["bias"])
-        model = _core().read_model(str(xml))
-        compiled = _compile(model, prec)
+        compiled = _compile(_core().read_model(str(run)), prec)
     except Exception as e:  # noqa: BLE001 - a damaged cache: the torch path rebuilds it
-        log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+        log.warning("ignoring unreadable OpenVINO cache %s: %s", run, e)
         return None
-    return CompiledBackbone(spec, weights_id, compiled, classifier)
+
+    def reference() -> CompiledModel:
+        return _compile(_core().read_model(str(xml)), "fp32")
+
+    return CompiledBackbone(spec, weights_id, compiled, classifier, reference)
+
+
+def _cosines(a: Float32Array, b: Float32Array) -> Float32Array:
+    na = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    out: Float32Array = (a * b).sum(axis=1) / np.maximum(na, 1e-12)
+    return out

@@ -1,10 +1,13 @@
 """Labelled image folders, and backbone features extracted once and cached on disk.
 
-The cache key covers the backbone, its weights, the numeric precision and the file list
-(path, size, mtime), but not the device: features are stored as fp32 whichever device made
-them (GPU autocast is checked against fp32 to cosine 0.999), so a cache built on a GPU is
-reused on the CPU and the other way round. So retraining a projection head costs seconds,
-not minutes, and any change to the images or the backbone recomputes.
+The cache key covers the backbone, its weights, the numeric precision, the device numerics
+(`Backbone.numerics`: what ran it, in which format: `cpu-openvino-bf16`, `cpu-torch-fp32`,
+`cuda-bfloat16-autocast`, ...) and the file list (path, size, mtime). Features are stored as
+fp32 arrays whatever made them, but bf16 or int8 features are never read for an fp32 run,
+nor the other way round. A run whose numerics change on the way (bf16 that fails its
+first-batch check and falls back to fp32) stores its features under what it really ran.
+So retraining a projection head costs seconds, not minutes, and any change to the images,
+the backbone or its numerics recomputes.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def scan_image_folder(root: Path) -> LabelledImages:
 
 def _cache_key(backbone: BackboneLike, paths: list[Path]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([backbone.name, backbone.weights_id, backbone.precision]).encode())
+    meta = [backbone.name, backbone.weights_id, backbone.precision, backbone.numerics]
+    h.update(json.dumps(meta).encode())
     for p in paths:
         try:
             st = p.stat()
@@ -85,6 +89,11 @@ def _cache_key(backbone: BackboneLike, paths: list[Path]) -> str:
         except OSError:
             h.update(f"{p}\0missing\n".encode())
     return h.hexdigest()[:24]
+
+
+def _cache_file(cache_dir: Path, backbone: BackboneLike, paths: list[Path]) -> Path:
+    key = _cache_key(backbone, paths)
+    return Path(cache_dir) / "features" / f"{backbone.name}-{key}.safetensors"
 
 
 @dataclass
@@ -107,11 +116,7 @@ def extract_features(
     """Pooled backbone features of every decodable image; bad files are logged and skipped."""
     cache_file = None
     if cache_dir is not None:
-        cache_file = (
-            Path(cache_dir)
-            / "features"
-            / f"{backbone.name}-{_cache_key(backbone, paths)}.safetensors"
-        )
+        cache_file = _cache_file(cache_dir, backbone, paths)
         if cache_file.is_file():
             try:
                 d = load_file(str(cache_file))
@@ -142,7 +147,9 @@ def extract_features(
         seconds,
         False,
     )
-    if cache_file is not None:
+    if cache_dir is not None:
+        # the key again: bf16 that fell back to fp32 on the first batch made fp32 features
+        cache_file = _cache_file(cache_dir, backbone, paths)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
         os.close(fd)

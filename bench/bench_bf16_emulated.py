@@ -1,4 +1,9 @@
-"""Fashion-MNIST metrics with bf16 features against fp32: the accuracy bf16 would cost.
+"""EMULATED bf16, not real bf16: Fashion-MNIST metrics with bf16 rounding emulated in fp32.
+
+This is an emulation for CPUs without native bf16. It rounds every layer's inputs, weights
+and outputs to bf16, which costs more than real bf16 kernels (those accumulate in fp32 and
+fuse layers): it overstates bf16's cost. For real bf16 (and int8) on a CPU that has it, use
+`bench/bench_precision.py`, whose figures decide `--precision auto`.
 
 Trains DeViSE (efficientnet_lite0 + GloVe 50d, the demo's hold-out labels) on fp32
 features of a Fashion-MNIST training subset, then evaluates a test subset twice with the
@@ -7,7 +12,7 @@ speed (`model.bf16.emulate_bf16`, torch eager; real bf16 autocast is ~10x slower
 on a CPU without native bf16). Prints flat and zero-shot hit@k under each and the
 differences in points. Asserts nothing. Run from the repository root:
 
-    python bench/bench_bf16.py [--train 2000] [--test 1000]
+    python bench/bench_bf16_emulated.py [--train 2000] [--test 1000]
 
 Needs Fashion-MNIST offline (the Debian package dataset-fashion-mnist) or a download.
 """

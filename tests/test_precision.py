@@ -1,0 +1,274 @@
+"""Numerics: the feature cache keeps fp32, bf16 (and int8) features apart, `--precision auto`
+picks bf16 only where the CPU has it natively and it was measured to hold, and the index
+records the precision its vectors were made with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.backbones import Backbone, load_backbone
+from model.data.datasets import export_photos
+from model.data.features import extract_features
+
+pytest.importorskip("openvino", reason="the fast path needs OpenVINO (a project dependency)")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("photos")
+    export_photos(out, names=["chelsea", "coffee", "rocket", "astronaut"])
+    return sorted(out.glob("*.png"))
+
+
+def test_bf16_features_are_never_read_for_an_fp32_run_nor_the_reverse(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    fp32 = load_backbone("resnet18", None, "fp32")
+    bf16 = load_backbone("resnet18", None, "bf16")
+    a = extract_features(fp32, photos, batch_size=4, cache_dir=cache)
+    b = extract_features(bf16, photos, batch_size=4, cache_dir=cache)
+    assert not a.cached and not b.cached, "bf16 read the fp32 run's features"
+    assert bf16.precision == "bf16", "bf16 fell back: the test would prove nothing"
+    assert not np.array_equal(a.features, b.features), "bf16 ran as fp32"
+    assert len(list((cache / "features").glob("*.safetensors"))) == 2
+    # each precision reads back its own features, and only those
+    again_fp32 = extract_features(load_backbone("resnet18", None, "fp32"), photos, cache_dir=cache)
+    again_bf16 = extract_features(load_backbone("resnet18", None, "bf16"), photos, cache_dir=cache)
+    assert again_fp32.cached and np.array_equal(again_fp32.features, a.features)
+    assert again_bf16.cached and np.array_equal(again_bf16.features, b.features)
+
+
+def test_the_runtime_is_part_of_the_key(photos: list[Path], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    ov = load_backbone("resnet18", None, "bf16", runtime="openvino")
+    eager = load_backbone("resnet18", None, "bf16", runtime="torch")
+    assert ov.numerics != eager.numerics
+    extract_features(ov, photos[:2], batch_size=2, cache_dir=cache)
+    assert not extract_features(eager, photos[:2], batch_size=2, cache_dir=cache).cached
+
+
+def test_bf16_that_falls_back_stores_its_features_as_fp32(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(Backbone, "BF16_MIN_COSINE", 1.01)  # no bf16 result passes this
+    fell = load_backbone("resnet18", None, "bf16")
+    got = extract_features(fell, photos, batch_size=4, cache_dir=cache)
+    assert fell.precision == "fp32" and fell.numerics.endswith("-fp32")
+    # what it made is fp32: an fp32 run reads it, a bf16 run does not
+    fp32 = extract_features(load_backbone("resnet18", None, "fp32"), photos, cache_dir=cache)
+    assert fp32.cached and np.array_equal(fp32.features, got.features)
+    monkeypatch.setattr(Backbone, "BF16_MIN_COSINE", 0.995)
+    bf16 = extract_features(load_backbone("resnet18", None, "bf16"), photos, cache_dir=cache)
+    assert not bf16.cached
+
+
+# ------------------------------------------------------------------ what auto picks
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model import specs
+
+    monkeypatch.setattr(specs, "cpu_has_bf16", lambda: True)
+
+
+def test_auto_is_bf16_only_for_measured_backbones_on_a_native_bf16_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from model import specs
+
+    monkeypatch.setattr(specs, "AUTO_BF16", frozenset({"resnet18"}))
+    monkeypatch.setattr(specs, "cpu_has_bf16", lambda: True)
+    assert specs.resolve_precision("auto", "resnet18") == "bf16"
+    assert specs.resolve_precision("auto", "resnet50") == "fp32"  # not measured to hold
+    assert specs.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(specs, "cpu_has_bf16", lambda: False)  # AVX2 only: never slower
+    assert specs.resolve_precision("auto", "resnet18") == "fp32"
+    assert specs.resolve_precision("int8", "resnet18") == "int8"  # only when asked for
+
+
+def test_auto_is_fp32_for_every_backbone_measured_so_far(bf16_cpu: None) -> None:
+    """The measured table (README, Precision): efficientnet_lite0 moves text->image p@10 by
+    2 points under real bf16, and the ResNets have no real weights here to measure."""
+    from model import specs
+
+    for name in specs.SPECS:
+        assert specs.resolve_precision("auto", name) == "fp32", name
+
+
+def test_an_unknown_precision_is_one_clear_line() -> None:
+    from model.specs import BackboneError, resolve_precision
+
+    with pytest.raises(BackboneError, match=r"unknown precision 'fp8': use fp32, bf16, int8"):
+        resolve_precision("fp8")
+
+
+def test_int8_asked_for_on_the_torch_runtime_is_refused_clearly() -> None:
+    from model.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="int8 runs on the CPU through OpenVINO only"):
+        load_backbone("resnet18", None, "int8", runtime="torch")
+
+
+# ------------------------------------------------------------------ int8
+
+
+@pytest.mark.slow
+def test_int8_is_quantised_once_and_then_read_from_the_cache(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("nncf", reason="int8 needs NNCF (pip install '.[int8]')")
+    from model import quantize
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(Backbone, "BF16_MIN_COSINE", -1.0)  # measure int8 as it is
+    from model.data.images import load_array
+
+    fp32 = load_backbone("resnet18", None, "fp32")
+    x = np.stack([load_array(p, fp32.spec.preprocess) for p in photos])
+    ref = fp32.features(x)
+    q = load_backbone("resnet18", None, "int8")
+    got = q.features(x)
+    assert q.precision == "int8" and q.numerics == "cpu-openvino-int8"
+    assert list((tmp_path / "cache" / "openvino").glob("resnet18-*-int8-*.xml"))
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert not np.allclose(got, ref, atol=1e-4), "int8 ran as fp32"
+    assert cos.min() > 0.8, cos  # quantised, not broken
+
+    def no_quantising(*a: object, **k: object) -> None:
+        raise AssertionError("quantised again despite the cache")
+
+    monkeypatch.setattr(quantize, "quantize", no_quantising)
+    again = load_backbone("resnet18", None, "int8")
+    assert np.array_equal(again.features(x), got)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_int8_efficientnet_lite0_fails_its_check_and_runs_fp32(
+    photos: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured: NNCF's int8 efficientnet_lite0 agrees with fp32 only to cosine ~0.85-0.95
+    (depthwise convolutions): the first-batch check must catch it."""
+    pytest.importorskip("nncf", reason="int8 needs NNCF (pip install '.[int8]')")
+    from model.data.images import load_array
+
+    q = load_backbone("efficientnet_lite0", "default", "int8")
+    x = np.stack([load_array(p, q.spec.preprocess) for p in photos])
+    out = q.features(x)
+    assert q.precision == "fp32" and "int8 features agree with fp32 only" in caplog.text
+    ref = load_backbone("efficientnet_lite0", "default", "fp32").features(x)
+    assert np.allclose(out, ref, atol=1e-3)
+
+
+# ------------------------------------------------------------------ compiled, torch-free
+
+
+def test_a_compiled_bf16_backbone_checks_its_first_batch_too(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model import fastpath
+    from model.data.images import load_array
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    fp32 = load_backbone("resnet18", None, "fp32")
+    x = np.stack([load_array(p, fp32.spec.preprocess) for p in photos[:2]])
+    ref = fp32.features(x)  # compiles and caches the fp32 model
+    bf16 = fastpath.load_compiled("resnet18", "random-init", "bf16")
+    assert bf16 is not None and bf16.precision == "bf16"
+    monkeypatch.setattr(fastpath, "SAME_VECTORS_COSINE", 1.01)  # nothing passes
+    out = bf16.features(x)
+    assert bf16.precision == "fp32" and bf16.numerics == "cpu-openvino-fp32"
+    assert np.allclose(out, ref, atol=1e-4)
+
+
+# ------------------------------------------------------------------ the index records it
+
+
+def test_the_index_records_the_precision_its_vectors_were_made_with(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from ingest.pipeline import ingest
+    from model.embedders.embedder import DuplicateEmbedder
+    from qdrant.edge import EdgeStore
+
+    folder = tmp_path / "photos"  # its own copy: this test adds a photo
+    shutil.copytree(photos[0].parent, folder)
+    with EdgeStore(tmp_path / "index") as store:
+        ingest(store, [folder], [DuplicateEmbedder("resnet18", None, "bf16")],
+               progress=False, batch_size=4)  # fmt: skip
+        rec = store.get_meta()["models"]["dup"]
+        assert rec["precision"] == "bf16" and rec["numerics"] == "cpu-openvino-bf16"
+        assert rec["precisions"] == ["bf16"]
+        # a later run at another precision adds to what the vectors were made at
+        (folder / "extra").mkdir()
+        export_photos(folder / "extra", names=["moon"])
+        ingest(store, [folder], [DuplicateEmbedder("resnet18", None, "fp32")],
+               progress=False, batch_size=4)  # fmt: skip
+        rec = store.get_meta()["models"]["dup"]
+        assert rec["precision"] == "fp32" and rec["precisions"] == ["bf16", "fp32"]
+
+
+def test_a_compiled_bf16_backbone_says_bf16_and_keeps_its_own_features(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's `devise eval --precision bf16` that returned fp32's numbers: the
+    torch-free backbone read OpenVINO's `bfloat16` as fp32, and shared fp32's cache."""
+    from model import fastpath
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    fp32 = load_backbone("resnet18", None, "fp32")
+    a = extract_features(fp32, photos, cache_dir=tmp_path / "features")
+    bf16 = fastpath.load_compiled("resnet18", "random-init", "bf16")
+    assert bf16 is not None and bf16.precision == "bf16"
+    b = extract_features(bf16, photos, cache_dir=tmp_path / "features")
+    assert not b.cached and not np.array_equal(a.features, b.features)
+
+
+def test_without_an_int8_model_int8_runs_the_fp32_fast_path_and_says_why(
+    photos: list[Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from model import fastpath, quantize
+    from model.data.images import load_array
+
+    def absent(*a: object, **k: object) -> None:
+        raise quantize.QuantizeError("--precision int8 needs NNCF: pip install nncf")
+
+    monkeypatch.setattr(fastpath, "_int8_model", absent)
+    q = load_backbone("resnet18", None, "int8")
+    x = np.stack([load_array(p, q.spec.preprocess) for p in photos[:2]])
+    out = q.features(x)
+    assert q.precision == "fp32" and q.runtime == "openvino"
+    assert "needs NNCF" in caplog.text and "running fp32" in caplog.text
+    assert np.allclose(out, load_backbone("resnet18", None, "fp32").features(x), atol=1e-4)
+
+
+def test_a_query_at_another_precision_finds_what_the_index_holds(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    """bf16-made vectors, fp32 queries (and the reverse): allowed, because both passed the
+    first-batch check against fp32; each photo finds itself first, at cosine >= 0.995."""
+    from ingest.pipeline import ingest
+    from model.embedders.embedder import DuplicateEmbedder
+    from qdrant.edge import EdgeStore
+
+    for made, asked in [("bf16", "fp32"), ("fp32", "bf16")]:
+        with EdgeStore(tmp_path / f"index-{made}") as store:
+            ingest(store, [photos[0].parent], [DuplicateEmbedder("resnet18", None, made)],
+                   progress=False, batch_size=4)  # fmt: skip
+            query = DuplicateEmbedder("resnet18", None, asked)
+            from model.data.images import decode_image
+
+            vectors = query.embed_images([decode_image(p) for p in photos])
+            assert query.backbone.precision == asked
+            for p, v in zip(photos, vectors, strict=True):
+                best = store.search_images("dup", v, 1)[0]
+                assert best.payload["path"] == p.resolve().as_posix(), (made, asked, p)
+                assert best.score >= 0.995, (made, asked, p, best.score)
