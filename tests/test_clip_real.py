@@ -198,20 +198,32 @@ def test_an_identity_named_by_tag_is_migrated(world: ClipWorld) -> None:
 
 
 def test_web_app_compare_and_tag_with_clip(world: ClipWorld) -> None:
+    """`devise serve` as a user starts it, with the weights in the hub cache: the Compare
+    tab, /search_json and /tag_json answer with clip; the CLI reaches it meanwhile."""
+    import time
+
     from gradio_client import Client, handle_file
 
-    from app.service import SearchService
-    from app.web import launch_app
-    from qdrant import open_store
-    from tests.test_web import free_port
+    from app.remote import find_server
+    from tests.test_serve_cli import free_port, stop
 
     idx = str(world.index)
     if not (world.index / "meta.json").is_file():
         world.ok("ingest", str(world.photos), "--models", "clip", "--index", idx)
-    store = open_store(world.index, None)
-    app = launch_app(SearchService(store), port=free_port())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--index", idx, "--port", str(free_port())],
+        env=world.env, cwd=world.root, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
-        client = Client(app.url, verbose=False)
+        deadline = time.monotonic() + 180
+        record = None
+        while record is None and time.monotonic() < deadline:
+            assert proc.poll() is None, "devise serve exited"
+            record = find_server(world.index)
+            time.sleep(0.3)
+        assert record is not None, "devise serve did not come up in 180 s"
+        client = Client(record.url, verbose=False)
         out = client.predict(
             "text", "a cat", None, [], "", 0, 3, "", "", [], "", None, api_name="/compare"
         )
@@ -225,9 +237,11 @@ def test_web_app_compare_and_tag_with_clip(world: ClipWorld) -> None:
             client.predict(image=handle_file(str(probe)), model="clip", k=5, api_name="/tag_json")
         )
         assert len(tags["results"]) == 5 and tags["results"][0]["kind"] == "label"
+        # the CLI, with the app holding the index, is answered by the app
+        cli = _json(world.ok("search", "a cat", "--model", "clip", "--index", idx, "--json"))
+        assert [r["path"] for r in cli["results"]][:3] == [r["path"] for r in got["results"]]  # type: ignore[index]
     finally:
-        app.close()
-        store.close()
+        stop(proc)
 
 
 def test_rn50_openai_gets_quick_gelu_from_the_hub_cache(world: ClipWorld) -> None:
