@@ -787,6 +787,7 @@ class SearchService:
             mat[label][None, :],
             max(LABEL_CANDIDATES, 20 * k),
             replace(flt, min_score=None),
+            exact=False,
             with_payload=False,
         )
         by_id = {r.id: r for r in self.store.retrieve_images([h.id for h in pool], ["devise"])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, NotRequired, TypedDict
 from uuid import NAMESPACE_URL, uuid5
@@ -40,11 +41,55 @@ CONCEPT_RANK = 10_000_000
 # The words collection has one named vector.
 WORD_VECTOR = "word"
 # The near-duplicate vector of an image (pooled backbone features, projected and unit-norm):
-# what `duplicates` compares. It is the only vector with an HNSW graph: the duplicate scan
-# queries every point, which exact search cannot do over 100,000 points in about a minute.
-# Every other vector is searched exactly and never gets a graph.
+# what `duplicates` compares.
 DUP_VECTOR = "dup"
-HNSW_VECTORS: frozenset[str] = frozenset({DUP_VECTOR})
+
+
+@dataclass(frozen=True)
+class VectorIndexing:
+    """How one image vector is indexed and searched once the index is large: the same
+    settings go to both backends (Edge's config and the server's collection).
+
+    Below `INDEX_FROM_POINTS` nothing is built and every query is exact. Past it, the store
+    builds an HNSW graph over int8 copies of the vectors (kept in RAM, a quarter of float32)
+    while the float32 originals stay in memory-mapped files on disk; a query walks the graph
+    on the int8 copies, then rescores `oversampling` x k candidates with the originals, so
+    quantisation costs no recall. A filter that leaves fewer than `full_scan_points` points
+    is answered by the payload index and an exact score of those points instead of the graph.
+    The figures were chosen by bench/bench_scale.py (README, "A million photos").
+    """
+
+    m: int = 16
+    ef_construct: int = 100
+    # 0: no extra per-value links for payload fields (they multiply the build time);
+    # filtered queries use the payload index below full_scan_points and ACORN above it
+    payload_m: int = 0
+    full_scan_points: int = 20_000
+    quantile: float = 0.99
+    vectors_on_disk: bool = True
+    hnsw_ef: int = 128
+    oversampling: float = 2.0
+    # ACORN (Patel et al., SIGMOD 2024): a filtered graph walk also looks two hops away, so a
+    # filter that leaves a quarter of the points still finds its neighbours
+    acorn: bool = True
+
+    def full_scan_kb(self, dim: int) -> int:
+        """`full_scan_points` in the unit both backends read: KB of float32 vectors."""
+        return max(1, self.full_scan_points * dim * 4 // 1024)
+
+
+# Every image vector gets the same indexing; the words collection never gets a graph (the
+# vocabulary is searched exactly: HNSW on GloVe measured recall 0.75-0.80, OFFLINE.md).
+IMAGE_INDEXING = VectorIndexing()
+# A segment of the images collection gets its graph once it holds this many points; below,
+# an exact scan is about as fast as a graph walk and exactly right (README, "A million photos").
+INDEX_FROM_POINTS = 20_000
+
+
+def indexing_threshold_kb(sizes: dict[str, int]) -> int:
+    """INDEX_FROM_POINTS as the optimizer reads it, in KB of the largest vector: a segment is
+    indexed once any one vector's storage passes it."""
+    return max(1, INDEX_FROM_POINTS * max(sizes.values(), default=128) * 4 // 1024)
 
 
 class GeoPayload(TypedDict):
