@@ -247,6 +247,11 @@ class SearchService:
             "models": models,
         }
 
+    def graph_pending(self) -> int:
+        """Image vectors still searched exactly while they wait for their graph (`devise
+        ingest` builds it); 0 once built, or below the size where exact search is kept."""
+        return self.store.graph_pending()
+
     def _has_images(self) -> bool:
         # one point is enough to know: an exact count costs ~20 ms at 100,000 points
         return next(iter(self.store.scroll_images(batch=1)), None) is not None

@@ -20,6 +20,7 @@ from qdrant.schema import (
     IMAGE_INDEXES,
     IMAGE_INDEXING,
     IMAGES,
+    INDEX_FROM_POINTS,
     META,
     WORD_INDEXES,
     WORD_VECTOR,
@@ -167,6 +168,19 @@ class ServerStore:
 
     def optimize(self) -> None:
         """Nothing to do: the server runs its own optimizers."""
+
+    def graph_pending(self) -> int:
+        """Image vectors the server has not indexed yet, by its own count (0 in local mode,
+        which builds nothing, and below the threshold)."""
+        if self._local or not self._exists(IMAGES):
+            return 0
+        with self._guard(f"describe {IMAGES}"):
+            info = self.client.get_collection(IMAGES)
+        points = int(info.points_count or 0)
+        if points < INDEX_FROM_POINTS:
+            return 0
+        vectors = len(self._sizes(IMAGES, refresh=True))
+        return max(0, points * vectors - int(info.indexed_vectors_count or 0))
 
     def close(self) -> None:
         """Close the client's connections."""

@@ -203,6 +203,11 @@ class Store(Protocol):
         """Replace the meta document."""
         ...
 
+    def graph_pending(self) -> int:
+        """How many image vectors wait for their HNSW graph: 0 when the graphs are built or
+        the index is below schema.INDEX_FROM_POINTS. Until then those queries are exact."""
+        ...
+
     def optimize(self) -> None:
         """Compact storage after large changes. Slow: call after ingest, never while serving."""
         ...

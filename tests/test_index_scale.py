@@ -233,3 +233,24 @@ def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Pa
                 # the scores are the originals' (rescored), not the int8 copies'
                 for a, e in zip(approx, exact, strict=True):
                     assert a[0].score == pytest.approx(e[0].score, abs=1e-5)
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_status_says_when_search_is_exact_until_the_graph_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    ids, payloads, vectors = library(1500)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+    assert main(["status", "--index", str(tmp_path / "ix")]) == 0
+    assert "exact for now: 3000 vectors wait for their graph" in capsys.readouterr().out
+    with EdgeStore(tmp_path / "ix") as s:
+        s.optimize()
+    assert main(["status", "--index", str(tmp_path / "ix")]) == 0
+    assert "wait for their graph" not in capsys.readouterr().out
+    # the JSON keeps its documented shape
+    assert main(["status", "--json", "--index", str(tmp_path / "ix")]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"index", "images", "words", "models"}
