@@ -5,7 +5,8 @@ recall, memory, reopen, facet and upsert time. Prints a summary, writes JSON, as
 
 OUT is {"points", "vectors": {name: dim}, "p50_ms": {kind: ms}, "recall_at_10": {kind: r},
 "rss_gb", "reopen_s", "facet_ms", "upsert_s"}, plus a few figures more: "optimize_s",
-"status_ms", "dup_scan_s", "exact_p50_ms" (the same queries searched exactly) and "cpu".
+"status_ms", "dup_scan_s", "exact_p50_ms" (the first 20 queries of each kind searched
+exactly, after the RSS is read: an exact scan maps in every vector) and "cpu".
 A kind is "<vector>/<filter>": the clip vector (512 d) and devise (50 d) under each
 filter: unfiltered, label (1/20), folder prefix (a year, 1/10), date range (half a year of
 ten, 1/20), camera (one maker's five models, 1/4), place (25 km around Paris, about 1/50)
@@ -144,6 +145,25 @@ class Library:
         }
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB. VmHWM, not getrusage's ru_maxrss:
+    Linux carries ru_maxrss across exec, so a child would report the builder's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def memory() -> str:
+    """Resident memory now, split into anonymous and file-backed (memory-mapped) pages."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024**2
+    return ", ".join(f"{k} {v:.2f} GB" for k, v in fields.items())
+
+
 def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
@@ -196,6 +216,7 @@ def measure(root: Path, n: int, work: Path) -> dict[str, Any]:
     t = time.perf_counter()
     store = EdgeStore(root)
     reopen_s = time.perf_counter() - t
+    print(f"  reopened in {reopen_s:.2f} s: {memory()}", flush=True)
     p50: dict[str, float] = {}
     rec: dict[str, float] = {}
     with store:
@@ -221,19 +242,6 @@ def measure(root: Path, n: int, work: Path) -> dict[str, Any]:
                     4,
                 )
                 print(f"  {key:22s} p50 {p50[key]:7.2f} ms  recall@10 {rec[key]:.4f}", flush=True)
-        # before the graphs: the same queries, exact (20 of each: an exact scan is slow)
-        exact_p50 = {
-            f"{name}/{kind}": round(
-                statistics.median(
-                    timed(lambda q=q, f=flt, v=name: store.search_images_batch(v, q[None], 10, f))
-                    for q in queries[name][:20]
-                )
-                * 1000,
-                3,
-            )
-            for kind, (flt, _) in filters.items()
-            for name in QUERIED
-        }
         facet = [timed(lambda: store.facet_values("camera", exact=True)) for _ in range(20)]
         # what `devise status` reads: points, and points per named vector
         status = [
@@ -249,7 +257,21 @@ def measure(root: Path, n: int, work: Path) -> dict[str, Any]:
                 "dup", sample[start : start + 256], 11, exact=False, with_payload=False
             )
         dup_scan_s = (time.perf_counter() - t) / len(sample) * n
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        rss_gb = peak_rss_gb()
+        print(f"  query process: {memory()}", flush=True)
+        # before the graphs: the same queries, exact (20 of each: an exact scan is slow)
+        exact_p50 = {
+            f"{name}/{kind}": round(
+                statistics.median(
+                    timed(lambda q=q, f=flt, v=name: store.search_images_batch(v, q[None], 10, f))
+                    for q in queries[name][:20]
+                )
+                * 1000,
+                3,
+            )
+            for kind, (flt, _) in filters.items()
+            for name in QUERIED
+        }
     return {
         "p50_ms": p50,
         "recall_at_10": rec,

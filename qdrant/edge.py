@@ -31,6 +31,7 @@ from qdrant.schema import (
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
+    ON_DISK_INDEXES,
     WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
@@ -131,7 +132,9 @@ _INDEX_SCHEMAS: dict[IndexKind, qe.PayloadSchemaType] = {
 }
 
 
-def _index_schema(kind: IndexKind) -> qe.PayloadSchemaType:
+def _index_schema(field: str, kind: IndexKind) -> qe.PayloadSchemaType | qe.KeywordIndexParams:
+    if field in ON_DISK_INDEXES and kind == "keyword":
+        return qe.KeywordIndexParams(on_disk=True)
     return _INDEX_SCHEMAS[kind]
 
 
@@ -356,7 +359,9 @@ class EdgeStore:
         self._shards[name] = shard
         self._dirty = True
         for field, kind in indexes.items():
-            self._write(shard, qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+            self._write(
+                shard, qe.UpdateOperation.create_field_index(field, _index_schema(field, kind))
+            )
         shard.flush()
         self._sizes_cache.pop(name, None)
 
@@ -367,7 +372,9 @@ class EdgeStore:
         have = set(shard.info().payload_schema)
         missing = {f: k for f, k in indexes.items() if f not in have}
         for field, kind in missing.items():
-            self._write(shard, qe.UpdateOperation.create_field_index(field, _index_schema(kind)))
+            self._write(
+                shard, qe.UpdateOperation.create_field_index(field, _index_schema(field, kind))
+            )
         if missing:
             shard.flush()
 

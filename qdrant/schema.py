@@ -32,6 +32,9 @@ IMAGE_INDEXES: dict[str, IndexKind] = {
     "camera": "keyword",
     "location": "geo",
 }
+# Indexes read only to find one file (by name or by content): a value per point, so in RAM
+# they would be the largest; memory-mapped from disk they cost nothing at open.
+ON_DISK_INDEXES: frozenset[str] = frozenset({"path", "sha256"})
 WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword", "kind": "keyword"}
 # Kinds of `words` entries: frequent single words, whole class labels, and their hypernyms.
 # A point without a kind (an index made before kinds existed) is a word.

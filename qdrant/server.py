@@ -22,6 +22,7 @@ from qdrant.schema import (
     IMAGES,
     INDEX_FROM_POINTS,
     META,
+    ON_DISK_INDEXES,
     WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
@@ -65,7 +66,9 @@ _SCHEMAS: dict[IndexKind, m.PayloadSchemaType] = {
 }
 
 
-def _schema(kind: IndexKind) -> m.PayloadSchemaType:
+def _schema(field: str, kind: IndexKind) -> m.PayloadSchemaType | m.KeywordIndexParams:
+    if field in ON_DISK_INDEXES and kind == "keyword":
+        return m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, on_disk=True)
     return _SCHEMAS[kind]
 
 
@@ -250,7 +253,9 @@ class ServerStore:
             )
             if not self._local:
                 for field, kind in indexes.items():
-                    self.client.create_payload_index(collection, field, _schema(kind), wait=True)
+                    self.client.create_payload_index(
+                        collection, field, _schema(field, kind), wait=True
+                    )
         self._sizes_cache.pop(collection, None)
 
     def _add_indexes(self, collection: str, indexes: dict[str, IndexKind]) -> None:
@@ -263,7 +268,9 @@ class ServerStore:
         for field, kind in indexes.items():
             if field not in have:
                 with self._guard(f"index {field} of {collection}"):
-                    self.client.create_payload_index(collection, field, _schema(kind), wait=True)
+                    self.client.create_payload_index(
+                        collection, field, _schema(field, kind), wait=True
+                    )
 
     def _add_vectors(self, collection: str, vectors: dict[str, int]) -> None:
         sizes = self._sizes(collection, refresh=True)
