@@ -596,7 +596,12 @@ class EdgeStore:
         shard = self._shard(collection)
         if shard is None:
             return 0
-        return int(shard.count(qe.CountRequest(exact=True, filter=to_edge(flt))))
+        edge_filter = to_edge(flt)
+        if edge_filter is None:
+            # the id tracker's count: an exact count with no filter visits every point
+            # (40 ms at 100,000 points, 0.03 ms this way)
+            return int(shard.info().points_count)
+        return int(shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
     def count_vectors(self, name: str) -> int:
         """How many image points carry named vector `name`."""
@@ -604,6 +609,8 @@ class EdgeStore:
         if shard is None or name not in self.vector_sizes():
             return 0
         flt = qe.Filter(must=[qe.HasVectorCondition(name)])
+        # exact, visiting every point (43 ms at 100,000): the estimate (exact=False) counted
+        # re-inserted points' old vectors (tests/test_index_scale.py)
         return int(shard.count(qe.CountRequest(exact=True, filter=flt)))
 
     def facet_labels(self) -> dict[str, int]:
@@ -615,8 +622,13 @@ class EdgeStore:
         shard = self._shard(IMAGES)
         if shard is None or field not in shard.info().payload_schema:
             return {}
-        # a facet returns at most `limit` values; no label set here comes near a million
-        response = shard.facet(qe.FacetRequest(field, limit=1_000_000, exact=exact))
+        # a facet returns at most `limit` values; no label set here comes near a million.
+        # Edge keeps the index's counts in step with deletes and payload changes, so they are
+        # the exact counts (tests/test_index_scale.py checks them against a scroll) at a
+        # fraction of the cost: 0.05 ms against 12 ms at 100,000 points. `exact` only
+        # matters to a server, whose counts are summed over shards and replicas.
+        del exact
+        response = shard.facet(qe.FacetRequest(field, limit=1_000_000, exact=False))
         # an exact facet still lists a value whose points were all deleted, with count 0
         return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 

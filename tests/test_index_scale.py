@@ -254,3 +254,28 @@ def test_status_says_when_search_is_exact_until_the_graph_is_built(
     # the JSON keeps its documented shape
     assert main(["status", "--json", "--index", str(tmp_path / "ix")]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"index", "images", "words", "models"}
+
+
+def test_counts_and_facets_from_the_indexes_match_a_scroll(tmp_path: Path) -> None:
+    """`devise status` and the camera and label lists read the indexes' counts, not every
+    point: they must still be exact after deletes, payload changes and partial points."""
+    ids, payloads, vectors = library(600)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        s.delete_images(ids[:50])
+        s.set_image_payloads([(ids[60], {"camera": "New camera", "label": "zebra"})])
+        # 20 points without a dup vector
+        s.upsert_images(ids[:20], payloads[:20], {"devise": vectors["devise"][:20]})
+        for stage in ("live", "optimized"):
+            records = list(s.scroll_images(with_vectors=True))
+            assert s.count(IMAGES) == len(records) == 570, stage
+            for name in VECTORS:
+                assert s.count_vectors(name) == sum(name in r.vectors for r in records), stage
+            for field in ("camera", "label"):
+                want: dict[str, int] = {}
+                for r in records:
+                    want[r.payload[field]] = want.get(r.payload[field], 0) + 1
+                assert s.facet_values(field) == want, (stage, field)
+            assert s.count(IMAGES, SearchFilter(labels=("zebra",))) == 1
+            s.optimize()
