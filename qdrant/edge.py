@@ -27,6 +27,8 @@ import qdrant_edge as qe
 from qdrant.errors import IndexInUseError, StoreError
 from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
+    DUP_HNSW_EF,
+    DUP_VECTOR,
     IMAGE_INDEXES,
     IMAGE_INDEXING,
     IMAGES,
@@ -111,14 +113,14 @@ def _images_config(sizes: dict[str, int]) -> qe.EdgeConfig:
     )
 
 
-def search_params(exact: bool, k: int) -> qe.SearchParams:
+def search_params(exact: bool, k: int, name: str = "") -> qe.SearchParams:
     """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring. A segment without a graph
     (a small index, or one whose graph is not built yet) is scanned exactly either way."""
     if exact:
         return qe.SearchParams(exact=True)
     ix = IMAGE_INDEXING
     return qe.SearchParams(
-        hnsw_ef=max(ix.hnsw_ef, k),
+        hnsw_ef=max(DUP_HNSW_EF if name == DUP_VECTOR else ix.hnsw_ef, k),
         quantization=qe.QuantizationSearchParams(rescore=True, oversampling=ix.oversampling),
         acorn=qe.AcornSearchParams(enable=ix.acorn),
     )
@@ -535,7 +537,7 @@ class EdgeStore:
             filter=to_edge(flt),
             score_threshold=score_threshold(flt),
             # words: always exact (no graph); images: the graph once it is built
-            params=search_params(collection == WORDS, k),
+            params=search_params(collection == WORDS, k, using),
             with_payload=True,
             with_vector=False,
         )
@@ -573,7 +575,7 @@ class EdgeStore:
             raise StoreError(f"{self.root}: collection {IMAGES!r} has no vector {name!r}")
         edge_filter = to_edge(flt)
         threshold = score_threshold(flt)
-        params = search_params(exact, k)
+        params = search_params(exact, k, name)
         requests = [
             qe.QueryRequest(
                 limit=k,

@@ -17,6 +17,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from qdrant.errors import StoreError, StoreUnavailableError
 from qdrant.filters import SearchFilter, score_threshold, to_server
 from qdrant.schema import (
+    DUP_HNSW_EF,
+    DUP_VECTOR,
     IMAGE_INDEXES,
     IMAGE_INDEXING,
     IMAGES,
@@ -108,13 +110,13 @@ def image_vector_diff(dim: int) -> m.VectorParamsDiff:
     )
 
 
-def search_params(exact: bool, k: int) -> m.SearchParams:
+def search_params(exact: bool, k: int, name: str = "") -> m.SearchParams:
     """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring (as edge.search_params)."""
     if exact:
         return m.SearchParams(exact=True)
     ix = IMAGE_INDEXING
     return m.SearchParams(
-        hnsw_ef=max(ix.hnsw_ef, k),
+        hnsw_ef=max(DUP_HNSW_EF if name == DUP_VECTOR else ix.hnsw_ef, k),
         quantization=m.QuantizationSearchParams(rescore=True, oversampling=ix.oversampling),
         acorn=m.AcornSearchParams(enable=ix.acorn),
     )
@@ -481,7 +483,7 @@ class ServerStore:
                 query_filter=to_server(flt),
                 score_threshold=score_threshold(flt),
                 # local mode (tests) always searches by brute force and warns on params
-                search_params=None if self._local else search_params(collection == WORDS, k),
+                search_params=None if self._local else search_params(collection == WORDS, k, using),
                 limit=k,
                 with_payload=True,
                 with_vectors=False,
@@ -524,7 +526,7 @@ class ServerStore:
         query_filter = to_server(flt)
         threshold = score_threshold(flt)
         # local mode (tests) always searches by brute force and warns on search params
-        params = None if self._local else search_params(exact, k)
+        params = None if self._local else search_params(exact, k, name)
         requests = [
             m.QueryRequest(
                 query=row.tolist(),
