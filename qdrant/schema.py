@@ -64,8 +64,9 @@ class VectorIndexing:
 
     m: int = 16
     ef_construct: int = 100
-    # 0: no extra per-value links for payload fields (they multiply the build time);
-    # filtered queries use the payload index below full_scan_points and ACORN above it
+    # 0: no extra links per payload value (Qdrant would build them for every label, folder
+    # and camera value past full_scan_points: more build time on 2 cores); filtered queries
+    # use the payload index below full_scan_points and ACORN above it, which held recall
     payload_m: int = 0
     full_scan_points: int = 20_000
     quantile: float = 0.99
