@@ -207,6 +207,24 @@ def build(root: Path, n: int, n_queries: int, work: Path) -> dict[str, Any]:
     return {"upsert_s": upsert_s + flush_s, "optimize_s": optimize_s}
 
 
+def reference(root: Path, n: int, n_queries: int, work: Path) -> None:
+    """The queries and their exact answers for an index built before, by the store's exact
+    search (the build's numpy reference needs the vectors, which only the build has)."""
+    cs = {name: centres(d, seed) for seed, (name, d) in enumerate(VECTORS.items())}
+    qrng = np.random.default_rng(2)
+    queries = {name: around(cs[name], n_queries, qrng) for name in QUERIED}
+    truth: dict[str, list[list[str]]] = {}
+    with EdgeStore(root) as store:
+        for kind, (flt, _) in Library(n).filters().items():
+            for name in QUERIED:
+                hits = store.search_images_batch(
+                    name, queries[name], 10, flt, exact=True, with_payload=False
+                )
+                truth[f"{name}/{kind}"] = [[h.id for h in row] for row in hits]
+    np.savez(work / "queries.npz", **queries)
+    (work / "truth.json").write_text(json.dumps(truth))
+
+
 def measure(root: Path, n: int, work: Path) -> dict[str, Any]:
     """In a fresh process: reopen, query, facet; the process's peak RSS."""
     lib = Library(n)
@@ -293,6 +311,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100, help="queries per kind (default 100)")
     ap.add_argument("--index", type=Path, help="build here (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep --index's store afterwards")
+    ap.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="PREVIOUS_JSON",
+        help="measure the index that a run with --index DIR --keep left, without building it "
+        "again (after a change of search parameters); upsert_s and optimize_s are copied "
+        "from PREVIOUS_JSON, and the reference answers come from the store's exact search",
+    )
     ap.add_argument("--measure-only", type=Path, help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     if args.points < 1000:
@@ -306,9 +332,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale.") as tmp:
         work = Path(tmp)
         root = args.index or work / "index"
-        if root.exists() and any(root.iterdir()):
+        if args.reuse is not None:
+            if args.index is None or not args.index.is_dir():
+                ap.error("--reuse needs --index DIR, the index a --keep run left")
+            previous = json.loads(args.reuse.read_text())
+            if previous.get("points") != args.points:
+                ap.error(f"--reuse {args.reuse} is of {previous.get('points')} points")
+            built = {k: previous[k] for k in ("upsert_s", "optimize_s")}
+            reference(root, args.points, args.queries, work)
+            args.keep = True
+        elif root.exists() and any(root.iterdir()):
             ap.error(f"--index {root} is not empty: give a new directory")
-        built = build(root, args.points, args.queries, work)
+        else:
+            built = build(root, args.points, args.queries, work)
         child = work / "measured.json"
         cmd = [sys.executable, __file__, "--points", str(args.points), "--json", str(child)]
         cmd += ["--index", str(root), "--measure-only", str(work)]

@@ -71,7 +71,7 @@ class VectorIndexing:
     full_scan_points: int = 20_000
     quantile: float = 0.99
     vectors_on_disk: bool = True
-    hnsw_ef: int = 128
+    hnsw_ef: int = 256
     oversampling: float = 2.0
     # ACORN (Patel et al., SIGMOD 2024): a filtered graph walk also looks two hops away, so a
     # filter that leaves a quarter of the points still finds its neighbours
