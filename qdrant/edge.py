@@ -65,6 +65,11 @@ _WAL_LOCKED = "Kind(WouldBlock)"
 _EXISTS_DIFFERENTLY = "already exists with different parameters"
 
 
+def _placement() -> qe.Memory:
+    """Where the int8 copies and the graph live: mapped and cached, or read in whole."""
+    return qe.Memory.Cached if IMAGE_INDEXING.graphs_mapped else qe.Memory.Pinned
+
+
 def _hnsw(dim: int) -> qe.HnswIndexConfig:
     ix = IMAGE_INDEXING
     return qe.HnswIndexConfig(
@@ -72,14 +77,16 @@ def _hnsw(dim: int) -> qe.HnswIndexConfig:
         ef_construct=ix.ef_construct,
         full_scan_threshold=ix.full_scan_kb(dim),
         payload_m=ix.payload_m,
+        memory=_placement(),  # the graph too: see _quantization
     )
 
 
 def _quantization() -> qe.ScalarQuantizationConfig:
-    # the int8 copies stay in RAM: the graph walk reads them; the originals are only read to
-    # rescore the few candidates, so they can stay on disk
+    # memory-mapped and cached, not read in whole at open: the walk soon pages in what it
+    # reads. Read in whole (always_ram), a 100,000-point index reopened in 2.7-4.4 s, mapped
+    # in 1.8 s at the same query p50 and recall (README, "A million photos")
     return qe.ScalarQuantizationConfig(
-        qe.ScalarType.Int8, quantile=IMAGE_INDEXING.quantile, always_ram=True
+        qe.ScalarType.Int8, quantile=IMAGE_INDEXING.quantile, memory=_placement()
     )
 
 

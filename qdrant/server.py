@@ -90,7 +90,9 @@ def image_vector_params(dim: int) -> m.VectorParams:
 def _int8() -> m.ScalarQuantization:
     return m.ScalarQuantization(
         scalar=m.ScalarQuantizationConfig(
-            type=m.ScalarType.INT8, quantile=IMAGE_INDEXING.quantile, always_ram=True
+            type=m.ScalarType.INT8,
+            quantile=IMAGE_INDEXING.quantile,
+            always_ram=not IMAGE_INDEXING.graphs_mapped,
         )
     )
 
@@ -104,6 +106,7 @@ def image_vector_diff(dim: int) -> m.VectorParamsDiff:
             ef_construct=ix.ef_construct,
             full_scan_threshold=ix.full_scan_kb(dim),
             payload_m=ix.payload_m,
+            on_disk=ix.graphs_mapped,
         ),
         quantization_config=_int8(),
         on_disk=ix.vectors_on_disk,

