@@ -449,12 +449,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     args.must_exist = True
     remote = _server(_settings(args))
+    pending = 0
     if remote is not None:
         st = remote.status()
     else:
         _, store = _open_store(args)
         try:
-            st = SearchService(store).status()
+            service = SearchService(store)
+            st = service.status()
+            pending = 0 if args.json else service.graph_pending()
         finally:
             store.close()
     if args.json:
@@ -467,6 +470,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"model   {name}: {m['points']} points, {m['dim']} d, id {m['id']}")
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
+    if pending:
+        print(
+            f"search  exact for now: {pending} vectors wait for their graph "
+            "(the next `devise ingest` builds it)"
+        )
     return 0
 
 

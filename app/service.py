@@ -253,6 +253,11 @@ class SearchService:
             "models": models,
         }
 
+    def graph_pending(self) -> int:
+        """Image vectors still searched exactly while they wait for their graph (`devise
+        ingest` builds it); 0 once built, or below the size where exact search is kept."""
+        return self.store.graph_pending()
+
     def _has_images(self) -> bool:
         # one point is enough to know: an exact count costs ~20 ms at 100,000 points
         return next(iter(self.store.scroll_images(batch=1)), None) is not None
@@ -943,6 +948,7 @@ class SearchService:
             mat[label][None, :],
             max(LABEL_CANDIDATES, 20 * k),
             replace(flt, min_score=None),
+            exact=False,
             with_payload=False,
         )
         by_id = {r.id: r for r in self.store.retrieve_images([h.id for h in pool], ["devise"])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal, NotRequired, TypedDict
 from uuid import NAMESPACE_URL, uuid5
@@ -31,6 +32,9 @@ IMAGE_INDEXES: dict[str, IndexKind] = {
     "camera": "keyword",
     "location": "geo",
 }
+# Indexes read only to find one file (by name or by content): a value per point, so in RAM
+# they would be the largest; memory-mapped from disk they cost nothing at open.
+ON_DISK_INDEXES: frozenset[str] = frozenset({"path", "sha256"})
 WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword", "kind": "keyword"}
 # Kinds of `words` entries: frequent single words, whole class labels, and their hypernyms.
 # A point without a kind (an index made before kinds existed) is a word.
@@ -40,11 +44,64 @@ CONCEPT_RANK = 10_000_000
 # The words collection has one named vector.
 WORD_VECTOR = "word"
 # The near-duplicate vector of an image (pooled backbone features, projected and unit-norm):
-# what `duplicates` compares. It is the only vector with an HNSW graph: the duplicate scan
-# queries every point, which exact search cannot do over 100,000 points in about a minute.
-# Every other vector is searched exactly and never gets a graph.
+# what `duplicates` compares.
 DUP_VECTOR = "dup"
-HNSW_VECTORS: frozenset[str] = frozenset({DUP_VECTOR})
+
+
+@dataclass(frozen=True)
+class VectorIndexing:
+    """How one image vector is indexed and searched once the index is large: the same
+    settings go to both backends (Edge's config and the server's collection).
+
+    Below `INDEX_FROM_POINTS` nothing is built and every query is exact. Past it, the store
+    builds an HNSW graph over int8 copies of the vectors (a quarter of float32), all three
+    (graph, int8 copies, float32 originals) in memory-mapped files that queries page in; a
+    query walks the graph on the int8 copies, then rescores `oversampling` x k candidates
+    with the originals, so quantisation costs no recall. A filter that leaves fewer than
+    `full_scan_points` points is answered by the payload index and an exact score of those
+    points instead of the graph.
+    The figures were chosen by bench/bench_scale.py (README, "A million photos").
+    """
+
+    m: int = 16
+    ef_construct: int = 100
+    # 0: no extra links per payload value (Qdrant would build them for every label, folder
+    # and camera value past full_scan_points: more build time on 2 cores); filtered queries
+    # use the payload index below full_scan_points and ACORN above it, which held recall
+    payload_m: int = 0
+    full_scan_points: int = 20_000
+    quantile: float = 0.99
+    vectors_on_disk: bool = True
+    # the int8 copies and the graph memory-mapped too, paged in as queries read them, rather
+    # than read in whole at open: reopening 100,000 points took 1.8 s instead of 2.7-4.4 s
+    graphs_mapped: bool = True
+    hnsw_ef: int = 256
+    oversampling: float = 2.0
+    # ACORN (Patel et al., SIGMOD 2024): a filtered graph walk also looks two hops away, so a
+    # filter that leaves a quarter of the points still finds its neighbours
+    acorn: bool = True
+
+    def full_scan_kb(self, dim: int) -> int:
+        """`full_scan_points` in the unit both backends read: KB of float32 vectors."""
+        return max(1, self.full_scan_points * dim * 4 // 1024)
+
+
+# The duplicate scan's beam on the `dup` vector: near-duplicates lie far closer than anything
+# else, so a small beam finds them (recall 1.0 against exact search on 100,000 clustered
+# points, bench/bench_duplicates.py), and the scan queries every point, so it counts.
+DUP_HNSW_EF = 64
+# Every image vector gets the same indexing; the words collection never gets a graph (the
+# vocabulary is searched exactly: HNSW on GloVe measured recall 0.75-0.80, OFFLINE.md).
+IMAGE_INDEXING = VectorIndexing()
+# A segment of the images collection gets its graph once it holds this many points; below,
+# an exact scan is about as fast as a graph walk and exactly right (README, "A million photos").
+INDEX_FROM_POINTS = 20_000
+
+
+def indexing_threshold_kb(sizes: dict[str, int]) -> int:
+    """INDEX_FROM_POINTS as the optimizer reads it, in KB of the largest vector: a segment is
+    indexed once any one vector's storage passes it."""
+    return max(1, INDEX_FROM_POINTS * max(sizes.values(), default=128) * 4 // 1024)
 
 
 class GeoPayload(TypedDict):

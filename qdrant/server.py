@@ -17,15 +17,21 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from qdrant.errors import StoreError, StoreUnavailableError
 from qdrant.filters import SearchFilter, score_threshold, to_server
 from qdrant.schema import (
+    DUP_HNSW_EF,
+    DUP_VECTOR,
     IMAGE_INDEXES,
+    IMAGE_INDEXING,
     IMAGES,
+    INDEX_FROM_POINTS,
     META,
+    ON_DISK_INDEXES,
     WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
     ImagePayload,
     IndexKind,
     abs_posix,
+    indexing_threshold_kb,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -62,8 +68,61 @@ _SCHEMAS: dict[IndexKind, m.PayloadSchemaType] = {
 }
 
 
-def _schema(kind: IndexKind) -> m.PayloadSchemaType:
+def _schema(field: str, kind: IndexKind) -> m.PayloadSchemaType | m.KeywordIndexParams:
+    if field in ON_DISK_INDEXES and kind == "keyword":
+        return m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, on_disk=True)
     return _SCHEMAS[kind]
+
+
+def image_vector_params(dim: int) -> m.VectorParams:
+    """An image vector as the server creates it: schema.IMAGE_INDEXING, the settings the
+    embedded store gives it too (graph, int8 copies in RAM, originals on disk)."""
+    diff = image_vector_diff(dim)
+    return m.VectorParams(
+        size=dim,
+        distance=m.Distance.COSINE,
+        hnsw_config=diff.hnsw_config,
+        quantization_config=_int8(),
+        on_disk=diff.on_disk,
+    )
+
+
+def _int8() -> m.ScalarQuantization:
+    return m.ScalarQuantization(
+        scalar=m.ScalarQuantizationConfig(
+            type=m.ScalarType.INT8,
+            quantile=IMAGE_INDEXING.quantile,
+            always_ram=not IMAGE_INDEXING.graphs_mapped,
+        )
+    )
+
+
+def image_vector_diff(dim: int) -> m.VectorParamsDiff:
+    """schema.IMAGE_INDEXING as a change to an existing vector (a collection made before)."""
+    ix = IMAGE_INDEXING
+    return m.VectorParamsDiff(
+        hnsw_config=m.HnswConfigDiff(
+            m=ix.m,
+            ef_construct=ix.ef_construct,
+            full_scan_threshold=ix.full_scan_kb(dim),
+            payload_m=ix.payload_m,
+            on_disk=ix.graphs_mapped,
+        ),
+        quantization_config=_int8(),
+        on_disk=ix.vectors_on_disk,
+    )
+
+
+def search_params(exact: bool, k: int, name: str = "") -> m.SearchParams:
+    """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring (as edge.search_params)."""
+    if exact:
+        return m.SearchParams(exact=True)
+    ix = IMAGE_INDEXING
+    return m.SearchParams(
+        hnsw_ef=max(DUP_HNSW_EF if name == DUP_VECTOR else ix.hnsw_ef, k),
+        quantization=m.QuantizationSearchParams(rescore=True, oversampling=ix.oversampling),
+        acorn=m.AcornSearchParams(enable=ix.acorn),
+    )
 
 
 class ServerStore:
@@ -118,6 +177,19 @@ class ServerStore:
     def optimize(self) -> None:
         """Nothing to do: the server runs its own optimizers."""
 
+    def graph_pending(self) -> int:
+        """Image vectors the server has not indexed yet, by its own count (0 in local mode,
+        which builds nothing, and below the threshold)."""
+        if self._local or not self._exists(IMAGES):
+            return 0
+        with self._guard(f"describe {IMAGES}"):
+            info = self.client.get_collection(IMAGES)
+        points = int(info.points_count or 0)
+        if points < INDEX_FROM_POINTS:
+            return 0
+        vectors = len(self._sizes(IMAGES, refresh=True))
+        return max(0, points * vectors - int(info.indexed_vectors_count or 0))
+
     def close(self) -> None:
         """Close the client's connections."""
         with contextlib.suppress(Exception):
@@ -168,18 +240,27 @@ class ServerStore:
         replication_factor: int | None,
     ) -> None:
         with self._guard(f"create {collection}"):
+            images = collection == IMAGES
             self.client.create_collection(
                 collection,
                 vectors_config={
-                    k: m.VectorParams(size=d, distance=m.Distance.COSINE)
+                    k: image_vector_params(d)
+                    if images
+                    else m.VectorParams(size=d, distance=m.Distance.COSINE)
                     for k, d in vectors.items()
                 },
+                # images: no graph below schema.INDEX_FROM_POINTS; words: never a graph
+                optimizers_config=m.OptimizersConfigDiff(
+                    indexing_threshold=indexing_threshold_kb(vectors) if images else 0
+                ),
                 shard_number=shard_number,
                 replication_factor=replication_factor,
             )
             if not self._local:
                 for field, kind in indexes.items():
-                    self.client.create_payload_index(collection, field, _schema(kind), wait=True)
+                    self.client.create_payload_index(
+                        collection, field, _schema(field, kind), wait=True
+                    )
         self._sizes_cache.pop(collection, None)
 
     def _add_indexes(self, collection: str, indexes: dict[str, IndexKind]) -> None:
@@ -192,7 +273,9 @@ class ServerStore:
         for field, kind in indexes.items():
             if field not in have:
                 with self._guard(f"index {field} of {collection}"):
-                    self.client.create_payload_index(collection, field, _schema(kind), wait=True)
+                    self.client.create_payload_index(
+                        collection, field, _schema(field, kind), wait=True
+                    )
 
     def _add_vectors(self, collection: str, vectors: dict[str, int]) -> None:
         sizes = self._sizes(collection, refresh=True)
@@ -229,6 +312,35 @@ class ServerStore:
                         ) from e
                     raise
         self._sizes_cache.pop(collection, None)
+        if collection == IMAGES:
+            self._apply_indexing(vectors)
+
+    def _apply_indexing(self, vectors: dict[str, int]) -> None:
+        """Give existing image vectors schema.IMAGE_INDEXING where they lack it (a collection
+        made before, or a vector just added): the server rebuilds them in the background and
+        answers exactly until then. Local mode keeps no such settings on an update."""
+        with self._guard(f"describe {IMAGES}"):
+            info = self.client.get_collection(IMAGES)
+        current = info.config.params.vectors
+        if not isinstance(current, dict):
+            return
+        want = {
+            name: image_vector_diff(dim)
+            for name, dim in vectors.items()
+            if name in current and current[name].quantization_config is None
+        }
+        if not want:
+            return
+        with self._guard(f"index the vectors of {IMAGES}"):
+            self.client.update_collection(
+                IMAGES,
+                vectors_config=want,
+                optimizers_config=m.OptimizersConfigDiff(
+                    indexing_threshold=indexing_threshold_kb(
+                        {k: int(v.size) for k, v in current.items()}
+                    )
+                ),
+            )
 
     def ensure_collections(
         self,
@@ -373,8 +485,8 @@ class ServerStore:
                 using=using,
                 query_filter=to_server(flt),
                 score_threshold=score_threshold(flt),
-                # exact: same results as the embedded store, whatever HNSW the server built
-                search_params=None if self._local else m.SearchParams(exact=True),
+                # local mode (tests) always searches by brute force and warns on params
+                search_params=None if self._local else search_params(collection == WORDS, k, using),
                 limit=k,
                 with_payload=True,
                 with_vectors=False,
@@ -458,7 +570,7 @@ class ServerStore:
         query_filter = to_server(flt)
         threshold = score_threshold(flt)
         # local mode (tests) always searches by brute force and warns on search params
-        params = None if self._local else m.SearchParams(exact=exact)
+        params = None if self._local else search_params(exact, k, name)
         requests = [
             m.QueryRequest(
                 query=row.tolist(),

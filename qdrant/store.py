@@ -110,7 +110,8 @@ class Store(Protocol):
     def search_images(
         self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
     ) -> list[Hit]:
-        """The `k` images nearest to `vector` by named vector `name`, best first."""
+        """The `k` images nearest to `vector` by named vector `name`, best first: exact below
+        schema.INDEX_FROM_POINTS or before the graph is built, by the graph after."""
         ...
 
     def search_images_batch(
@@ -126,8 +127,9 @@ class Store(Protocol):
         """For each row of `vectors`, the `k` images nearest by named vector `name`, best
         first, as one batch request; `flt`'s `min_score` is every query's score threshold.
 
-        `exact=False` lets a vector with an HNSW graph (`dup`, see schema.HNSW_VECTORS) use
-        it: approximate, and what makes a scan that queries every point fast.
+        `exact=False` walks a vector's HNSW graph where one is built (schema.IMAGE_INDEXING):
+        approximate, rescored with the originals, and what makes a scan that queries every
+        point fast; where none is built yet the search is exact either way.
         """
         ...
 
@@ -219,6 +221,11 @@ class Store(Protocol):
 
     def set_meta(self, meta: dict[str, Any]) -> None:
         """Replace the meta document."""
+        ...
+
+    def graph_pending(self) -> int:
+        """How many image vectors wait for their HNSW graph: 0 when the graphs are built or
+        the index is below schema.INDEX_FROM_POINTS. Until then those queries are exact."""
         ...
 
     def optimize(self) -> None:

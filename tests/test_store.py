@@ -516,8 +516,8 @@ def _near_pairs(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def test_edge_dup_vector_gets_a_graph_and_finds_the_same(tmp_path: Path) -> None:
-    """Only `dup` is indexed by HNSW (an index made before it existed gets it on the next
-    open), and its approximate batch search finds what exact search finds."""
+    """`dup` is indexed by HNSW (an index made before it existed gets it on the next open),
+    and its approximate batch search finds what exact search finds."""
     from qdrant.schema import DUP_VECTOR
 
     n = 24_000  # past the 10 MB indexing threshold at 128 d
@@ -551,7 +551,9 @@ def test_edge_dup_vector_gets_a_graph_and_finds_the_same(tmp_path: Path) -> None
         s.optimize()
         vectors = json.loads((tmp_path / "ix" / "images" / "edge_config.json").read_text())
         assert vectors["vectors"][DUP_VECTOR]["hnsw_config"]["m"] == 16
-        assert vectors["vectors"]["devise"]["hnsw_config"]["m"] == 0
+        # every image vector now gets a graph and int8 copies (schema.IMAGE_INDEXING)
+        assert vectors["vectors"]["devise"]["hnsw_config"]["m"] == 16
+        assert vectors["vectors"]["devise"]["quantization_config"] is not None
         flt = SearchFilter(min_score=0.9)
         queries = dup[:400]
         exact = s.search_images_batch(DUP_VECTOR, queries, 5, flt, with_payload=False)

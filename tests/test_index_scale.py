@@ -1,0 +1,293 @@
+"""The approximate index of large libraries (schema.IMAGE_INDEXING): its settings reach both
+backends, its answers match exact search, and an index made before it still opens."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import qdrant_edge as qe
+from qdrant_client import QdrantClient
+from qdrant_client import models as m
+
+import qdrant.edge
+import qdrant.schema
+from qdrant import SearchFilter
+from qdrant.edge import EdgeStore
+from qdrant.schema import (
+    DUP_VECTOR,
+    IMAGE_INDEXING,
+    IMAGES,
+    INDEX_FROM_POINTS,
+    ImagePayload,
+    image_payload,
+    image_point_id,
+    indexing_threshold_kb,
+)
+from qdrant.server import ServerStore
+
+VECTORS = {"devise": 48, DUP_VECTOR: 128}
+LABELS = ("cat", "dog", "car")
+CAMERAS = tuple(f"Cam {i}" for i in range(40))
+
+
+def clustered(n: int, d: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
+    """n unit vectors around `centres`' rows (as photos of a few subjects are)."""
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def library(n: int) -> tuple[list[str], list[ImagePayload], dict[str, np.ndarray]]:
+    """n image points with labels, folders, cameras and dates as ingest writes them."""
+    rng = np.random.default_rng(7)
+    ids, payloads = [], []
+    for i in range(n):
+        path = f"/lib/{2000 + i % 5}/{LABELS[i % 3]}/{i}.jpg"
+        ids.append(image_point_id(path))
+        p = image_payload(
+            path, label=LABELS[i % 3], width=8, height=8, size_bytes=1, mtime=0.0, sha256=str(i)
+        )
+        p.update(taken=float(i), camera=CAMERAS[i % len(CAMERAS)], exif=1)
+        payloads.append(p)
+    vectors = {
+        name: clustered(n, d, rng, rng.standard_normal((20, d))) for name, d in VECTORS.items()
+    }
+    return ids, payloads, vectors
+
+
+def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
+    ids, payloads, vectors = library(10)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        # a vector added later gets the same settings
+        s.ensure_collections({"clip": 512})
+    config = json.loads((tmp_path / "ix" / IMAGES / "edge_config.json").read_text())
+    for name, dim in {**VECTORS, "clip": 512}.items():
+        vec = config["vectors"][name]
+        assert vec["hnsw_config"]["m"] == IMAGE_INDEXING.m
+        assert vec["hnsw_config"]["ef_construct"] == IMAGE_INDEXING.ef_construct
+        assert vec["hnsw_config"]["full_scan_threshold"] == IMAGE_INDEXING.full_scan_kb(dim)
+        assert vec["hnsw_config"]["payload_m"] == IMAGE_INDEXING.payload_m
+        assert "int8" in json.dumps(vec["quantization_config"]).lower()
+        assert vec["on_disk"] is IMAGE_INDEXING.vectors_on_disk
+        # the int8 copies and the graph are memory-mapped (paged in), not read in whole
+        assert vec["quantization_config"]["scalar"]["memory"] == "cached"
+        assert vec["hnsw_config"]["memory"] == "cached"
+    # the threshold is counted in points of the largest vector
+    threshold = config["optimizers"]["indexing_threshold"]
+    assert threshold == indexing_threshold_kb({**VECTORS, "clip": 512})
+    assert threshold * 1024 // (512 * 4) == INDEX_FROM_POINTS
+    # reopened, the words shard still has no graph and the images keep theirs
+    with EdgeStore(tmp_path / "ix") as s:
+        assert s.search_images("devise", vectors["devise"][3], 1)[0].id == ids[3]
+
+
+class _Recording(QdrantClient):
+    """qdrant-client's local mode, recording what create_collection and update_collection
+    were sent (local mode keeps no optimizer settings, nor vector settings on an update: a
+    server does)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.creates: list[dict[str, Any]] = []
+        self.updates: list[dict[str, Any]] = []
+
+    def create_collection(self, collection_name: str, **kwargs: Any) -> bool:
+        self.creates.append({"collection": collection_name, **kwargs})
+        return bool(super().create_collection(collection_name, **kwargs))
+
+    def update_collection(self, collection_name: str, **kwargs: Any) -> bool:
+        self.updates.append({"collection": collection_name, **kwargs})
+        return bool(super().update_collection(collection_name, **kwargs))
+
+
+def test_settings_reach_the_server_through_qdrant_client() -> None:
+    with ServerStore(QdrantClient(":memory:"), "memory://test") as s:
+        s.ensure_collections({**VECTORS, "clip": 512}, word_dim=48)
+        # a vector added later is sent the same settings (see the next test); local mode
+        # keeps only those given at creation, so all are created at once here
+        info = s.client.get_collection(IMAGES)
+        params = info.config.params.vectors
+        assert isinstance(params, dict)
+        for name, dim in {**VECTORS, "clip": 512}.items():
+            hnsw = params[name].hnsw_config
+            assert hnsw is not None and hnsw.m == IMAGE_INDEXING.m
+            assert hnsw.full_scan_threshold == IMAGE_INDEXING.full_scan_kb(dim)
+            assert hnsw.payload_m == IMAGE_INDEXING.payload_m
+            quant = params[name].quantization_config
+            assert isinstance(quant, m.ScalarQuantization)
+            assert quant.scalar.type == m.ScalarType.INT8
+            # the int8 copies and the graph memory-mapped, as on Edge
+            assert quant.scalar.always_ram is False and hnsw.on_disk is True
+            assert params[name].on_disk is IMAGE_INDEXING.vectors_on_disk
+    # local mode keeps no optimizer settings: what was sent is checked
+    client = _Recording(":memory:")
+    with ServerStore(client, "memory://test") as s:
+        s.ensure_collections({**VECTORS, "clip": 512}, word_dim=48)
+    sent = {c["collection"]: c["optimizers_config"].indexing_threshold for c in client.creates}
+    # the images get a graph past the threshold, the vocabulary never
+    assert sent == {IMAGES: indexing_threshold_kb({**VECTORS, "clip": 512}), "words": 0}
+
+
+def test_a_server_collection_made_before_gets_the_settings_and_answers() -> None:
+    client = _Recording(":memory:")
+    # the collection as the previous version made it: plain vectors, no optimizer settings
+    client.create_collection(
+        IMAGES,
+        vectors_config={"devise": m.VectorParams(size=48, distance=m.Distance.COSINE)},
+    )
+    ids, payloads, vectors = library(30)
+    with ServerStore(client, "memory://test") as s:
+        s.upsert_images(ids, payloads, {"devise": vectors["devise"]})
+        s.ensure_collections({"devise": 48})
+        (update,) = client.updates
+        diff = update["vectors_config"]["devise"]
+        assert diff.hnsw_config.m == IMAGE_INDEXING.m
+        assert diff.quantization_config.scalar.type == m.ScalarType.INT8
+        assert update["optimizers_config"].indexing_threshold == indexing_threshold_kb(
+            {"devise": 48}
+        )
+        hits = s.search_images("devise", vectors["devise"][5], 3, SearchFilter(labels=("car",)))
+        assert hits[0].id == ids[5] and all(h.payload["label"] == "car" for h in hits)
+
+
+@pytest.fixture
+def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph from 1,000 points and full scans only below 200 matching points, so that a
+    test-sized index walks the graph, filtered queries included."""
+    monkeypatch.setattr(qdrant.schema, "INDEX_FROM_POINTS", 1000)
+    monkeypatch.setattr(qdrant.edge, "INDEX_FROM_POINTS", 1000)
+    monkeypatch.setattr(
+        qdrant.edge, "IMAGE_INDEXING", dataclasses.replace(IMAGE_INDEXING, full_scan_points=200)
+    )
+
+
+def _old_shard(path: Path, ids: list[str], payloads: list[ImagePayload], vecs: np.ndarray) -> None:
+    """An images shard as the previous version wrote it: no graph, no quantisation."""
+    old = qe.EdgeShard.create(
+        str(path),
+        qe.EdgeConfig(
+            vectors={"devise": qe.EdgeVectorParams(size=48, distance=qe.Distance.Cosine)},
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=0),
+        ),
+    )
+    for field in ("label", "folders", "camera"):
+        old.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+    old.update(qe.UpdateOperation.create_field_index("taken", qe.PayloadSchemaType.Float))
+    points = [
+        qe.Point(i, {"devise": v.tolist()}, dict(p))
+        for i, v, p in zip(ids, vecs, payloads, strict=True)
+    ]
+    for start in range(0, len(points), 1000):
+        old.update(qe.UpdateOperation.upsert_points(points[start : start + 1000]))
+    old.flush()
+    old.close()
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_an_index_made_before_opens_answers_and_gets_its_graph(tmp_path: Path) -> None:
+    ids, payloads, vectors = library(3000)
+    _old_shard(tmp_path / "ix" / IMAGES, ids, payloads, vectors["devise"])
+    with EdgeStore(tmp_path / "ix") as s:
+        # it answers at once, exactly, with no graph yet
+        assert s.graph_pending() == 3000
+        assert s.search_images("devise", vectors["devise"][42], 1)[0].id == ids[42]
+        assert s.count(IMAGES, SearchFilter(labels=("dog",))) == 1000
+        s.optimize()
+        assert s.graph_pending() == 0
+        assert s.search_images("devise", vectors["devise"][42], 1)[0].id == ids[42]
+    config = json.loads((tmp_path / "ix" / IMAGES / "edge_config.json").read_text())
+    assert config["vectors"]["devise"]["hnsw_config"]["m"] == IMAGE_INDEXING.m
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Path) -> None:
+    ids, payloads, vectors = library(4000)
+    filters = [
+        None,
+        SearchFilter(labels=("dog",)),  # a third: the graph, filtered as it walks
+        SearchFilter(folder="/lib/2003"),  # a fifth
+        SearchFilter(taken_after=0.0, taken_before=2000.0),  # half, a range
+        SearchFilter(cameras=("Cam 7",)),  # 100 points: below full_scan_points, scanned
+        SearchFilter(labels=("cat",), folder="/lib/2001"),  # a combination
+    ]
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        assert s.graph_pending() == 8000  # two vectors, none indexed yet
+        s.optimize()
+        assert s.graph_pending() == 0
+        rng = np.random.default_rng(3)
+        for name, mat in vectors.items():
+            queries = mat[rng.choice(len(mat), 30, replace=False)]
+            queries = queries + 0.1 * rng.standard_normal(queries.shape).astype(np.float32)
+            for flt in filters:
+                exact = s.search_images_batch(name, queries, 10, flt, exact=True)
+                approx = [s.search_images(name, q, 10, flt) for q in queries]
+                overlap = [
+                    len({h.id for h in a} & {h.id for h in e}) / len(e)
+                    for a, e in zip(approx, exact, strict=True)
+                ]
+                # approximate: 0.97-1.0 for most filters here, but a filter that keeps about
+                # half the points walks without ACORN (Qdrant turns it on only below a
+                # selectivity) and measured 0.89-0.93 on some builds of this 4,000-point graph
+                assert np.mean(overlap) >= 0.85, (name, flt, np.mean(overlap))
+                # the best hit is found (the graph is built by two threads, so which near-tie
+                # a walk misses varies from build to build: almost always, not always), and
+                # scored with the originals (rescored), not with the int8 copies
+                same = [a[0].id == e[0].id for a, e in zip(approx, exact, strict=True)]
+                assert np.mean(same) >= 0.9, (name, flt, np.mean(same))
+                for a, e in zip(approx, exact, strict=True):
+                    if a[0].id == e[0].id:
+                        assert a[0].score == pytest.approx(e[0].score, abs=1e-5)
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_status_says_when_search_is_exact_until_the_graph_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.cli import main
+
+    ids, payloads, vectors = library(1500)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+    assert main(["status", "--index", str(tmp_path / "ix")]) == 0
+    assert "exact for now: 3000 vectors wait for their graph" in capsys.readouterr().out
+    with EdgeStore(tmp_path / "ix") as s:
+        s.optimize()
+    assert main(["status", "--index", str(tmp_path / "ix")]) == 0
+    assert "wait for their graph" not in capsys.readouterr().out
+    # the JSON keeps its documented shape
+    assert main(["status", "--json", "--index", str(tmp_path / "ix")]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"index", "images", "words", "models"}
+
+
+def test_counts_and_facets_from_the_indexes_match_a_scroll(tmp_path: Path) -> None:
+    """`devise status` and the camera and label lists read the indexes' counts, not every
+    point: they must still be exact after deletes, payload changes and partial points."""
+    ids, payloads, vectors = library(600)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        s.delete_images(ids[:50])
+        s.set_image_payloads([(ids[60], {"camera": "New camera", "label": "zebra"})])
+        # 20 points without a dup vector
+        s.upsert_images(ids[:20], payloads[:20], {"devise": vectors["devise"][:20]})
+        for stage in ("live", "optimized"):
+            records = list(s.scroll_images(with_vectors=True))
+            assert s.count(IMAGES) == len(records) == 570, stage
+            for name in VECTORS:
+                assert s.count_vectors(name) == sum(name in r.vectors for r in records), stage
+            for field in ("camera", "label"):
+                want: dict[str, int] = {}
+                for r in records:
+                    want[r.payload[field]] = want.get(r.payload[field], 0) + 1
+                assert s.facet_values(field) == want, (stage, field)
+            assert s.count(IMAGES, SearchFilter(labels=("zebra",))) == 1
+            s.optimize()
