@@ -1137,7 +1137,7 @@ class SearchService:
             self.notify(
                 "embedding the tag vocabulary (labels, hypernyms and the "
                 f"{clip_tag_words():,} most frequent words) with clip's text tower, once for "
-                "this model: a minute or so on a laptop CPU"
+                "this model: about 15 s on 2 desktop cores, a minute or more on a slow CPU"
             )
             summary = embed_clip_vocabulary(self.store, clip, self.progress)
             if summary is not None:
