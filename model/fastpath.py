@@ -254,6 +254,14 @@ def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
     return quantized
 
 
+def _fall_back(what: str, e: Exception) -> None:
+    """One warning that `what` runs in PyTorch, with the first line that says why."""
+    detail = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
+    log.warning(
+        "%s: OpenVINO could not compile it (%s: %s); using PyTorch", what, type(e).__name__, detail
+    )
+
+
 def try_compile_module(
     module: Any, example_shape: tuple[int, ...], *, what: str, **kwargs: Any
 ) -> CompiledModel | None:
@@ -262,13 +270,7 @@ def try_compile_module(
     try:
         return compile_module(module, example_shape, **kwargs)
     except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
-        detail = str(e).splitlines()[0][:200] if str(e) else ""
-        log.warning(
-            "%s: OpenVINO could not compile it (%s: %s); using PyTorch",
-            what,
-            type(e).__name__,
-            detail,
-        )
+        _fall_back(what, e)
         return None
 
 
@@ -311,13 +313,7 @@ def try_compile_lazy(
                 _save(model, xml)
         return _compile(model, precision)
     except Exception as e:  # noqa: BLE001 - any conversion failure: eager torch
-        detail = str(e).splitlines()[0][:200] if str(e) else ""
-        log.warning(
-            "%s: OpenVINO could not compile it (%s: %s); using PyTorch",
-            what,
-            type(e).__name__,
-            detail,
-        )
+        _fall_back(what, e)
         return None
 
 

@@ -484,8 +484,13 @@ class EdgeStore:
 
     def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
         """Set vector `name` on existing image points."""
+        self._update_vectors(IMAGES, ids, name, vectors)
+
+    def _update_vectors(
+        self, collection: str, ids: Sequence[int | str], name: str, vectors: Matrix
+    ) -> None:
         mat = as_matrix(vectors, len(ids), f"vector {name!r}")
-        shard = self._require(IMAGES)
+        shard = self._require(collection)
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = min(start + UPSERT_BATCH, len(ids))
             pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
@@ -575,34 +580,11 @@ class EdgeStore:
 
     def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
         """Set vector `name` on existing word points."""
-        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
-        shard = self._require(WORDS)
-        for start in range(0, len(ids), UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, len(ids))
-            pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
-            self._write(shard, qe.UpdateOperation.update_vectors(pvs))
-            self._maybe_flush()
+        self._update_vectors(WORDS, ids, name, vectors)
 
     def scroll_words(self, flt: SearchFilter | None = None) -> Iterator[Record]:
         """Every word point matching `flt` (payload only)."""
-        shard = self._shard(WORDS)
-        if shard is None:
-            return
-        offset: qe.PointId | None = None
-        edge_filter = to_edge(flt)
-        while True:
-            raw, offset = shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset,
-                    limit=SCROLL_BATCH * 4,
-                    filter=edge_filter,
-                    with_payload=True,
-                    with_vector=False,
-                )
-            )
-            yield from self._records(raw)
-            if offset is None:
-                return
+        return self._scroll(WORDS, False, flt, SCROLL_BATCH * 4)
 
     def search_images_batch(
         self,
@@ -694,7 +676,12 @@ class EdgeStore:
         batch: int = SCROLL_BATCH,
     ) -> Iterator[Record]:
         """Every image point matching `flt`."""
-        shard = self._shard(IMAGES)
+        return self._scroll(IMAGES, with_vectors, flt, batch)
+
+    def _scroll(
+        self, collection: str, with_vectors: WithVectors, flt: SearchFilter | None, batch: int
+    ) -> Iterator[Record]:
+        shard = self._shard(collection)
         if shard is None:
             return
         offset: qe.PointId | None = None

@@ -415,6 +415,11 @@ class ServerStore:
 
     def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
         """Set vector `name` on existing image points."""
+        self._update_vectors(IMAGES, ids, name, vectors)
+
+    def _update_vectors(
+        self, collection: str, ids: Sequence[int | str], name: str, vectors: Matrix
+    ) -> None:
         mat = as_matrix(vectors, len(ids), f"vector {name!r}")
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = min(start + UPSERT_BATCH, len(ids))
@@ -422,8 +427,8 @@ class ServerStore:
                 m.PointVectors(id=ids[i], vector={name: mat[i].tolist()})
                 for i in range(start, stop)
             ]
-            with self._guard(f"update vectors {name}"):
-                self.client.update_vectors(IMAGES, pvs, wait=True)
+            with self._guard(f"update vectors {name} of {collection}"):
+                self.client.update_vectors(collection, pvs, wait=True)
 
     def delete_images(self, ids: Sequence[str]) -> None:
         """Delete image points by id."""
@@ -517,34 +522,11 @@ class ServerStore:
 
     def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
         """Set vector `name` on existing word points."""
-        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
-        for start in range(0, len(ids), UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, len(ids))
-            pvs = [
-                m.PointVectors(id=ids[i], vector={name: mat[i].tolist()})
-                for i in range(start, stop)
-            ]
-            with self._guard(f"update word vectors {name}"):
-                self.client.update_vectors(WORDS, pvs, wait=True)
+        self._update_vectors(WORDS, ids, name, vectors)
 
     def scroll_words(self, flt: SearchFilter | None = None) -> Iterator[Record]:
         """Every word point matching `flt` (payload only)."""
-        if not self._exists(WORDS):
-            return
-        offset: m.ExtendedPointId | None = None
-        while True:
-            with self._guard("scroll words"):
-                raw, offset = self.client.scroll(
-                    WORDS,
-                    scroll_filter=to_server(flt),
-                    limit=SCROLL_BATCH * 4,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=False,
-                )
-            yield from self._records(raw)
-            if offset is None:
-                return
+        return self._scroll(to_server(flt), False, SCROLL_BATCH * 4, WORDS)
 
     def search_images_batch(
         self,
@@ -624,15 +606,19 @@ class ServerStore:
         ]
 
     def _scroll(
-        self, flt: m.Filter | None, with_vectors: WithVectors, batch: int
+        self,
+        flt: m.Filter | None,
+        with_vectors: WithVectors,
+        batch: int,
+        collection: str = IMAGES,
     ) -> Iterator[Record]:
-        if not self._exists(IMAGES):
+        if not self._exists(collection):
             return
         offset: m.ExtendedPointId | None = None
         while True:
-            with self._guard("scroll images"):
+            with self._guard(f"scroll {collection}"):
                 raw, offset = self.client.scroll(
-                    IMAGES,
+                    collection,
                     scroll_filter=flt,
                     limit=batch,
                     offset=offset,

@@ -200,12 +200,9 @@ def test_an_identity_named_by_tag_is_migrated(world: ClipWorld) -> None:
 def test_web_app_compare_and_tag_with_clip(world: ClipWorld) -> None:
     """`devise serve` as a user starts it, with the weights in the hub cache: the Compare
     tab, /search_json and /tag_json answer with clip; the CLI reaches it meanwhile."""
-    import time
-
     from gradio_client import Client, handle_file
 
-    from app.remote import find_server
-    from tests.test_serve_cli import free_port, stop
+    from tests.test_serve_cli import free_port, stop, wait_for_server
 
     idx = str(world.index)
     if not (world.index / "meta.json").is_file():
@@ -216,13 +213,7 @@ def test_web_app_compare_and_tag_with_clip(world: ClipWorld) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        record = None
-        while record is None and time.monotonic() < deadline:
-            assert proc.poll() is None, "devise serve exited"
-            record = find_server(world.index)
-            time.sleep(0.3)
-        assert record is not None, "devise serve did not come up in 180 s"
+        record = wait_for_server(proc, world.index)
         client = Client(record.url, verbose=False)
         out = client.predict(
             "text", "a cat", None, [], "", 0, 3, "", "", [], "", None, api_name="/compare"

@@ -66,6 +66,18 @@ def stop(proc: subprocess.Popen[str]) -> None:
             proc.wait(10)
 
 
+def wait_for_server(proc: subprocess.Popen[str], index: Path, seconds: float = 180) -> ServeRecord:
+    """The record of `devise serve` on `index` once it listens (it must not exit first)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "devise serve exited"
+        record = find_server(index) if (index / RECORD_FILE).exists() else None
+        if record is not None:
+            return record
+        time.sleep(0.3)
+    raise AssertionError(f"devise serve wrote no serve.json in {seconds:.0f} s")
+
+
 def images(index: Path) -> int:
     r = devise("status", "--json", "--index", str(index))
     assert r.returncode == 0, r.stderr
@@ -123,13 +135,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        record = None
-        while record is None and time.monotonic() < deadline:
-            assert proc.poll() is None, "devise serve exited"
-            record = find_server(index) if (index / RECORD_FILE).exists() else None
-            time.sleep(0.3)
-        assert record is not None, "devise serve wrote no serve.json in 180 s"
+        record = wait_for_server(proc, index)
         assert record.url.startswith("http://127.0.0.1:")
         assert (index / RECORD_FILE).stat().st_mode & 0o077 == 0  # it holds the token
         yield Served(index, watched, tmp, proc, down, record)
