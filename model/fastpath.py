@@ -183,6 +183,18 @@ def _save(model: Any, xml: Path) -> None:
         log.warning("could not cache the OpenVINO model at %s (%s)", xml, e)
 
 
+def _read_cached(xml: Path | None) -> Any:
+    """The converted model cached at `xml`, or None (none there, or damaged: rebuilt, never
+    fatal)."""
+    if xml is None or not xml.is_file() or not xml.with_suffix(".bin").is_file():
+        return None
+    try:
+        return _core().read_model(str(xml))
+    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+        log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+        return None
+
+
 def compile_module(
     module: Any,
     example_shape: tuple[int, ...],
@@ -196,13 +208,8 @@ def compile_module(
     """`module` compiled by OpenVINO; `key` names its weights for the on-disk cache (None:
     convert every time), and `classifier` (weight, bias) is cached beside it for
     `load_compiled`. Raises whatever conversion raises; callers fall back to torch."""
-    model = None
     xml = ir_path(name, key, cache_dir) if key is not None else None
-    if xml is not None and xml.is_file() and xml.with_suffix(".bin").is_file():
-        try:
-            model = _core().read_model(str(xml))
-        except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
-            log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+    model = _read_cached(xml)
     if model is None:
         log.info("converting %s for OpenVINO (cached at %s)", name, xml)
         model = _convert(module, example_shape)
@@ -226,16 +233,6 @@ def int8_path(xml: Path) -> Path:
 
     key = hashlib.sha256(json.dumps([INT8_RECIPE, nncf_version()]).encode()).hexdigest()[:12]
     return xml.with_name(f"{xml.stem}-int8-{key}.xml")
-
-
-def _read_cached(xml: Path | None) -> Any:
-    if xml is None or not (xml.is_file() and xml.with_suffix(".bin").is_file()):
-        return None
-    try:
-        return _core().read_model(str(xml))
-    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
-        log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
-        return None
 
 
 def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
@@ -290,12 +287,7 @@ def try_compile_lazy(
     PyTorch instead."""
     xml = ir_path(name, key, cache_dir) if key is not None else None
     try:
-        model = None
-        if xml is not None and xml.is_file() and xml.with_suffix(".bin").is_file():
-            try:
-                model = _core().read_model(str(xml))
-            except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
-                log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, e)
+        model = _read_cached(xml)
         if model is None:
             import openvino as ov
 
