@@ -208,11 +208,7 @@ def embed_clip_vocabulary(
         unit="prompt",
         disable=not progress,
     ) as bar:
-        vecs = np.zeros((0, clip.dim), np.float32)
-        parts = []
-        for start in range(0, len(names), BATCH):
-            parts.append(clip.embed_texts(names[start : start + BATCH], progress=bar))
-        vecs = np.concatenate(parts) if parts else vecs
+        vecs = clip.embed_texts(names, progress=bar)  # batched by prompt length inside
     store.update_word_vectors([pid for pid, _, _ in entries], CLIP_WORD_VECTOR, vecs)
     meta = store.get_meta()
     words_meta = dict(meta.get("words") or {})

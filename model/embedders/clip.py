@@ -293,9 +293,7 @@ def is_torchscript(path: Path) -> bool:
     """An OpenAI-style TorchScript archive (a zip holding `constants.pkl` or `code/`)."""
     try:
         with zipfile.ZipFile(path) as z:
-            return any(
-                n.endswith(("/constants.pkl", "/code/")) or "/code/" in n for n in z.namelist()
-            )
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 
@@ -355,21 +353,37 @@ def _output_dim(model: Any) -> int | None:
     return None
 
 
-def _text_tower(model: Any) -> Any:
+def text_is_causal(model_name: str) -> bool:
+    """Whether `model_name`'s text tower is open_clip's plain `CLIP` text transformer:
+    causal and pooled at the end-of-text token (no custom or Hugging Face text tower, no
+    multimodal decoder, argmax pooling). Read from the architecture's config, so a process
+    that finds the tower compiled knows it without building the model."""
+    cfg = model_config(model_name)
+    if cfg is None or cfg.get("custom_text") or "multimodal_cfg" in cfg:
+        return False
+    text = cfg.get("text_cfg") or {}
+    return not text.get("hf_model_name") and text.get("pool_type", "argmax") == "argmax"
+
+
+def _text_tower(model: Any, causal: bool) -> Any:
     """A module from tokens (N, L) to text features (N, D).
 
     For open_clip's `CLIP` (a causal text transformer pooled at the end-of-text token, the
-    largest id of a row) L may be shorter than the context: position embeddings and the
-    causal mask are cut to L. Since no position attends to a later one, features at and
-    before the end-of-text token are exactly those of the padded 77-token input. Other
-    text towers get the full context."""
+    largest id of a row; `causal`, as `text_is_causal` says) L may be shorter than the
+    context: position embeddings and the causal mask are cut to L. Since no position attends
+    to a later one, features at and before the end-of-text token are exactly those of the
+    padded 77-token input. Other text towers get the full context."""
     import torch
 
-    causal = (
+    if causal and not (
         type(model).__name__ == "CLIP"
         and getattr(model, "text_pool_type", "argmax") == "argmax"
         and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
-    )
+    ):
+        raise ClipUnavailable(
+            f"clip: the text tower of {type(model).__name__} is not the causal CLIP one its "
+            "config describes"
+        )
 
     class TrimmedText(torch.nn.Module):
         def __init__(self) -> None:
@@ -395,7 +409,7 @@ def _text_tower(model: Any) -> Any:
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             return self.clip.encode_text(tokens)
 
-    return (TrimmedText() if causal else FullText()).eval(), causal
+    return (TrimmedText() if causal else FullText()).eval()
 
 
 class ClipEmbedder:
@@ -438,7 +452,8 @@ class ClipEmbedder:
         self._tokenizer: Callable[[list[str]], TokenArray] | None = None
         self._text: Callable[[TokenArray], Float32Array] | None = None
         self._image: Callable[[Float32Array], Float32Array] | None = None
-        self._trim = True
+        #: prompts are cut after their end-of-text token (see `_text_tower`)
+        self._trim = text_is_causal(model_name)
         self._dim: int | None = None
         #: "openvino" once a tower runs compiled, "torch" when it runs eagerly
         self.runtime = "torch"
@@ -481,7 +496,7 @@ class ClipEmbedder:
         self._tokenizer = lambda texts: np.asarray(tokenizer(texts).numpy(), np.int64)
         self._text = None
         self._image = None
-        self._trim = True
+        self._trim = type(model).__name__ == "CLIP"
         self._dim = dim
         self.runtime = "torch"
         self.weights_path = None
@@ -595,7 +610,7 @@ class ClipEmbedder:
             def make() -> tuple[Any, Any, Any]:
                 import torch
 
-                tower, _ = _text_tower(self._build())
+                tower = _text_tower(self._build(), self._trim)
                 return tower, torch.ones((2, 8), dtype=torch.long), [(-1, -1)]
 
             compiled = self._compiled("text", make)
@@ -605,8 +620,7 @@ class ClipEmbedder:
                 return compiled
             import torch
 
-            model = self._build()
-            tower, self._trim = _text_tower(model)
+            tower = _text_tower(self._build(), self._trim)
 
             @torch.inference_mode()
             def run(tokens: TokenArray) -> Float32Array:
