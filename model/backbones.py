@@ -41,6 +41,7 @@ from model.specs import (
     file_id,
     get_spec,
     resolve_precision,
+    warn_precision_fallback,
 )
 
 __all__ = [
@@ -233,14 +234,7 @@ class Backbone(SpecNamed, nn.Module):
             exact = self(x).float()
             cos = float(nn.functional.cosine_similarity(f, exact, dim=1).min())
             if cos < self.BF16_MIN_COSINE:
-                log.warning(
-                    "%s: %s features agree with fp32 only to cosine %.4f (< %.3f) on the "
-                    "first batch; falling back to fp32",
-                    self.name,
-                    self.precision,
-                    cos,
-                    self.BF16_MIN_COSINE,
-                )
+                warn_precision_fallback(log, self.name, self.precision, cos, self.BF16_MIN_COSINE)
                 self.precision = "fp32"
                 return exact.numpy()
         return f.numpy()

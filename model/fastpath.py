@@ -33,7 +33,13 @@ import numpy as np
 import numpy.typing as npt
 
 from model.paths import default_cache_dir
-from model.specs import SAME_VECTORS_COSINE, SpecNamed, get_spec, resolve_precision
+from model.specs import (
+    SAME_VECTORS_COSINE,
+    SpecNamed,
+    get_spec,
+    resolve_precision,
+    warn_precision_fallback,
+)
 
 if TYPE_CHECKING:
     from model.specs import BackboneSpec, Precision
@@ -391,14 +397,7 @@ class CompiledBackbone(SpecNamed):
             exact = reference(x)
             cos = float(_cosines(out, exact).min())
             if cos < SAME_VECTORS_COSINE:
-                log.warning(
-                    "%s: %s features agree with fp32 only to cosine %.4f (< %.3f) on the "
-                    "first batch; falling back to fp32",
-                    self.name,
-                    self.precision,
-                    cos,
-                    SAME_VECTORS_COSINE,
-                )
+                warn_precision_fallback(log, self.name, self.precision, cos, SAME_VECTORS_COSINE)
                 self._compiled, self.precision = reference, "fp32"
                 return exact
         return out

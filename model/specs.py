@@ -108,6 +108,21 @@ AUTO_BF16: frozenset[str] = frozenset()
 SAME_VECTORS_COSINE = 0.995
 
 
+def warn_precision_fallback(
+    log: logging.Logger, name: str, precision: str, cosine: float, floor: float
+) -> None:
+    """The one warning, on the caller's `log`, of a backbone whose first batch at `precision`
+    disagreed with fp32."""
+    log.warning(
+        "%s: %s features agree with fp32 only to cosine %.4f (< %.3f) on the first batch; "
+        "falling back to fp32",
+        name,
+        precision,
+        cosine,
+        floor,
+    )
+
+
 def resolve_precision(precision: str, backbone: str | None = None) -> Precision:
     """`fp32`, `bf16` or `int8` as asked; `auto` is bf16 for a backbone in `AUTO_BF16` on a
     CPU with native bf16 (AVX-512 BF16 or AMX), and fp32 everywhere else (an AVX2-only CPU
