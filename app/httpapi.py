@@ -4,8 +4,9 @@ Gradio's queued `/gradio_api/call/search_json`.
 Why a second door to the same handler: a Gradio API call is two HTTP requests (the call,
 then its event stream) through the queue, about 30 ms of the app's CPU for a 2 ms search,
 so on two cores it tops out near 30 searches a second and 16 clients wait over a second
-(bench/bench_serve.py). This route is one request and one thread-pool hop into the same
-`WebHandlers.search_json` that every face uses; the answer is `devise search --json`'s.
+(bench/bench_serve.py). This route is one request and one thread-pool hop (two searches at a
+time: SEARCH_THREADS) into the same `WebHandlers.search_json` that every face uses; the
+answer is `devise search --json`'s.
 
 Access follows the app's: open where the app has no --auth (as its Gradio API is);
 with --auth it needs the index's token (`Authorization: Bearer TOKEN`, from serve.json).
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
     from app.handlers import WebHandlers
 
 PATH = "/search_json"
+#: searches of this route run at once; the rest wait their turn in the server's loop, first
+#: come first served. A search is a few ms of CPU, mostly under the GIL: with Starlette's
+#: pool of 40 threads, 16 clients made 16 threads take turns at the GIL, and the unlucky
+#: ones waited (Zen 4, 2 cores, bench/bench_serve.py: p95 171 ms, 244 req/s); two at a
+#: time gave p95 67 ms at 327 req/s, and kept 288 req/s at 32 clients.
+SEARCH_THREADS = 2
 MAX_BODY = 64 * 1024
 _LISTS = ("labels", "cameras")
 _FIELDS = (
@@ -68,12 +75,13 @@ class SearchRoute:
         self.h = handlers
         self.token = token
         self.needs_token = needs_token
+        self._limiter: Any = None  # made on the first request, inside the server's loop
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") != "http" or scope.get("path") != PATH:
             await self.app(scope, receive, send)
             return
-        from starlette.concurrency import run_in_threadpool
+        import anyio.to_thread
         from starlette.requests import Request
         from starlette.responses import JSONResponse
 
@@ -96,7 +104,9 @@ class SearchRoute:
                     q = request.query_params
                     raw = {k: (q.getlist(k) if k in _LISTS else q[k]) for k in q}
                 params = parse_params(raw)
-                answer = await run_in_threadpool(self._search, params)
+                if self._limiter is None:
+                    self._limiter = anyio.CapacityLimiter(SEARCH_THREADS)
+                answer = await anyio.to_thread.run_sync(self._search, params, limiter=self._limiter)
                 response = JSONResponse(answer)
             except json.JSONDecodeError as e:
                 response = JSONResponse({"error": f"the body is not JSON: {e}"}, 400)

@@ -951,7 +951,14 @@ class SearchService:
             exact=False,
             with_payload=False,
         )
-        by_id = {r.id: r for r in self.store.retrieve_images([h.id for h in pool], ["devise"])}
+        # the pool's vectors without payloads; payloads for the k shown only (a payload costs
+        # more to bring into Python than the margin does to compute)
+        by_id = {
+            r.id: r
+            for r in self.store.retrieve_images(
+                [h.id for h in pool], ["devise"], with_payload=False
+            )
+        }
         hits = [by_id[h.id] for h in pool if "devise" in getattr(by_id.get(h.id), "vectors", {})]
         if not hits:
             return [], ""
@@ -960,11 +967,17 @@ class SearchService:
         calibrated = x @ mat.T - offset
         rivals = np.delete(calibrated, label, axis=1)
         margin = calibrated[:, label] - (rivals.max(axis=1) if rivals.shape[1] else 0.0)
-        order = np.argsort(-margin, kind="stable")
-        results = [
-            ImageResult.of(Hit(hits[j].id, float(margin[j]), hits[j].payload))
-            for j in order
+        order = [
+            int(j)
+            for j in np.argsort(-margin, kind="stable")
             if flt.min_score is None or margin[j] >= flt.min_score
+        ][:k]
+        shown = self.store.retrieve_images([hits[j].id for j in order])
+        payloads = {r.id: r.payload for r in shown}
+        results = [
+            ImageResult.of(Hit(hits[j].id, float(margin[j]), payloads[hits[j].id]))
+            for j in order
+            if hits[j].id in payloads
         ]
         how = f"seen labels less {gamma:.2f}" if gamma else "no zero-shot bias"
         note = f"{labels[label]} (the model's label: score = its margin over the next label, {how})"

@@ -211,6 +211,8 @@ class EdgeStore:
         self._shards: dict[str, qe.EdgeShard] = {}
         # named vector sizes per collection; dropped whenever a vector is added or removed
         self._sizes_cache: dict[str, dict[str, int]] = {}
+        # meta.json's text, keyed by its (inode, mtime, size): get_meta
+        self._meta_text: tuple[tuple[int, int, int], str] | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _PidLock(self.root)
         self._lock.acquire(self.root)
@@ -701,13 +703,15 @@ class EdgeStore:
                 return
 
     def retrieve_images(
-        self, ids: Sequence[str], with_vectors: WithVectors = False
+        self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
     ) -> list[Record]:
         """The image points with these ids that exist."""
         shard = self._shard(IMAGES)
         if shard is None or not ids:
             return []
-        raw = shard.retrieve(list(ids), with_payload=True, with_vector=_with_vector(with_vectors))
+        raw = shard.retrieve(
+            list(ids), with_payload=with_payload, with_vector=_with_vector(with_vectors)
+        )
         return self._records(raw)
 
     def _find(self, field: str, values: Sequence[str]) -> list[Record]:
@@ -768,12 +772,23 @@ class EdgeStore:
     # ---------------------------------------------------------------- meta
 
     def get_meta(self) -> dict[str, Any]:
-        """The meta document from root/meta.json ({} if absent)."""
+        """The meta document from root/meta.json ({} if absent).
+
+        Its text is kept while the file's stat is unchanged: a search reads the meta several
+        times, and open + read was a fifth of a served search's CPU (bench/bench_serve.py).
+        Each call parses afresh, so a caller may change what it gets."""
         path = self.root / META_FILE
-        if not path.exists():
-            return {}
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            st = os.stat(path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._meta_text
+        if cached is None or cached[0] != key:
+            cached = (key, path.read_text(encoding="utf-8"))
+            self._meta_text = cached
+        try:
+            data = json.loads(cached[1])
         except json.JSONDecodeError as e:
             raise StoreError(f"{path} is not valid JSON: {e}") from e
         return data if isinstance(data, dict) else {}

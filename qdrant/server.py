@@ -639,15 +639,16 @@ class ServerStore:
         return self._scroll(to_server(flt), with_vectors, batch)
 
     def retrieve_images(
-        self, ids: Sequence[str], with_vectors: WithVectors = False
+        self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
     ) -> list[Record]:
         """The image points with these ids that exist."""
         if not ids or not self._exists(IMAGES):
             return []
         with self._guard("retrieve images"):
             raw = self.client.retrieve(
-                IMAGES, list(ids), with_payload=True, with_vectors=_with_vectors(with_vectors)
-            )
+                IMAGES, list(ids), with_payload=with_payload,
+                with_vectors=_with_vectors(with_vectors),
+            )  # fmt: skip
         return self._records(raw)
 
     def _find(self, field: str, values: Sequence[str]) -> list[Record]:

@@ -198,9 +198,10 @@ class Store(Protocol):
         ...
 
     def retrieve_images(
-        self, ids: Sequence[str], with_vectors: WithVectors = False
+        self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
     ) -> list[Record]:
-        """The image points with these ids that exist, in no particular order."""
+        """The image points with these ids that exist, in no particular order (with an empty
+        payload when `with_payload` is False: a ranking that reads only vectors)."""
         ...
 
     def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
