@@ -200,13 +200,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def record_evaluation(args: argparse.Namespace, data: dict[str, Any], where: Path) -> None:
-    """Keep the table in the index's meta, where the web app's Compare tab shows it."""
-    store = _settings(args).open_store()
+    """Keep the table in the index's meta, where the web app's Compare tab shows it (through
+    the app when one holds the index)."""
+    from app.cliapi import record_in
+
+    settings = _settings(args)
+    data = dict(data, data=str(where.resolve()))
+    remote = _server(settings)
+    if remote is not None:
+        state = remote.record_evaluation(data, on_progress=_say_waiting())
+        if state["state"] != "done":
+            raise CliError(state["message"])
+        print(state["line"])
+        return
+    store = settings.open_store()
     try:
-        meta = store.get_meta()
-        meta["evaluation"] = dict(data, data=str(where.resolve()))
-        store.set_meta(meta)
-        print(f"recorded in {store.describe()}")
+        print(record_in(store, data).line())
     finally:
         store.close()
 
@@ -333,10 +342,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
-        if summary.indexed or summary.moved or summary.pruned:
-            # merges segments and builds the `dup` vector's graph where a segment has grown
-            # past the indexing threshold, so that `devise duplicates` stays quick at 100k
-            # images. Here, not in the web app's ingest: it holds the GIL while it runs.
+        if summary.indexed or summary.moved or summary.pruned or store.graph_pending():
+            # merges segments and builds the vectors' graphs where a segment has grown past
+            # the indexing threshold (also when this run changed nothing but the app's
+            # ingests left graphs unbuilt), so that searches and `devise duplicates` stay
+            # quick at 100k images. Here, not in the web app's ingest: it holds the GIL.
             store.optimize()
         service = _service(store, settings)
         service.ensure_vocabulary()  # the first ingest loads the words
@@ -372,6 +382,18 @@ def _abs(path: Any) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else None
 
 
+def _say_waiting() -> Callable[[dict[str, Any]], None]:
+    """Says once that a job sent to the app waits for the ingest before it."""
+    said: list[bool] = []
+
+    def on_progress(state: dict[str, Any]) -> None:
+        if not said and state["state"] == "queued" and state["message"].startswith("waiting"):
+            said.append(True)
+            _say(f"{state['message']}; this one starts after it")
+
+    return on_progress
+
+
 def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
     """`devise ingest` run by the app that holds the index, in its background job: the same
     models, the same progress bar and the same summary."""
@@ -387,13 +409,10 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
     }  # fmt: skip
     show = not args.json and sys.stderr.isatty() or args.progress
     bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
-    said: set[str] = set()
+    waiting = _say_waiting()
 
     def progress(state: dict[str, Any]) -> None:
-        if state["state"] == "queued" and state["message"].startswith("waiting"):
-            if "waiting" not in said:  # said once: this ingest waits its turn
-                said.add("waiting")
-                _say(f"{state['message']}; this one starts after it")
+        waiting(state)
         if state["total"] and bar.total != state["total"]:
             bar.total = state["total"]
             bar.refresh()
@@ -415,32 +434,23 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
 
 
 def cmd_words(args: argparse.Namespace) -> int:
-    from ingest.vocabulary import concepts_for, load_vocabulary
-    from model.vocab.words import load_words
+    from ingest.vocabulary import reload_vocabulary
 
     settings = _settings(args)
-    source = args.words
+    top = None if args.all else args.top
+    remote = _server(settings)
+    if remote is not None:  # the app that holds the index loads them, in its ingest slot
+        state = remote.words(args.words, top, on_progress=_say_waiting())
+        if state["state"] != "done":
+            raise CliError(state["message"])
+        print(state["line"])
+        return 0
     store = settings.open_store()
     try:
-        if source is None:
-            devise = (store.get_meta().get("models") or {}).get("devise") or {}
-            source = devise.get("words") or "glove-6b-50d"
-        words = load_words(source)
-        summary = load_vocabulary(
-            store,
-            words,
-            None if args.all else args.top,
-            progress=sys.stderr.isatty(),
-            concepts=concepts_for(store.get_meta().get("models") or {}),
-        )
+        summary = reload_vocabulary(store, args.words, top, progress=sys.stderr.isatty())
     finally:
         store.close()
-    print(
-        f"{summary.words} words and {summary.concepts} labels and hypernyms from "
-        f"{summary.source} ({summary.dim} d) in "
-        f"{summary.seconds:.1f}s"
-        + (" (replaced the previous vocabulary)" if summary.replaced else "")
-    )
+    print(summary.line())
     return 0
 
 
@@ -451,7 +461,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     remote = _server(_settings(args))
     pending = 0
     if remote is not None:
-        st = remote.status()
+        st = remote.status(pending=not args.json)
+        pending = int(st.pop("graph_pending", 0))
     else:
         _, store = _open_store(args)
         try:
@@ -470,10 +481,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"model   {name}: {m['points']} points, {m['dim']} d, id {m['id']}")
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
-    if pending:
+    if pending and remote is None:
         print(
             f"search  exact for now: {pending} vectors wait for their graph "
             "(the next `devise ingest` builds it)"
+        )
+    elif pending:  # the app's ingests leave the graph alone: the build would stall its searches
+        print(
+            f"search  exact for now: {pending} vectors wait for their graph (the app at "
+            f"{remote.url} does not build it: stop it, then `devise ingest` builds it)"
         )
     return 0
 

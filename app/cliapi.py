@@ -1,9 +1,11 @@
 """The app's endpoints for the `devise` CLI (see app/remote.py): while the app holds the
-index, the CLI's search, similar, tag, status and ingest come here and run on the app's own
-search service and background index job, so they print what they print with the app down.
+index, the CLI's search, similar, tag, status, duplicates, ingest, words and eval --record
+come here and run on the app's own search service and background index job, so they print
+what they print with the app down.
 
-Ingest is the one that writes, so it needs the token from the index folder's serve.json;
-an app bound beyond loopback indexes only folders inside its --ingest-root, token or not.
+The writes (ingest, words, eval --record) need the token from the index folder's
+serve.json and run one at a time in the ingest slot; an app bound beyond loopback indexes
+only folders inside its --ingest-root, token or not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,16 +26,41 @@ if TYPE_CHECKING:
     from app.handlers import WebHandlers
     from app.indexjob import IndexJob, IngestRequest
     from ingest.pipeline import ArrayEmbedder, IngestSummary
+    from qdrant.store import Store
 
 log = logging.getLogger(__name__)
 
 QUERY_KINDS = ("search", "similar", "tag")
 
 
+@dataclass
+class Recorded:
+    """An evaluation table kept in the index's meta (`devise eval --record`), reported as
+    the app's job reports an ingest."""
+
+    where: str
+    failed: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return f"recorded in {self.where}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recorded": self.where}
+
+
+def record_in(store: Store, data: dict[str, Any]) -> Recorded:
+    """Keeps `data` (an evaluation report's JSON, with the folder it measured as `data`) in
+    the index's meta, where the web app's Compare tab shows it."""
+    meta = store.get_meta()
+    meta["evaluation"] = data
+    store.set_meta(meta)
+    return Recorded(store.describe())
+
+
 class CliApi:
     """What the CLI asks of the app; plain methods (tests call them), registered on the
-    page by `register()` as `/cli_status`, `/cli_query`, `/cli_ingest` and
-    `/cli_ingest_status`."""
+    page by `register()` as `/cli_status`, `/cli_query`, `/cli_duplicates`, `/cli_ingest`,
+    `/cli_words`, `/cli_record_evaluation` and `/cli_ingest_status`."""
 
     def __init__(
         self,
@@ -52,8 +80,12 @@ class CliApi:
 
     # ---------------------------------------------------------------- reading
 
-    def status(self) -> dict[str, Any]:
+    def status(self, pending: bool = False) -> dict[str, Any]:
+        """`devise status --json`; with `pending`, also the vectors that wait for their
+        graph (`graph_pending`), which the text form prints."""
         out: dict[str, Any] = self.h.service.status()
+        if pending:
+            out["graph_pending"] = self.h.service.graph_pending()
         return out
 
     def query(
@@ -125,18 +157,45 @@ class CliApi:
 
     def ingest(self, token: str, paths: Sequence[str], options: dict[str, Any]) -> int:
         """Queues an ingest in the app's background job; returns its id."""
-        if not token_ok(token, self.token):
-            raise PermissionError(
-                "ingest through the app needs the token in its index folder's serve.json"
-            )
-        if self.job is None:
-            raise PermissionError("this app indexes nothing: start it with --ingest-root DIR")
+        job = self._writer(token, "ingest")
         checked = [self.check_path(p) for p in paths]
         if not checked:
             raise ValueError("name at least one folder to index")
         opts = dict(options)
         run = self._runner(opts)
-        return self.job.submit(checked, run, source="cli").id
+        return job.submit(checked, run, source="cli").id
+
+    def words(self, token: str, source: str | None, top: int | None) -> int:
+        """Queues `devise words` (the vocabulary reloaded) in the ingest slot; its id."""
+        from ingest.vocabulary import reload_vocabulary
+
+        job = self._writer(token, "words")
+        store = self.h.service.store
+        label = f"loading the words of {source}" if source else "loading the words"
+        return job.submit(
+            [], lambda _req, _on: reload_vocabulary(store, source, top), label=label
+        ).id
+
+    def record_evaluation(self, token: str, data: dict[str, Any]) -> int:
+        """Queues `devise eval --record` (the table kept in the meta) in the ingest slot,
+        so it cannot interleave with an ingest's own writes to the meta; its id."""
+        job = self._writer(token, "eval --record")
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise ValueError("send an evaluation report's JSON (with its models)")
+        store = self.h.service.store
+        return job.submit(
+            [], lambda _req, _on: record_in(store, data), label="recording the evaluation"
+        ).id
+
+    def _writer(self, token: str, command: str) -> IndexJob:
+        """The job that writes to the index, for a caller with the token."""
+        if not token_ok(token, self.token):
+            raise PermissionError(
+                f"{command} through the app needs the token in its index folder's serve.json"
+            )
+        if self.job is None:
+            raise PermissionError("this app indexes nothing: start it with --ingest-root DIR")
+        return self.job
 
     def check_path(self, path: str) -> Path:
         """A path the CLI may have indexed: any existing one on a loopback app (the token
@@ -252,9 +311,10 @@ class CliApi:
                 known = isinstance(e, (*_known_errors(), ValueError, PermissionError, OSError))
                 raise gr.Error(str(e) if known else f"{type(e).__name__}: {e}") from e
 
-        def cli_status() -> str:
-            """`devise status --json`, for the CLI while this app holds the index."""
-            return answer(self.status)
+        def cli_status(pending: bool = False) -> str:
+            """`devise status --json`, for the CLI while this app holds the index (with
+            `pending`: and graph_pending, for its text form)."""
+            return answer(lambda: self.status(bool(pending)))
 
         def cli_query(
             kind: str, params: str, image: FileData | None = None, image_name: str = ""
@@ -280,11 +340,23 @@ class CliApi:
                 lambda: {"id": self.ingest(token, json.loads(paths), json.loads(options))}
             )
 
+        def cli_words(token: str, source: str | None = None, top: int | None = None) -> str:
+            """Queues `devise words` in the app's ingest slot: {"id"}; follow it with
+            /cli_ingest_status."""
+            return answer(lambda: {"id": self.words(token, source or None, top)})
+
+        def cli_record_evaluation(token: str, report: str) -> str:
+            """Queues `devise eval --record` (report: the evaluation's JSON): {"id"}."""
+            return answer(lambda: {"id": self.record_evaluation(token, json.loads(report))})
+
         def cli_ingest_status(job_id: int) -> str:
             """How a queued ingest goes: {"state", "message", "done", "total", "summary"}."""
             return answer(lambda: self.ingest_status(job_id))
 
-        for fn in (cli_status, cli_query, cli_duplicates, cli_ingest, cli_ingest_status):
+        for fn in (
+            cli_status, cli_query, cli_duplicates, cli_ingest, cli_words, cli_record_evaluation,
+            cli_ingest_status,
+        ):  # fmt: skip
             fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
             # no queue slot for these: the web page's searches have theirs (2), and a
             # program's quick call should not wait behind a page's long one

@@ -7,10 +7,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from app.service import SearchService
@@ -18,6 +18,22 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger(__name__)
+
+
+class Outcome(Protocol):
+    """What a queued job returns: an ingest's summary, a vocabulary load's, a recorded
+    evaluation's."""
+
+    @property
+    def failed(self) -> Mapping[str, int]: ...
+
+    def line(self) -> str: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+#: one queued job: `run(request, on_batch)` does the work, holding the store's write slot
+Runner = Callable[["IngestRequest", Callable[["IngestSummary"], None]], Outcome]
 
 #: finished requests kept for their callers to read
 KEEP_REQUESTS = 64
@@ -30,6 +46,8 @@ class IngestRequest:
     id: int
     paths: list[Path]
     source: str = "cli"
+    #: what the messages call it: the paths, else a job's name ("loading the words")
+    label: str = ""
     state: str = "queued"  # queued | running | done | failed
     message: str = ""
     done: int = 0  # files embedded or failed so far
@@ -152,16 +170,17 @@ class IndexJob:
     def submit(
         self,
         paths: Sequence[Path],
-        run: Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary],
+        run: Runner,
         *,
         source: str = "cli",
         on_end: Callable[[IngestRequest], None] | None = None,
+        label: str = "",
     ) -> IngestRequest:
-        """Queues an ingest: `run(request, on_batch)` does it, holding the store's one
-        ingest slot; a request that finds the slot taken waits, and its message says so.
-        The paths must have been checked by the caller."""
-        req = IngestRequest(next(self._ids), list(paths), source)
-        req.message = f"queued: {', '.join(str(p) for p in req.paths)}"
+        """Queues an ingest (or another write, named by `label`): `run(request, on_batch)`
+        does it, holding the store's one ingest slot; a request that finds the slot taken
+        waits, and its message says so. The paths must have been checked by the caller."""
+        req = IngestRequest(next(self._ids), list(paths), source, label=label)
+        req.message = f"queued: {label or ', '.join(str(p) for p in req.paths)}"
         with self._lock:
             self._requests[req.id] = req
             for old in sorted(self._requests)[:-KEEP_REQUESTS]:
@@ -178,12 +197,9 @@ class IndexJob:
             return self._requests.get(req_id)
 
     def _serve_request(
-        self,
-        req: IngestRequest,
-        run: Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary],
-        on_end: Callable[[IngestRequest], None] | None,
+        self, req: IngestRequest, run: Runner, on_end: Callable[[IngestRequest], None] | None
     ) -> None:
-        where = ", ".join(str(p) for p in req.paths)
+        where = req.label or ", ".join(str(p) for p in req.paths)
         if not self._ingest_lock.acquire(blocking=False):
             busy = self._now.message if self._now is not None else self.message
             req.message = f"waiting for the running ingest to finish ({busy})"
@@ -191,7 +207,8 @@ class IndexJob:
         self._now = req
         t0 = time.perf_counter()
         try:
-            req.state, req.message = "running", f"indexing {where}: starting"
+            doing = where if req.label else f"indexing {where}"
+            req.state, req.message = "running", f"{doing}: starting"
 
             def on_batch(summary: IngestSummary) -> None:
                 req.failed = sum(summary.failed.values())
@@ -204,9 +221,9 @@ class IndexJob:
             summary = run(req, on_batch)
             req.summary, req.line = summary.to_json(), summary.line()
             req.failed = sum(summary.failed.values())
-            req.message = f"indexed {where}: {req.line}"
+            req.message = f"{where}: {req.line}" if req.label else f"indexed {where}: {req.line}"
             req.state = "done"
-            if self._on_done is not None:
+            if self._on_done is not None and req.paths:
                 self._on_done([p if p.is_dir() else p.parent for p in req.paths])
         except Exception as e:  # noqa: BLE001 - a request's failure is reported, never raised
             log.info("ingest of %s failed: %s", where, e)

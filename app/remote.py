@@ -190,8 +190,8 @@ class RemoteIndex:
 
     # ------------------------------------------------------------ commands
 
-    def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = self.call_json("/cli_status")
+    def status(self, pending: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = self.call_json("/cli_status", pending)
         return out
 
     def query(self, kind: str, params: dict[str, Any], image: Path | None) -> dict[str, Any]:
@@ -220,7 +220,33 @@ class RemoteIndex:
             "/cli_ingest", self.record.token, json.dumps([os.path.abspath(d) for d in dirs]),
             json.dumps(options),
         )  # fmt: skip
-        job_id = int(started["id"])
+        return self.follow(int(started["id"]), on_progress=on_progress, poll_s=poll_s)
+
+    def words(
+        self,
+        source: str | None,
+        top: int | None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """`devise words` run by the app, in its ingest slot; the job's last state."""
+        started = self.call_json("/cli_words", self.record.token, source, top)
+        return self.follow(int(started["id"]), on_progress=on_progress, poll_s=0.2)
+
+    def record_evaluation(
+        self, report: dict[str, Any], on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """`devise eval --record` run by the app, in its ingest slot; the job's last state."""
+        started = self.call_json("/cli_record_evaluation", self.record.token, json.dumps(report))
+        return self.follow(int(started["id"]), on_progress=on_progress, poll_s=0.1)
+
+    def follow(
+        self,
+        job_id: int,
+        *,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> dict[str, Any]:
+        """A queued job's states until it ends; the last one."""
         while True:
             state: dict[str, Any] = self.call_json("/cli_ingest_status", job_id)
             if on_progress is not None:

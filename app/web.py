@@ -259,7 +259,9 @@ def build_demo(
                 cmp_btn = gr.Button("Compare", variant="primary")
             cmp_status = gr.Markdown()
             with gr.Accordion("Evaluation: the same models, measured (devise eval)", open=False):
-                gr.Markdown(evaluation_markdown(service))
+                # a callable value is read again at each page load: a table recorded while
+                # the app runs (`devise eval --record`, sent here) shows on the next reload
+                gr.Markdown(lambda: evaluation_markdown(service))
             slots: list[tuple[gr.Gallery, gr.Dataframe]] = []
             with gr.Row():
                 for m in slot_models:

@@ -268,7 +268,7 @@ def main() -> None:
                 str(index), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             t_ing = time.monotonic()
-            time.sleep(3)  # the CLI's start; then the app's job walks, hashes and embeds
+            time.sleep(1.5)  # the CLI's start; then the app's job walks, hashes and embeds
             r = load(url, n, args.seconds, args.model)
             r["ingesting"] = ing.poll() is None
             rows.append(("ingest", r))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,22 @@ class VocabularySummary:
     seconds: float
     replaced: bool
     concepts: int = 0
+    #: what an ingest summary has, so the app's job reports a vocabulary load as it does one
+    failed: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """What `devise words` prints."""
+        return (
+            f"{self.words} words and {self.concepts} labels and hypernyms from {self.source} "
+            f"({self.dim} d) in {self.seconds:.1f}s"
+            + (" (replaced the previous vocabulary)" if self.replaced else "")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "words": self.words, "concepts": self.concepts, "source": self.source,
+            "dim": self.dim, "seconds": round(self.seconds, 3), "replaced": self.replaced,
+        }  # fmt: skip
 
 
 def load_vocabulary(
@@ -84,6 +100,22 @@ def load_vocabulary(
     store.flush()
     return VocabularySummary(
         count, words.source, words.dim, time.perf_counter() - t0, replaced, n_concepts
+    )
+
+
+def reload_vocabulary(
+    store: Store, source: str | None, top: int | None, progress: bool = False
+) -> VocabularySummary:
+    """`devise words`, wherever it runs (the CLI's process, or the app that holds the index):
+    the `top` most frequent words of `source` (all when None), by default the word space the
+    index's DeViSE model was trained in, with the labels and hypernyms of the index's models."""
+    from model.vocab.words import load_words
+
+    models = store.get_meta().get("models") or {}
+    if source is None:
+        source = (models.get("devise") or {}).get("words") or "glove-6b-50d"
+    return load_vocabulary(
+        store, load_words(source), top, progress=progress, concepts=concepts_for(models)
     )
 
 

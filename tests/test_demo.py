@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -46,6 +47,27 @@ def test_demo_builds_then_skips_every_stage(
     again = capsys.readouterr().out
     assert "[" not in again.split("built in")[0]  # no stage ran
     assert time.perf_counter() - t < 30
+    # with an app up on the index, the demo sends its index steps there and starts no other
+    from tests.test_serve_cli import free_port, spawn, stop, wait_for_server
+
+    app = spawn(
+        "serve", "--index", str(tmp_path / "index"), "--port", str(free_port()),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        record = wait_for_server(app, tmp_path / "index")
+        assert (
+            demo.run_demo(root, launch=True, cache_dir=tmp_path / "cache", settings=settings) == 0
+        )
+        through = capsys.readouterr().out
+        assert f"through the app at {record.url}" in through
+        assert f"indexed 0, unchanged {n}" in through
+        assert through.rstrip().endswith(
+            f"the demo is served by the app at {record.url}: open it there"
+        )
+        assert app.poll() is None
+    finally:
+        stop(app)
 
 
 def test_a_demo_index_from_before_the_face_detector_is_refreshed(tmp_path: Path) -> None:

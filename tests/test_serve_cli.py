@@ -219,6 +219,37 @@ def test_the_watcher_indexes_a_copied_photo(served: Served) -> None:
         time.sleep(0.5)
 
 
+def test_words_and_eval_record_go_through_the_app(served: Served) -> None:
+    """The two other commands that write to the index: run by the app, in its ingest slot,
+    printing what they print with the app down; the app answers as before after them."""
+    r = devise("words", "--top", "3000", "--index", str(served.index), timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(
+        r"\d+ words and \d+ labels and hypernyms from glove-6b-50d \(50 d\) in [\d.]+s\n",
+        r.stdout,
+    ), r.stdout
+    again = devise("search", "dog", "--model", "conse", "-k", "3", "--json", "--index",
+                   str(served.index))  # fmt: skip
+    assert again.returncode == 0 and "dog.jpg" in again.stdout
+    bad = devise("words", "--words", "no-such-words", "--index", str(served.index))
+    assert bad.returncode == 1 and "no-such-words" in bad.stderr, bad.stderr
+
+    data = served.tmp / "evaldata"
+    copy_photos(data / "dog", ["dog.jpg"])
+    copy_photos(data / "horse", ["horses.jpg"])
+    copy_photos(data / "bird", ["eagle.jpg"])
+    r = devise(
+        "eval", str(data), "--models", "conse", "--record", "--index", str(served.index),
+        timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith(f"recorded in {served.index}")
+    meta = json.loads((served.index / "meta.json").read_text())
+    assert meta["evaluation"]["data"] == str(data.resolve())
+    assert "conse" in meta["evaluation"]["models"]
+    assert served.proc.poll() is None
+
+
 # ---------------------------------------------------------------------------- no app
 
 
