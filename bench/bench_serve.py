@@ -6,11 +6,12 @@
 Starts `devise serve` on loopback over an index (by default one built here from Debian
 darknet's and scikit-image's photos and 200 Fashion-MNIST test images, with DeViSE when
 --checkpoint is given, else ConSE), then for each number of clients runs that
-many threads, each calling `/search_json` through Gradio's HTTP API (POST the call, read its
-event stream) back to back for a bounded time. Then the same while `devise ingest` of
-`--ingest` Fashion-MNIST images runs, sent by the CLI to the app's background job. Prints
-requests/s, p50/p95/p99 latency and failed requests. Goals (issue 22): no failed request;
-p95 <= 250 ms at 16 clients without ingest; searches keep answering during the ingest.
+many threads, each calling a door back to back for a bounded time: the app's direct
+`POST /search_json`, then Gradio's queued API (POST the call, read its event stream).
+Then the same while `devise ingest` of `--ingest` Fashion-MNIST images runs, sent by the
+CLI to the app's background job. Prints requests/s, p50/p95/p99 latency and failed
+requests. Goals (issue 22): no failed request; p95 <= 250 ms at 16 clients without ingest;
+searches keep answering during the ingest.
 """
 
 from __future__ import annotations
