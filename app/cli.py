@@ -726,8 +726,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for w in args.watch or ():
         if not Path(w).is_dir():
             raise CliError(f"--watch: not a folder: {w}")
+    settings = _settings(args)
+    running = _server(settings)
+    if running is not None:  # one app per index: the store admits one process
+        raise CliError(
+            f"the app already serves {settings.index} at {running.url} (PID "
+            f"{running.record.pid}): open it there, or stop it first"
+        )
     return serve(
-        _settings(args), host=args.host, port=args.port, auth=args.auth, ingest_roots=roots,
+        settings, host=args.host, port=args.port, auth=args.auth, ingest_roots=roots,
         watch=[Path(w) for w in args.watch] if args.watch else None, rescan_s=args.rescan,
     )  # fmt: skip
 

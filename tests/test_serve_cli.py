@@ -250,6 +250,13 @@ def test_words_and_eval_record_go_through_the_app(served: Served) -> None:
     assert served.proc.poll() is None
 
 
+def test_a_second_serve_on_the_index_names_the_first(served: Served) -> None:
+    r = devise("serve", "--index", str(served.index), "--port", str(free_port()))
+    assert r.returncode == 1
+    assert f"already serves {served.index} at {served.record.url}" in r.stderr, r.stderr
+    assert served.proc.poll() is None
+
+
 # ---------------------------------------------------------------------------- no app
 
 
