@@ -69,12 +69,21 @@ class VectorIndexing:
     # and camera value past full_scan_points: more build time on 2 cores); filtered queries
     # use the payload index below full_scan_points and ACORN above it, which held recall
     payload_m: int = 0
-    full_scan_points: int = 20_000
+    # a filter that leaves fewer points than this is scored from the payload index (int8,
+    # rescored) instead of walking the graph: at 1,000,000 points a walk filtered to 50,000-
+    # 100,000 found 0.59-0.86 of the true top 10 even with a beam of 512; scored from the
+    # index, 0.997-1.0 at 5-14 ms (README, "A million photos"). 20,000 before.
+    full_scan_points: int = 120_000
     quantile: float = 0.99
     vectors_on_disk: bool = True
     # the int8 copies and the graph memory-mapped too, paged in as queries read them, rather
     # than read in whole at open: reopening 100,000 points took 1.8 s instead of 2.7-4.4 s
     graphs_mapped: bool = True
+    # and not read through while the store opens (Edge's Cached does, Cold does not): at
+    # 1,000,000 points that read was 12 of the 14.4 s a reopen took, since Edge drops the
+    # files from the OS's cache when a shard closes. The store reads them in the background
+    # instead (qdrant/edge.py, _start_warming); reopen 2.3 s
+    populate_at_open: bool = False
     # 512, not 256: at 1,000,000 clustered points the unfiltered clip walk's recall@10 was
     # 0.913 with 256 and 0.957-0.967 with 512, at 1.4-2.5 ms (filtered walks: 0.51 -> 0.71
     # for a label, 0.93 -> 0.99 for a camera, about 2 ms more; README, "A million photos")
