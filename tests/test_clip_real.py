@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli import run
 from tests.conftest import make_image_folder
 from tests.standins import write_clip_file, write_clip_hf, write_clip_url
 
@@ -44,14 +45,7 @@ class ClipWorld:
     def devise(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
-            env=env or self.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            cwd=self.root,
-        )
+        return run(*args, env=env or self.env, timeout=600, cwd=self.root)
 
     def ok(self, *args: str, env: dict[str, str] | None = None) -> str:
         r = self.devise(*args, env=env)
@@ -202,7 +196,7 @@ def test_web_app_compare_and_tag_with_clip(world: ClipWorld) -> None:
     tab, /search_json and /tag_json answer with clip; the CLI reaches it meanwhile."""
     from gradio_client import Client, handle_file
 
-    from tests.test_serve_cli import free_port, stop, wait_for_server
+    from tests.cli import free_port, stop, wait_for_server
 
     idx = str(world.index)
     if not (world.index / "meta.json").is_file():

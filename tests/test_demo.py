@@ -48,7 +48,7 @@ def test_demo_builds_then_skips_every_stage(
     assert "[" not in again.split("built in")[0]  # no stage ran
     assert time.perf_counter() - t < 30
     # with an app up on the index, the demo sends its index steps there and starts no other
-    from tests.test_serve_cli import free_port, spawn, stop, wait_for_server
+    from tests.cli import free_port, spawn, stop, wait_for_server
 
     app = spawn(
         "serve", "--index", str(tmp_path / "index"), "--port", str(free_port()),

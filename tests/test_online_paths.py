@@ -13,13 +13,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli import run
 from tests.conftest import make_image_folder
 from tests.standins import write_fashion_mnist_gz, write_gensim_data, write_torchvision_weights
 from tests.test_datasets import make_tgz
@@ -27,17 +27,8 @@ from tests.test_datasets import make_tgz
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def devise(
-    *args: str, env: dict[str, str], cwd: Path, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
+#: the CLI in a process of its own, with the test's environment (env=, cwd=), 600 s at most
+devise = partial(run, timeout=600)
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:

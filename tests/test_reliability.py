@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +19,7 @@ from ingest.pipeline import ingest
 from model.checkpoint import load_checkpoint
 from model.data.images import ImageError
 from qdrant.edge import EdgeStore
+from tests.cli import run
 from tests.corpus import build_corpus, png_bomb
 from tests.fakes import FakeEmbedder
 from tests.test_ingest import make_tree
@@ -26,17 +27,8 @@ from tests.test_ingest import make_tree
 REPO = Path(__file__).resolve().parents[1]
 
 
-def devise(
-    *args: str | bytes, timeout: float = 60, **kw: Any
-) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        timeout=timeout,
-        env=env,
-        **kw,
-    )
+#: the CLI in a process of its own, output as bytes, 60 s at most
+devise = partial(run, timeout=60, text=False)
 
 
 @pytest.fixture

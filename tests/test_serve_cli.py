@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,8 +22,8 @@ from typing import Any
 import pytest
 
 from app.remote import RECORD_FILE, ServeRecord, find_server, write_record
+from tests.cli import free_port, run, spawn, stop, wait_for_server
 
-REPO = Path(__file__).resolve().parents[1]
 DARKNET = Path("/usr/share/darknet/data")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
@@ -34,48 +33,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def devise(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def spawn(*args: str, **kw: Any) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], text=True, env=env, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def wait_for_server(proc: subprocess.Popen[str], index: Path, seconds: float = 180) -> ServeRecord:
-    """The record of `devise serve` on `index` once it listens (it must not exit first)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "devise serve exited"
-        record = find_server(index) if (index / RECORD_FILE).exists() else None
-        if record is not None:
-            return record
-        time.sleep(0.3)
-    raise AssertionError(f"devise serve wrote no serve.json in {seconds:.0f} s")
+#: the CLI in a process of its own, output as text, 180 s at most
+devise = run
 
 
 def images(index: Path) -> int:

@@ -7,7 +7,6 @@ import http.client
 import io
 import json
 import os
-import socket
 import struct
 import zlib
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from model.embedders.embedder import DeviseEmbedder
 from model.train import TrainConfig, train
 from model.vocab.words import WordVectors
 from qdrant.edge import EdgeStore
+from tests.cli import free_port
 from tests.conftest import draw_image, make_image_folder
 
 pytestmark = pytest.mark.slow
@@ -243,12 +243,6 @@ def test_auth_and_host_helpers() -> None:
 
 
 # ---------------------------------------------------------------------------- live app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
