@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.remote import app_holding
+
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 
@@ -206,11 +208,9 @@ def record_evaluation(args: argparse.Namespace, data: dict[str, Any], where: Pat
 
     settings = _settings(args)
     data = dict(data, data=str(where.resolve()))
-    remote = _server(settings)
+    remote = app_holding(settings)
     if remote is not None:
         state = remote.record_evaluation(data, on_progress=_say_waiting())
-        if state["state"] != "done":
-            raise CliError(state["message"])
         print(state["line"])
         return
     store = settings.open_store()
@@ -319,7 +319,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for d in args.dirs:
         if not Path(d).exists():
             raise CliError(f"not found: {d}")
-    remote = _server(settings)
+    remote = app_holding(settings)
     if remote is not None:
         return _remote_ingest(args, settings, remote)
     embedders, extra = build_embedders(args.models, settings, args)
@@ -365,17 +365,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 f"batch for the loader; embedding took {summary.embed_seconds:.1f}s"
             )
     return 0
-
-
-def _server(settings: Any) -> Any:
-    """The app that holds this embedded index (`devise serve`), to send the command to; None
-    when none does (the command opens the store itself)."""
-    if settings.qdrant_url is not None:
-        return None
-    from app.remote import RemoteIndex, find_server
-
-    record = find_server(settings.index)
-    return RemoteIndex(record) if record is not None else None
 
 
 def _abs(path: Any) -> str | None:
@@ -424,8 +413,6 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
         state = remote.ingest([str(d) for d in args.dirs], options, on_progress=progress)
     finally:
         bar.close()
-    if state["state"] != "done":
-        raise CliError(state["message"])
     if args.json:
         print(json.dumps(state["summary"]))
     else:
@@ -438,11 +425,9 @@ def cmd_words(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     top = None if args.all else args.top
-    remote = _server(settings)
+    remote = app_holding(settings)
     if remote is not None:  # the app that holds the index loads them, in its ingest slot
         state = remote.words(args.words, top, on_progress=_say_waiting())
-        if state["state"] != "done":
-            raise CliError(state["message"])
         print(state["line"])
         return 0
     store = settings.open_store()
@@ -458,7 +443,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from app.service import SearchService
 
     args.must_exist = True
-    remote = _server(_settings(args))
+    remote = app_holding(_settings(args))
     pending = 0
     if remote is not None:
         st = remote.status(pending=not args.json)
@@ -481,16 +466,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"model   {name}: {m['points']} points, {m['dim']} d, id {m['id']}")
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
-    if pending and remote is None:
-        print(
-            f"search  exact for now: {pending} vectors wait for their graph "
-            "(the next `devise ingest` builds it)"
+    if pending:
+        # the app's ingests leave the graph alone: the build would stall its searches
+        builder = (
+            "the next `devise ingest` builds it"
+            if remote is None
+            else f"the app at {remote.url} does not build it: stop it, then `devise ingest` "
+            "builds it"
         )
-    elif pending:  # the app's ingests leave the graph alone: the build would stall its searches
-        print(
-            f"search  exact for now: {pending} vectors wait for their graph (the app at "
-            f"{remote.url} does not build it: stop it, then `devise ingest` builds it)"
-        )
+        print(f"search  exact for now: {pending} vectors wait for their graph ({builder})")
     return 0
 
 
@@ -569,7 +553,7 @@ def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
 def _query(args: argparse.Namespace, kind: str) -> int:
     # tagging needs no image in the index, so not even an index made yet
     args.must_exist = kind != "tag"
-    remote = _server(_settings(args))
+    remote = app_holding(_settings(args))
     if remote is not None:
         _print_answer(_remote_query(args, kind, remote), args.json, _kind(kind))
         return 0
@@ -666,7 +650,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     from app.duplicates import human_date, human_size, small_note
 
     args.must_exist = True
-    remote = _server(_settings(args))
+    remote = app_holding(_settings(args))
     if remote is not None:
         report = _remote_duplicates(args, remote)
     else:
@@ -727,7 +711,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not Path(w).is_dir():
             raise CliError(f"--watch: not a folder: {w}")
     settings = _settings(args)
-    running = _server(settings)
+    running = app_holding(settings)
     if running is not None:  # one app per index: the store admits one process
         raise CliError(
             f"the app already serves {settings.index} at {running.url} (PID "

@@ -143,6 +143,15 @@ def find_server(index: Path) -> ServeRecord | None:
     return rec
 
 
+def app_holding(settings: Any) -> RemoteIndex | None:
+    """The app that holds `settings`' embedded index (`devise serve`), to send a command to;
+    None when none does (the command opens the store itself) or the index is a server's."""
+    if settings.qdrant_url is not None:
+        return None
+    record = find_server(settings.index)
+    return RemoteIndex(record) if record is not None else None
+
+
 # ---------------------------------------------------------------------------- the client
 
 
@@ -215,7 +224,8 @@ class RemoteIndex:
         poll_s: float = 0.5,
     ) -> dict[str, Any]:
         """Starts an ingest in the app's background job and follows it to its end; returns
-        the job's last state ({"state": "done", "summary": {...}, "line": ...})."""
+        the job's last state ({"state": "done", "summary": {...}, "line": ...}); RemoteError
+        when it failed."""
         started = self.call_json(
             "/cli_ingest", self.record.token, json.dumps([os.path.abspath(d) for d in dirs]),
             json.dumps(options),
@@ -228,14 +238,15 @@ class RemoteIndex:
         top: int | None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """`devise words` run by the app, in its ingest slot; the job's last state."""
+        """`devise words` run by the app, in its ingest slot; the finished job's state."""
         started = self.call_json("/cli_words", self.record.token, source, top)
         return self.follow(int(started["id"]), on_progress=on_progress, poll_s=0.2)
 
     def record_evaluation(
         self, report: dict[str, Any], on_progress: Callable[[dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
-        """`devise eval --record` run by the app, in its ingest slot; the job's last state."""
+        """`devise eval --record` run by the app, in its ingest slot; the finished job's
+        state."""
         started = self.call_json("/cli_record_evaluation", self.record.token, json.dumps(report))
         return self.follow(int(started["id"]), on_progress=on_progress, poll_s=0.1)
 
@@ -246,12 +257,15 @@ class RemoteIndex:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         poll_s: float = 0.5,
     ) -> dict[str, Any]:
-        """A queued job's states until it ends; the last one."""
+        """A queued job's states until it ends: the finished one, or RemoteError with the
+        job's message when it failed."""
         while True:
             state: dict[str, Any] = self.call_json("/cli_ingest_status", job_id)
             if on_progress is not None:
                 on_progress(state)
-            if state["state"] in ("done", "failed"):
+            if state["state"] == "failed":
+                raise RemoteError(state["message"])
+            if state["state"] == "done":
                 return state
             time.sleep(poll_s)
 

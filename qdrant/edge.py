@@ -71,7 +71,8 @@ _MEMORY = {"cold": qe.Memory.Cold, "cached": qe.Memory.Cached, "pinned": qe.Memo
 
 def _placement(persisted: str | None = None) -> qe.Memory:
     """Where the int8 copies and the graphs live. A new shard: mapped and not read at open
-    (Edge's Cold), then read into the page cache by a background thread (EdgeStore._warm).
+    (Edge's Cold), then read into the page cache by a background thread (_warm, started by
+    EdgeStore._start_warming).
     Edge's Cached reads them whole while it opens: 14.4 s to reopen 1,000,000 points
     against 2.3 s for Cold, the same files (README, "A million photos"). Pinned: read into
     RAM. A shard keeps the placement it was built with (`persisted`, from its config): a
@@ -100,12 +101,11 @@ def _quantization(memory: qe.Memory) -> qe.ScalarQuantizationConfig:
     )
 
 
-def _vector_params(
-    size: int, name: str | None = None, memory: qe.Memory | None = None
-) -> qe.EdgeVectorParams:
-    if name is None:  # the words shard: never indexed (see _optimizers)
+def _vector_params(size: int, memory: qe.Memory | None = None) -> qe.EdgeVectorParams:
+    """An image vector's params, its int8 copies and graph placed at `memory`; with none, a
+    words vector's (never indexed: see _optimizers)."""
+    if memory is None:
         return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)
-    memory = memory if memory is not None else _placement()
     return qe.EdgeVectorParams(
         size=size,
         distance=qe.Distance.Cosine,
@@ -129,7 +129,7 @@ def _images_config(sizes: dict[str, int], persisted: str | None = None) -> qe.Ed
     shard was (`persisted`) or, for a new one, as _placement says."""
     memory = _placement(persisted)
     return qe.EdgeConfig(
-        vectors={k: _vector_params(d, k, memory) for k, d in sizes.items()},
+        vectors={k: _vector_params(d, memory) for k, d in sizes.items()},
         hnsw_config=_hnsw(max(sizes.values(), default=128), memory),
         optimizers=_optimizers(IMAGES, sizes),
     )
@@ -381,22 +381,22 @@ class EdgeStore:
             raise StoreError(f"collection {name!r} does not exist yet in {self.root}")
         return shard
 
-    def _persisted_sizes(self, name: str) -> dict[str, int]:
+    def _persisted_config(self, name: str) -> dict[str, Any]:
         # the shard persists its own config here and rewrites it when a vector is added
         path = self.root / name / "edge_config.json"
         if not path.exists():
             return {}
-        config = json.loads(path.read_text(encoding="utf-8"))
-        return {str(k): int(v["size"]) for k, v in config.get("vectors", {}).items()}
+        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return config
+
+    def _persisted_sizes(self, name: str) -> dict[str, int]:
+        vectors = self._persisted_config(name).get("vectors", {})
+        return {str(k): int(v["size"]) for k, v in vectors.items()}
 
     def _persisted_memory(self, name: str) -> str | None:
         """Where the shard's int8 copies live, as its config says ("cold", "cached",
         "pinned"); None for a shard without quantised vectors."""
-        path = self.root / name / "edge_config.json"
-        if not path.exists():
-            return None
-        config = json.loads(path.read_text(encoding="utf-8"))
-        for params in config.get("vectors", {}).values():
+        for params in self._persisted_config(name).get("vectors", {}).values():
             scalar = ((params or {}).get("quantization_config") or {}).get("scalar") or {}
             if scalar.get("memory"):
                 return str(scalar["memory"])
@@ -409,8 +409,7 @@ class EdgeStore:
         the vectors the app queries first; `dup` (the duplicate scan) last."""
         if self._persisted_memory(IMAGES) != "cold":
             return
-        sizes = self._persisted_sizes(IMAGES)
-        order = sorted(sizes, key=lambda v: (v == DUP_VECTOR, v))
+        order = sorted(self._sizes(IMAGES), key=lambda v: (v == DUP_VECTOR, v))
         segments = sorted((self.root / IMAGES / "segments").glob("*"))
         paths = [
             seg / pattern.format(vec)
