@@ -67,7 +67,10 @@ def main() -> None:
             avail = available_models(["devise", "conse"], checkpoint=ckpt, precision=prec)
             devise, conse = avail.models["devise"], avail.models["conse"]
             assert devise is not None and conse is not None, avail.messages
-            bb = load_backbone(devise.meta["backbone"], "default", prec)  # type: ignore[attr-defined]
+            meta = devise.meta  # type: ignore[attr-defined]
+            # the checkpoint's own backbone weights where it names a file (a resnet50 trained
+            # on a weights file), else the packaged ImageNet ones
+            bb = load_backbone(meta["backbone"], meta.get("weights_path") or "default", prec)
             devise.set_backbone(bb)  # type: ignore[attr-defined]
             conse.set_backbone(bb)  # type: ignore[attr-defined]
             f = extract_features(bb, paths, cache_dir=cache, desc=f"{prec} features")

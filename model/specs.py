@@ -93,13 +93,15 @@ def cpu_has_bf16() -> bool:
 #: Backbones that `--precision auto` runs in bf16 where the CPU computes it natively: those
 #: whose every eval metric stayed within 0.5 points of fp32 in real bf16 runs (OpenVINO,
 #: `INFERENCE_PRECISION_HINT=bf16`, which accumulates in fp32), each with its own feature
-#: cache (`bench/bench_precision.py`; the README's "Precision" table). None qualifies yet:
-#: - efficientnet_lite0 (the demo's Fashion-MNIST split, on a Zen 4 with AVX-512 BF16)
-#:   keeps flat hit@1, zero-shot hit@5, GZSL H and AUSUC within 0.5 points but moves
-#:   text->image p@10 by -2 and GZSL seen@1 by -1.5 points, and its features agree with
-#:   fp32 only to cosine 0.990 (min; mean 0.998);
-#: - resnet50 and resnet18 have no real weights on this project's machines, so their
-#:   metrics could not be measured (random weights measure speed and cosine only).
+#: cache (`bench/bench_precision.py`; the README's "Precision" tables). None qualifies yet:
+#: - efficientnet_lite0 (the demo's Fashion-MNIST split) moves text->image p@10 by -2 and
+#:   GZSL seen@1 by -1.5 points, with the same figures on a Zen 4 (AVX-512 BF16) and on a
+#:   Xeon with AMX (family 6, model 207): OpenVINO rounds the same way on both. Its
+#:   features agree with fp32 only to cosine 0.990 (min; mean 0.998);
+#: - resnet50 (no real ImageNet weights on this project's machines: measured with random
+#:   weights and a DeViSE head trained on their features, on the AMX Xeon) moves GZSL
+#:   seen@1 by -0.75 and flat hit@1 by -0.50 points, at feature cosine 1.0000;
+#: - resnet18 was not measured.
 #: Add a backbone here once it is measured to hold.
 AUTO_BF16: frozenset[str] = frozenset()
 
