@@ -143,7 +143,9 @@ class Backbone(SpecNamed, nn.Module):
                 f"{str(dtype).removeprefix('torch.')}-autocast" if dtype is not None else "fp32"
             )
         fast = self.runtime == "openvino" and fastpath.takes_fast_path(self.precision, self.runtime)
-        return f"cpu-{'openvino' if fast else 'torch'}-{self.precision}"
+        if not fast:
+            return f"cpu-torch-{self.precision}"
+        return f"cpu-openvino-{self.precision}{self.spec.numerics_suffix(self.precision)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))
@@ -207,6 +209,7 @@ class Backbone(SpecNamed, nn.Module):
                 self.classifier.weight.detach().numpy(),  # type: ignore[operator]
                 self.classifier.bias.detach().numpy(),  # type: ignore[operator]
             ),
+            fp32_convs=self.spec.bf16_fp32_convs,
         )
 
     #: bf16 (or int8) must agree with fp32 at least this well on the first real batch, or it

@@ -210,10 +210,12 @@ def compile_module(
     precision: str,
     cache_dir: Path | None = None,
     classifier: tuple[Float32Array, Float32Array] | None = None,
+    fp32_convs: int = 0,
 ) -> CompiledModel:
     """`module` compiled by OpenVINO; `key` names its weights for the on-disk cache (None:
     convert every time), and `classifier` (weight, bias) is cached beside it for
-    `load_compiled`. Raises whatever conversion raises; callers fall back to torch."""
+    `load_compiled`; under bf16 the first `fp32_convs` convolutions stay fp32
+    (`keep_fp32_prefix`). Raises whatever conversion raises; callers fall back to torch."""
     xml = ir_path(name, key, cache_dir) if key is not None else None
     model = _read_cached(xml)
     if model is None:
@@ -225,7 +227,7 @@ def compile_module(
         save_classifier(xml, *classifier)
     if precision == "int8":
         model = _int8_model(model, name, xml)
-    return _compile(model, precision)
+    return _compile(model, precision, fp32_convs)
 
 
 #: What makes an int8 model, for its cache key: the calibration recipe (`model.quantize`)
@@ -315,9 +317,61 @@ def try_compile_lazy(
         return None
 
 
-def _compile(model: Any, precision: str) -> CompiledModel:
+def keep_fp32_prefix(model: Any, convolutions: int) -> Any:
+    """`model` with its first `convolutions` convolutions, and every operation before them,
+    marked to run in fp32 when the rest runs in bf16.
+
+    The mark is OpenVINO's own `precise` runtime attribute (`ov::disable_fp16_compression`),
+    which the CPU plugin honours for bf16 too. Python cannot create that attribute (a string
+    set in `rt_info` is ignored), but the IR reader does: the model goes through its IR
+    once, in a temporary folder, with the attribute written on those layers.
+
+    Cut only where the network is a single chain: a cut inside a residual block (resnet50
+    after 4 convolutions) compiled, then failed at inference ("Convolution node ... is not
+    initialized"), in OpenVINO 2026.4."""
+    import xml.etree.ElementTree as ET
+
+    ordered = list(model.get_ordered_ops())
+    convs = [
+        i
+        for i, op in enumerate(ordered)
+        if op.get_type_name() in ("Convolution", "GroupConvolution")
+    ]
+    if convolutions <= 0 or not convs:
+        return model
+    cut = convs[convolutions] if convolutions < len(convs) else len(ordered)
+    early = {
+        op.get_friendly_name()
+        for op in ordered[:cut]
+        if op.get_type_name() not in ("Constant", "Parameter", "Result")
+    }
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "model.xml"
+        ov.save_model(model, xml, compress_to_fp16=False)
+        tree = ET.parse(xml)
+        marked = 0
+        for layer in tree.getroot().iter("layer"):
+            if layer.get("name") not in early:
+                continue
+            rt = layer.find("rt_info")
+            if rt is None:
+                rt = ET.SubElement(layer, "rt_info")
+            ET.SubElement(rt, "attribute", {"name": "precise", "version": "0"})
+            marked += 1
+        text = ET.tostring(tree.getroot(), encoding="unicode")
+        weights = np.fromfile(xml.with_suffix(".bin"), dtype=np.uint8)
+    log.debug("%d operations kept in fp32 under bf16", marked)
+    # read from memory: nothing of the model stays in the temporary folder
+    return _core().read_model(text, ov.Tensor(weights))
+
+
+def _compile(model: Any, precision: str, fp32_convs: int = 0) -> CompiledModel:
     # int8: the quantised layers run in int8 (VNNI / AMX-INT8), the rest in fp32
     hint = "bf16" if precision == "bf16" else "f32"
+    if precision == "bf16" and fp32_convs:
+        model = keep_fp32_prefix(model, fp32_convs)
     compiled = _core().compile_model(
         model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
     )
@@ -382,7 +436,7 @@ class CompiledBackbone(SpecNamed):
     @property
     def numerics(self) -> str:
         """What computes the features and in which format (see `Backbone.numerics`)."""
-        return f"cpu-openvino-{self.precision}"
+        return f"cpu-openvino-{self.precision}{self.spec.numerics_suffix(self.precision)}"
 
     def features(self, batch: Float32Array) -> Float32Array:
         x = np.asarray(batch, dtype=np.float32)
@@ -430,7 +484,7 @@ def load_compiled(
     try:
         with np.load(cls, allow_pickle=False) as z:
             classifier = (z["weight"], z["bias"])
-        compiled = _compile(_core().read_model(str(run)), prec)
+        compiled = _compile(_core().read_model(str(run)), prec, spec.bf16_fp32_convs)
     except Exception as e:  # noqa: BLE001 - a damaged cache: the torch path rebuilds it
         log.warning("ignoring unreadable OpenVINO cache %s: %s", run, e)
         return None
