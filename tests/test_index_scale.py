@@ -206,6 +206,40 @@ def test_an_index_made_before_opens_answers_and_gets_its_graph(tmp_path: Path) -
     assert config["vectors"]["devise"]["hnsw_config"]["m"] == IMAGE_INDEXING.m
 
 
+def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered graph walk can strand itself among points the filter refuses and return
+    fewer than k (seen once, in a full test run on a loaded machine); the store then asks
+    for the exact answer. Edge's shard stands in for a stranded walk by cutting its first
+    answer to 3 hits."""
+    ids, payloads, vectors = library(300)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        flt = SearchFilter(labels=("cat",))
+        q = vectors["devise"][0]
+        want = [h.id for h in s.search_images_batch("devise", q[None], 10, flt, exact=True)[0]]
+        real = s._shard
+        calls: list[int] = []
+
+        class Stranded:
+            def __init__(self, shard: Any) -> None:
+                self.shard = shard
+
+            def query(self, request: Any) -> Any:
+                calls.append(1)
+                got = self.shard.query(request)
+                return got[:3] if len(calls) == 1 else got
+
+        monkeypatch.setattr(s, "_shard", lambda c: Stranded(real(c)))
+        assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
+        assert len(calls) == 2
+        # without a filter a short answer is every point there is: not asked again
+        calls.clear()
+        assert len(s.search_images("devise", q, 10)) == 3 and len(calls) == 1
+
+
 @pytest.mark.usefixtures("small_threshold")
 def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Path) -> None:
     ids, payloads, vectors = library(4000)
