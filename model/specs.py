@@ -57,7 +57,7 @@ SPECS: dict[str, BackboneSpec] = {
         offline_weights=False,
         default_weights_id="torchvision:ResNet50_Weights.IMAGENET1K_V2",
         # not the stem (bf16_fp32_convs=1): with random weights (none offline) it brought
-        # every metric within 0.5 points but zero-shot hit@1 (+1: 2 images), at a quarter
+        # every metric within 0.5 points but zero-shot hit@1 (+1: 2 images); it cost a quarter
         # of bf16's speed; all-bf16 already agrees with fp32 to cosine 1.0000 there
     ),
     "resnet18": BackboneSpec(
