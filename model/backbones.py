@@ -145,7 +145,7 @@ class Backbone(SpecNamed, nn.Module):
         fast = self.runtime == "openvino" and fastpath.takes_fast_path(self.precision, self.runtime)
         if not fast:
             return f"cpu-torch-{self.precision}"
-        return f"cpu-openvino-{self.precision}{self.spec.numerics_suffix(self.precision)}"
+        return self.spec.openvino_numerics(self.precision)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._pool(self.body(x))

@@ -436,7 +436,7 @@ class CompiledBackbone(SpecNamed):
     @property
     def numerics(self) -> str:
         """What computes the features and in which format (see `Backbone.numerics`)."""
-        return f"cpu-openvino-{self.precision}{self.spec.numerics_suffix(self.precision)}"
+        return self.spec.openvino_numerics(self.precision)
 
     def features(self, batch: Float32Array) -> Float32Array:
         x = np.asarray(batch, dtype=np.float32)

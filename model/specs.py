@@ -41,12 +41,14 @@ class BackboneSpec:
     #: (`model.fastpath.keep_fp32_prefix`). 0: the whole backbone in bf16.
     bf16_fp32_convs: int = 0
 
-    def numerics_suffix(self, precision: str) -> str:
-        """What `numerics` adds for this backbone's compiled bf16 (a different model from
-        plain bf16: its features never share a cache entry)."""
-        return (
+    def openvino_numerics(self, precision: str) -> str:
+        """`numerics` of this backbone compiled by OpenVINO at `precision` (`Backbone` and
+        the torch-free `CompiledBackbone` alike); bf16 with an fp32 prefix is its own model,
+        so its features never share a cache entry with plain bf16's."""
+        prefix = (
             f"-fp32x{self.bf16_fp32_convs}" if precision == "bf16" and self.bf16_fp32_convs else ""
         )
+        return f"cpu-openvino-{precision}{prefix}"
 
 
 SPECS: dict[str, BackboneSpec] = {
