@@ -656,7 +656,14 @@ class EdgeStore:
 
         # words: always exact (no graph); images: the graph once it is built
         hits = run(collection == WORDS)
-        if collection == IMAGES and flt is not None and threshold is None and len(hits) < k:
+        if (
+            collection == IMAGES
+            and flt is not None
+            and threshold is None
+            and len(hits) < k
+            # with no graph built the search above was exact already
+            and shard.info().indexed_vectors_count > 0
+        ):
             # A filtered walk of the graph can strand itself among points the filter refuses
             # and return short (seen once in a full test run: a 1-in-15 filter on a 4,000-
             # point graph). Fewer than k hits is then either every match or a stranded walk:

@@ -206,6 +206,7 @@ def test_an_index_made_before_opens_answers_and_gets_its_graph(tmp_path: Path) -
     assert config["vectors"]["devise"]["hnsw_config"]["m"] == IMAGE_INDEXING.m
 
 
+@pytest.mark.usefixtures("small_threshold")
 def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -213,10 +214,11 @@ def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
     fewer than k (seen once, in a full test run on a loaded machine); the store then asks
     for the exact answer. Edge's shard stands in for a stranded walk by cutting its first
     answer to 3 hits."""
-    ids, payloads, vectors = library(300)
+    ids, payloads, vectors = library(1200)
     with EdgeStore(tmp_path / "ix") as s:
         s.ensure_collections(VECTORS)
         s.upsert_images(ids, payloads, vectors)
+        s.optimize()  # a graph to walk
         flt = SearchFilter(labels=("cat",))
         q = vectors["devise"][0]
         want = [h.id for h in s.search_images_batch("devise", q[None], 10, flt, exact=True)[0]]
@@ -231,6 +233,9 @@ def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
                 calls.append(1)
                 got = self.shard.query(request)
                 return got[:3] if len(calls) == 1 else got
+
+            def info(self) -> Any:
+                return self.shard.info()
 
         monkeypatch.setattr(s, "_shard", lambda c: Stranded(real(c)))
         assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
