@@ -721,23 +721,41 @@ class EdgeStore:
             raise StoreError(f"{self.root}: collection {IMAGES!r} has no vector {name!r}")
         edge_filter = to_edge(flt)
         threshold = score_threshold(flt)
-        params = search_params(exact, k, name)
-        requests = [
-            qe.QueryRequest(
-                limit=k,
-                query=qe.Query.Nearest(row.tolist(), using=name),
-                filter=edge_filter,
-                score_threshold=threshold,
-                params=params,
-                with_payload=with_payload,
-                with_vector=False,
-            )
-            for row in mat
-        ]
-        return [
-            [Hit(point_id_str(p.id), float(p.score), dict(p.payload or {})) for p in points]
-            for points in shard.query_batch(qe.QueryBatchRequest(requests))
-        ]
+
+        def run(rows: Matrix, exact: bool) -> list[list[Hit]]:
+            params = search_params(exact, k, name)
+            requests = [
+                qe.QueryRequest(
+                    limit=k,
+                    query=qe.Query.Nearest(row.tolist(), using=name),
+                    filter=edge_filter,
+                    score_threshold=threshold,
+                    params=params,
+                    with_payload=with_payload,
+                    with_vector=False,
+                )
+                for row in rows
+            ]
+            return [
+                [Hit(point_id_str(p.id), float(p.score), dict(p.payload or {})) for p in points]
+                for points in shard.query_batch(qe.QueryBatchRequest(requests))
+            ]
+
+        out = run(mat, exact)
+        short = [i for i, hits in enumerate(out) if len(hits) < k]
+        if (
+            short
+            and not exact
+            and edge_filter is not None
+            and threshold is None
+            and shard.info().indexed_vectors_count > 0
+        ):
+            # as in _query: a filtered walk that came back short is either every match or
+            # stranded among points the filter refuses; the exact search tells which
+            for i, hits in zip(short, run(mat[short], True), strict=True):
+                if len(hits) > len(out[i]):
+                    out[i] = hits
+        return out
 
     def count(self, collection: str, flt: SearchFilter | None = None) -> int:
         """Exact number of points in `collection` matching `flt`."""

@@ -234,6 +234,12 @@ def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
                 got = self.shard.query(request)
                 return got[:3] if len(calls) == 1 else got
 
+            def query_batch(self, request: Any) -> Any:
+                calls.append(1)
+                got = self.shard.query_batch(request)
+                # the first batch: its first row stranded, the others whole
+                return [got[0][:3], *got[1:]] if len(calls) == 1 else got
+
             def info(self) -> Any:
                 return self.shard.info()
 
@@ -243,6 +249,10 @@ def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
         # without a filter a short answer is every point there is: not asked again
         calls.clear()
         assert len(s.search_images("devise", q, 10)) == 3 and len(calls) == 1
+        # a batch asks again for its short rows only
+        calls.clear()
+        rows = s.search_images_batch("devise", vectors["devise"][:2], 10, flt, exact=False)
+        assert [h.id for h in rows[0]] == want and len(rows[1]) == 10 and len(calls) == 2
 
 
 @pytest.mark.usefixtures("small_threshold")
