@@ -342,7 +342,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
-        if summary.indexed or summary.moved or summary.pruned or store.graph_pending():
+        # points from before `folder_ids` get theirs, once: the folder filter then checks
+        # numbers, not names (qdrant/schema.py)
+        filled = store.fill_folder_ids()
+        if summary.indexed or summary.moved or summary.pruned or filled or store.graph_pending():
             # merges segments and builds the vectors' graphs where a segment has grown past
             # the indexing threshold (also when this run changed nothing but the app's
             # ingests left graphs unbuilt), so that searches and `devise duplicates` stay

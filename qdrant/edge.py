@@ -31,6 +31,7 @@ from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
     DUP_HNSW_EF,
     DUP_VECTOR,
+    FOLDER_IDS,
     IMAGE_INDEXES,
     IMAGE_INDEXING,
     IMAGES,
@@ -42,6 +43,8 @@ from qdrant.schema import (
     ImagePayload,
     IndexKind,
     abs_posix,
+    folder_id,
+    folders_of,
     indexing_threshold_kb,
 )
 from qdrant.store import (
@@ -180,9 +183,13 @@ _INDEX_SCHEMAS: dict[IndexKind, qe.PayloadSchemaType] = {
 }
 
 
-def _index_schema(field: str, kind: IndexKind) -> qe.PayloadSchemaType | qe.KeywordIndexParams:
+def _index_schema(
+    field: str, kind: IndexKind
+) -> qe.PayloadSchemaType | qe.KeywordIndexParams | qe.IntegerIndexParams:
     if field in ON_DISK_INDEXES and kind == "keyword":
         return qe.KeywordIndexParams(on_disk=True)
+    if kind == "lookup":
+        return qe.IntegerIndexParams(lookup=True, range=False)
     return _INDEX_SCHEMAS[kind]
 
 
@@ -194,6 +201,26 @@ def _vectors_of(raw: object) -> dict[str, Vector]:
 
 def _with_vector(with_vectors: WithVectors) -> bool | list[str]:
     return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
+
+
+def _pages(
+    shard: qe.EdgeShard, flt: qe.Filter | None, batch: int, with_vector: bool | list[str]
+) -> Iterator[list[qe.Record]]:
+    """Every point of `shard` matching `flt`, with its payload, a page at a time."""
+    offset: qe.PointId | None = None
+    while True:
+        raw, offset = shard.scroll(
+            qe.ScrollRequest(
+                offset=offset,
+                limit=batch,
+                filter=flt,
+                with_payload=True,
+                with_vector=with_vector,
+            )
+        )
+        yield list(raw)
+        if offset is None:
+            return
 
 
 class _PidLock:
@@ -250,6 +277,9 @@ class EdgeStore:
         self._shards: dict[str, qe.EdgeShard] = {}
         # named vector sizes per collection; dropped whenever a vector is added or removed
         self._sizes_cache: dict[str, dict[str, int]] = {}
+        # whether every image point carries `folder_ids` (None: not known since the last
+        # write): _folder_ids_ready
+        self._ids_ready: bool | None = None
         # meta.json's text, keyed by its (inode, mtime, size): get_meta
         self._meta_text: tuple[tuple[int, int, int], str] | None = None
         # the background read of the graphs (_start_warming)
@@ -328,6 +358,7 @@ class EdgeStore:
     def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
         shard.update(op)
         self._dirty = True
+        self._ids_ready = None
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
@@ -643,7 +674,7 @@ class EdgeStore:
             request = qe.QueryRequest(
                 limit=k,
                 query=qe.Query.Nearest(as_vector(vector), using=using),
-                filter=to_edge(flt),
+                filter=self._edge_filter(flt),
                 score_threshold=threshold,
                 params=search_params(exact, k, using),
                 with_payload=True,
@@ -673,6 +704,62 @@ class EdgeStore:
                 log.info("filtered graph search found %d of %d: searched exactly", len(hits), k)
                 hits = exact
         return hits
+
+    def _folder_ids_ready(self) -> bool:
+        """Whether every image point carries `folder_ids`; points written before it existed
+        lack it until fill_folder_ids() (`devise ingest`) gives it to them. Known once per
+        write: a count of the points without it, from the field's null index."""
+        if self._ids_ready is None:
+            shard = self._shard(IMAGES)
+            if shard is None or FOLDER_IDS not in shard.info().payload_schema:
+                return False
+            missing = shard.count(
+                qe.CountRequest(
+                    exact=True, filter=qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)])
+                )
+            )
+            self._ids_ready = missing == 0
+        return self._ids_ready
+
+    def _edge_filter(self, flt: SearchFilter | None) -> qe.Filter | None:
+        """`flt` for the images shard: a folder by number once every point has them."""
+        if flt is None or not flt.folder:
+            return to_edge(flt)
+        return to_edge(flt, folder_ids=self._folder_ids_ready())
+
+    def fill_folder_ids(self) -> int:
+        """Give `folder_ids` to the image points written before it existed (their folder
+        filter is checked by name until every point has one); returns how many got it. One
+        scroll of those points and a write per folder: 118 s for 1,000,000 points on a 2-core
+        Xeon. A write moves a point out of its segment's graph, so the optimize() that
+        `devise ingest` runs next rebuilds the graphs (294 s for one 50-d vector there)."""
+        shard = self._shard(IMAGES)
+        if (
+            shard is None
+            or self._folder_ids_ready()
+            or FOLDER_IDS not in shard.info().payload_schema
+        ):
+            return 0
+        lacking = qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)])
+        by_folder: dict[tuple[str, ...], list[qe.PointId]] = {}
+        for raw in _pages(shard, lacking, SCROLL_BATCH, False):
+            for r in raw:
+                payload = r.payload or {}
+                folders = payload.get("folders")
+                if not isinstance(folders, list):
+                    folders = folders_of(str(payload.get("path", "")))
+                by_folder.setdefault(tuple(str(f) for f in folders), []).append(r.id)
+        done = 0
+        for folders, ids in by_folder.items():
+            payload = {FOLDER_IDS: [folder_id(f) for f in folders]}
+            for start in range(0, len(ids), UPSERT_BATCH):
+                chunk = ids[start : start + UPSERT_BATCH]
+                self._write(shard, qe.UpdateOperation.set_payload(chunk, payload))
+                done += len(chunk)
+            self._maybe_flush()
+        if done:
+            log.info("gave folder numbers to %d image points written before them", done)
+        return done
 
     def search_images(
         self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
@@ -719,7 +806,7 @@ class EdgeStore:
             return [[] for _ in range(len(mat))]
         if name not in self._sizes(IMAGES):
             raise StoreError(f"{self.root}: collection {IMAGES!r} has no vector {name!r}")
-        edge_filter = to_edge(flt)
+        edge_filter = self._edge_filter(flt)
         threshold = score_threshold(flt)
 
         def run(rows: Matrix, exact: bool) -> list[list[Hit]]:
@@ -762,7 +849,7 @@ class EdgeStore:
         shard = self._shard(collection)
         if shard is None:
             return 0
-        edge_filter = to_edge(flt)
+        edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
         if edge_filter is None:
             # the id tracker's count: an exact count with no filter visits every point
             # (40 ms at 100,000 points, 0.03 ms this way)
@@ -818,21 +905,9 @@ class EdgeStore:
         shard = self._shard(collection)
         if shard is None:
             return
-        offset: qe.PointId | None = None
-        edge_filter = to_edge(flt)
-        while True:
-            raw, offset = shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset,
-                    limit=batch,
-                    filter=edge_filter,
-                    with_payload=True,
-                    with_vector=_with_vector(with_vectors),
-                )
-            )
+        edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
+        for raw in _pages(shard, edge_filter, batch, _with_vector(with_vectors)):
             yield from self._records(raw)
-            if offset is None:
-                return
 
     def retrieve_images(
         self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
@@ -854,20 +929,8 @@ class EdgeStore:
         for start in range(0, len(values), SCROLL_BATCH):
             chunk = list(values[start : start + SCROLL_BATCH])
             flt = qe.Filter(must=[qe.FieldCondition(field, match=qe.MatchAny(chunk))])
-            offset: qe.PointId | None = None
-            while True:
-                raw, offset = shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset,
-                        limit=SCROLL_BATCH,
-                        filter=flt,
-                        with_payload=True,
-                        with_vector=False,
-                    )
-                )
+            for raw in _pages(shard, flt, SCROLL_BATCH, False):
                 out.extend(self._records(raw))
-                if offset is None:
-                    break
         return out
 
     def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:

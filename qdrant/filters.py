@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from qdrant.schema import abs_posix
+from qdrant.schema import abs_posix, folder_id
 
 if TYPE_CHECKING:
     import qdrant_edge
@@ -108,13 +108,21 @@ def score_threshold(flt: SearchFilter | None) -> float | None:
     return None if flt is None or flt.min_score is None else float(flt.min_score)
 
 
-def to_edge(flt: SearchFilter | None) -> qdrant_edge.Filter | None:
-    """Spell `flt` with qdrant_edge's classes; None when nothing narrows."""
+def to_edge(flt: SearchFilter | None, *, folder_ids: bool = False) -> qdrant_edge.Filter | None:
+    """Spell `flt` with qdrant_edge's classes; None when nothing narrows. `folder_ids`: every
+    image point carries `folder_ids`, so the folder is checked by number, not by name (4x
+    cheaper a point: schema.IMAGE_INDEXES)."""
     import qdrant_edge as qe
 
     must: list[qe.FieldCondition] = []
     for c in conditions(flt):
-        if c.any_of:
+        if folder_ids and c.key == "folders" and c.equals is not None:
+            must.append(qe.FieldCondition("folder_ids", match=qe.MatchValue(folder_id(c.equals))))
+        elif len(c.any_of) == 1:
+            # one value: MatchAny of one costs twice MatchValue at 1,000,000 points (a label
+            # filter 5.8 against 2.9 ms on a 2-core Xeon), as the walk's entry and as a check
+            must.append(qe.FieldCondition(c.key, match=qe.MatchValue(c.any_of[0])))
+        elif c.any_of:
             must.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.any_of))))
         elif c.equals is not None:
             must.append(qe.FieldCondition(c.key, match=qe.MatchValue(c.equals)))
@@ -136,7 +144,9 @@ def to_server(flt: SearchFilter | None) -> models.Filter | None:
 
     must: list[m.Condition] = []
     for c in conditions(flt):
-        if c.any_of:
+        if len(c.any_of) == 1:
+            must.append(m.FieldCondition(key=c.key, match=m.MatchValue(value=c.any_of[0])))
+        elif c.any_of:
             must.append(m.FieldCondition(key=c.key, match=m.MatchAny(any=list(c.any_of))))
         elif c.equals is not None:
             must.append(m.FieldCondition(key=c.key, match=m.MatchValue(value=c.equals)))

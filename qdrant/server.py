@@ -68,9 +68,13 @@ _SCHEMAS: dict[IndexKind, m.PayloadSchemaType] = {
 }
 
 
-def _schema(field: str, kind: IndexKind) -> m.PayloadSchemaType | m.KeywordIndexParams:
+def _schema(
+    field: str, kind: IndexKind
+) -> m.PayloadSchemaType | m.KeywordIndexParams | m.IntegerIndexParams:
     if field in ON_DISK_INDEXES and kind == "keyword":
         return m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, on_disk=True)
+    if kind == "lookup":
+        return m.IntegerIndexParams(type=m.IntegerIndexType.INTEGER, lookup=True, range=False)
     return _SCHEMAS[kind]
 
 
@@ -176,6 +180,11 @@ class ServerStore:
 
     def optimize(self) -> None:
         """Nothing to do: the server runs its own optimizers."""
+
+    def fill_folder_ids(self) -> int:
+        """Nothing to do: a server's folder filter reads `folders` (its segments are searched
+        in parallel on the server's cores; Edge, one thread, checks numbers instead)."""
+        return 0
 
     def graph_pending(self) -> int:
         """Image vectors the server has not indexed yet, by its own count (0 in local mode,

@@ -233,6 +233,11 @@ class Store(Protocol):
         """Compact storage after large changes. Slow: call after ingest, never while serving."""
         ...
 
+    def fill_folder_ids(self) -> int:
+        """Give `folder_ids` to image points written before that field existed; returns how
+        many got it. Call it after ingest (it writes), never while serving."""
+        ...
+
     def flush(self) -> None:
         """Make everything written so far durable."""
         ...

@@ -16,14 +16,18 @@ from qdrant_client import models as m
 
 import qdrant.edge
 import qdrant.schema
+import qdrant.server
 from qdrant import SearchFilter
 from qdrant.edge import EdgeStore
 from qdrant.schema import (
     DUP_VECTOR,
+    FOLDER_IDS,
+    IMAGE_INDEXES,
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
     ImagePayload,
+    folder_id,
     image_payload,
     image_point_id,
     indexing_threshold_kb,
@@ -67,6 +71,10 @@ def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
         # a vector added later gets the same settings
         s.ensure_collections({"clip": 512})
     config = json.loads((tmp_path / "ix" / IMAGES / "edge_config.json").read_text())
+    with EdgeStore(tmp_path / "ix") as s:
+        ids_index = s._require(IMAGES).info().payload_schema[FOLDER_IDS].params
+        # folder numbers: an integer index to match, without the range part
+        assert ids_index.lookup is True and ids_index.range is False
     for name, dim in {**VECTORS, "clip": 512}.items():
         vec = config["vectors"][name]
         assert vec["hnsw_config"]["m"] == IMAGE_INDEXING.m
@@ -133,6 +141,11 @@ def test_settings_reach_the_server_through_qdrant_client() -> None:
     sent = {c["collection"]: c["optimizers_config"].indexing_threshold for c in client.creates}
     # the images get a graph past the threshold, the vocabulary never
     assert sent == {IMAGES: indexing_threshold_kb({**VECTORS, "clip": 512}), "words": 0}
+    # folder numbers: matched, never ranged, so no range index to build and load (local
+    # mode creates no payload index: what a server is sent is checked)
+    ids_index = qdrant.server._schema(FOLDER_IDS, IMAGE_INDEXES[FOLDER_IDS])
+    assert isinstance(ids_index, m.IntegerIndexParams)
+    assert ids_index.lookup is True and ids_index.range is False
 
 
 def test_a_server_collection_made_before_gets_the_settings_and_answers() -> None:
@@ -393,3 +406,40 @@ def test_an_index_built_to_be_read_at_open_keeps_its_placement(
         assert s.graph_pending() == 0
     assert sorted(p.name for p in (tmp_path / "ix" / IMAGES / "segments").iterdir()) == segments
     assert _placements(tmp_path / "ix") == {"cached"}
+
+
+def test_points_from_before_folder_ids_get_them_and_the_folder_filter_holds(
+    tmp_path: Path,
+) -> None:
+    """The folder filter checks `folder_ids` (numbers: 4x cheaper a point than names) only
+    once every point has them; an index written before them answers by name until
+    fill_folder_ids() (run by `devise ingest`) numbers its points."""
+    ids, payloads, vectors = library(600)
+    old = [{k: v for k, v in p.items() if k != FOLDER_IDS} for p in payloads]
+    flt = SearchFilter(folder="/lib/2001", labels=("dog",))
+    q = vectors["devise"][3]
+    rows = [i for i in range(600) if i % 5 == 1 and i % 3 == 1]
+    scores = vectors["devise"][rows] @ q
+    want = [ids[rows[j]] for j in np.argsort(-scores)[:10]]
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        half = {k: v[:400] for k, v in vectors.items()}
+        s.upsert_images(ids[:400], old[:400], half)  # as the previous version wrote them
+        s.upsert_images(ids[400:], payloads[400:], {k: v[400:] for k, v in vectors.items()})
+        assert not s._folder_ids_ready()
+        assert "folder_ids" not in repr(s._edge_filter(flt))
+        assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
+        assert s.count(IMAGES, SearchFilter(folder="/lib/2001")) == 120
+        assert s.fill_folder_ids() == 400
+        assert s._folder_ids_ready()
+        assert "folder_ids" in repr(s._edge_filter(flt))
+        assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
+        assert s.count(IMAGES, SearchFilter(folder="/lib/2001")) == 120
+        assert s.count(IMAGES, SearchFilter(folder="/lib")) == 600
+        assert s.fill_folder_ids() == 0
+        for r in s.scroll_images():
+            assert r.payload[FOLDER_IDS] == [folder_id(f) for f in r.payload["folders"]]
+        # a point written without them again (an older writer) sends the filter back to names
+        s.upsert_images(ids[:1], old[:1], {k: v[:1] for k, v in vectors.items()})
+        assert not s._folder_ids_ready()
+        assert [h.id for h in s.search_images("devise", q, 10, flt)] == want

@@ -19,6 +19,7 @@ from app.service import (
 from ingest.pipeline import ingest
 from model.data.images import ImageError
 from qdrant.edge import EdgeStore
+from qdrant.schema import IMAGES
 from tests.conftest import draw_image, make_image_folder
 from tests.fakes import FakeEmbedder
 from tests.test_ingest import make_tree
@@ -231,3 +232,37 @@ def test_empty_answer_names_the_filter_that_can_never_match(indexed) -> None:  #
     # --json carries the note too (an optional key: scripts reading the results are unchanged)
     assert service.search_text("zebra", labels=["nope"], k=5).to_json()["note"] == nope.note
     assert "note" not in service.search_text("zebra", labels=["cat"], k=5).to_json()
+
+
+def test_devise_ingest_numbers_the_folders_of_an_index_made_before(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index whose points have no `folder_ids` (written before they existed) answers a
+    folder filter by name; the next `devise ingest`, with nothing new to index, gives every
+    point its numbers, and the same search answers alike from them."""
+    data = make_image_folder(tmp_path / "gallery", {"cat": "disc", "truck": "stripes"}, 6)
+    idx = ["--index", str(tmp_path / "index")]
+    assert main(["ingest", str(data), "--checkpoint", str(tiny_checkpoint), *idx]) == 0
+    with EdgeStore(tmp_path / "index") as store:
+        records = list(store.scroll_images(with_vectors=True))
+        assert all(r.payload["folder_ids"] for r in records)
+        store.upsert_images(
+            [r.id for r in records],
+            [{k: v for k, v in r.payload.items() if k != "folder_ids"} for r in records],  # type: ignore[misc]
+            {"devise": np.stack([r.vectors["devise"] for r in records])},
+        )
+        assert not store._folder_ids_ready()
+
+    def search() -> list[str]:
+        capsys.readouterr()
+        argv = ["search", "cat", "--folder", str(data / "truck"), "-k", "8", "--json", *idx]
+        assert main(argv) == 0
+        return [r["path"] for r in json.loads(capsys.readouterr().out)["results"]]
+
+    before = search()
+    assert len(before) == 6 and all("/truck/" in p for p in before)
+    assert main(["ingest", str(data), "--checkpoint", str(tiny_checkpoint), *idx]) == 0
+    with EdgeStore(tmp_path / "index") as store:
+        assert store._folder_ids_ready()
+        assert store.count(IMAGES) == 12
+    assert search() == before

@@ -31,6 +31,7 @@ from qdrant.schema import (
     SCHEMA_VERSION,
     WORDS,
     ImagePayload,
+    folder_id,
     folders_of,
     image_payload,
     image_point_id,
@@ -101,6 +102,14 @@ def test_folders_and_ids() -> None:
         "/a/b/x.jpg", label="l", width=1, height=2, size_bytes=3, mtime=4.0, sha256="h"
     )
     assert p["folder"] == "/a/b" and p["folders"] == ["/a", "/a/b"]
+    # each folder's number, as the folder filter asks for it: an int64 Qdrant holds, one
+    # per folder, the same whatever process computes it (no per-process hash seed)
+    assert p.get("folder_ids") == [folder_id("/a"), folder_id("/a/b")]
+    numbers = {folder_id(f"/photos/{i}") for i in range(1000)}
+    assert len(numbers) == 1000 and all(0 <= n < 2**63 for n in numbers)
+    code = "from qdrant.schema import folder_id; print(folder_id('/a/b'))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert int(other.stdout) == folder_id("/a/b")
 
 
 # ------------------------------------------------------------------ filters and search
