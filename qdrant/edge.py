@@ -31,12 +31,12 @@ from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
     DUP_HNSW_EF,
     DUP_VECTOR,
+    EDGE_ON_DISK_INDEXES,
     FOLDER_IDS,
     IMAGE_INDEXES,
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
-    ON_DISK_INDEXES,
     WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
@@ -186,7 +186,7 @@ _INDEX_SCHEMAS: dict[IndexKind, qe.PayloadSchemaType] = {
 def _index_schema(
     field: str, kind: IndexKind
 ) -> qe.PayloadSchemaType | qe.KeywordIndexParams | qe.IntegerIndexParams:
-    if field in ON_DISK_INDEXES and kind == "keyword":
+    if field in EDGE_ON_DISK_INDEXES and kind == "keyword":
         return qe.KeywordIndexParams(on_disk=True)
     if kind == "lookup":
         return qe.IntegerIndexParams(lookup=True, range=False)

@@ -72,9 +72,13 @@ def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
         s.ensure_collections({"clip": 512})
     config = json.loads((tmp_path / "ix" / IMAGES / "edge_config.json").read_text())
     with EdgeStore(tmp_path / "ix") as s:
-        ids_index = s._require(IMAGES).info().payload_schema[FOLDER_IDS].params
+        schema = s._require(IMAGES).info().payload_schema
+        ids_index = schema[FOLDER_IDS].params
         # folder numbers: an integer index to match, without the range part
         assert ids_index.lookup is True and ids_index.range is False
+        # names, read only by an index made before the numbers: mapped, not read at open
+        assert schema["folders"].params.on_disk is True
+        assert not getattr(schema["label"].params, "on_disk", False)
     for name, dim in {**VECTORS, "clip": 512}.items():
         vec = config["vectors"][name]
         assert vec["hnsw_config"]["m"] == IMAGE_INDEXING.m
