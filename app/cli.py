@@ -345,6 +345,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         # points from before `folder_ids` get theirs, once: the folder filter then checks
         # numbers, not names (qdrant/schema.py)
         filled = store.fill_folder_ids()
+        if filled and not args.json:
+            print(
+                f"numbered the folders of {filled} image(s) indexed before: folder filters "
+                "now check numbers (faster on large libraries)",
+                file=sys.stderr,
+            )
         if summary.indexed or summary.moved or summary.pruned or filled or store.graph_pending():
             # merges segments and builds the vectors' graphs where a segment has grown past
             # the indexing threshold (also when this run changed nothing but the app's
