@@ -203,6 +203,25 @@ def _with_vector(with_vectors: WithVectors) -> bool | list[str]:
     return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
 
 
+#: the image points written before `folder_ids` existed
+_LACKING_FOLDER_IDS = qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)])
+
+
+def _may_be_stranded(
+    shard: qe.EdgeShard, exact: bool, edge_filter: qe.Filter | None, threshold: float | None
+) -> bool:
+    """Whether a search that came back with fewer than k hits may have been a graph walk
+    stranded among points its filter refuses, rather than every match: a filtered search
+    with no score floor, not exact, on a shard whose graph is built (with none, the search
+    was exact already)."""
+    return (
+        not exact
+        and edge_filter is not None
+        and threshold is None
+        and shard.info().indexed_vectors_count > 0
+    )
+
+
 def _pages(
     shard: qe.EdgeShard, flt: qe.Filter | None, batch: int, with_vector: bool | list[str]
 ) -> Iterator[list[qe.Record]]:
@@ -669,12 +688,14 @@ class EdgeStore:
         if using not in self._sizes(collection):
             raise StoreError(f"{self.root}: collection {collection!r} has no vector {using!r}")
         threshold = score_threshold(flt)
+        edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
+        query = qe.Query.Nearest(as_vector(vector), using=using)
 
         def run(exact: bool) -> list[Hit]:
             request = qe.QueryRequest(
                 limit=k,
-                query=qe.Query.Nearest(as_vector(vector), using=using),
-                filter=self._edge_filter(flt),
+                query=query,
+                filter=edge_filter,
                 score_threshold=threshold,
                 params=search_params(exact, k, using),
                 with_payload=True,
@@ -686,23 +707,17 @@ class EdgeStore:
             ]
 
         # words: always exact (no graph); images: the graph once it is built
-        hits = run(collection == WORDS)
-        if (
-            collection == IMAGES
-            and flt is not None
-            and threshold is None
-            and len(hits) < k
-            # with no graph built the search above was exact already
-            and shard.info().indexed_vectors_count > 0
-        ):
+        exact = collection == WORDS
+        hits = run(exact)
+        if len(hits) < k and _may_be_stranded(shard, exact, edge_filter, threshold):
             # A filtered walk of the graph can strand itself among points the filter refuses
             # and return short (seen once in a full test run: a 1-in-15 filter on a 4,000-
             # point graph). Fewer than k hits is then either every match or a stranded walk:
             # the exact search tells which, from the payload index when the filter is narrow.
-            exact = run(True)
-            if len(exact) > len(hits):
+            again = run(True)
+            if len(again) > len(hits):
                 log.info("filtered graph search found %d of %d: searched exactly", len(hits), k)
-                hits = exact
+                hits = again
         return hits
 
     def _folder_ids_ready(self) -> bool:
@@ -713,11 +728,7 @@ class EdgeStore:
             shard = self._shard(IMAGES)
             if shard is None or FOLDER_IDS not in shard.info().payload_schema:
                 return False
-            missing = shard.count(
-                qe.CountRequest(
-                    exact=True, filter=qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)])
-                )
-            )
+            missing = shard.count(qe.CountRequest(exact=True, filter=_LACKING_FOLDER_IDS))
             self._ids_ready = missing == 0
         return self._ids_ready
 
@@ -740,9 +751,8 @@ class EdgeStore:
             or FOLDER_IDS not in shard.info().payload_schema
         ):
             return 0
-        lacking = qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)])
         by_folder: dict[tuple[str, ...], list[qe.PointId]] = {}
-        for raw in _pages(shard, lacking, SCROLL_BATCH, False):
+        for raw in _pages(shard, _LACKING_FOLDER_IDS, SCROLL_BATCH, False):
             for r in raw:
                 payload = r.payload or {}
                 folders = payload.get("folders")
@@ -830,13 +840,7 @@ class EdgeStore:
 
         out = run(mat, exact)
         short = [i for i, hits in enumerate(out) if len(hits) < k]
-        if (
-            short
-            and not exact
-            and edge_filter is not None
-            and threshold is None
-            and shard.info().indexed_vectors_count > 0
-        ):
+        if short and _may_be_stranded(shard, exact, edge_filter, threshold):
             # as in _query: a filtered walk that came back short is either every match or
             # stranded among points the filter refuses; the exact search tells which
             for i, hits in zip(short, run(mat[short], True), strict=True):

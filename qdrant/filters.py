@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from qdrant.schema import abs_posix, folder_id
+from qdrant.schema import FOLDER_IDS, abs_posix, folder_id
 
 if TYPE_CHECKING:
     import qdrant_edge
@@ -117,7 +117,7 @@ def to_edge(flt: SearchFilter | None, *, folder_ids: bool = False) -> qdrant_edg
     must: list[qe.FieldCondition] = []
     for c in conditions(flt):
         if folder_ids and c.key == "folders" and c.equals is not None:
-            must.append(qe.FieldCondition("folder_ids", match=qe.MatchValue(folder_id(c.equals))))
+            must.append(qe.FieldCondition(FOLDER_IDS, match=qe.MatchValue(folder_id(c.equals))))
         elif len(c.any_of) == 1:
             # one value: MatchAny of one costs twice MatchValue at 1,000,000 points (a label
             # filter 5.8 against 2.9 ms on a 2-core Xeon), as the walk's entry and as a check
