@@ -37,6 +37,7 @@ from qdrant.schema import (
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
+    PRINCIPAL_INDEX,
     WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
@@ -189,7 +190,9 @@ def _index_schema(
     if field in EDGE_ON_DISK_INDEXES and kind == "keyword":
         return qe.KeywordIndexParams(on_disk=True)
     if kind == "lookup":
-        return qe.IntegerIndexParams(lookup=True, range=False)
+        return qe.IntegerIndexParams(
+            lookup=True, range=False, is_principal=field == PRINCIPAL_INDEX or None
+        )
     return _INDEX_SCHEMAS[kind]
 
 

@@ -25,6 +25,7 @@ from qdrant.schema import (
     INDEX_FROM_POINTS,
     META,
     ON_DISK_INDEXES,
+    PRINCIPAL_INDEX,
     WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
@@ -74,7 +75,12 @@ def _schema(
     if field in ON_DISK_INDEXES and kind == "keyword":
         return m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, on_disk=True)
     if kind == "lookup":
-        return m.IntegerIndexParams(type=m.IntegerIndexType.INTEGER, lookup=True, range=False)
+        return m.IntegerIndexParams(
+            type=m.IntegerIndexType.INTEGER,
+            lookup=True,
+            range=False,
+            is_principal=field == PRINCIPAL_INDEX or None,
+        )
     return _SCHEMAS[kind]
 
 

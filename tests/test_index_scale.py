@@ -74,8 +74,10 @@ def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "ix") as s:
         schema = s._require(IMAGES).info().payload_schema
         ids_index = schema[FOLDER_IDS].params
-        # folder numbers: an integer index to match, without the range part
+        # folder numbers: an integer index to match, without the range part, whose values
+        # order the points of every segment optimize() builds
         assert ids_index.lookup is True and ids_index.range is False
+        assert ids_index.is_principal is True
         # names, read only by an index made before the numbers: mapped, not read at open
         assert schema["folders"].params.on_disk is True
         assert not getattr(schema["label"].params, "on_disk", False)
@@ -150,6 +152,28 @@ def test_settings_reach_the_server_through_qdrant_client() -> None:
     ids_index = qdrant.server._schema(FOLDER_IDS, IMAGE_INDEXES[FOLDER_IDS])
     assert isinstance(ids_index, m.IntegerIndexParams)
     assert ids_index.lookup is True and ids_index.range is False
+    assert ids_index.is_principal is True
+
+
+def test_optimize_lays_a_folders_photos_side_by_side(tmp_path: Path) -> None:
+    """Points are ordered by their folder numbers when optimize() builds a segment, so a
+    folder's photos lie together (a filter reads neighbouring entries). Edge returns equal
+    scores in the order the points lie in, which shows that order: every photo has the same
+    vector, and the two folders' photos were written alternately."""
+    n = INDEX_FROM_POINTS
+    paths = [str(tmp_path / ("a" if i % 2 else "b") / f"{i}.jpg") for i in range(n)]
+    payloads = [
+        image_payload(p, label="cat", width=8, height=8, size_bytes=1, mtime=0.0, sha256=str(i))
+        for i, p in enumerate(paths)
+    ]
+    same = np.tile(np.array([[1.0, 0.0, 0.0, 0.0]], np.float32), (n, 1))
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections({"devise": 4})
+        s.upsert_images([image_point_id(p) for p in paths], payloads, {"devise": same})
+        s.optimize()
+        hits = s.search_images_batch("devise", same[:1], 50, exact=True, with_payload=True)[0]
+    folders = {Path(str(h.payload["path"])).parent.name for h in hits}
+    assert len(hits) == 50 and len(folders) == 1, folders
 
 
 def test_a_server_collection_made_before_gets_the_settings_and_answers() -> None:
