@@ -342,13 +342,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
-        # points from before `folder_ids` get theirs, once: the folder filter then checks
-        # numbers, not names (qdrant/schema.py)
-        filled = store.fill_folder_ids()
+        # points from before `folder_ids` and `camera_id` get them, once: the folder and
+        # camera filters then check numbers, not names (qdrant/schema.py)
+        filled = store.fill_numbers()
         if filled and not args.json:
             print(
-                f"numbered the folders of {filled} image(s) indexed before: folder filters "
-                "now check numbers (faster on large libraries)",
+                f"numbered the folders and cameras of {filled} image(s) indexed before: "
+                "folder and camera filters now check numbers (faster on large libraries)",
                 file=sys.stderr,
             )
         if summary.indexed or summary.moved or summary.pruned or filled or store.graph_pending():

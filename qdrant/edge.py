@@ -29,6 +29,7 @@ import qdrant_edge as qe
 from qdrant.errors import IndexInUseError, StoreError
 from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
+    CAMERA_ID,
     DUP_HNSW_EF,
     DUP_VECTOR,
     EDGE_ON_DISK_INDEXES,
@@ -44,9 +45,11 @@ from qdrant.schema import (
     ImagePayload,
     IndexKind,
     abs_posix,
+    camera_id,
     folder_id,
     folders_of,
     indexing_threshold_kb,
+    with_numbers,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -206,8 +209,24 @@ def _with_vector(with_vectors: WithVectors) -> bool | list[str]:
     return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
 
 
-#: the image points written before `folder_ids` existed
-_LACKING_FOLDER_IDS = qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)])
+#: per number field, the image points that lack it: written before it existed
+_LACKING: dict[str, qe.Filter] = {
+    FOLDER_IDS: qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)]),
+    CAMERA_ID: qe.Filter(
+        must=[qe.IsEmptyCondition(CAMERA_ID)], must_not=[qe.IsEmptyCondition("camera")]
+    ),
+}
+
+
+def _number_of(field: str, payload: dict[str, Any]) -> int | tuple[int, ...]:
+    """What number field `field` of a point with `payload` holds: its folders' numbers (from
+    `path` where a very old point lacks `folders`), or its camera's."""
+    if field == FOLDER_IDS:
+        folders = payload.get("folders")
+        if not isinstance(folders, list):
+            folders = folders_of(str(payload.get("path", "")))
+        return tuple(folder_id(str(f)) for f in folders)
+    return camera_id(str(payload.get("camera", "")))
 
 
 def _may_be_stranded(
@@ -299,9 +318,9 @@ class EdgeStore:
         self._shards: dict[str, qe.EdgeShard] = {}
         # named vector sizes per collection; dropped whenever a vector is added or removed
         self._sizes_cache: dict[str, dict[str, int]] = {}
-        # whether every image point carries `folder_ids` (None: not known since the last
-        # write): _folder_ids_ready
-        self._ids_ready: bool | None = None
+        # whether every image point carries its numbers (`folder_ids`, and `camera_id` where
+        # it has a camera), per field; emptied by every write: _numbered
+        self._numbered_cache: dict[str, bool] = {}
         # meta.json's text, keyed by its (inode, mtime, size): get_meta
         self._meta_text: tuple[tuple[int, int, int], str] | None = None
         # the background read of the graphs (_start_warming)
@@ -380,7 +399,7 @@ class EdgeStore:
     def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
         shard.update(op)
         self._dirty = True
-        self._ids_ready = None
+        self._numbered_cache.clear()
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
@@ -622,7 +641,7 @@ class EdgeStore:
                 qe.Point(
                     ids[i],
                     {k: m[i].tolist() for k, m in mats.items()},
-                    dict(payloads[i]),
+                    with_numbers(payloads[i]),
                 )
                 for i in range(start, stop)
             ]
@@ -654,14 +673,15 @@ class EdgeStore:
 
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         """Merge `payload` into one image point's payload."""
-        self._write(self._require(IMAGES), qe.UpdateOperation.set_payload([point_id], payload))
+        op = qe.UpdateOperation.set_payload([point_id], with_numbers(payload))
+        self._write(self._require(IMAGES), op)
         self._maybe_flush()
 
     def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Merge each payload into its image point's payload, one point at a time."""
         shard = self._require(IMAGES)
         for point_id, payload in updates:
-            self._write(shard, qe.UpdateOperation.set_payload([point_id], payload))
+            self._write(shard, qe.UpdateOperation.set_payload([point_id], with_numbers(payload)))
         self._maybe_flush()
 
     def upsert_words(
@@ -723,56 +743,58 @@ class EdgeStore:
                 hits = again
         return hits
 
-    def _folder_ids_ready(self) -> bool:
-        """Whether every image point carries `folder_ids`; points written before it existed
-        lack it until fill_folder_ids() (`devise ingest`) gives it to them. Known once per
-        write: a count of the points without it, from the field's null index."""
-        if self._ids_ready is None:
+    def _numbered(self, field: str) -> bool:
+        """Whether every image point carries number field `field` (FOLDER_IDS, or CAMERA_ID
+        where it has a camera); points written before the field existed lack it until
+        fill_numbers() (`devise ingest`) gives it to them. Known once per write: a count of
+        the points without it, from the field's null index (8-11 ms at 1,000,000 points)."""
+        if field not in self._numbered_cache:
             shard = self._shard(IMAGES)
-            if shard is None or FOLDER_IDS not in shard.info().payload_schema:
+            if shard is None or field not in shard.info().payload_schema:
                 return False
-            missing = shard.count(qe.CountRequest(exact=True, filter=_LACKING_FOLDER_IDS))
-            self._ids_ready = missing == 0
-        return self._ids_ready
+            missing = shard.count(qe.CountRequest(exact=True, filter=_LACKING[field]))
+            self._numbered_cache[field] = missing == 0
+        return self._numbered_cache[field]
 
     def _edge_filter(self, flt: SearchFilter | None) -> qe.Filter | None:
-        """`flt` for the images shard: a folder by number once every point has them."""
-        if flt is None or not flt.folder:
+        """`flt` for the images shard: a folder and cameras by number once every point has
+        them."""
+        if flt is None or not (flt.folder or flt.cameras):
             return to_edge(flt)
-        return to_edge(flt, folder_ids=self._folder_ids_ready())
+        return to_edge(
+            flt,
+            folder_ids=bool(flt.folder) and self._numbered(FOLDER_IDS),
+            camera_ids=bool(flt.cameras) and self._numbered(CAMERA_ID),
+        )
 
-    def fill_folder_ids(self) -> int:
-        """Give `folder_ids` to the image points written before it existed (their folder
-        filter is checked by name until every point has one); returns how many got it. One
-        scroll of those points and a write per folder: 118 s for 1,000,000 points on a 2-core
-        Xeon. A write moves a point out of its segment's graph, so the optimize() that
-        `devise ingest` runs next rebuilds the graphs (294 s for one 50-d vector there)."""
+    def fill_numbers(self) -> int:
+        """Give `folder_ids` and `camera_id` to the image points written before they existed
+        (their filters check names until every point has them); returns how many points got
+        one. One scroll of those points and a write per folder or camera: 118 s for the
+        folders of 1,000,000 points on a 2-core Xeon. A write moves a point out of its
+        segment's graph, so the optimize() that `devise ingest` runs next rebuilds the
+        graphs (294 s for one 50-d vector there)."""
         shard = self._shard(IMAGES)
-        if (
-            shard is None
-            or self._folder_ids_ready()
-            or FOLDER_IDS not in shard.info().payload_schema
-        ):
+        if shard is None:
             return 0
-        by_folder: dict[tuple[str, ...], list[qe.PointId]] = {}
-        for raw in _pages(shard, _LACKING_FOLDER_IDS, SCROLL_BATCH, False):
-            for r in raw:
-                payload = r.payload or {}
-                folders = payload.get("folders")
-                if not isinstance(folders, list):
-                    folders = folders_of(str(payload.get("path", "")))
-                by_folder.setdefault(tuple(str(f) for f in folders), []).append(r.id)
-        done = 0
-        for folders, ids in by_folder.items():
-            payload = {FOLDER_IDS: [folder_id(f) for f in folders]}
-            for start in range(0, len(ids), UPSERT_BATCH):
-                chunk = ids[start : start + UPSERT_BATCH]
-                self._write(shard, qe.UpdateOperation.set_payload(chunk, payload))
-                done += len(chunk)
-            self._maybe_flush()
+        done: set[qe.PointId] = set()
+        for field in (FOLDER_IDS, CAMERA_ID):
+            if self._numbered(field) or field not in shard.info().payload_schema:
+                continue
+            groups: dict[int | tuple[int, ...], list[qe.PointId]] = {}
+            for raw in _pages(shard, _LACKING[field], SCROLL_BATCH, False):
+                for r in raw:
+                    groups.setdefault(_number_of(field, r.payload or {}), []).append(r.id)
+            for value, ids in groups.items():
+                payload = {field: list(value) if isinstance(value, tuple) else value}
+                for start in range(0, len(ids), UPSERT_BATCH):
+                    chunk = ids[start : start + UPSERT_BATCH]
+                    self._write(shard, qe.UpdateOperation.set_payload(chunk, payload))
+                self._maybe_flush()
+            done.update(i for ids in groups.values() for i in ids)
         if done:
-            log.info("gave folder numbers to %d image points written before them", done)
-        return done
+            log.info("gave numbers to %d image points written before them", len(done))
+        return len(done)
 
     def search_images(
         self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 from uuid import NAMESPACE_URL, uuid5
 
 IMAGES = "images"
 WORDS = "words"
 FOLDER_IDS = "folder_ids"
+# `camera` as a number (camera_id): what Edge's camera filter checks.
+CAMERA_ID = "camera_id"
 # The server backend keeps the meta document in this tiny collection (see server.py).
 META = "devise_meta"
 SCHEMA_VERSION = 1
@@ -39,6 +42,12 @@ IMAGE_INDEXES: dict[str, IndexKind] = {
     # range: Edge and qdrant-client's local mode both filter it alike), with what, where
     "taken": "float",
     "camera": "keyword",
+    # `camera` again as a 63-bit number (camera_id), which the store adds to every payload
+    # it writes with a camera (with_numbers): what Edge's camera filter checks. At 1,000,000
+    # photos a maker's five models as numbers took 0.69x the time of names for a walk
+    # filtered to them (a quarter of the photos) and 0.68x with a label (devise 50 d, query
+    # by query, Xeon family 6 model 207)
+    CAMERA_ID: "lookup",
     "location": "geo",
 }
 # Indexes read only to find one file (by name or by content): a value per point, so in RAM
@@ -163,6 +172,7 @@ class ImagePayload(TypedDict):
     taken: NotRequired[float]
     taken_iso: NotRequired[str]
     camera: NotRequired[str]
+    camera_id: NotRequired[int]  # camera_id of `camera`, added by the store; older points lack it
     location: NotRequired[GeoPayload]
     exif: NotRequired[int]
 
@@ -212,13 +222,33 @@ def folders_of(path: str | os.PathLike[str]) -> list[str]:
     return [p.as_posix() for p in reversed(parents) if p.as_posix() != p.anchor]
 
 
-def folder_id(folder: str) -> int:
-    """A folder's number in `folder_ids`: the first 63 bits of its BLAKE2b digest (a
-    non-negative int64, as Qdrant's integer index holds it). `folder` is in abs_posix form,
-    as `folders_of` and the folder filter spell it. Two of a library's folders share a
-    number with odds of about n^2 / 2^64: a filter would then also match the other one."""
-    digest = hashlib.blake2b(folder.encode("utf-8"), digest_size=8).digest()
+def _number(text: str) -> int:
+    """The first 63 bits of `text`'s BLAKE2b digest: a non-negative int64, as Qdrant's
+    integer index holds it. Two of n texts share a number with odds of about n^2 / 2^64: a
+    filter on one would then also match the other."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def folder_id(folder: str) -> int:
+    """A folder's number in `folder_ids` (_number). `folder` is in abs_posix form, as
+    `folders_of` and the folder filter spell it."""
+    return _number(folder)
+
+
+def camera_id(camera: str) -> int:
+    """A camera's number in `camera_id` (_number), from the `camera` payload value."""
+    return _number(camera)
+
+
+def with_numbers(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """`payload` with the numbers the store derives from it: `camera_id` where it has a
+    camera (the folder numbers come with the path, from image_payload)."""
+    out = dict(payload)
+    camera = out.get("camera")
+    if isinstance(camera, str):
+        out[CAMERA_ID] = camera_id(camera)
+    return out
 
 
 def image_payload(

@@ -33,6 +33,7 @@ from qdrant.schema import (
     IndexKind,
     abs_posix,
     indexing_threshold_kb,
+    with_numbers,
 )
 from qdrant.store import (
     SCROLL_BATCH,
@@ -187,9 +188,10 @@ class ServerStore:
     def optimize(self) -> None:
         """Nothing to do: the server runs its own optimizers."""
 
-    def fill_folder_ids(self) -> int:
-        """Nothing to do: a server's folder filter reads `folders` (its segments are searched
-        in parallel on the server's cores; Edge, one thread, checks numbers instead)."""
+    def fill_numbers(self) -> int:
+        """Nothing to do: a server's folder and camera filters read names (its segments are
+        searched in parallel on the server's cores; Edge, one thread, checks numbers
+        instead)."""
         return 0
 
     def graph_pending(self) -> int:
@@ -422,7 +424,7 @@ class ServerStore:
                 m.PointStruct(
                     id=ids[i],
                     vector={k: mat[i].tolist() for k, mat in mats.items()},
-                    payload=dict(payloads[i]),
+                    payload=with_numbers(payloads[i]),
                 )
                 for i in range(start, stop)
             ]
@@ -455,14 +457,16 @@ class ServerStore:
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         """Merge `payload` into one image point's payload."""
         with self._guard("set payload"):
-            self.client.set_payload(IMAGES, payload, points=[point_id], wait=True)
+            self.client.set_payload(IMAGES, with_numbers(payload), points=[point_id], wait=True)
 
     def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Merge each payload into its image point's payload: one request per batch, not
         one round trip per point."""
         for start in range(0, len(updates), UPSERT_BATCH):
             ops: list[m.UpdateOperation] = [
-                m.SetPayloadOperation(set_payload=m.SetPayload(payload=payload, points=[point_id]))
+                m.SetPayloadOperation(
+                    set_payload=m.SetPayload(payload=with_numbers(payload), points=[point_id])
+                )
                 for point_id, payload in updates[start : start + UPSERT_BATCH]
             ]
             with self._guard("set payloads"):

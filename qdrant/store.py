@@ -233,9 +233,10 @@ class Store(Protocol):
         """Compact storage after large changes. Slow: call after ingest, never while serving."""
         ...
 
-    def fill_folder_ids(self) -> int:
-        """Give `folder_ids` to image points written before that field existed; returns how
-        many got it. Call it after ingest (it writes), never while serving."""
+    def fill_numbers(self) -> int:
+        """Give `folder_ids` and `camera_id` to image points written before those fields
+        existed; returns how many got one. Call it after ingest (it writes), never while
+        serving."""
         ...
 
     def flush(self) -> None:

@@ -20,6 +20,7 @@ import qdrant.server
 from qdrant import SearchFilter
 from qdrant.edge import EdgeStore
 from qdrant.schema import (
+    CAMERA_ID,
     DUP_VECTOR,
     FOLDER_IDS,
     IMAGE_INDEXES,
@@ -27,6 +28,7 @@ from qdrant.schema import (
     IMAGES,
     INDEX_FROM_POINTS,
     ImagePayload,
+    camera_id,
     folder_id,
     image_payload,
     image_point_id,
@@ -436,38 +438,49 @@ def test_an_index_built_to_be_read_at_open_keeps_its_placement(
     assert _placements(tmp_path / "ix") == {"cached"}
 
 
-def test_points_from_before_folder_ids_get_them_and_the_folder_filter_holds(
-    tmp_path: Path,
-) -> None:
-    """The folder filter checks `folder_ids` (numbers: 4x cheaper a point than names) only
-    once every point has them; an index written before them answers by name until
-    fill_folder_ids() (run by `devise ingest`) numbers its points."""
+def test_points_from_before_the_numbers_get_them_and_the_filters_hold(tmp_path: Path) -> None:
+    """The folder and camera filters check `folder_ids` and `camera_id` (numbers: cheaper a
+    point than names) only once every point has them; an index written before them answers
+    by name until fill_numbers() (run by `devise ingest`) numbers its points."""
     ids, payloads, vectors = library(600)
-    old = [{k: v for k, v in p.items() if k != FOLDER_IDS} for p in payloads]
-    flt = SearchFilter(folder="/lib/2001", labels=("dog",))
+    cameras = CAMERAS[:20]
+    flt = SearchFilter(folder="/lib/2001", labels=("dog",), cameras=cameras)
     q = vectors["devise"][3]
-    rows = [i for i in range(600) if i % 5 == 1 and i % 3 == 1]
+    rows = [i for i in range(600) if i % 5 == 1 and i % 3 == 1 and i % 40 < 20]
     scores = vectors["devise"][rows] @ q
     want = [ids[rows[j]] for j in np.argsort(-scores)[:10]]
     with EdgeStore(tmp_path / "ix") as s:
         s.ensure_collections(VECTORS)
-        half = {k: v[:400] for k, v in vectors.items()}
-        s.upsert_images(ids[:400], old[:400], half)  # as the previous version wrote them
-        s.upsert_images(ids[400:], payloads[400:], {k: v[400:] for k, v in vectors.items()})
-        assert not s._folder_ids_ready()
+        s.upsert_images(ids, payloads, vectors)
+        # the store numbers every camera it writes
+        assert all(
+            r.payload[CAMERA_ID] == camera_id(r.payload["camera"]) for r in s.scroll_images()
+        )
+        # 400 points as the previous version wrote them: every field but the numbers
+        strip = qe.UpdateOperation.delete_payload(ids[:400], [FOLDER_IDS, CAMERA_ID])
+        s._write(s._require(IMAGES), strip)
+        assert not s._numbered(FOLDER_IDS) and not s._numbered(CAMERA_ID)
         assert "folder_ids" not in repr(s._edge_filter(flt))
+        assert "camera_id" not in repr(s._edge_filter(flt))
         assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
         assert s.count(IMAGES, SearchFilter(folder="/lib/2001")) == 120
-        assert s.fill_folder_ids() == 400
-        assert s._folder_ids_ready()
+        assert s.count(IMAGES, SearchFilter(cameras=cameras)) == 300
+        assert s.fill_numbers() == 400
+        assert s._numbered(FOLDER_IDS) and s._numbered(CAMERA_ID)
         assert "folder_ids" in repr(s._edge_filter(flt))
+        assert "camera_id" in repr(s._edge_filter(flt))
         assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
         assert s.count(IMAGES, SearchFilter(folder="/lib/2001")) == 120
         assert s.count(IMAGES, SearchFilter(folder="/lib")) == 600
-        assert s.fill_folder_ids() == 0
+        assert s.count(IMAGES, SearchFilter(cameras=cameras)) == 300
+        assert s.count(IMAGES, SearchFilter(cameras=cameras[:1])) == 15
+        assert s.fill_numbers() == 0
         for r in s.scroll_images():
             assert r.payload[FOLDER_IDS] == [folder_id(f) for f in r.payload["folders"]]
-        # a point written without them again (an older writer) sends the filter back to names
-        s.upsert_images(ids[:1], old[:1], {k: v[:1] for k, v in vectors.items()})
-        assert not s._folder_ids_ready()
+            assert r.payload[CAMERA_ID] == camera_id(r.payload["camera"])
+        # a point written without its folders' numbers again (an older writer) sends the
+        # folder filter back to names, and only that one
+        old = {k: v for k, v in payloads[0].items() if k != FOLDER_IDS}
+        s.upsert_images(ids[:1], [old], {k: v[:1] for k, v in vectors.items()})
+        assert not s._numbered(FOLDER_IDS) and s._numbered(CAMERA_ID)
         assert [h.id for h in s.search_images("devise", q, 10, flt)] == want

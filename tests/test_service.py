@@ -235,7 +235,7 @@ def test_empty_answer_names_the_filter_that_can_never_match(indexed) -> None:  #
     assert "note" not in service.search_text("zebra", labels=["cat"], k=5).to_json()
 
 
-def test_devise_ingest_numbers_the_folders_of_an_index_made_before(
+def test_devise_ingest_numbers_the_points_of_an_index_made_before(
     tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An index whose points have no `folder_ids` (written before they existed) answers a
@@ -250,7 +250,7 @@ def test_devise_ingest_numbers_the_folders_of_an_index_made_before(
         # as the previous version wrote them: every field but the numbers
         strip = qe.UpdateOperation.delete_payload(ids, [FOLDER_IDS])
         store._write(store._require(IMAGES), strip)
-        assert not store._folder_ids_ready()
+        assert not store._numbered(FOLDER_IDS)
 
     def search() -> list[str]:
         capsys.readouterr()
@@ -263,9 +263,9 @@ def test_devise_ingest_numbers_the_folders_of_an_index_made_before(
     capsys.readouterr()
     assert main(["ingest", str(data), "--checkpoint", str(tiny_checkpoint), *idx]) == 0
     out = capsys.readouterr()
-    assert "numbered the folders of 12 image(s) indexed before" in out.err
+    assert "numbered the folders and cameras of 12 image(s) indexed before" in out.err
     assert "indexed 0, unchanged 12" in out.out  # numbered, not indexed again
     with EdgeStore(tmp_path / "index") as store:
-        assert store._folder_ids_ready()
+        assert store._numbered(FOLDER_IDS)
         assert store.count(IMAGES) == 12
     assert search() == before

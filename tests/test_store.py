@@ -31,6 +31,7 @@ from qdrant.schema import (
     SCHEMA_VERSION,
     WORDS,
     ImagePayload,
+    camera_id,
     folder_id,
     folders_of,
     image_payload,
@@ -110,6 +111,27 @@ def test_folders_and_ids() -> None:
     code = "from qdrant.schema import folder_id; print(folder_id('/a/b'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert int(other.stdout) == folder_id("/a/b")
+
+
+def test_every_camera_written_is_numbered_and_filtered_alike(
+    filled: tuple[Store, list[str], np.ndarray],
+) -> None:
+    """Both backends add `camera_id` to a payload written with a camera, on upsert and on a
+    payload merge (ingest's EXIF pass), and the camera filter finds the same photos (Edge
+    by number, a server by name)."""
+    store, ids, vecs = filled
+    store.set_image_payloads([(ids[i], {"camera": f"Cam {i % 3}", "exif": 1}) for i in range(9)])
+    store.set_image_payload(ids[9], {"camera": "Cam 0"})
+    _, payloads, _ = make_images(60)
+    p = dict(payloads[10]) | {"camera": "Cam 1"}
+    store.upsert_images(ids[10:11], [p], {"devise": vecs[10:11]})
+    numbered = {r.id: r.payload for r in store.scroll_images() if "camera" in r.payload}
+    assert len(numbered) == 11
+    assert all(p["camera_id"] == camera_id(p["camera"]) for p in numbered.values())
+    assert all("camera_id" not in r.payload for r in store.scroll_images() if r.id not in numbered)
+    hits = store.search_images("devise", vecs[0], 60, SearchFilter(cameras=("Cam 0", "Cam 1")))
+    assert {h.id for h in hits} == {ids[i] for i in (0, 1, 3, 4, 6, 7, 9, 10)}
+    assert store.count(IMAGES, SearchFilter(cameras=("Cam 2",))) == 3
 
 
 # ------------------------------------------------------------------ filters and search
