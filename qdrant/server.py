@@ -23,6 +23,7 @@ from qdrant.schema import (
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
+    LINKED_INDEXES,
     META,
     ON_DISK_INDEXES,
     PRINCIPAL_INDEX,
@@ -62,33 +63,37 @@ def _with_vectors(with_vectors: WithVectors) -> bool | list[str]:
     return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
 
 
-_SCHEMAS: dict[IndexKind, m.PayloadSchemaType] = {
-    "keyword": m.PayloadSchemaType.KEYWORD,
-    "integer": m.PayloadSchemaType.INTEGER,
-    "float": m.PayloadSchemaType.FLOAT,
-    "geo": m.PayloadSchemaType.GEO,
-}
+_IndexParams = m.KeywordIndexParams | m.IntegerIndexParams | m.FloatIndexParams | m.GeoIndexParams
 
 
-def _schema(
-    field: str, kind: IndexKind
-) -> m.PayloadSchemaType | m.KeywordIndexParams | m.IntegerIndexParams:
-    if field in ON_DISK_INDEXES and kind == "keyword":
-        return m.KeywordIndexParams(type=m.KeywordIndexType.KEYWORD, on_disk=True)
+def _schema(field: str, kind: IndexKind) -> _IndexParams:
+    """A payload index's params, as edge._index_schema gives them (on a server `folders`
+    stays in RAM: its folder filter reads names)."""
+    links = field in LINKED_INDEXES
+    if kind == "keyword":
+        on_disk = True if field in ON_DISK_INDEXES else None
+        return m.KeywordIndexParams(
+            type=m.KeywordIndexType.KEYWORD, on_disk=on_disk, enable_hnsw=links
+        )
     if kind == "lookup":
         return m.IntegerIndexParams(
             type=m.IntegerIndexType.INTEGER,
             lookup=True,
             range=False,
             is_principal=field == PRINCIPAL_INDEX or None,
+            enable_hnsw=links,
         )
-    return _SCHEMAS[kind]
+    if kind == "integer":
+        return m.IntegerIndexParams(type=m.IntegerIndexType.INTEGER, enable_hnsw=links)
+    if kind == "float":
+        return m.FloatIndexParams(type=m.FloatIndexType.FLOAT, enable_hnsw=links)
+    return m.GeoIndexParams(type=m.GeoIndexType.GEO, enable_hnsw=links)
 
 
-def image_vector_params(dim: int) -> m.VectorParams:
+def image_vector_params(dim: int, name: str = "") -> m.VectorParams:
     """An image vector as the server creates it: schema.IMAGE_INDEXING, the settings the
     embedded store gives it too (graph, int8 copies in RAM, originals on disk)."""
-    diff = image_vector_diff(dim)
+    diff = image_vector_diff(dim, name)
     return m.VectorParams(
         size=dim,
         distance=m.Distance.COSINE,
@@ -108,7 +113,7 @@ def _int8() -> m.ScalarQuantization:
     )
 
 
-def image_vector_diff(dim: int) -> m.VectorParamsDiff:
+def image_vector_diff(dim: int, name: str = "") -> m.VectorParamsDiff:
     """schema.IMAGE_INDEXING as a change to an existing vector (a collection made before)."""
     ix = IMAGE_INDEXING
     return m.VectorParamsDiff(
@@ -116,7 +121,7 @@ def image_vector_diff(dim: int) -> m.VectorParamsDiff:
             m=ix.m,
             ef_construct=ix.ef_construct,
             full_scan_threshold=ix.full_scan_kb(dim),
-            payload_m=ix.payload_m,
+            payload_m=ix.payload_m_of(name),
             on_disk=ix.graphs_mapped,
         ),
         quantization_config=_int8(),
@@ -261,7 +266,7 @@ class ServerStore:
             self.client.create_collection(
                 collection,
                 vectors_config={
-                    k: image_vector_params(d)
+                    k: image_vector_params(d, k)
                     if images
                     else m.VectorParams(size=d, distance=m.Distance.COSINE)
                     for k, d in vectors.items()
@@ -342,7 +347,7 @@ class ServerStore:
         if not isinstance(current, dict):
             return
         want = {
-            name: image_vector_diff(dim)
+            name: image_vector_diff(dim, name)
             for name, dim in vectors.items()
             if name in current and current[name].quantization_config is None
         }

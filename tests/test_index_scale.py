@@ -88,7 +88,7 @@ def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
         assert vec["hnsw_config"]["m"] == IMAGE_INDEXING.m
         assert vec["hnsw_config"]["ef_construct"] == IMAGE_INDEXING.ef_construct
         assert vec["hnsw_config"]["full_scan_threshold"] == IMAGE_INDEXING.full_scan_kb(dim)
-        assert vec["hnsw_config"]["payload_m"] == IMAGE_INDEXING.payload_m
+        assert vec["hnsw_config"]["payload_m"] == IMAGE_INDEXING.payload_m_of(name)
         assert "int8" in json.dumps(vec["quantization_config"]).lower()
         assert vec["on_disk"] is IMAGE_INDEXING.vectors_on_disk
         # the int8 copies and the graph are memory-mapped, not read while the store opens
@@ -135,7 +135,7 @@ def test_settings_reach_the_server_through_qdrant_client() -> None:
             hnsw = params[name].hnsw_config
             assert hnsw is not None and hnsw.m == IMAGE_INDEXING.m
             assert hnsw.full_scan_threshold == IMAGE_INDEXING.full_scan_kb(dim)
-            assert hnsw.payload_m == IMAGE_INDEXING.payload_m
+            assert hnsw.payload_m == IMAGE_INDEXING.payload_m_of(name)
             quant = params[name].quantization_config
             assert isinstance(quant, m.ScalarQuantization)
             assert quant.scalar.type == m.ScalarType.INT8
@@ -286,6 +286,9 @@ def test_a_filtered_search_that_comes_back_short_is_searched_again_exactly(
             def info(self) -> Any:
                 return self.shard.info()
 
+            def count(self, request: Any) -> Any:
+                return self.shard.count(request)
+
         monkeypatch.setattr(s, "_shard", lambda c: Stranded(real(c)))
         assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
         assert len(calls) == 2
@@ -308,6 +311,9 @@ def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Pa
         SearchFilter(taken_after=0.0, taken_before=2000.0),  # half, a range
         SearchFilter(cameras=("Cam 7",)),  # 100 points: below full_scan_points, scanned
         SearchFilter(labels=("cat",), folder="/lib/2001"),  # a combination
+        # 267 points, between full_scan_points and an eighth: the folder's own links carry
+        # the walk, without ACORN
+        SearchFilter(folder="/lib/2002/dog"),
     ]
     with EdgeStore(tmp_path / "ix") as s:
         s.ensure_collections(VECTORS)
@@ -315,6 +321,13 @@ def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Pa
         assert s.graph_pending() == 8000  # two vectors, none indexed yet
         s.optimize()
         assert s.graph_pending() == 0
+        assert not s._acorn(filters[-1], "devise")
+        both = SearchFilter(folder="/lib/2002/dog", cameras=("Cam 7", "Cam 8"))
+        assert not s._acorn(both, "devise")
+        # a fifth, a third, a range, cameras: no links of their own, so ACORN; and the
+        # duplicate vector's graph has no links at all
+        assert all(s._acorn(f, "devise") for f in filters[1:5])
+        assert s._acorn(filters[-1], DUP_VECTOR)
         rng = np.random.default_rng(3)
         for name, mat in vectors.items():
             queries = mat[rng.choice(len(mat), 30, replace=False)]
@@ -484,3 +497,27 @@ def test_points_from_before_the_numbers_get_them_and_the_filters_hold(tmp_path: 
         s.upsert_images(ids[:1], [old], {k: v[:1] for k, v in vectors.items()})
         assert not s._numbered(FOLDER_IDS) and s._numbered(CAMERA_ID)
         assert [h.id for h in s.search_images("devise", q, 10, flt)] == want
+
+
+@pytest.mark.usefixtures("small_threshold")
+def test_a_graph_built_without_folder_links_walks_with_acorn_until_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph built before the links per folder and label (payload_m 0) keeps ACORN for
+    every filtered walk: without it such a walk finds a fraction of the neighbours. The
+    next optimize() rebuilds it with the links."""
+    ids, payloads, vectors = library(4000)
+    small = qdrant.edge.IMAGE_INDEXING
+    leaf = SearchFilter(folder="/lib/2002/dog")  # 267 points: links of its own, once built
+    monkeypatch.setattr(qdrant.edge, "IMAGE_INDEXING", dataclasses.replace(small, payload_m=0))
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        s.optimize()
+        assert not s._has_links("devise") and s._acorn(leaf, "devise")
+    monkeypatch.setattr(qdrant.edge, "IMAGE_INDEXING", small)
+    with EdgeStore(tmp_path / "ix") as s:
+        assert not s._has_links("devise") and s._acorn(leaf, "devise")
+        s.optimize()
+        assert s._has_links("devise") and not s._acorn(leaf, "devise")
+        assert not s._has_links(DUP_VECTOR)
