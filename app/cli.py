@@ -351,11 +351,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 "folder and camera filters now check numbers (faster on large libraries)",
                 file=sys.stderr,
             )
-        if summary.indexed or summary.moved or summary.pruned or filled or store.graph_pending():
+        outdated = store.graphs_outdated()
+        if outdated and not args.json:
+            print(
+                "rebuilding the search graphs with links per folder and label (built before "
+                "them; minutes on a large library, once)",
+                file=sys.stderr,
+            )
+        changed = summary.indexed or summary.moved or summary.pruned or filled
+        if changed or outdated or store.graph_pending():
             # merges segments and builds the vectors' graphs where a segment has grown past
             # the indexing threshold (also when this run changed nothing but the app's
-            # ingests left graphs unbuilt), so that searches and `devise duplicates` stay
-            # quick at 100k images. Here, not in the web app's ingest: it holds the GIL.
+            # ingests left graphs unbuilt, or graphs were built with older settings), so
+            # that searches and `devise duplicates` stay quick at 100k images. Here, not in
+            # the web app's ingest: it holds the GIL.
             store.optimize()
         service = _service(store, settings)
         service.ensure_vocabulary()  # the first ingest loads the words

@@ -208,6 +208,15 @@ def _index_schema(field: str, kind: IndexKind) -> _IndexParams:
     return qe.GeoIndexParams(enable_hnsw=links)
 
 
+def _links_or_order(params: object) -> tuple[bool, bool]:
+    """Whether an index's values get links of their own in the graphs (Qdrant's default:
+    yes) and order the points (no). An index made before both were set builds links for
+    every value past the full-scan threshold, dates and places included, at the next
+    graph build; made again, only folders and labels do."""
+    links = getattr(params, "enable_hnsw", None)
+    return (links is None or bool(links), bool(getattr(params, "is_principal", None)))
+
+
 def _vectors_of(raw: object) -> dict[str, Vector]:
     if not isinstance(raw, dict):
         return {}
@@ -555,15 +564,26 @@ class EdgeStore:
 
     def _add_indexes(self, name: str, indexes: dict[str, IndexKind]) -> None:
         """Create the payload indexes a shard made by an older version lacks (the EXIF
-        fields' came later); Edge indexes the points it already holds."""
+        fields' came later), and make again those whose values get links, or order the
+        points, differently today (_links_or_order); Edge indexes the points it already
+        holds (seconds at 1,000,000 points, once)."""
         shard = self._require(name)
-        have = set(shard.info().payload_schema)
+        have = shard.info().payload_schema
         missing = {f: k for f, k in indexes.items() if f not in have}
-        for field, kind in missing.items():
+        stale = {
+            f: k
+            for f, k in indexes.items()
+            if name == IMAGES
+            and f in have
+            and _links_or_order(have[f].params) != _links_or_order(_index_schema(f, k))
+        }
+        for field in stale:
+            self._write(shard, qe.UpdateOperation.delete_field_index(field))
+        for field, kind in {**missing, **stale}.items():
             self._write(
                 shard, qe.UpdateOperation.create_field_index(field, _index_schema(field, kind))
             )
-        if missing:
+        if missing or stale:
             shard.flush()
 
     def _add_vectors(self, name: str, vectors: dict[str, int]) -> None:
@@ -781,19 +801,35 @@ class EdgeStore:
             camera_ids=bool(flt.cameras) and self._numbered(CAMERA_ID),
         )
 
+    def _built_payload_m(self, name: str) -> list[int]:
+        """The `payload_m` each graph of image vector `name` was built with, from each
+        segment's own HNSW config (Edge writes it beside the graph); none without a graph."""
+        segments = self.root / IMAGES / "segments"
+        configs = segments.glob(f"*/vector_index-{name}/hnsw_config.json")
+        try:
+            return [int(json.loads(p.read_text()).get("payload_m") or 0) for p in configs]
+        except (OSError, ValueError):
+            return []
+
     def _has_links(self, name: str) -> bool:
         """Whether every graph of image vector `name` was built with links per folder and
-        label (`payload_m` in each segment's own HNSW config, which Edge writes beside the
-        graph): not `dup`'s, nor a graph built before them, until optimize() rebuilds it."""
+        label: not `dup`'s, nor a graph built before them, until optimize() rebuilds it."""
         if name not in self._links_cache:
-            segments = self.root / IMAGES / "segments"
-            configs = list(segments.glob(f"*/vector_index-{name}/hnsw_config.json"))
-            try:
-                built = [json.loads(p.read_text()).get("payload_m") or 0 for p in configs]
-            except (OSError, ValueError):
-                built = []
+            built = self._built_payload_m(name)
             self._links_cache[name] = bool(built) and min(built) > 0
         return self._links_cache[name]
+
+    def graphs_outdated(self) -> bool:
+        """Whether a graph was built with other links per payload value than today's
+        (schema.IMAGE_INDEXING.payload_m: an index made before them); the next optimize()
+        rebuilds it."""
+        if self._shard(IMAGES) is None:
+            return False
+        return any(
+            m != IMAGE_INDEXING.payload_m_of(name)
+            for name in self._sizes(IMAGES)
+            for m in self._built_payload_m(name)
+        )
 
     def _acorn(self, flt: SearchFilter | None, name: str) -> bool:
         """Whether a walk of `name`'s graph filtered by `flt` needs ACORN's second hop: not

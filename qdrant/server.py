@@ -193,6 +193,10 @@ class ServerStore:
     def optimize(self) -> None:
         """Nothing to do: the server runs its own optimizers."""
 
+    def graphs_outdated(self) -> bool:
+        """Never: a server rebuilds its own graphs when a collection's settings change."""
+        return False
+
     def fill_numbers(self) -> int:
         """Nothing to do: a server's folder and camera filters read names (its segments are
         searched in parallel on the server's cores; Edge, one thread, checks numbers

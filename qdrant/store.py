@@ -233,6 +233,11 @@ class Store(Protocol):
         """Compact storage after large changes. Slow: call after ingest, never while serving."""
         ...
 
+    def graphs_outdated(self) -> bool:
+        """Whether a graph was built with other settings than today's, which the next
+        optimize() rebuilds (an index made before them). Searches work meanwhile."""
+        ...
+
     def fill_numbers(self) -> int:
         """Give `folder_ids` and `camera_id` to image points written before those fields
         existed; returns how many got one. Call it after ingest (it writes), never while

@@ -515,9 +515,49 @@ def test_a_graph_built_without_folder_links_walks_with_acorn_until_rebuilt(
         s.upsert_images(ids, payloads, vectors)
         s.optimize()
         assert not s._has_links("devise") and s._acorn(leaf, "devise")
+        assert not s.graphs_outdated()  # built as the settings of the time say
     monkeypatch.setattr(qdrant.edge, "IMAGE_INDEXING", small)
     with EdgeStore(tmp_path / "ix") as s:
         assert not s._has_links("devise") and s._acorn(leaf, "devise")
+        assert s.graphs_outdated()  # so `devise ingest` runs optimize() even with no change
         s.optimize()
         assert s._has_links("devise") and not s._acorn(leaf, "devise")
         assert not s._has_links(DUP_VECTOR)
+        assert not s.graphs_outdated()
+
+
+def test_payload_indexes_made_before_links_and_order_are_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index whose payload indexes were made with Qdrant's defaults (links for every
+    value, no order) gets them made again on the next ensure_collections (as ingest calls
+    it): links for folders and labels only, points ordered by folder; filters answer alike."""
+    ids, payloads, vectors = library(300)
+    defaults = {
+        "keyword": qe.PayloadSchemaType.Keyword,
+        "integer": qe.PayloadSchemaType.Integer,
+        "lookup": qe.IntegerIndexParams(lookup=True, range=False),
+        "float": qe.PayloadSchemaType.Float,
+        "geo": qe.PayloadSchemaType.Geo,
+    }
+    flt = SearchFilter(folder="/lib/2001", labels=("dog",), cameras=CAMERAS[:20])
+    with monkeypatch.context() as patch:
+        patch.setattr(qdrant.edge, "_index_schema", lambda field, kind: defaults[kind])
+        with EdgeStore(tmp_path / "ix") as s:
+            s.ensure_collections(VECTORS)
+            s.upsert_images(ids, payloads, vectors)
+            before = [h.id for h in s.search_images("devise", vectors["devise"][1], 10, flt)]
+            made = s._require(IMAGES).info().payload_schema
+            assert qdrant.edge._links_or_order(made["taken"].params) == (True, False)
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        made = s._require(IMAGES).info().payload_schema
+        assert set(made) >= set(IMAGE_INDEXES)
+        for field in ("taken", "camera", CAMERA_ID, "location", "folders"):
+            assert made[field].params.enable_hnsw is False, field
+        # labels kept their index: Qdrant's default already links their values
+        assert qdrant.edge._links_or_order(made["label"].params) == (True, False)
+        assert made[FOLDER_IDS].params.enable_hnsw is True
+        assert made[FOLDER_IDS].params.is_principal is True
+        assert [h.id for h in s.search_images("devise", vectors["devise"][1], 10, flt)] == before
+        assert s.count(IMAGES, SearchFilter(labels=("dog",))) == 100
