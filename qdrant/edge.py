@@ -170,18 +170,22 @@ def _warm(paths: list[Path], stop: threading.Event, done: threading.Event) -> No
         done.set()
 
 
-def search_params(exact: bool, k: int, name: str = "", *, acorn: bool = True) -> qe.SearchParams:
-    """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring, with ACORN unless `acorn`
-    is false (a filter whose folder or label has links of its own: EdgeStore._acorn). A
-    segment without a graph (a small index, or one whose graph is not built yet) is scanned
-    exactly either way."""
+def search_params(
+    exact: bool, k: int, name: str = "", *, acorn: bool = True, linked: bool = False
+) -> qe.SearchParams:
+    """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring: with ACORN unless `acorn`
+    is false (a filter whose folder or label has links of its own: EdgeStore._acorn), and on
+    a graph built with those links (`linked`) only for a filter narrower than
+    `acorn_max_selectivity_linked`. A segment without a graph (a small index, or one whose
+    graph is not built yet) is scanned exactly either way."""
     if exact:
         return qe.SearchParams(exact=True)
     ix = IMAGE_INDEXING
+    widest = ix.acorn_max_selectivity_linked if linked else None
     return qe.SearchParams(
         hnsw_ef=max(DUP_HNSW_EF if name == DUP_VECTOR else ix.hnsw_ef, k),
         quantization=qe.QuantizationSearchParams(rescore=True, oversampling=ix.oversampling),
-        acorn=qe.AcornSearchParams(enable=ix.acorn and acorn),
+        acorn=qe.AcornSearchParams(enable=ix.acorn and acorn, max_selectivity=widest),
     )
 
 
@@ -750,6 +754,7 @@ class EdgeStore:
         threshold = score_threshold(flt)
         edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
         acorn = collection != IMAGES or self._acorn(flt, using)
+        linked = collection == IMAGES and self._has_links(using)
         query = qe.Query.Nearest(as_vector(vector), using=using)
 
         def run(exact: bool) -> list[Hit]:
@@ -758,7 +763,7 @@ class EdgeStore:
                 query=query,
                 filter=edge_filter,
                 score_threshold=threshold,
-                params=search_params(exact, k, using, acorn=acorn),
+                params=search_params(exact, k, using, acorn=acorn, linked=linked),
                 with_payload=True,
                 with_vector=False,
             )
@@ -934,9 +939,10 @@ class EdgeStore:
         edge_filter = self._edge_filter(flt)
         threshold = score_threshold(flt)
         acorn = self._acorn(flt, name)
+        linked = self._has_links(name)
 
         def run(rows: Matrix, exact: bool) -> list[list[Hit]]:
-            params = search_params(exact, k, name, acorn=acorn)
+            params = search_params(exact, k, name, acorn=acorn, linked=linked)
             requests = [
                 qe.QueryRequest(
                     limit=k,
