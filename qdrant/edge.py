@@ -101,7 +101,7 @@ def _hnsw(dim: int, memory: qe.Memory, name: str = "") -> qe.HnswIndexConfig:
     return qe.HnswIndexConfig(
         m=ix.m,
         ef_construct=ix.ef_construct,
-        full_scan_threshold=ix.full_scan_kb(dim),
+        full_scan_threshold=ix.full_scan_kb(dim, name),
         payload_m=ix.payload_m_of(name),
         memory=memory,  # the graph too: see _placement
     )

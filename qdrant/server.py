@@ -120,7 +120,7 @@ def image_vector_diff(dim: int, name: str = "") -> m.VectorParamsDiff:
         hnsw_config=m.HnswConfigDiff(
             m=ix.m,
             ef_construct=ix.ef_construct,
-            full_scan_threshold=ix.full_scan_kb(dim),
+            full_scan_threshold=ix.full_scan_kb(dim, name),
             payload_m=ix.payload_m_of(name),
             on_disk=ix.graphs_mapped,
         ),

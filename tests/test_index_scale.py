@@ -87,7 +87,7 @@ def test_settings_reach_the_edge_shard(tmp_path: Path) -> None:
         vec = config["vectors"][name]
         assert vec["hnsw_config"]["m"] == IMAGE_INDEXING.m
         assert vec["hnsw_config"]["ef_construct"] == IMAGE_INDEXING.ef_construct
-        assert vec["hnsw_config"]["full_scan_threshold"] == IMAGE_INDEXING.full_scan_kb(dim)
+        assert vec["hnsw_config"]["full_scan_threshold"] == IMAGE_INDEXING.full_scan_kb(dim, name)
         assert vec["hnsw_config"]["payload_m"] == IMAGE_INDEXING.payload_m_of(name)
         assert "int8" in json.dumps(vec["quantization_config"]).lower()
         assert vec["on_disk"] is IMAGE_INDEXING.vectors_on_disk
@@ -134,7 +134,7 @@ def test_settings_reach_the_server_through_qdrant_client() -> None:
         for name, dim in {**VECTORS, "clip": 512}.items():
             hnsw = params[name].hnsw_config
             assert hnsw is not None and hnsw.m == IMAGE_INDEXING.m
-            assert hnsw.full_scan_threshold == IMAGE_INDEXING.full_scan_kb(dim)
+            assert hnsw.full_scan_threshold == IMAGE_INDEXING.full_scan_kb(dim, name)
             assert hnsw.payload_m == IMAGE_INDEXING.payload_m_of(name)
             quant = params[name].quantization_config
             assert isinstance(quant, m.ScalarQuantization)
@@ -332,11 +332,10 @@ def test_filtered_search_on_the_graph_finds_what_exact_search_finds(tmp_path: Pa
         for name, mat in vectors.items():
             queries = mat[rng.choice(len(mat), 30, replace=False)]
             queries = queries + 0.1 * rng.standard_normal(queries.shape).astype(np.float32)
-            # `dup` is walked unfiltered with a beam of 64 (the duplicate scan), or within a
-            # folder above a score floor with near-duplicates as queries (test_duplicates);
-            # its graph has no links, and label and leaf-folder walks from arbitrary queries
-            # are no product path (they found 0.83 of the neighbours on some builds here)
-            for flt in filters if name != DUP_VECTOR else filters[:1]:
+            # `dup`'s graph has no links: its filters are scored from the payload index up
+            # to dup_full_scan_points (walked, they found 0.83 of the neighbours on some
+            # builds here)
+            for flt in filters:
                 exact = s.search_images_batch(name, queries, 10, flt, exact=True)
                 approx = [s.search_images(name, q, 10, flt) for q in queries]
                 overlap = [
