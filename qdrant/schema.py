@@ -117,7 +117,8 @@ class VectorIndexing:
     full_scan_points: int = 60_000
     # `dup` keeps 120,000: its graph has no links, and a duplicate scan within a folder of
     # 99,941 of 1,000,000 photos, walked, found a photo's own point among its 11 neighbours
-    # for 9 of 40 photos (24 with a beam of 768); scored from the index, every one
+    # for 9 of 40 photos (24 with a beam of 768); below this threshold it is scored from the
+    # payload index, as before the folders' links
     dup_full_scan_points: int = 120_000
     quantile: float = 0.99
     vectors_on_disk: bool = True
