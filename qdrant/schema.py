@@ -107,7 +107,8 @@ class VectorIndexing:
     # filtered to such a folder then needs no ACORN. At 1,000,000 points, clip filtered to a
     # folder of 99,941: 2.5 ms, recall@10 0.998, against 11.0 ms with ACORN on the same
     # graph and 9.4 ms scored from the payload index (Xeon family 6 model 207). `dup` gets
-    # none (the duplicate scan is not filtered)
+    # none: the duplicate scan walks it unfiltered, or within a folder scored from the
+    # payload index (dup_full_scan_points)
     payload_m: int = 16
     # a filter that leaves fewer points than this is scored from the payload index (int8,
     # rescored) instead of walking the graph: at 1,000,000 points a walk filtered to 50,000
