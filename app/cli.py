@@ -463,9 +463,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     args.must_exist = True
     remote = app_holding(_settings(args))
     pending = 0
+    building: dict[str, Any] = {}
     if remote is not None:
         st = remote.status(pending=not args.json)
         pending = int(st.pop("graph_pending", 0))
+        building = st.pop("graph_build", None) or {}
     else:
         _, store = _open_store(args)
         try:
@@ -484,14 +486,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"model   {name}: {m['points']} points, {m['dim']} d, id {m['id']}")
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
-    if pending:
-        # the app's ingests leave the graph alone: the build would stall its searches
-        builder = (
-            "the next `devise ingest` builds it"
-            if remote is None
-            else f"the app at {remote.url} does not build it: stop it, then `devise ingest` "
-            "builds it"
+    state = building.get("state")
+    if remote is not None and state in ("copying", "building", "swapping"):
+        took = int(building.get("seconds") or 0)
+        doing = {"copying": "copying the index for", "swapping": "putting in place"}
+        print(
+            f"search  exact for now: the app at {remote.url} is "
+            f"{doing.get(state, 'building')} the search graph of {building.get('images')} "
+            f"images in the background ({took // 60}:{took % 60:02d} so far); it answers "
+            "meanwhile"
         )
+    elif pending:
+        if remote is None:
+            builder = "the next `devise ingest` builds it"
+        elif state == "failed":
+            builder = (
+                f"the app's background build failed: {building.get('message')}; stop the "
+                "app, then `devise ingest` builds it"
+            )
+        else:
+            builder = f"the app at {remote.url} starts building it in the background shortly"
         print(f"search  exact for now: {pending} vectors wait for their graph ({builder})")
     return 0
 

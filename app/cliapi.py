@@ -82,10 +82,13 @@ class CliApi:
 
     def status(self, pending: bool = False) -> dict[str, Any]:
         """`devise status --json`; with `pending`, also the vectors that wait for their
-        graph (`graph_pending`), which the text form prints."""
+        graph (`graph_pending`) and the background build's state (`graph_build`), which the
+        text form prints."""
         out: dict[str, Any] = self.h.service.status()
         if pending:
             out["graph_pending"] = self.h.service.graph_pending()
+            if self.h.graphs is not None:
+                out["graph_build"] = self.h.graphs.describe()
         return out
 
     def query(
@@ -229,7 +232,8 @@ class CliApi:
                 on_batch=on_batch,
             )  # fmt: skip
             # Not optimize(), which `devise ingest` runs: it holds the GIL for its whole
-            # run, and every search of the app would wait (OFFLINE.md, "The GIL").
+            # run, and every search of the app would wait (OFFLINE.md, "The GIL"). The
+            # app's GraphJob builds the graph in another process once this job has ended.
             self.h.service.ensure_vocabulary()
             return summary
 

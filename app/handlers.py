@@ -15,6 +15,7 @@ from app.service import Answer, ImageResult, ServiceError, TagResult
 from model.data.images import ImageError
 
 if TYPE_CHECKING:
+    from app.graphjob import GraphJob
     from app.guard import ServedRoots
     from app.indexjob import IndexJob
     from app.service import SearchService
@@ -146,6 +147,8 @@ class WebHandlers:
         self.service = service
         self.served = served
         self.job = job
+        #: the background graph build, where the app runs one (launch_app)
+        self.graphs: GraphJob | None = None
 
     # ---------------------------------------------------------------- state
 
@@ -164,7 +167,11 @@ class WebHandlers:
             return f"**The index `{st['index']}` is empty.** {how}"
         models = ", ".join(f"{n} ({m['points']})" for n, m in st["models"].items()) or "none"
         words = f"{st['words']} words" if st["words"] else "no vocabulary yet (loads on first use)"
-        return f"`{st['index']}`: {st['images']} images, {words}; models: {models}"
+        line = f"`{st['index']}`: {st['images']} images, {words}; models: {models}"
+        building = self.graphs.describe() if self.graphs is not None else {}
+        if building.get("state") in ("copying", "building", "swapping"):
+            line += " · the search graph is being built in the background: exact search meanwhile"
+        return line
 
     def label_choices(self) -> list[str]:
         try:

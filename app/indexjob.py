@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,6 +92,9 @@ class IndexJob:
         self._ids = itertools.count(1)
         self._requests: dict[int, IngestRequest] = {}
         self._now: IngestRequest | None = None
+        self._holder: str | None = None  # what holds the write slot outside a job
+        #: called after every job on the store ends, however it went (GraphJob.poke)
+        self.after_write: list[Callable[[], None]] = []
 
     @property
     def running(self) -> bool:
@@ -156,6 +160,23 @@ class IndexJob:
             self.message = f"indexing {path} failed: {e}"
             self.state = "failed"
         finally:
+            self._wrote()  # before the release: who waits for the slot sees the poke
+            self._ingest_lock.release()
+
+    def _wrote(self) -> None:
+        for hook in self.after_write:
+            hook()
+
+    @contextlib.contextmanager
+    def write_slot(self, doing: str) -> Iterator[None]:
+        """Holds the store's one write slot for work other than a queued job (the
+        background graph build's copy and swap); `doing` is what waiting requests say."""
+        self._ingest_lock.acquire()
+        self._holder = doing
+        try:
+            yield
+        finally:
+            self._holder = None
             self._ingest_lock.release()
 
     def wait(self, timeout: float | None = None) -> None:
@@ -201,7 +222,7 @@ class IndexJob:
     ) -> None:
         where = req.label or ", ".join(str(p) for p in req.paths)
         if not self._ingest_lock.acquire(blocking=False):
-            busy = self._now.message if self._now is not None else self.message
+            busy = self._now.message if self._now is not None else self._holder or self.message
             req.message = f"waiting for the running ingest to finish ({busy})"
             self._ingest_lock.acquire()
         self._now = req
@@ -231,6 +252,7 @@ class IndexJob:
             req.state = "failed"
         finally:
             self._now = None
+            self._wrote()
             self._ingest_lock.release()
             log.debug("ingest %d took %.1f s", req.id, time.perf_counter() - t0)
         if on_end is not None:

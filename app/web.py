@@ -8,10 +8,13 @@ duplicates, index a folder.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     from app.watch import FolderWatcher
     from ingest.pipeline import ArrayEmbedder
 
+from app.graphjob import GraphJob
 from app.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
 from app.handlers import (
     COMPARE_KINDS,
@@ -533,8 +537,11 @@ class WebApp:
     job: IndexJob | None
     cli: CliApi | None = None
     watcher: FolderWatcher | None = None
+    graphs: GraphJob | None = None
 
     def close(self) -> None:
+        if self.graphs is not None:
+            self.graphs.stop()  # a build under way ends, and its copy goes
         if self.watcher is not None:
             self.watcher.stop()
         if self.job is not None:
@@ -590,6 +597,12 @@ def launch_app(
             on_done=indexed,
         )
     handlers = WebHandlers(service, served=served, job=job)
+    # the graphs an index lacks, or has from older settings, are built in another process
+    # while the app answers (app/graphjob.py): at open, and after each write
+    graphs = GraphJob(service.store, job.write_slot if job is not None else _lone_slot())
+    handlers.graphs = graphs
+    if job is not None:
+        job.after_write.append(graphs.poke)
     cli = watcher = None
     login: Any = auth
     if job is not None:
@@ -633,7 +646,22 @@ def launch_app(
     )
     if watcher is not None:
         watcher.start()
-    return WebApp(demo, url, service, served, job, cli, watcher)
+    graphs.start()
+    return WebApp(demo, url, service, served, job, cli, watcher, graphs)
+
+
+def _lone_slot() -> Callable[[str], AbstractContextManager[Any]]:
+    """A write slot for an app that takes no writes (no index job): the graph build alone
+    holds it."""
+    lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(doing: str) -> Iterator[None]:
+        del doing
+        with lock:
+            yield
+
+    return slot
 
 
 def _login(auth: tuple[str, str], token: str) -> Callable[[str, str], bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -18,14 +19,15 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, TypeVar, cast
 
 import numpy as np
 import qdrant_edge as qe
 
+from qdrant import graphbuild
 from qdrant.errors import IndexInUseError, StoreError
 from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
@@ -267,24 +269,68 @@ def _may_be_stranded(
     )
 
 
+def _page(
+    shard: qe.EdgeShard,
+    flt: qe.Filter | None,
+    offset: qe.PointId | None,
+    batch: int,
+    with_vector: bool | list[str],
+) -> tuple[list[qe.Record], qe.PointId | None]:
+    """One page of the points of `shard` matching `flt`, with their payloads, from `offset`;
+    and the next page's offset (None after the last)."""
+    raw, offset = shard.scroll(
+        qe.ScrollRequest(
+            offset=offset, limit=batch, filter=flt, with_payload=True, with_vector=with_vector
+        )
+    )
+    return list(raw), offset
+
+
 def _pages(
     shard: qe.EdgeShard, flt: qe.Filter | None, batch: int, with_vector: bool | list[str]
 ) -> Iterator[list[qe.Record]]:
     """Every point of `shard` matching `flt`, with its payload, a page at a time."""
     offset: qe.PointId | None = None
     while True:
-        raw, offset = shard.scroll(
-            qe.ScrollRequest(
-                offset=offset,
-                limit=batch,
-                filter=flt,
-                with_payload=True,
-                with_vector=with_vector,
-            )
-        )
-        yield list(raw)
+        raw, offset = _page(shard, flt, offset, batch, with_vector)
+        yield raw
         if offset is None:
             return
+
+
+def _replay(live: qe.EdgeShard, built: qe.EdgeShard, ids: Sequence[qe.PointId]) -> None:
+    """Writes into `built` the image points `ids` as `live` holds them now: each one that
+    exists with its payload and vectors, the others deleted (they were deleted meanwhile)."""
+    for start in range(0, len(ids), UPSERT_BATCH):
+        chunk = list(ids[start : start + UPSERT_BATCH])
+        found = live.retrieve(chunk, with_payload=True, with_vector=True)
+        points = [
+            qe.Point(r.id, dict(r.vector) if isinstance(r.vector, dict) else {}, r.payload)
+            for r in found
+        ]
+        if points:
+            built.update(qe.UpdateOperation.upsert_points(points))
+        have = {point_id_str(r.id) for r in found}
+        gone = [i for i in chunk if point_id_str(i) not in have]
+        if gone:
+            built.update(qe.UpdateOperation.delete_points(gone))
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _gated(method: _F) -> _F:
+    """Runs an EdgeStore method holding the store's gate, which a graph swap takes while it
+    closes one images shard and loads the next (EdgeStore.finish_graph_build): no call
+    meets a closed shard. Edge holds the GIL in every call, so the gate costs no
+    parallelism."""
+
+    @functools.wraps(method)
+    def gated(self: EdgeStore, *args: Any, **kwargs: Any) -> Any:
+        with self._gate:
+            return method(self, *args, **kwargs)
+
+    return cast(_F, gated)
 
 
 class _PidLock:
@@ -353,10 +399,19 @@ class EdgeStore:
         self._warm_thread: threading.Thread | None = None
         self._warm_stop = threading.Event()
         self._warmed = threading.Event()
+        # held by every call that uses a shard, and by a graph swap (_gated)
+        self._gate = threading.RLock()
+        # while a graph is built in the background (begin_graph_build): the image points
+        # written since the copy, and whether a write that names no points (a vector or a
+        # payload index added or dropped) made the copy unusable
+        self._journal: set[qe.PointId] | None = None
+        self._journal_broken = False
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _PidLock(self.root)
         self._lock.acquire(self.root)
         try:
+            if graphbuild.recover(self.root, IMAGES):
+                log.warning("%s: a graph swap was cut off; the index is as before it", self.root)
             for name in (IMAGES, WORDS):
                 if self._shard_exists(name):
                     self._shards[name] = self._load(name)
@@ -395,9 +450,12 @@ class EdgeStore:
                 ) from e
             raise StoreError(f"cannot open {path}: {e}") from e
 
+    @_gated
     def graph_pending(self) -> int:
-        """How many image vectors still wait for their graph (0 when every segment past the
-        threshold has one, or the index is below it): what `optimize()` would build."""
+        """How many image vectors still wait for their graph: what `optimize()` would build.
+        0 when every segment has one, or below the threshold: an index, or new points since
+        the last build, of fewer than INDEX_FROM_POINTS points, which optimize() leaves
+        as they are and exact search serves as fast."""
         shard = self._shard(IMAGES)
         sizes = self._sizes(IMAGES)
         if shard is None or not sizes:
@@ -407,7 +465,8 @@ class EdgeStore:
             return 0
         # every point carries most vectors; a segment is indexed as a whole
         have = sum(self.count_vectors(v) for v in sizes)
-        return max(0, have - int(info.indexed_vectors_count))
+        pending = max(0, have - int(info.indexed_vectors_count))
+        return pending if pending >= INDEX_FROM_POINTS * len(sizes) else 0
 
     def _holder_pid(self) -> str:
         try:
@@ -415,6 +474,7 @@ class EdgeStore:
         except OSError:
             return "unknown"
 
+    @_gated
     def flush(self) -> None:
         """Flush every shard to disk (fsync)."""
         for shard in self._shards.values():
@@ -422,23 +482,38 @@ class EdgeStore:
         self._last_flush = time.monotonic()
         self._dirty = False
 
-    def _write(self, shard: qe.EdgeShard, op: qe.UpdateOperation) -> None:
+    def _write(
+        self, shard: qe.EdgeShard, op: qe.UpdateOperation, ids: Sequence[qe.PointId] | None = None
+    ) -> None:
+        """Applies `op`; during a background graph build, notes the image points `ids` it
+        writes (one that names none, a vector or an index, spoils the build's copy)."""
         shard.update(op)
         self._dirty = True
         self._numbered_cache.clear()
+        if self._journal is not None and shard is self._shards.get(IMAGES):
+            if ids is None or len(self._journal) + len(ids) > graphbuild.JOURNAL_MAX:
+                self._journal_broken = True
+            else:
+                self._journal.update(ids)
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
             self.flush()
 
-    def _close_shards(self) -> None:
+    def _stop_warming(self) -> None:
         self._warm_stop.set()
         if self._warm_thread is not None:
             self._warm_thread.join(5)
+        self._warm_thread = None
+        self._warm_stop, self._warmed = threading.Event(), threading.Event()
+
+    def _close_shards(self) -> None:
+        self._stop_warming()
         shards, self._shards = self._shards, {}
         for shard in shards.values():
             shard.close()
 
+    @_gated
     def close(self) -> None:
         """Flush what was written, close the shards and release the lock. Closing twice is
         harmless; a read-only session skips the flush (0.1 s of fsyncs for nothing)."""
@@ -460,6 +535,7 @@ class EdgeStore:
     ) -> None:
         self.close()
 
+    @_gated
     def optimize(self) -> None:
         """Merge segments, drop deleted points, and build every image vector's HNSW graph and
         int8 copies in segments past schema.INDEX_FROM_POINTS. Until it has run, queries scan
@@ -471,6 +547,90 @@ class EdgeStore:
             shard.optimize()
         self._links_cache.clear()
         self.flush()
+
+    # ---------------------------------------------------------------- background graphs
+
+    @_gated
+    def graph_build_due(self, left: int = 0) -> bool:
+        """Whether a graph build would index anything: a graph was built with other links
+        than today's, or the vectors of at least INDEX_FROM_POINTS points wait for one, past
+        `left` (what the last build left waiting: points spread so that no segment got
+        enough for a graph)."""
+        if self._shard(IMAGES) is None:
+            return False
+        if self.graphs_outdated():
+            return True
+        pending = self.graph_pending()
+        return pending > 0 and pending - left >= INDEX_FROM_POINTS * len(self._sizes(IMAGES))
+
+    def begin_graph_build(self) -> graphbuild.GraphBuild:
+        """Copies the images shard for a graph build in another process (qdrant/graphbuild.py),
+        and from now on notes the image points written, for finish_graph_build. The caller
+        holds off every write until this returns; searches go on during the copy. Raises
+        StoreError when the disk lacks room for the copy and its build."""
+        with self._gate:
+            shard = self._require(IMAGES)
+            if self._journal is not None:
+                raise StoreError(f"{self.root}: a graph build is already under way")
+            self.flush()
+            build = graphbuild.GraphBuild(
+                self.root, dict(self._sizes(IMAGES)), int(shard.info().points_count)
+            )
+            self._journal, self._journal_broken = set(), False
+        try:
+            graphbuild.discard(self.root)
+            build.work.mkdir(parents=True)
+            graphbuild.check_disk(self.root / IMAGES, self.root)
+            graphbuild.copy_shard(self.root / IMAGES, build.path)
+        except BaseException:
+            self.abandon_graph_build(build)
+            raise
+        return build
+
+    def abandon_graph_build(self, build: graphbuild.GraphBuild) -> None:
+        """Drops a build's copy and stops noting writes for it."""
+        with self._gate:
+            self._journal, self._journal_broken = None, False
+        graphbuild.discard(build.root)
+
+    def finish_graph_build(self, build: graphbuild.GraphBuild) -> bool:
+        """Swaps in the shard the builder process built from begin_graph_build's copy, with
+        the image points written since the copy written into it again; searches wait only
+        for the swap (one shard load). False, and the copy dropped, when the index changed
+        shape meanwhile (a vector or a payload index added or dropped, or more than
+        graphbuild.JOURNAL_MAX points written): a new build should start. The caller holds
+        off every write until this returns."""
+        with self._gate:
+            journal, broken = self._journal, self._journal_broken
+            live = self._require(IMAGES)
+            same = self._persisted_sizes(IMAGES) == build.sizes
+        if journal is None or broken or not same:
+            self.abandon_graph_build(build)
+            return False
+        built = qe.EdgeShard.load(str(build.path))
+        try:
+            _replay(live, built, sorted(journal, key=str))
+            built.flush()
+        finally:
+            built.close()
+        with self._gate:
+            self._journal, self._journal_broken = None, False
+            self._stop_warming()
+            self._shards.pop(IMAGES).close()
+            graphbuild.swap(self.root, IMAGES)
+            try:
+                self._shards[IMAGES] = self._load(IMAGES)
+            except BaseException:
+                graphbuild.unswap(self.root, IMAGES)
+                self._shards[IMAGES] = self._load(IMAGES)
+                raise
+            finally:
+                self._sizes_cache.pop(IMAGES, None)
+                self._numbered_cache.clear()
+                self._links_cache.clear()
+                self._start_warming()
+        graphbuild.discard(self.root)
+        return True
 
     # ---------------------------------------------------------------- schema
 
@@ -545,6 +705,7 @@ class EdgeStore:
         self._sizes_cache[name] = sizes
         return sizes
 
+    @_gated
     def vector_sizes(self) -> dict[str, int]:
         """The named vectors of `images` and their dimensions."""
         return dict(self._sizes(IMAGES))
@@ -621,6 +782,7 @@ class EdgeStore:
             shard.close()
             self._shards[name] = self._load(name)
 
+    @_gated
     def ensure_collections(
         self,
         image_vectors: dict[str, int],
@@ -646,6 +808,7 @@ class EdgeStore:
             else:
                 self._create(WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES)
 
+    @_gated
     def drop_vector(self, name: str) -> None:
         """Remove named vector `name` from `images` and from every image point."""
         shard = self._require(IMAGES)
@@ -654,6 +817,7 @@ class EdgeStore:
             self._sizes_cache.pop(IMAGES, None)
             shard.flush()
 
+    @_gated
     def drop_words(self) -> None:
         """Delete the words collection (before loading another vocabulary or dimension)."""
         shard = self._shards.pop(WORDS, None)
@@ -664,6 +828,7 @@ class EdgeStore:
 
     # ---------------------------------------------------------------- writes
 
+    @_gated
     def upsert_images(
         self,
         ids: Sequence[str],
@@ -686,9 +851,10 @@ class EdgeStore:
                 )
                 for i in range(start, stop)
             ]
-            self._write(shard, qe.UpdateOperation.upsert_points(points))
+            self._write(shard, qe.UpdateOperation.upsert_points(points), ids[start:stop])
             self._maybe_flush()
 
+    @_gated
     def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
         """Set vector `name` on existing image points."""
         self._update_vectors(IMAGES, ids, name, vectors)
@@ -701,30 +867,35 @@ class EdgeStore:
         for start in range(0, len(ids), UPSERT_BATCH):
             stop = min(start + UPSERT_BATCH, len(ids))
             pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
-            self._write(shard, qe.UpdateOperation.update_vectors(pvs))
+            self._write(shard, qe.UpdateOperation.update_vectors(pvs), ids[start:stop])
             self._maybe_flush()
 
+    @_gated
     def delete_images(self, ids: Sequence[str]) -> None:
         """Delete image points by id."""
         shard = self._shard(IMAGES)
         if shard is None or not ids:
             return
-        self._write(shard, qe.UpdateOperation.delete_points(list(ids)))
+        self._write(shard, qe.UpdateOperation.delete_points(list(ids)), ids)
         self._maybe_flush()
 
+    @_gated
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         """Merge `payload` into one image point's payload."""
         op = qe.UpdateOperation.set_payload([point_id], with_numbers(payload))
-        self._write(self._require(IMAGES), op)
+        self._write(self._require(IMAGES), op, [point_id])
         self._maybe_flush()
 
+    @_gated
     def set_image_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Merge each payload into its image point's payload, one point at a time."""
         shard = self._require(IMAGES)
         for point_id, payload in updates:
-            self._write(shard, qe.UpdateOperation.set_payload([point_id], with_numbers(payload)))
+            op = qe.UpdateOperation.set_payload([point_id], with_numbers(payload))
+            self._write(shard, op, [point_id])
         self._maybe_flush()
 
+    @_gated
     def upsert_words(
         self,
         ranks: Sequence[int],
@@ -828,6 +999,7 @@ class EdgeStore:
             self._links_cache[name] = bool(built) and min(built) > 0
         return self._links_cache[name]
 
+    @_gated
     def graphs_outdated(self) -> bool:
         """Whether a graph was built with other links per payload value than today's
         (schema.IMAGE_INDEXING.payload_m: an index made before them); the next optimize()
@@ -862,6 +1034,7 @@ class EdgeStore:
                 return False
         return True
 
+    @_gated
     def fill_numbers(self) -> int:
         """Give `folder_ids` and `camera_id` to the image points written before they existed
         (their filters check names until every point has them); returns how many points got
@@ -884,33 +1057,38 @@ class EdgeStore:
                 payload = {field: list(value) if isinstance(value, tuple) else value}
                 for start in range(0, len(ids), UPSERT_BATCH):
                     chunk = ids[start : start + UPSERT_BATCH]
-                    self._write(shard, qe.UpdateOperation.set_payload(chunk, payload))
+                    self._write(shard, qe.UpdateOperation.set_payload(chunk, payload), chunk)
                 self._maybe_flush()
             done.update(i for ids in groups.values() for i in ids)
         if done:
             log.info("gave numbers to %d image points written before them", len(done))
         return len(done)
 
+    @_gated
     def search_images(
         self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
     ) -> list[Hit]:
         """The `k` images nearest to `vector` by named vector `name`."""
         return self._query(IMAGES, name, vector, k, flt)
 
+    @_gated
     def search_words(
         self, vector: Vector, k: int, flt: SearchFilter | None = None, using: str = WORD_VECTOR
     ) -> list[Hit]:
         """The `k` words nearest to `vector` by the words' named vector `using`."""
         return self._query(WORDS, using, vector, k, flt)
 
+    @_gated
     def word_vector_sizes(self) -> dict[str, int]:
         """The named vectors of `words` and their dimensions."""
         return dict(self._sizes(WORDS))
 
+    @_gated
     def ensure_word_vector(self, name: str, dim: int) -> None:
         """Add named vector `name` to the words collection (points lack it until set)."""
         self._add_vectors(WORDS, {name: dim})
 
+    @_gated
     def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
         """Set vector `name` on existing word points."""
         self._update_vectors(WORDS, ids, name, vectors)
@@ -919,6 +1097,7 @@ class EdgeStore:
         """Every word point matching `flt` (payload only)."""
         return self._scroll(WORDS, False, flt, SCROLL_BATCH * 4)
 
+    @_gated
     def search_images_batch(
         self,
         name: str,
@@ -970,6 +1149,7 @@ class EdgeStore:
                     out[i] = hits
         return out
 
+    @_gated
     def count(self, collection: str, flt: SearchFilter | None = None) -> int:
         """Exact number of points in `collection` matching `flt`."""
         shard = self._shard(collection)
@@ -982,6 +1162,7 @@ class EdgeStore:
             return int(shard.info().points_count)
         return int(shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
+    @_gated
     def count_vectors(self, name: str) -> int:
         """How many image points carry named vector `name`."""
         shard = self._shard(IMAGES)
@@ -996,6 +1177,7 @@ class EdgeStore:
         """Number of image points per label."""
         return self.facet_values("label")
 
+    @_gated
     def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
         """Number of image points per value of keyword-indexed payload field `field`."""
         shard = self._shard(IMAGES)
@@ -1028,13 +1210,22 @@ class EdgeStore:
     def _scroll(
         self, collection: str, with_vectors: WithVectors, flt: SearchFilter | None, batch: int
     ) -> Iterator[Record]:
-        shard = self._shard(collection)
-        if shard is None:
-            return
-        edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
-        for raw in _pages(shard, edge_filter, batch, _with_vector(with_vectors)):
-            yield from self._records(raw)
+        # a page at a time under the gate: a graph swap between two pages finds the same
+        # points in the new shard, and the scroll goes on from its offset there
+        offset: qe.PointId | None = None
+        while True:
+            with self._gate:
+                shard = self._shard(collection)
+                if shard is None:
+                    return
+                edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
+                raw, offset = _page(shard, edge_filter, offset, batch, _with_vector(with_vectors))
+                records = self._records(raw)
+            yield from records
+            if offset is None:
+                return
 
+    @_gated
     def retrieve_images(
         self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
     ) -> list[Record]:
@@ -1059,6 +1250,7 @@ class EdgeStore:
                 out.extend(self._records(raw))
         return out
 
+    @_gated
     def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
         """Image points by content hash."""
         found: dict[str, list[Record]] = {}
@@ -1066,6 +1258,7 @@ class EdgeStore:
             found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
         return found
 
+    @_gated
     def find_words(self, words: Sequence[str]) -> dict[str, Vector]:
         """Stored vectors of these words (those in the vocabulary), keyed by word."""
         shard = self._shard(WORDS)
@@ -1084,6 +1277,7 @@ class EdgeStore:
                 out[str(rec.payload.get("word"))] = vec
         return out
 
+    @_gated
     def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
         """Image points by absolute path."""
         return {

@@ -16,6 +16,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from qdrant.errors import StoreError, StoreUnavailableError
 from qdrant.filters import SearchFilter, score_threshold, to_server
+from qdrant.graphbuild import GraphBuild
 from qdrant.schema import (
     DUP_HNSW_EF,
     DUP_VECTOR,
@@ -196,6 +197,21 @@ class ServerStore:
     def graphs_outdated(self) -> bool:
         """Never: a server rebuilds its own graphs when a collection's settings change."""
         return False
+
+    def graph_build_due(self, left: int = 0) -> bool:
+        """Never: the server builds its graphs in its own background threads."""
+        del left
+        return False
+
+    def begin_graph_build(self) -> GraphBuild:
+        raise StoreError(f"{self.url} builds its own graphs: there is nothing to build here")
+
+    def finish_graph_build(self, build: GraphBuild) -> bool:
+        del build
+        return False
+
+    def abandon_graph_build(self, build: GraphBuild) -> None:
+        del build
 
     def fill_numbers(self) -> int:
         """Nothing to do: a server's folder and camera filters read names (its segments are

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qdrant.filters import SearchFilter
+from qdrant.graphbuild import GraphBuild
 from qdrant.schema import ImagePayload, word_point_id
 
 Vector = npt.NDArray[np.float32]
@@ -236,6 +237,26 @@ class Store(Protocol):
     def graphs_outdated(self) -> bool:
         """Whether a graph was built with other settings than today's, which the next
         optimize() rebuilds (an index made before them). Searches work meanwhile."""
+        ...
+
+    def graph_build_due(self, left: int = 0) -> bool:
+        """Whether a background graph build (begin_graph_build) would index anything, past
+        `left` waiting vectors; never on a server, which builds its own."""
+        ...
+
+    def begin_graph_build(self) -> GraphBuild:
+        """Copies the images collection for a graph build in another process, and notes
+        the points written from now on (qdrant/graphbuild.py). The caller holds off writes
+        until it returns."""
+        ...
+
+    def finish_graph_build(self, build: GraphBuild) -> bool:
+        """Swaps the built copy in, with the points written meanwhile; False when the
+        collection changed shape and the build must start again."""
+        ...
+
+    def abandon_graph_build(self, build: GraphBuild) -> None:
+        """Drops a build's copy."""
         ...
 
     def fill_numbers(self) -> int:

@@ -108,3 +108,21 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, glove: WordVectors
     out = root / "tiny.safetensors"
     train(data, out, cfg, words=glove)
     return out
+
+
+@pytest.fixture
+def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph from 1,000 points and full scans only below 200 matching points, so that a
+    test-sized index walks the graph, filtered queries included."""
+    import dataclasses
+
+    import qdrant.edge
+    import qdrant.schema
+
+    monkeypatch.setattr(qdrant.schema, "INDEX_FROM_POINTS", 1000)
+    monkeypatch.setattr(qdrant.edge, "INDEX_FROM_POINTS", 1000)
+    monkeypatch.setattr(
+        qdrant.edge,
+        "IMAGE_INDEXING",
+        dataclasses.replace(qdrant.edge.IMAGE_INDEXING, full_scan_points=200),
+    )

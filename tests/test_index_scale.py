@@ -200,17 +200,6 @@ def test_a_server_collection_made_before_gets_the_settings_and_answers() -> None
         assert hits[0].id == ids[5] and all(h.payload["label"] == "car" for h in hits)
 
 
-@pytest.fixture
-def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A graph from 1,000 points and full scans only below 200 matching points, so that a
-    test-sized index walks the graph, filtered queries included."""
-    monkeypatch.setattr(qdrant.schema, "INDEX_FROM_POINTS", 1000)
-    monkeypatch.setattr(qdrant.edge, "INDEX_FROM_POINTS", 1000)
-    monkeypatch.setattr(
-        qdrant.edge, "IMAGE_INDEXING", dataclasses.replace(IMAGE_INDEXING, full_scan_points=200)
-    )
-
-
 def _old_shard(path: Path, ids: list[str], payloads: list[ImagePayload], vecs: np.ndarray) -> None:
     """An images shard as the previous version wrote it: no graph, no quantisation."""
     old = qe.EdgeShard.create(

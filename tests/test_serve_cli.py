@@ -281,6 +281,87 @@ def test_sigkill_mid_ingest_then_again_loses_nothing(tmp_path: Path) -> None:
     assert images(index) == total
 
 
+def _synthetic_points(index: Path, n: int) -> None:
+    """n more image points, with random unit vectors for each of the index's vectors, as a
+    large library would hold: past the size where the index gets its graph."""
+    import numpy as np
+
+    from qdrant.edge import EdgeStore
+    from qdrant.schema import image_payload, image_point_id
+
+    rng = np.random.default_rng(3)
+    paths = [f"/library/{i // 1000}/{i}.jpg" for i in range(n)]
+    payloads = [
+        image_payload(p, label="street", width=8, height=8, size_bytes=1, mtime=0.0, sha256=p)
+        for p in paths
+    ]
+    with EdgeStore(index) as s:
+        vectors = {}
+        for name, dim in s.vector_sizes().items():
+            x = rng.standard_normal((n, dim)).astype(np.float32)
+            vectors[name] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        s.upsert_images([image_point_id(p) for p in paths], payloads, vectors)
+
+
+@pytest.mark.slow
+def test_serve_builds_the_graph_in_the_background_and_answers_meanwhile(tmp_path: Path) -> None:
+    """An index whose graph is not built (30,000 points past the last build, as an older
+    app's ingests left them): `devise serve` builds it in another process at open, while
+    the CLI's searches and `devise status` are answered, and swaps it in."""
+    from qdrant.schema import INDEX_FROM_POINTS
+
+    index = tmp_path / "index"
+    photos = copy_photos(tmp_path / "photos" / "animals", ["dog.jpg", "horses.jpg", "eagle.jpg"])
+    r = devise("ingest", str(photos.parent), "--models", "conse", "--index", str(index))
+    assert r.returncode == 0, r.stderr
+    _synthetic_points(index, INDEX_FROM_POINTS + 10_000)
+    down = devise("status", "--index", str(index))
+    assert "wait for their graph (the next `devise ingest` builds it)" in down.stdout
+    search = ["search", "dog", "--model", "conse", "-k", "3", "--json", "--index", str(index)]
+    in_photos = [*search, "--folder", str(photos)]
+
+    def top(cmd: list[str]) -> list[str]:
+        out = devise(*cmd)
+        assert out.returncode == 0, out.stderr
+        return [x["path"] for x in json.loads(out.stdout)["results"]]
+
+    exact = {"all": top(search), "photos": top(in_photos)}
+    assert len(exact["photos"]) == 3
+    proc = spawn(
+        "serve", "--index", str(index), "--port", str(free_port()),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    said: list[str] = []
+    answered_while_building = 0
+    try:
+        wait_for_server(proc, index)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            st = devise("status", "--index", str(index))
+            assert st.returncode == 0, st.stderr
+            said.append(st.stdout)
+            if "search  exact for now" not in st.stdout:
+                break
+            if "images in the background (" in st.stdout:
+                # answered meanwhile, exactly as before
+                assert top(search) == exact["all"] and top(in_photos) == exact["photos"]
+                answered_while_building += 1
+        else:
+            pytest.fail(f"the graph was not built in 300 s: {said[-1]}")
+        # from the graph now: the same answers
+        assert top(search)[:1] == exact["all"][:1] and top(in_photos) == exact["photos"]
+    finally:
+        stop(proc)
+    building = f"is building the search graph of {INDEX_FROM_POINTS + 10_003} images in the"
+    assert any(building in s for s in said), said
+    assert answered_while_building >= 1
+    assert not (index / ".graph-build").exists()
+    # the app is down: the index holds the graph, and nothing waits for it
+    down = devise("status", "--index", str(index))
+    assert down.returncode == 0 and "search" not in down.stdout, down.stdout
+    assert images(index) == INDEX_FROM_POINTS + 10_003
+
+
 # ---------------------------------------------------------------------------- in process
 
 
