@@ -5,7 +5,7 @@ Edge's optimize() holds the GIL for its whole run (13 minutes at 1,000,000 point
 2-core Xeon), so it cannot run in the app's own threads, and an index admits one process.
 So the app
 1. copies the images shard while it takes no writes (EdgeStore.begin_graph_build);
-2. runs `python -m qdrant.graphbuild COPY` at a lower priority: it loads the copy with the
+2. runs `python -m qdrant.builder COPY` at a lower priority: it loads the copy with the
    config the live shard persisted, optimizes it and closes it. The app meanwhile searches
    its own shard exactly and takes writes again, noting every image point it writes;
 3. writes those points into the built copy and swaps it in (EdgeStore.finish_graph_build):
@@ -21,14 +21,10 @@ A store that opens finds what a killed app left there and puts it right (recover
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import os
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,12 +38,9 @@ LOG_FILE = "build.log"
 #: writes beside the copy's before it drops them (at most the copy's size again), with a
 #: margin for the writes that arrive meanwhile
 DISK_FACTOR = 2.2
-#: the builder's nice(2) increment: the app's searches get the CPU first
-BUILDER_NICENESS = 10
 #: image points written during a build past which the build is dropped and done again:
 #: replaying them into the copy would take longer than a new build's copy
 JOURNAL_MAX = 200_000
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -75,7 +68,7 @@ class GraphBuild:
     def command(self) -> list[str]:
         """The builder process's command line: this Python, this module, the copy and the
         PID it must die with."""
-        return [sys.executable, "-m", "qdrant.graphbuild", str(self.path), str(os.getpid())]
+        return [sys.executable, "-m", "qdrant.builder", str(self.path), str(os.getpid())]
 
 
 def tree_bytes(path: Path) -> int:
@@ -167,49 +160,3 @@ def log_tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return ""
     return " / ".join(text[-lines:])
-
-
-def _die_with(parent: int) -> None:
-    """Asks Linux to end this process when the thread that started it ends (the app was
-    killed), then checks that the parent did not end before the request was made."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        sys.exit("the app that started this build has ended")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m qdrant.graphbuild SHARD [PARENT_PID]`: loads shard directory SHARD with
-    the config it persisted, builds its graphs (optimize()) and closes it; prints one line
-    of JSON with the figures."""
-    import qdrant_edge as qe
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or not Path(args[0]).is_dir():
-        print("usage: python -m qdrant.graphbuild SHARD_DIR [PARENT_PID]", file=sys.stderr)
-        return 2
-    if len(args) > 1:
-        _die_with(int(args[1]))
-    with contextlib.suppress(OSError):
-        os.nice(BUILDER_NICENESS)
-    t0 = time.perf_counter()
-    shard = qe.EdgeShard.load(args[0])
-    try:
-        shard.optimize()
-        shard.flush()
-        info = shard.info()
-    finally:
-        shard.close()
-    figures = {
-        "seconds": round(time.perf_counter() - t0, 2),
-        "points": int(info.points_count),
-        "indexed_vectors": int(info.indexed_vectors_count),
-        "segments": int(info.segments_count),
-    }
-    print(json.dumps(figures), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -198,3 +198,28 @@ def test_the_app_builds_the_graph_after_a_write_and_answers_meanwhile(tmp_path: 
         finally:
             graphs.stop()
         assert not (root / WORK_DIR).exists()
+
+
+def test_a_small_write_is_known_not_to_need_a_build_without_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app asks after every write whether a build is due; the exact counts behind the
+    answer visit every point (0.8 s at 1,000,000), so a write too small to matter is
+    answered from the last count plus what was written since."""
+    root = tmp_path / "ix"
+    _filled(root, 1500)
+    ids, payloads, vectors = library(4000)
+    with EdgeStore(root) as s:
+        s.optimize()
+        assert not s.graph_build_due()  # counted: nothing waits
+        counted: list[str] = []
+        real = s.count_vectors
+        monkeypatch.setattr(s, "count_vectors", lambda n: counted.append(n) or real(n))
+        s.upsert_images(
+            ids[1500:1510], payloads[1500:1510], {k: v[1500:1510] for k, v in vectors.items()}
+        )
+        assert not s.graph_build_due() and counted == []
+        s.upsert_images(
+            ids[1510:2800], payloads[1510:2800], {k: v[1510:2800] for k, v in vectors.items()}
+        )
+        assert s.graph_build_due() and counted  # enough written to be worth a count
