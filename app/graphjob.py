@@ -137,8 +137,8 @@ class GraphJob:
             self.state, self.message = "idle", "stopped with the app"
             return
         if rc != 0:
+            tail = log_tail(build.log)  # before the build's files go
             self.store.abandon_graph_build(build)
-            tail = log_tail(build.log)
             raise RuntimeError(f"the graph builder exited with status {rc}: {tail}")
         self.state, self.message = "swapping", "putting the built graph in place"
         with self._slot("putting the built graph in place"):

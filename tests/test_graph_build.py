@@ -223,3 +223,32 @@ def test_a_small_write_is_known_not_to_need_a_build_without_counting(
             ids[1510:2800], payloads[1510:2800], {k: v[1510:2800] for k, v in vectors.items()}
         )
         assert s.graph_build_due() and counted  # enough written to be worth a count
+
+
+def test_a_failed_build_says_why_and_leaves_the_index_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from app.graphjob import GraphJob
+    from app.web import _lone_slot
+
+    root = tmp_path / "ix"
+    ids, vectors = _filled(root, 1500)
+    monkeypatch.setattr(
+        GraphBuild,
+        "command",
+        lambda self: [sys.executable, "-c", "import sys; print('out of memory'); sys.exit(3)"],
+    )
+    with EdgeStore(root) as s:
+        graphs = GraphJob(s, _lone_slot(), settle_s=0.05)
+        graphs.start()
+        try:
+            assert graphs.wait_idle(60)
+        finally:
+            graphs.stop()
+        assert graphs.state == "failed" and graphs.builds == 0
+        assert "exited with status 3: out of memory" in graphs.message
+        assert not (root / WORK_DIR).exists() and _indexed(s) == 0
+        assert s.search_images("devise", vectors["devise"][8], 1)[0].id == ids[8]
+        assert s.graph_build_due()  # still to do: the next write tries again
