@@ -342,13 +342,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
-        # points from before `folder_ids` and `camera_id` get them, once: the folder and
-        # camera filters then check numbers, not names (qdrant/schema.py)
+        # points from before `folder_ids`, `camera_id` and `vectors` get them, once: the
+        # folder and camera filters then check numbers, not names, and `devise status`
+        # counts each vector's points from an index (qdrant/schema.py)
         filled = store.fill_numbers()
         if filled and not args.json:
             print(
                 f"numbered the folders and cameras of {filled} image(s) indexed before: "
-                "folder and camera filters now check numbers (faster on large libraries)",
+                "folder and camera filters now check numbers, and `devise status` counts "
+                "from an index (faster on large libraries)",
                 file=sys.stderr,
             )
         outdated = store.graphs_outdated()

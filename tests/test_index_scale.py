@@ -27,6 +27,7 @@ from qdrant.schema import (
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
+    VECTOR_NAMES,
     ImagePayload,
     camera_id,
     folder_id,
@@ -389,6 +390,47 @@ def test_counts_and_facets_from_the_indexes_match_a_scroll(tmp_path: Path) -> No
                 assert s.facet_values(field) == want, (stage, field)
             assert s.count(IMAGES, SearchFilter(labels=("zebra",))) == 1
             s.optimize()
+
+
+def test_vector_counts_come_from_the_index_through_every_kind_of_write(tmp_path: Path) -> None:
+    """Each image point names its vectors (VECTOR_NAMES), so `devise status` counts a
+    vector's points from that index's facet; the names must follow every write, and an index
+    written before them is counted point by point until fill_numbers() names its vectors."""
+    ids, payloads, vectors = library(600)
+    clip = np.random.default_rng(5).standard_normal((50, 16)).astype(np.float32)
+
+    def check(s: EdgeStore, stage: str) -> None:
+        records = list(s.scroll_images(with_vectors=True))
+        for name in s.vector_sizes():
+            want = sum(name in r.vectors for r in records)
+            assert s.count_vectors(name) == want, (stage, name)
+        for r in records:
+            if VECTOR_NAMES in r.payload:
+                assert r.payload[VECTOR_NAMES] == sorted(r.vectors), stage
+
+    with EdgeStore(tmp_path / "ix") as s:
+        s.ensure_collections(VECTORS)
+        s.upsert_images(ids, payloads, vectors)
+        s.upsert_images(ids[:20], payloads[:20], {"devise": vectors["devise"][:20]})
+        s.ensure_collections({"clip": 16})
+        s.update_vectors(ids[10:60], "clip", clip)  # some with dup, some without
+        s.delete_images(ids[590:])
+        assert s._numbered(VECTOR_NAMES)  # counted from the index
+        check(s, "written")
+        assert s.count_vectors("clip") == 50 and s.count_vectors(DUP_VECTOR) == 570
+        s.drop_vector("clip")
+        assert "clip" not in s.facet_values(VECTOR_NAMES)
+        check(s, "dropped")
+        # 400 points as the previous version wrote them: no names
+        strip = qe.UpdateOperation.delete_payload(ids[:400], [VECTOR_NAMES])
+        s._write(s._require(IMAGES), strip)
+        assert not s._numbered(VECTOR_NAMES)
+        check(s, "old")  # point by point, still right
+        assert s.fill_numbers() == 400
+        assert s._numbered(VECTOR_NAMES)
+        check(s, "named")
+        s.optimize()
+        check(s, "optimized")
 
 
 def _placements(index: Path) -> set[str]:
