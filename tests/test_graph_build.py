@@ -252,3 +252,22 @@ def test_a_failed_build_says_why_and_leaves_the_index_as_it_was(
         assert not (root / WORK_DIR).exists() and _indexed(s) == 0
         assert s.search_images("devise", vectors["devise"][8], 1)[0].id == ids[8]
         assert s.graph_build_due()  # still to do: the next write tries again
+
+
+def test_the_page_says_while_the_graph_is_built(tmp_path: Path) -> None:
+    from app.graphjob import GraphJob
+    from app.handlers import WebHandlers
+    from app.service import SearchService
+    from app.web import _lone_slot
+
+    _filled(tmp_path / "ix", 1100)
+    with EdgeStore(tmp_path / "ix") as s:
+        handlers = WebHandlers(SearchService(s))
+        handlers.graphs = GraphJob(s, _lone_slot())  # not started: its state set by hand
+        assert "1100 images" in handlers.overview()
+        assert "background" not in handlers.overview()
+        for state in ("copying", "building", "swapping"):
+            handlers.graphs.state = state
+            assert "search graph is being built in the background" in handlers.overview()
+        handlers.graphs.state = "built"
+        assert "background" not in handlers.overview()
