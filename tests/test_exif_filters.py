@@ -251,7 +251,7 @@ def test_reingest_adds_exif_to_an_older_index_without_embedding(
     root = tmp_path / "photos"
     make_photos(root)
     older = {k: v for k, v in IMAGE_INDEXES.items() if k not in ("taken", "camera", "location")}
-    monkeypatch.setattr("qdrant.edge.IMAGE_INDEXES", older)
+    monkeypatch.setattr("qdrant.edge.EDGE_IMAGE_INDEXES", older)
     monkeypatch.setattr("ingest.pipeline.exif_payload", lambda path: {})
     first = FakeEmbedder()
     run(store, root, first)
