@@ -12,9 +12,10 @@ With --points, a fresh index of N points with no graph (an index made before, or
 an older app's ingests): the whole graph is built in the background.
 
 This process plays the app: the store open, GraphJob started as launch_app starts it, and
-the main thread searching the clip and devise vectors without pause, each search tagged with
-the job's state when it ended (idle, copying, building, swapping, built). The builder
-is the real child process (`python -m qdrant.graphbuild`), at its lower priority.
+the main thread searching the clip and devise vectors without pause (or --rate a second),
+each search tagged with the job's state when it ended (idle, copying, building, swapping,
+built). The builder is the real child process (`python -m qdrant.builder`), under
+SCHED_IDLE.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ def main() -> None:
     ap.add_argument("--add", type=int, default=30_000, help="new points before the build")
     ap.add_argument("--during", type=int, default=2_000, help="new points during the build")
     ap.add_argument("--points", type=int, help="a fresh index of this many points instead")
+    ap.add_argument(
+        "--rate", type=float, default=0.0,
+        help="searches a second (0: without pause, the worst case for the build)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if (args.index is None) == (args.points is None):
@@ -127,8 +132,11 @@ def main() -> None:
                 name = QUERIED[i % 2]
                 t = time.perf_counter()
                 store.search_images(name, queries[name][i % 200], 10)
-                samples.append((phase or job.state, name, (time.perf_counter() - t) * 1e3))
+                took = time.perf_counter() - t
+                samples.append((phase or job.state, name, took * 1e3))
                 i += 1
+                if args.rate:
+                    time.sleep(max(0.0, 1 / args.rate - took))
 
         job = GraphJob(store, slot, settle_s=0.0)
         search_for("before")  # the new points searched exactly, no build running
