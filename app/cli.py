@@ -460,6 +460,7 @@ def cmd_words(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from app.graphjob import BUSY
     from app.service import SearchService
 
     args.must_exist = True
@@ -489,7 +490,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
     state = building.get("state")
-    if remote is not None and state in ("copying", "building", "swapping"):
+    if remote is not None and state in BUSY:
         took = int(building.get("seconds") or 0)
         doing = {"copying": "copying the index for", "swapping": "putting in place"}
         print(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.duplicates import DuplicateReport, describe, human_date, human_size, small_note
 from app.filters import PhotoFilter
+from app.graphjob import BUSY
 from app.service import Answer, ImageResult, ServiceError, TagResult
 from model.data.images import ImageError
 
@@ -168,8 +169,7 @@ class WebHandlers:
         models = ", ".join(f"{n} ({m['points']})" for n, m in st["models"].items()) or "none"
         words = f"{st['words']} words" if st["words"] else "no vocabulary yet (loads on first use)"
         line = f"`{st['index']}`: {st['images']} images, {words}; models: {models}"
-        building = self.graphs.describe() if self.graphs is not None else {}
-        if building.get("state") in ("copying", "building", "swapping"):
+        if self.graphs is not None and self.graphs.state in BUSY:
             line += " · the search graph is being built in the background: exact search meanwhile"
         return line
 

@@ -506,13 +506,26 @@ class EdgeStore:
         shard.update(op)
         self._dirty = True
         self._numbered_cache.clear()
-        if shard is self._shards.get(IMAGES):
-            self._written_since += len(ids) if ids is not None else INDEX_FROM_POINTS
-        if self._journal is not None and shard is self._shards.get(IMAGES):
+        if shard is not self._shards.get(IMAGES):
+            return
+        self._written_since += len(ids) if ids is not None else INDEX_FROM_POINTS
+        if self._journal is not None:
             if ids is None or len(self._journal) + len(ids) > graphbuild.JOURNAL_MAX:
                 self._journal_broken = True
             else:
                 self._journal.update(ids)
+
+    def _set_by_value(
+        self, shard: qe.EdgeShard, field: str, groups: dict[Any, list[qe.PointId]]
+    ) -> None:
+        """Sets payload `field` of each group's points to its key (a tuple as a list), a
+        batch of points to a write."""
+        for value, ids in groups.items():
+            payload = {field: list(value) if isinstance(value, tuple) else value}
+            for start in range(0, len(ids), UPSERT_BATCH):
+                chunk = ids[start : start + UPSERT_BATCH]
+                self._write(shard, qe.UpdateOperation.set_payload(chunk, payload), chunk)
+            self._maybe_flush()
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
@@ -845,13 +858,11 @@ class EdgeStore:
             if VECTOR_NAMES in shard.info().payload_schema:
                 named = qe.FieldCondition(VECTOR_NAMES, match=qe.MatchValue(name))
                 for raw in _pages(shard, qe.Filter(must=[named]), SCROLL_BATCH, False):
-                    groups: dict[tuple[str, ...], list[qe.PointId]] = {}
+                    groups: dict[Any, list[qe.PointId]] = {}
                     for r in raw:
                         had = (r.payload or {}).get(VECTOR_NAMES) or []
                         groups.setdefault(tuple(v for v in had if v != name), []).append(r.id)
-                    for names, group in groups.items():
-                        op = qe.UpdateOperation.set_payload(group, {VECTOR_NAMES: list(names)})
-                        self._write(shard, op, group)
+                    self._set_by_value(shard, VECTOR_NAMES, groups)
             shard.flush()
 
     @_gated
@@ -912,13 +923,11 @@ class EdgeStore:
 
     def _name_vectors(self, shard: qe.EdgeShard, ids: Sequence[qe.PointId]) -> None:
         """Sets VECTOR_NAMES on image points `ids` to the vectors they carry now."""
-        groups: dict[tuple[str, ...], list[qe.PointId]] = {}
+        groups: dict[Any, list[qe.PointId]] = {}
         for r in shard.retrieve(list(ids), with_payload=False, with_vector=True):
             have = r.vector if isinstance(r.vector, dict) else {}
             groups.setdefault(tuple(sorted(have)), []).append(r.id)
-        for names, group in groups.items():
-            op = qe.UpdateOperation.set_payload(group, {VECTOR_NAMES: list(names)})
-            self._write(shard, op, group)
+        self._set_by_value(shard, VECTOR_NAMES, groups)
 
     @_gated
     def delete_images(self, ids: Sequence[str]) -> None:
@@ -1104,12 +1113,7 @@ class EdgeStore:
             for raw in _pages(shard, _LACKING[field], SCROLL_BATCH, False):
                 for r in raw:
                     groups.setdefault(_number_of(field, r.payload or {}), []).append(r.id)
-            for value, ids in groups.items():
-                payload = {field: list(value) if isinstance(value, tuple) else value}
-                for start in range(0, len(ids), UPSERT_BATCH):
-                    chunk = ids[start : start + UPSERT_BATCH]
-                    self._write(shard, qe.UpdateOperation.set_payload(chunk, payload), chunk)
-                self._maybe_flush()
+            self._set_by_value(shard, field, groups)
             done.update(i for ids in groups.values() for i in ids)
         done.update(self._fill_vector_names(shard))
         if done:
@@ -1129,15 +1133,10 @@ class EdgeStore:
             for raw in _pages(shard, flt, SCROLL_BATCH * 4, False, with_payload=False):
                 for r in raw:
                     names.setdefault(r.id, []).append(vec)
-        groups: dict[tuple[str, ...], list[qe.PointId]] = {}
+        groups: dict[Any, list[qe.PointId]] = {}
         for pid, have in names.items():
             groups.setdefault(tuple(have), []).append(pid)
-        for value, ids in groups.items():
-            for start in range(0, len(ids), UPSERT_BATCH):
-                chunk = ids[start : start + UPSERT_BATCH]
-                op = qe.UpdateOperation.set_payload(chunk, {VECTOR_NAMES: list(value)})
-                self._write(shard, op, chunk)
-            self._maybe_flush()
+        self._set_by_value(shard, VECTOR_NAMES, groups)
         return list(names)
 
     @_gated
@@ -1401,8 +1400,4 @@ class EdgeStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        graphbuild.fsync_dir(self.root)

@@ -103,7 +103,8 @@ def copy_shard(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("temp_segments"))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Makes a rename in directory `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -118,7 +119,7 @@ def swap(root: Path, name: str) -> None:
     work = root / WORK_DIR
     os.rename(root / name, work / OLD_DIR)
     os.rename(work / COPY_DIR, root / name)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def unswap(root: Path, name: str) -> None:
@@ -128,7 +129,7 @@ def unswap(root: Path, name: str) -> None:
     shutil.rmtree(failed, ignore_errors=True)
     os.rename(root / name, failed)
     os.rename(work / OLD_DIR, root / name)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def discard(root: Path) -> None:
@@ -147,7 +148,7 @@ def recover(root: Path, name: str) -> bool:
     restored = False
     if not (root / name).exists() and (work / OLD_DIR).is_dir():
         os.rename(work / OLD_DIR, root / name)
-        _fsync_dir(root)
+        fsync_dir(root)
         restored = True
     discard(root)
     return restored
