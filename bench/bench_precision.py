@@ -15,6 +15,9 @@ Real bf16 needs a CPU with AVX-512 BF16 or AMX (elsewhere OpenVINO cannot run it
 script says so). Run from the repository root:
 
     python bench/bench_precision.py [--checkpoint C] [--data D] [--precisions fp32,bf16,int8]
+
+`--precisions fp32,fp32@torch` compares two fp32 implementations (OpenVINO's, PyTorch's):
+how far a metric moves when only the order of floating-point sums changes.
 """
 
 from __future__ import annotations
@@ -62,8 +65,11 @@ def main() -> None:
         reports: dict[str, dict[str, dict[str, float]]] = {}
         feats: dict[str, np.ndarray] = {}
         tags: dict[str, list[list[str]]] = {}
-        for prec in args.precisions.split(","):
-            cache = cache_root / f"cache-{prec}"  # features of one precision only
+        for run in args.precisions.split(","):
+            # `fp32@torch`: fp32 in PyTorch, to see how far two fp32 implementations differ
+            prec, _, runtime = run.partition("@")
+            fastpath.set_default_runtime(runtime or None)
+            cache = cache_root / f"cache-{run}"  # features of one precision only
             avail = available_models(["devise", "conse"], checkpoint=ckpt, precision=prec)
             devise, conse = avail.models["devise"], avail.models["conse"]
             assert devise is not None and conse is not None, avail.messages
@@ -73,17 +79,20 @@ def main() -> None:
             bb = load_backbone(meta["backbone"], meta.get("weights_path") or "default", prec)
             devise.set_backbone(bb)  # type: ignore[attr-defined]
             conse.set_backbone(bb)  # type: ignore[attr-defined]
-            f = extract_features(bb, paths, cache_dir=cache, desc=f"{prec} features")
+            f = extract_features(bb, paths, cache_dir=cache, desc=f"{run} features")
             if bb.precision != prec:
                 print(f"{prec}: not available here (ran {bb.precision}); skipped")
                 continue
-            feats[prec] = unit(f.features)
+            if runtime and bb.runtime != runtime:
+                print(f"{run}: not available here (ran {bb.runtime}); skipped")
+                continue
+            feats[run] = unit(f.features)
             report = evaluate_models(data, {"devise": devise, "conse": conse}, cache_dir=cache)
-            reports[prec] = {k: v for k, v in report.models.items() if v is not None}
+            reports[run] = {k: v for k, v in report.models.items() if v is not None}
             probs = conse.probs_images(  # type: ignore[attr-defined]
                 [_open(p) for p in photo_files]
             )
-            tags[prec] = [_top_tags(row) for row in probs]
+            tags[run] = [_top_tags(row) for row in probs]
         _print(reports, feats, tags, [p.name for p in photo_files])
 
 

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from model.paths import default_cache_dir
 from model.specs import (
+    INT8_RECIPE,
     SAME_VECTORS_COSINE,
     SpecNamed,
     get_spec,
@@ -230,16 +231,14 @@ def compile_module(
     return _compile(model, precision, fp32_convs)
 
 
-#: What makes an int8 model, for its cache key: the calibration recipe (`model.quantize`)
-#: and NNCF's version. A change to either quantises again.
-INT8_RECIPE = "nncf-ptq-performance-calib-v1"
-
-
-def int8_path(xml: Path) -> Path:
-    """Where the int8 model quantised from the fp32 model at `xml` is cached."""
+def int8_path(xml: Path, fp32_convs: int = 0) -> Path:
+    """Where the int8 model quantised from the fp32 model at `xml` is cached: keyed by the
+    recipe (`INT8_RECIPE`, `model.specs`), the convolutions kept fp32 from the start and
+    NNCF's version, so a change to any quantises again."""
     from model.quantize import nncf_version
 
-    key = hashlib.sha256(json.dumps([INT8_RECIPE, nncf_version()]).encode()).hexdigest()[:12]
+    parts = [INT8_RECIPE, nncf_version(), fp32_convs]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     return xml.with_name(f"{xml.stem}-int8-{key}.xml")
 
 
@@ -248,12 +247,13 @@ def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
     now; raises `quantize.QuantizeError` where none can be made."""
     from model import quantize
 
-    q = int8_path(xml) if xml is not None else None
+    spec = get_spec(name)
+    q = int8_path(xml, spec.int8_fp32_convs) if xml is not None else None
     cached = _read_cached(q)
     if cached is not None:
         return cached
-    calibration, _ = quantize.calibration_arrays(get_spec(name).preprocess)
-    quantized = quantize.quantize(model, calibration)
+    calibration, validation, _ = quantize.calibration_arrays(spec.preprocess)
+    quantized = quantize.quantize(model, calibration, validation, spec.int8_fp32_convs)
     if q is not None:
         _save(quantized, q)
     return quantized
@@ -478,7 +478,7 @@ def load_compiled(
     cls = _classifier_path(xml)
     if not (xml.is_file() and xml.with_suffix(".bin").is_file() and cls.is_file()):
         return None
-    run = int8_path(xml) if prec == "int8" else xml
+    run = int8_path(xml, spec.int8_fp32_convs) if prec == "int8" else xml
     if not (run.is_file() and run.with_suffix(".bin").is_file()):
         return None
     try:
