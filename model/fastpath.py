@@ -231,13 +231,13 @@ def compile_module(
     return _compile(model, precision, fp32_convs)
 
 
-def int8_path(xml: Path, fp32_convs: int = 0) -> Path:
+def int8_path(xml: Path, spec: BackboneSpec) -> Path:
     """Where the int8 model quantised from the fp32 model at `xml` is cached: keyed by the
-    recipe (`INT8_RECIPE`, `model.specs`), the convolutions kept fp32 from the start and
-    NNCF's version, so a change to any quantises again."""
+    recipe (`INT8_RECIPE`, `model.specs`), what `spec` keeps fp32 from the start and NNCF's
+    version, so a change to any quantises again."""
     from model.quantize import nncf_version
 
-    parts = [INT8_RECIPE, nncf_version(), fp32_convs]
+    parts = [INT8_RECIPE, nncf_version(), spec.int8_fp32_convs, spec.int8_fp32_names]
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
     return xml.with_name(f"{xml.stem}-int8-{key}.xml")
 
@@ -248,12 +248,14 @@ def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
     from model import quantize
 
     spec = get_spec(name)
-    q = int8_path(xml, spec.int8_fp32_convs) if xml is not None else None
+    q = int8_path(xml, spec) if xml is not None else None
     cached = _read_cached(q)
     if cached is not None:
         return cached
     calibration, validation, _ = quantize.calibration_arrays(spec.preprocess)
-    quantized = quantize.quantize(model, calibration, validation, spec.int8_fp32_convs)
+    quantized = quantize.quantize(
+        model, calibration, validation, spec.int8_fp32_convs, spec.int8_fp32_names
+    )
     if q is not None:
         _save(quantized, q)
     return quantized
@@ -478,7 +480,7 @@ def load_compiled(
     cls = _classifier_path(xml)
     if not (xml.is_file() and xml.with_suffix(".bin").is_file() and cls.is_file()):
         return None
-    run = int8_path(xml, spec.int8_fp32_convs) if prec == "int8" else xml
+    run = int8_path(xml, spec) if prec == "int8" else xml
     if not (run.is_file() and run.with_suffix(".bin").is_file()):
         return None
     try:

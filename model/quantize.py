@@ -129,12 +129,17 @@ def cosines_to(reference: Float32Array, features: Float32Array) -> Float32Array:
 
 
 def quantize(
-    model: Any, calibration: Float32Array, validation: Float32Array, fp32_convs: int = 0
+    model: Any,
+    calibration: Float32Array,
+    validation: Float32Array,
+    fp32_convs: tuple[int, ...] = (),
+    fp32_names: tuple[str, ...] = (),
 ) -> Any:
     """An OpenVINO fp32 model quantised to int8 by NNCF on `calibration` (N, 3, H, W), with
-    its first `fp32_convs` convolutions and the layers that would take any `validation`
-    image's features below `INT8_MIN_COSINE` against fp32 kept in fp32 (NNCF's accuracy
-    control); `QuantizeError` when no such model is found."""
+    the convolutions at `fp32_convs` (indices in the model's order), the operations whose
+    names match `fp32_names`, and the layers that would take any `validation` image's
+    features below `INT8_MIN_COSINE` against fp32 kept in fp32 (NNCF's accuracy control);
+    `QuantizeError` when no such model is found."""
     if nncf_version() is None:
         raise QuantizeError("--precision int8 needs NNCF: pip install nncf")
     import nncf
@@ -158,7 +163,14 @@ def quantize(
         for op in model.get_ordered_ops()
         if op.get_type_name() in ("Convolution", "GroupConvolution")
     ]
-    first = convolutions[:fp32_convs]
+    names = [convolutions[i] for i in fp32_convs if i < len(convolutions)]
+    # a pattern that names nothing (another converter's names) is no error: the accuracy
+    # control then finds what it would have kept
+    ignored = (
+        nncf.IgnoredScope(names=names, patterns=list(fp32_names), validate=False)
+        if names or fp32_names
+        else None
+    )
     log.info(
         "quantising to int8 on %d calibration images, checked on %d (once; cached)",
         len(calibration),
@@ -176,7 +188,7 @@ def quantize(
         drop_type=nncf.DropType.ABSOLUTE,
         subset_size=len(calibration),
         preset=nncf.QuantizationPreset.PERFORMANCE,
-        ignored_scope=nncf.IgnoredScope(names=first) if first else None,
+        ignored_scope=ignored,
     )
     compiled = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     worst, _ = agreement(compiled, items)

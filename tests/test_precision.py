@@ -155,9 +155,9 @@ def test_int8_efficientnet_lite0_keeps_its_features_and_runs_int8(
     photos: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every layer quantised, efficientnet_lite0 agreed with fp32 only to cosine 0.85: its
-    first-batch check always failed and int8 ran fp32. With its first 6 convolutions in fp32
-    and NNCF's accuracy control keeping the layers that break cosine 0.996 on the validation
-    images, it passes on real photos and really runs int8."""
+    first-batch check always failed and int8 ran fp32. With the layers NNCF's accuracy
+    control chose kept fp32 (`int8_fp32_convs`, `int8_fp32_names`), and the control checking
+    cosine 0.996 on the validation images, it passes on real photos and really runs int8."""
     pytest.importorskip("nncf", reason="int8 needs NNCF (pip install '.[int8]')")
     from model import fastpath
     from model.data.images import load_array
@@ -175,7 +175,8 @@ def test_int8_efficientnet_lite0_keeps_its_features_and_runs_int8(
         f"efficientnet_lite0-{fastpath.backbone_key('efficientnet_lite0', q.weights_id)}-int8-*.xml"
     )
     quantised = _quantised_convolutions(fastpath._core().read_model(str(xml)))
-    assert not any(quantised[:6]), "a convolution of the fp32 prefix was quantised"
+    kept = q.spec.int8_fp32_convs
+    assert not any(quantised[i] for i in kept), "a convolution kept fp32 was quantised"
     assert sum(quantised) > len(quantised) // 2, "most convolutions should run int8"
 
 
@@ -217,8 +218,11 @@ def test_int8_keeps_the_asked_convolutions_fp32_and_checks_every_validation_imag
     calib = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
     valid = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
     model = _tiny_openvino_model()
-    q = quantize.quantize(model, calib, valid, fp32_convs=1)
+    q = quantize.quantize(model, calib, valid, fp32_convs=(0,))
     assert _quantised_convolutions(q) == [False, True, True]
+    last = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"][-1]
+    by_name = quantize.quantize(model, calib, valid, fp32_names=(last.get_friendly_name(),))
+    assert _quantised_convolutions(by_name) == [True, True, False]
     a = fastpath._compile(model, "fp32")(valid)
     b = fastpath._compile(q, "int8")(valid)
     assert quantize.cosines_to(a, b).min() >= 0.995 and not np.allclose(a, b, atol=1e-5)
