@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -253,6 +254,9 @@ def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
     if cached is not None:
         return cached
     calibration, validation, _ = quantize.calibration_arrays(spec.preprocess)
+    # a one-time wait of seconds to minutes: say what it is (on standard error, beside the
+    # progress bars; standard output is the command's answer)
+    print(f"{name}: making its int8 model (once; cached for later runs)", file=sys.stderr)
     quantized = quantize.quantize(
         model, calibration, validation, spec.int8_fp32_convs, spec.int8_fp32_names
     )

@@ -30,9 +30,11 @@ recipe (`INT8_RECIPE`) and NNCF's version, so it is made once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -179,17 +181,20 @@ def quantize(
     calib = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     items = [(validation[i : i + 1], reference[i]) for i in range(len(validation))]
     valid = nncf.Dataset(items, lambda item: item[0])
-    quantized = nncf.quantize_with_accuracy_control(
-        model,
-        calib,
-        valid,
-        agreement,
-        max_drop=1.0 - INT8_MIN_COSINE,
-        drop_type=nncf.DropType.ABSOLUTE,
-        subset_size=len(calibration),
-        preset=nncf.QuantizationPreset.PERFORMANCE,
-        ignored_scope=ignored,
-    )
+    # NNCF draws its progress bars on standard output, which belongs to the command's
+    # answer (`devise tag --json`): they go to standard error, with the other progress bars
+    with contextlib.redirect_stdout(sys.stderr):
+        quantized = nncf.quantize_with_accuracy_control(
+            model,
+            calib,
+            valid,
+            agreement,
+            max_drop=1.0 - INT8_MIN_COSINE,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(calibration),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            ignored_scope=ignored,
+        )
     compiled = core.compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     worst, _ = agreement(compiled, items)
     if worst < SAME_VECTORS_COSINE:

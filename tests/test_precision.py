@@ -150,6 +150,34 @@ def test_int8_is_quantised_once_and_then_read_from_the_cache(
 
 
 @pytest.mark.slow
+def test_the_first_int8_run_says_so_and_keeps_its_json_clean(
+    photos: list[Path], tmp_path: Path
+) -> None:
+    """NNCF draws progress bars on standard output: on the first int8 run they came before
+    `devise tag --json`'s answer, which no longer parsed. They go to standard error now,
+    after one line that says what the wait is; the next run reads the cached model."""
+    pytest.importorskip("nncf", reason="int8 needs NNCF (pip install '.[int8]')")
+    import json
+    import os
+
+    from tests import cli
+
+    env = {**os.environ, "DEVISE_CACHE": str(tmp_path / "cache")}
+    argv = ["tag", str(photos[0]), "--model", "conse", "--json", "-k", "3", "--precision", "int8"]
+    first = cli.run(*argv, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "efficientnet_lite0: making its int8 model (once; cached for later runs)" in (
+        first.stderr
+    )
+    answer = json.loads(first.stdout)
+    assert answer["model"] == "conse" and len(answer["results"]) == 3
+    again = cli.run(*argv, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "making its int8 model" not in again.stderr
+    assert json.loads(again.stdout)["results"] == answer["results"]
+
+
+@pytest.mark.slow
 @pytest.mark.weights
 def test_int8_efficientnet_lite0_keeps_its_features_and_runs_int8(
     photos: list[Path], caplog: pytest.LogCaptureFixture
