@@ -1,7 +1,7 @@
 """INT8 backbones: OpenVINO post-training quantisation with NNCF, calibrated on real images.
 
 `--precision int8` runs a backbone whose convolutions and matrix products were quantised to
-8 bits by `nncf.quantize` (the maintained tool for OpenVINO models). The scales come from a
+8 bits by NNCF (the maintained tool for OpenVINO models). The scales come from a
 calibration set of a few hundred real images, preprocessed as the backbone's own inputs:
 
 - the demo's training images: Fashion-MNIST's training split, the same stratified choice
@@ -22,10 +22,17 @@ until every validation image's features agree with fp32's to `INT8_MIN_COSINE` (
 over the first-batch check's 0.995). The validation images are the real photos and
 `FASHION_VALIDATION` Fashion-MNIST training images that calibration does not use. A backbone
 whose every layer holds (resnet50 here) loses nothing to this; one that cannot be brought
-there raises `QuantizeError`, and the backbone runs fp32.
+there raises `QuantizeError`, and the backbone runs fp32. What the control chose once for a
+backbone's weights can be given in its spec (`int8_fp32_convs`, `int8_fp32_names`): those
+layers stay fp32 from the start and the control only checks them, in seconds.
+
+The validation photos are also calibration photos (there are too few to split), so they
+say little about photos neither saw: on 15 such pictures efficientnet_lite0's int8 features
+came to 0.955 at worst (README, "Precision"); the first-batch check is the guard there.
 
 The quantised model is cached beside the compiled fp32 one (`model.fastpath`), keyed by the
-recipe (`INT8_RECIPE`) and NNCF's version, so it is made once.
+recipe (`INT8_RECIPE`), the layers kept fp32 from the start and NNCF's version, so it is
+made once.
 """
 
 from __future__ import annotations
