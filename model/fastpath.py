@@ -253,7 +253,7 @@ def _int8_model(model: Any, name: str, xml: Path | None) -> Any:
     cached = _read_cached(q)
     if cached is not None:
         return cached
-    calibration, validation, _ = quantize.calibration_arrays(spec.preprocess)
+    calibration, validation = quantize.calibration_arrays(spec.preprocess)
     # a one-time wait of seconds to minutes: say what it is (on standard error, beside the
     # progress bars; standard output is the command's answer)
     print(f"{name}: making its int8 model (once; cached for later runs)", file=sys.stderr)
@@ -455,7 +455,7 @@ class CompiledBackbone(SpecNamed):
         if self._reference is not None:
             reference, self._reference = self._reference(), None
             exact = reference(x)
-            cos = float(_cosines(out, exact).min())
+            cos = float(cosines(out, exact).min())
             if cos < SAME_VECTORS_COSINE:
                 warn_precision_fallback(log, self.name, self.precision, cos, SAME_VECTORS_COSINE)
                 self._compiled, self.precision = reference, "fp32"
@@ -501,7 +501,8 @@ def load_compiled(
     return CompiledBackbone(spec, weights_id, compiled, classifier, reference)
 
 
-def _cosines(a: Float32Array, b: Float32Array) -> Float32Array:
+def cosines(a: Float32Array, b: Float32Array) -> Float32Array:
+    """Each row's cosine between `a` and `b`, (N, D) each (0 where either row is zero)."""
     na = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     out: Float32Array = (a * b).sum(axis=1) / np.maximum(na, 1e-12)
     return out

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -50,6 +49,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.data.images import Preprocess, load_array, to_array
+from model.fastpath import _core, cosines
 from model.specs import INT8_MIN_COSINE, SAME_VECTORS_COSINE
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,14 @@ def nncf_version() -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def calibration_arrays(spec: Preprocess) -> tuple[Float32Array, Float32Array, str]:
-    """The calibration and validation images as (N, 3, size, size) float32 inputs, and an id
-    of the calibration set (what it holds and how it was preprocessed).
+def calibration_arrays(spec: Preprocess) -> tuple[Float32Array, Float32Array]:
+    """The calibration and validation images as (N, 3, size, size) float32 inputs.
 
     Calibration: `FASHION_CALIBRATION` Fashion-MNIST training images and every real photo.
     Validation: the real photos again (there are too few to split) and `FASHION_VALIDATION`
     other Fashion-MNIST training images."""
     arrays: list[Float32Array] = []
     held: list[Float32Array] = []
-    names: list[str] = []
     try:
         from model.data.datasets import read_fashion_mnist, stratified_indices
 
@@ -96,7 +94,6 @@ def calibration_arrays(spec: Preprocess) -> tuple[Float32Array, Float32Array, st
         more = stratified_indices(labels, FASHION_CALIBRATION + FASHION_VALIDATION)
         for i in chosen:
             arrays.append(to_array(Image.fromarray(images[i]), spec))
-            names.append(f"fashion:{i}")
         for i in sorted(set(more) - set(chosen)):
             held.append(to_array(Image.fromarray(images[i]), spec))
     except Exception as e:  # noqa: BLE001 - absent dataset: the photos alone may suffice
@@ -107,13 +104,11 @@ def calibration_arrays(spec: Preprocess) -> tuple[Float32Array, Float32Array, st
 
         for name in PHOTO_LABELS:
             photos.append(to_array(Image.fromarray(_photo_array(name)), spec))
-            names.append(f"skimage:{name}")
     except Exception as e:  # noqa: BLE001 - no scikit-image
         log.info("int8 calibration without scikit-image's photos (%s)", e)
     for p in sorted(DARKNET_PHOTOS.glob("*.jpg")):
         try:
             photos.append(load_array(p, spec))
-            names.append(f"darknet:{p.name}")
         except Exception as e:  # noqa: BLE001 - one unreadable photo is skipped
             log.info("int8 calibration skips %s (%s)", p, e)
     arrays += photos
@@ -123,18 +118,7 @@ def calibration_arrays(spec: Preprocess) -> tuple[Float32Array, Float32Array, st
             "(Fashion-MNIST, scikit-image's photos, /usr/share/darknet/data): use --precision "
             "fp32 or bf16"
         )
-    digest = hashlib.sha256(repr((names, spec)).encode()).hexdigest()[:16]
-    return np.stack(arrays), np.stack(photos + held), f"calib-{len(arrays)}-{digest}"
-
-
-def cosines_to(reference: Float32Array, features: Float32Array) -> Float32Array:
-    """Each row's cosine between `features` and `reference` (N, D)."""
-    f = features.reshape(len(features), -1)
-    r = reference.reshape(len(reference), -1)
-    num = (f * r).sum(axis=1)
-    den = np.linalg.norm(f, axis=1) * np.linalg.norm(r, axis=1)
-    out: Float32Array = num / np.maximum(den, 1e-12)
-    return out
+    return np.stack(arrays), np.stack(photos + held)
 
 
 def quantize(
@@ -152,19 +136,18 @@ def quantize(
     if nncf_version() is None:
         raise QuantizeError("--precision int8 needs NNCF: pip install nncf")
     import nncf
-    import openvino as ov
 
     # NNCF logs every layer it handles at INFO, on standard output: a user's run shows our
     # one line and NNCF's progress bars, `devise -v` all of it
     nncf.set_log_level(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
-    core = ov.Core()
+    core = _core()
     fp32 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     reference = [np.asarray(fp32(validation[i : i + 1])[0]) for i in range(len(validation))]
 
     def agreement(compiled: Any, items: Any) -> tuple[float, list[float]]:
         """The worst image's cosine against fp32, and every image's (NNCF ranks layers by
         the latter)."""
-        values = [float(cosines_to(ref, np.asarray(compiled(x)[0]))[0]) for x, ref in items]
+        values = [float(cosines(ref, np.asarray(compiled(x)[0]))[0]) for x, ref in items]
         return min(values), values
 
     convolutions = [
