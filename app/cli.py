@@ -264,6 +264,12 @@ def build_embedders(
                 "(train one with `devise train DATA --out CKPT`)"
             )
         wanted.remove("devise")
+        # said like an absent clip: the searches then answer with conse
+        print(
+            "devise absent: no checkpoint; pass --checkpoint CKPT or set DEVISE_CHECKPOINT "
+            "(train one with `devise train DATA --out CKPT`; `devise demo` makes one)",
+            file=sys.stderr,
+        )
     clip_weights = getattr(args, "clip_weights", None)
     avail = available_models(
         [n for n in wanted if n != "dup"],
@@ -486,7 +492,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"images  {st['images']}")
     print(f"words   {st['words']}")
     for name, m in st["models"].items():
-        print(f"model   {name}: {m['points']} points, {m['dim']} d, id {m['id']}")
+        made = ""
+        if m.get("precision"):  # the precision of the last ingest, and any other ever used
+            others = [p for p in m.get("precisions") or [] if p != m["precision"]]
+            made = f", {m['precision']}" + (f" (also {', '.join(others)})" if others else "")
+        print(f"model   {name}: {m['points']} points, {m['dim']} d{made}, id {m['id']}")
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
     state = building.get("state")
@@ -1046,7 +1056,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     def query_flags(sp: argparse.ArgumentParser, filters: bool = True) -> None:
-        sp.add_argument("--model", choices=["devise", "conse", "clip"], default="devise")
+        sp.add_argument(
+            "--model",
+            choices=["devise", "conse", "clip"],
+            default=None,
+            help="which model's vectors answer (default: devise where the index holds them, "
+            "else the first it holds: conse, then clip)",
+        )
         if filters:
             sp.add_argument(
                 "--label",

@@ -102,7 +102,7 @@ class CliApi:
         if image is not None and image_name:
             picture = self._indexed(image, image_name)
         common: dict[str, Any] = {
-            "model": params.get("model") or "devise",
+            "model": params.get("model") or None,
             "min_score": params.get("min_score"),
             "k": int(params.get("k", 10)),
         }

@@ -452,24 +452,24 @@ class WebHandlers:
         ).to_json()
 
     def search_json(
-        self, query: str, model: str = "devise", labels: Sequence[str] | None = None,
+        self, query: str, model: str | None = None, labels: Sequence[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
         photo: PhotoArgs | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The CLI's `search --json` answer; raises ServiceError with the reason."""
         return self.service.search_text(
-            query, model=model or "devise", labels=labels or (), folder=folder,
+            query, model=model or None, labels=labels or (), folder=folder,
             min_score=min_score, k=int(k), photo=self._photo(photo),
         ).to_json()  # fmt: skip
 
     def similar_json(
-        self, image: bytes, model: str = "devise", labels: Sequence[str] | None = None,
+        self, image: bytes, model: str | None = None, labels: Sequence[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
         photo: PhotoArgs | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The CLI's `similar --json` answer for an uploaded image."""
         return self.service.similar(
-            image, model=model or "devise", labels=labels or (), folder=folder,
+            image, model=model or None, labels=labels or (), folder=folder,
             min_score=min_score, k=int(k), photo=self._photo(photo),
         ).to_json()  # fmt: skip
 
@@ -492,12 +492,10 @@ class WebHandlers:
             return []
 
     def tag_json(
-        self, image: bytes, model: str = "devise", k: int = 10, min_score: float | None = None
+        self, image: bytes, model: str | None = None, k: int = 10, min_score: float | None = None
     ) -> dict[str, Any]:
         """The CLI's `tag --json` answer for an uploaded image."""
-        return self.service.tag(
-            image, model=model or "devise", k=int(k), min_score=min_score
-        ).to_json()
+        return self.service.tag(image, model=model or None, k=int(k), min_score=min_score).to_json()
 
     # ---------------------------------------------------------------- indexing
 

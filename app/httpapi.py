@@ -130,6 +130,6 @@ class SearchRoute:
             p.get("after"), p.get("before"), p.get("cameras"), p.get("near"), p.get("radius_km")
         )
         return self.h.search_json(
-            p["query"], p.get("model") or "devise", p.get("labels"), p.get("folder"),
+            p["query"], p.get("model") or None, p.get("labels"), p.get("folder"),
             p.get("min_score"), p.get("k", 10), photo,
         )  # fmt: skip

@@ -234,6 +234,32 @@ class SearchService:
         present = set((self.meta().get("models") or {}).keys()) - {DUP_MODEL}
         return [m for m in MODELS if m in present] + sorted(present - set(MODELS))
 
+    def pick_model(self, model: str | None, kind: str = "search") -> tuple[str, str | None]:
+        """(the model a query runs on, why it is not devise). A named `model` is kept. With
+        none: devise where the index holds its vectors (to tag: or a checkpoint is given),
+        else the first model the index holds (conse, then clip); to tag with no index,
+        conse, which needs no checkpoint. An empty index answers devise's empty-index
+        message."""
+        if model:
+            return model, None
+        have = self.models()
+        if "devise" in have or (kind == "tag" and self.checkpoint is not None):
+            return "devise", None
+        if kind == "tag" and not have and self._factory is None:
+            return "conse", "tagged with conse: no DeViSE checkpoint (pass --checkpoint CKPT)"
+        if not have:
+            return "devise", None
+        return have[0], (
+            f"answered with {have[0]}: the index holds no devise vectors (it was ingested "
+            "without --checkpoint); --model picks another"
+        )
+
+    @staticmethod
+    def _with_note(answer: Answer, note: str | None) -> Answer:
+        if note:
+            answer.note = "; ".join([note] + ([answer.note] if answer.note else []))
+        return answer
+
     def labels(self) -> list[str]:
         return sorted(self.store.facet_labels())
 
@@ -246,6 +272,9 @@ class SearchService:
                 "id": rec.get("id"),
                 "points": self.store.count_vectors(name),
             }
+            if rec.get("precision"):  # what made its vectors (ingest/pipeline.py)
+                models[name]["precision"] = rec["precision"]
+                models[name]["precisions"] = rec.get("precisions") or [rec["precision"]]
         return {
             "index": self.store.describe(),
             "images": self.store.count(IMAGES),
@@ -278,7 +307,9 @@ class SearchService:
             have = ", ".join(self.models()) or "none"
             raise ModelMissingError(
                 f"the index holds no {model!r} vectors (it has: {have}). "
-                f"Add them with `devise ingest DIR --models {model}`."
+                f"Add them with `devise ingest DIR --models {model}"
+                + (" --checkpoint CKPT`" if model == "devise" else "`")
+                + (f", or use --model {self.models()[0]}." if self.models() else ".")
             )
         return dict(rec)
 
@@ -732,7 +763,7 @@ class SearchService:
         text: str,
         *,
         image: ImageInput | None = None,
-        model: str = "devise",
+        model: str | None = None,
         labels: Sequence[str] = (),
         folder: str | None = None,
         min_score: float | None = None,
@@ -749,6 +780,7 @@ class SearchService:
         labels less gamma (calibrated stacking, `zero_shot_bias` as for tags)."""
         validate(k, min_score)
         t0 = time.perf_counter()
+        model, why = self.pick_model(model)
         read = self.read(text, model, image)
         terms = read.terms
         vector, indexed, used = self._compound(terms, model, image)
@@ -784,7 +816,7 @@ class SearchService:
         answer = self._explain_empty(answer, labels, folder, flt)
         if notes:
             answer.note = "; ".join(([answer.note] if answer.note else []) + notes)
-        return answer
+        return self._with_note(answer, why)
 
     def _joins(self, terms: Sequence[Term]) -> bool:
         """Whether conse answers `terms` by the joint ranking: words only, at least one
@@ -1062,7 +1094,7 @@ class SearchService:
         if isinstance(image, (str, Path)):
             path = abs_posix(image)
             rec = self.store.find_by_path([path]).get(path)
-            if rec is not None:
+            if rec is not None and model in (self.meta().get("models") or {}):
                 stored = self.store.retrieve_images([rec.id], with_vectors=[model])
                 vec = stored[0].vectors.get(model) if stored else None
                 if vec is not None:
@@ -1074,7 +1106,7 @@ class SearchService:
         self,
         image: ImageInput,
         *,
-        model: str = "devise",
+        model: str | None = None,
         labels: Sequence[str] = (),
         folder: str | None = None,
         min_score: float | None = None,
@@ -1085,18 +1117,19 @@ class SearchService:
         of the results); `photo` narrows by EXIF (see `photo_filter`)."""
         validate(k, min_score)
         t0 = time.perf_counter()
+        model, why = self.pick_model(model)
         self._require_images(model)
         vector, path = self.image_vector(image, model)
         flt = self._filter(labels, folder, min_score, photo)
         results = self._images(model, vector, k, flt, exclude=path)
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
-        return self._explain_empty(answer, labels, folder, flt)
+        return self._with_note(self._explain_empty(answer, labels, folder, flt), why)
 
     def tag(
         self,
         image: ImageInput,
         *,
-        model: str = "devise",
+        model: str | None = None,
         k: int = 10,
         min_score: float | None = None,
         max_rank: int = DEFAULT_MAX_RANK,
@@ -1110,11 +1143,12 @@ class SearchService:
         if generality not in GENERALITY:
             raise BadQueryError(f"generality must be specific or general, got {generality!r}")
         t0 = time.perf_counter()
+        model, why = self.pick_model(model, "tag")
         # no image of the index is needed: an image it lacks is embedded; conse tags need
         # only the classifier, devise tags the model and the vocabulary
         if model == "conse":
             results = self._conse_tags(image, k, min_score, generality)
-            return Answer(model, (time.perf_counter() - t0) * 1000, results)
+            return self._with_note(Answer(model, (time.perf_counter() - t0) * 1000, results), why)
         vector, _ = self.image_vector(image, model)
         if model == "clip":
             t_load = time.perf_counter()
@@ -1128,7 +1162,7 @@ class SearchService:
                 t0 += time.perf_counter() - t_load  # took_ms is the query's, not the load's
             gamma = self._zero_shot_bias(model, zero_shot_bias)
             results = self._word_tags(vector, model, k, min_score, max_rank, gamma)
-        return Answer(model, (time.perf_counter() - t0) * 1000, results)
+        return self._with_note(Answer(model, (time.perf_counter() - t0) * 1000, results), why)
 
     def ensure_clip_vocabulary(self, clip: Any = None) -> bool:
         """CLIP's text vectors of the tag vocabulary, embedded once per CLIP model (saying how

