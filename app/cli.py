@@ -1125,7 +1125,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="DeViSE checkpoint, if not the one that built the index",
         )
-        sp.add_argument("--precision", choices=["fp32", "bf16", "int8", "auto"], default=None)
+        sp.add_argument(
+            "--precision",
+            choices=["fp32", "bf16", "int8", "auto"],
+            default=None,
+            help="backbone numerics for an image the index has not embedded (as for ingest; "
+            "default auto); text queries and indexed images need no backbone",
+        )
         _device_flag(sp)
         index_flags(sp)
 

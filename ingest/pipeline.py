@@ -392,6 +392,7 @@ def ingest(
             summary.indexed += 1  # a copy of an indexed file: same vectors, new point
 
     summary.to_embed = len(to_embed)
+    made: set[str] = set()  # the models whose backbones embedded a batch in this run
     bar = tqdm(
         total=len(to_embed),
         desc="ingest",
@@ -420,6 +421,7 @@ def ingest(
                 te = time.perf_counter()
                 extras: list[dict[str, Any]] = [{} for _ in batch.indices]
                 vectors = embed_batch(specs, batch.arrays, extras, batch.inspected)
+                made.update(vectors)
                 summary.embed_seconds += time.perf_counter() - te
                 entries = [to_embed[i] for i in batch.indices]
                 payloads = [
@@ -462,7 +464,8 @@ def ingest(
         bar.close()
         store.flush()
 
-    record_precisions(store, embedders)
+    # only the models that made vectors in this run: a run with nothing new made none
+    record_precisions(store, [e for e in embedders if e.name in made])
     if prune:
         summary.pruned = prune_missing(store, roots)
     summary.seconds = time.perf_counter() - t0

@@ -378,6 +378,11 @@ def test_the_index_records_the_precision_its_vectors_were_made_with(
                progress=False, batch_size=4)  # fmt: skip
         rec = store.get_meta()["models"]["dup"]
         assert rec["precision"] == "fp32" and rec["precisions"] == ["bf16", "fp32"]
+        # a run that embeds nothing (every file unchanged) made no vectors at int8
+        again = ingest(store, [folder], [DuplicateEmbedder("resnet18", None, "int8")],
+                       progress=False, batch_size=4)  # fmt: skip
+        assert again.unchanged == 5 and again.indexed == 0
+        assert store.get_meta()["models"]["dup"] == rec
     # `devise status` shows it, as a user reads it and in its JSON
     index = ["--index", str(tmp_path / "index")]
     assert main(["status", *index]) == 0
