@@ -530,8 +530,13 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     if answer.query is not None:
         print(f"query: {answer.query}")
     if not answer.results:
-        why = answer.note or "loosen the filters?"
-        print(f"no results ({answer.model}, {answer.took_ms:.1f} ms): {why}")
+        # the note says why where the service knows (a filter that cannot match); it may
+        # also say only which model answered, so it goes on a line of its own
+        if answer.note:
+            print(f"note: {answer.note}")
+        what = "no tags" if kind == "tags" else "no results"
+        hint = "" if answer.note or kind == "tags" else ": loosen the filters?"
+        print(f"{what} ({answer.model}, {answer.took_ms:.1f} ms){hint}")
         return
     if answer.note:
         print(f"note: {answer.note}")
