@@ -186,9 +186,12 @@ def build_demo(
         photo_filters = [after, before, cameras, near, radius_km]
 
         def results_gallery(label: str, elem_id: str, columns: int = 6) -> gr.Gallery:
+            # fit_columns=False: one or two results keep a tile's size, not the row's
+            # width (Gradio widens the columns to fill it by default: one photo came out
+            # 1,200 px wide, cropped by the page)
             return gr.Gallery(
                 label=label, columns=columns, height="auto", allow_preview=False,
-                object_fit="contain", elem_id=elem_id,
+                object_fit="contain", elem_id=elem_id, fit_columns=False,
             )  # fmt: skip
 
         def image_input(elem_id: str | None, height: int = 240) -> gr.Image:
@@ -308,6 +311,7 @@ def build_demo(
                     label=f"group {i + 1}",
                     columns=6,
                     height=270,
+                    fit_columns=False,
                     allow_preview=True,
                     object_fit="contain",
                     visible=False,

@@ -401,9 +401,19 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
                 timeout=30_000,
             )
             page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
+            tile = images.first.bounding_box()
+            # one result keeps a tile's size: Gradio widened it to the whole row (1,200 px)
+            k.fill("1")
+            k.press("Enter")
+            page.locator("#search").click()
+            page.wait_for_function(
+                "() => document.querySelectorAll('#text-results img').length === 1", timeout=30_000
+            )
+            one = images.first.bounding_box()
         finally:
             browser.close()
     assert (tmp_path / "web.png").stat().st_size > 10_000
+    assert tile is not None and one is not None and one["width"] < 1.5 * tile["width"], (one, tile)
 
 
 def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
