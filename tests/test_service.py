@@ -179,7 +179,9 @@ def test_cli_json_shapes_end_to_end(
     assert set(st) == {"index", "images", "words", "models"}
     # the default vocabulary, plus the checkpoint's labels (and their hypernyms)
     assert st["images"] == 12 and st["words"] > DEFAULT_VOCABULARY
-    assert set(st["models"]["devise"]) == {"dim", "id", "points"}
+    # the contract's keys, and the precision its vectors were made at (what `auto` ran)
+    assert set(st["models"]["devise"]) == {"dim", "id", "points", "precision", "precisions"}
+    assert st["models"]["devise"]["precisions"] == [st["models"]["devise"]["precision"]]
     assert st["models"]["devise"]["points"] == 12 and st["models"]["devise"]["dim"] == 50
     s = run_json(["search", "cat", "-k", "4", "--json", *idx])
     # "query": how the compound query was read (only text searches have one)
