@@ -73,20 +73,22 @@ def add_json_api(h: WebHandlers) -> None:
             raise gr.Error(str(e)) from e  # the client raises with this one line
 
     def search_json(
-        query: str, model: str = "devise", labels: list[str] | None = None,
+        query: str, model: str = "", labels: list[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
         after: str | None = None, before: str | None = None, cameras: list[str] | None = None,
         near: str | None = None, radius_km: float | None = None,
     ) -> str:  # fmt: skip
         """Text -> images: {"model", "took_ms", "results": [{"path", "score", "label",
         "folder"}]} (with "taken" and "camera" where the photo's EXIF has them), as `devise
-        search --json` prints it. after / before: ISO dates taken; cameras: names or parts
-        of names, any of; near: "LAT,LON" with radius_km (default 10)."""
+        search --json` prints it. model: devise, conse or clip; "" (the default) is devise
+        where the index holds its vectors, else the first model it holds, as on the CLI.
+        after / before: ISO dates taken; cameras: names or parts of names, any of; near:
+        "LAT,LON" with radius_km (default 10)."""
         photo = PhotoArgs(after, before, cameras, near, radius_km)
         return answer(lambda: h.search_json(query, model, labels, folder, min_score, k, photo))
 
     def similar_json(
-        image: FileData, model: str = "devise", labels: list[str] | None = None,
+        image: FileData, model: str = "", labels: list[str] | None = None,
         folder: str | None = None, min_score: float | None = None, k: int = 10,
         after: str | None = None, before: str | None = None, cameras: list[str] | None = None,
         near: str | None = None, radius_km: float | None = None,
@@ -101,7 +103,7 @@ def add_json_api(h: WebHandlers) -> None:
         )
 
     def tag_json(
-        image: FileData, model: str = "devise", k: int = 10, min_score: float | None = None
+        image: FileData, model: str = "", k: int = 10, min_score: float | None = None
     ) -> str:
         """Image -> tags: {"model", "took_ms", "results": [{"word", "score"}]}, as `devise
         tag --json` prints it."""
