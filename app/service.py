@@ -236,19 +236,20 @@ class SearchService:
 
     def pick_model(self, model: str | None, kind: str = "search") -> tuple[str, str | None]:
         """(the model a query runs on, why it is not devise). A named `model` is kept. With
-        none: devise where the index holds its vectors (to tag: or a checkpoint is given),
-        else the first model the index holds (conse, then clip); to tag with no index,
-        conse, which needs no checkpoint. An empty index answers devise's empty-index
-        message."""
+        none: devise where the index holds its vectors (to tag: or a devise model is at
+        hand), else the first model the index holds (conse, then clip); to tag with neither,
+        conse, which needs no checkpoint. A search of an empty index gets its message."""
         if model:
             return model, None
         have = self.models()
-        if "devise" in have or (kind == "tag" and self.checkpoint is not None):
+        # a tag needs no index: devise tags wherever a devise model is at hand
+        at_hand = self.checkpoint is not None or "devise" in self._embedders or self._factory
+        if "devise" in have or (kind == "tag" and at_hand):
             return "devise", None
-        if kind == "tag" and not have and self._factory is None:
-            return "conse", "tagged with conse: no DeViSE checkpoint (pass --checkpoint CKPT)"
         if not have:
-            return "devise", None
+            if kind == "tag":
+                return "conse", "tagged with conse: no DeViSE checkpoint (pass --checkpoint CKPT)"
+            return "devise", None  # the empty index's message
         return have[0], (
             f"answered with {have[0]}: the index holds no devise vectors (it was ingested "
             "without --checkpoint); --model picks another"

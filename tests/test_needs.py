@@ -149,6 +149,21 @@ def test_errors_name_what_is_missing_and_the_command(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_query_with_no_model_takes_the_one_at_hand(tmp_path: Path) -> None:
+    """With no index yet: a tag uses devise where a devise model is at hand (a checkpoint,
+    or one given to the service), else conse, saying why; a search keeps devise, whose
+    empty-index message says what to do. A named model is always kept."""
+    with EdgeStore(tmp_path / "index") as store:
+        model, why = SearchService(store).pick_model(None, "tag")
+        assert model == "conse" and why is not None and "--checkpoint CKPT" in why
+        assert SearchService(store).pick_model(None, "search") == ("devise", None)
+        ckpt = SearchService(store, checkpoint=tmp_path / "devise.safetensors")
+        assert ckpt.pick_model(None, "tag") == ("devise", None)
+        given = SearchService(store, embedders={"devise": FakeEmbedder("devise")})
+        assert given.pick_model(None, "tag") == ("devise", None)
+        assert SearchService(store).pick_model("clip", "tag") == ("clip", None)
+
+
 def test_similar_embeds_a_file_that_is_not_indexed(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     make_tree(root)
