@@ -156,7 +156,10 @@ def _fit(
                 score = hits_at(val_scores(model(xv)), yv, 1) if len(xv) else -losses[-1]
             if score > best:
                 best, best_state = score, copy.deepcopy(model.state_dict())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", val_hit1=f"{score:.3f}")
+            if len(xv):
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", val_hit1=f"{score:.3f}")
+            else:  # no validation images (the calibration folds): the score is -loss
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.load_state_dict(best_state)
     model.eval()
     return model, losses, best

@@ -186,3 +186,23 @@ def test_finetune_trains_only_the_last_stage(
         model.backbone.state_dict()["body.layer4.1.conv2.weight"],
         tuned["body.layer4.1.conv2.weight"],
     )
+
+
+def test_the_bar_shows_a_validation_hit_only_where_there_is_validation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The calibration folds fit with no validation images, and their bar showed the
+    negated loss as `val_hit1=-0.334`."""
+    import torch
+
+    from model.train import _fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.arange(16) % 2
+    cfg = TrainConfig(epochs=3, batch_size=8)
+    loss = torch.nn.functional.cross_entropy
+    _fit(torch.nn.Linear(4, 2), loss, x, y, x[:0], y[:0], lambda p: p, cfg, "fold")
+    bar = capsys.readouterr().err
+    assert "fold" in bar and "loss=" in bar and "val_hit1" not in bar
+    _fit(torch.nn.Linear(4, 2), loss, x, y, x[:4], y[:4], lambda p: p, cfg, "fit")
+    assert "val_hit1=" in capsys.readouterr().err
