@@ -305,12 +305,12 @@ class SearchService:
             )
         rec = (self.meta().get("models") or {}).get(model)
         if rec is None:
-            have = ", ".join(self.models()) or "none"
+            present = self.models()
             raise ModelMissingError(
-                f"the index holds no {model!r} vectors (it has: {have}). "
+                f"the index holds no {model!r} vectors (it has: {', '.join(present) or 'none'}). "
                 f"Add them with `devise ingest DIR --models {model}"
                 + (" --checkpoint CKPT`" if model == "devise" else "`")
-                + (f", or use --model {self.models()[0]}." if self.models() else ".")
+                + (f", or use --model {present[0]}." if present else ".")
             )
         return dict(rec)
 
