@@ -24,16 +24,20 @@ from tests.fakes import FakeEmbedder
 def make_tree(root: Path) -> list[Path]:
     """Nested class folders: root/animals/cat/*.png, root/animals/dog/*.png, root/vehicles/truck."""
     files = []
-    for sub, kind, n in [
-        ("animals/cat", "disc", 5),
-        ("animals/dog", "disc", 4),
-        ("vehicles/truck", "stripes", 6),
-    ]:
+    # seeds fixed and apart per folder: two folders drawing the same picture would make a
+    # touched file a copy of another (its vectors reused, nothing embedded)
+    for base, (sub, kind, n) in enumerate(
+        [
+            ("animals/cat", "disc", 5),
+            ("animals/dog", "disc", 4),
+            ("vehicles/truck", "stripes", 6),
+        ]
+    ):
         d = root / sub
         d.mkdir(parents=True, exist_ok=True)
         for i in range(n):
             p = d / f"{i}.png"
-            draw_image(kind, seed=hash(sub) % 1000 + i).save(p)
+            draw_image(kind, seed=base * 1000 + i).save(p)
             files.append(p)
     return files
 
