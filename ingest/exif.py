@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from model.data.images import open_header
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def read_exif(path: Path) -> dict[str, Any]:
     taken_iso, camera, location ({"lat", "lon"}). Missing or bad fields are left out."""
     out: dict[str, Any] = {}
     try:
-        with Image.open(path) as im:
+        with open_header(path) as im:
             exif = im.getexif()
             sub = dict(exif.get_ifd(_EXIF_IFD))
             gps = dict(exif.get_ifd(_GPS_IFD))

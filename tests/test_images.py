@@ -6,12 +6,14 @@ import io
 import os
 import time
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageDraw, ImageFile, ImageOps
 
+from ingest.exif import read_exif
 from model.data.images import (
     MAX_SIDE,
     DecodedImage,
@@ -20,6 +22,7 @@ from model.data.images import (
     decode_image,
     decode_image_info,
     is_image_path,
+    jpeg_for_gpu,
     load_array,
     to_array,
 )
@@ -287,6 +290,8 @@ def test_unreadable_file(files: tuple[Path, list[Path], dict[Path, str]], tmp_pa
 
 def test_is_image_path() -> None:
     assert is_image_path("a/B.JPG") and is_image_path(Path("x.tiff"))
+    assert is_image_path("DCIM/IMG_0001.HEIC") and is_image_path("x.heif")
+    assert is_image_path("DSCF0001.HIF") and is_image_path("x.avif")
     assert not is_image_path("notes.txt") and not is_image_path("jpg")
 
 
@@ -303,3 +308,60 @@ def test_to_array_normalises_like_the_plain_formula() -> None:
     ref = ((px / 255.0 - spec.mean) / spec.std).transpose(2, 0, 1)
     assert got.shape == (3, 224, 224) and got.dtype == np.float32 and got.flags.c_contiguous
     assert np.allclose(got, ref, atol=1e-5)
+
+
+def _phone_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F], exif[0x0110] = "Apple", "iPhone 15"
+    exif.get_ifd(0x8769)[0x9003] = "2024:07:01 09:30:00"  # DateTimeOriginal
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("suffix", [".HEIC", ".avif"])
+def test_phone_formats_decode_upright_with_their_exif(tmp_path: Path, suffix: str) -> None:
+    """An iPhone's HEIC (and an AVIF) of a real photo, stored sideways with the rotation in
+    the file and EXIF orientation 6, as iPhones write them: decoded upright, turned once,
+    and their date and camera read, like the same JPEG's."""
+    pytest.importorskip("pillow_heif", reason="pillow-heif absent")
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
+    cat = Image.fromarray(skdata.chelsea())  # 451x300
+    jpeg, other = tmp_path / "cat.jpg", tmp_path / f"IMG_0001{suffix}"
+    cat.save(jpeg, quality=95, exif=_phone_exif(6))
+    cat.save(other, quality=95, exif=_phone_exif(6))
+    want = decode_image_info(jpeg)
+    got = decode_image_info(other)
+    assert got.format == {".HEIC": "HEIF", ".avif": "AVIF"}[suffix]
+    assert (got.width, got.height) == (want.width, want.height) == (300, 451)
+    diff = np.abs(np.asarray(got.image, np.float32) - np.asarray(want.image, np.float32))
+    assert diff.mean() < 4  # the same picture up to the codecs; turned twice would be ~60
+    assert read_exif(other) == read_exif(jpeg)
+    assert read_exif(other)["camera"] == "Apple iPhone 15"
+
+
+def test_a_200_megapixel_phone_jpeg_decodes_at_an_eighth(tmp_path: Path) -> None:
+    """A 16320x12240 JPEG (a phone's 200-megapixel mode) is over the pixel budget and over
+    PIL's own guard (which refuses 179 megapixels, and warns over 89): it was skipped as
+    "too many pixels", and its EXIF lost. Draft mode decodes it at 1/8 scale, 3 megapixels,
+    which the budget counts; its EXIF is read; no bomb warning is printed."""
+    path = tmp_path / "big.jpg"
+    im = Image.new("L", (16320, 12240), 200)
+    ImageDraw.Draw(im).ellipse((4000, 3000, 12000, 9000), fill=30)
+    im.save(path, quality=50, exif=_phone_exif(1))
+    del im
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = decode_image_info(path)
+        assert read_exif(path)["taken_iso"] == "2024-07-01T09:30:00"
+    assert (info.width, info.height) == (16320, 12240)
+    assert info.decoded_size == (2040, 1530) and max(info.image.size) == MAX_SIDE
+    # the GPU decoder would decode the whole: the CPU's draft mode takes it
+    assert jpeg_for_gpu(path) is None
+    # without draft mode, or when even 1/8 is over the budget, it is refused, and says how
+    for kwargs, detail in [
+        ({"draft_size": None}, "16320x12240 is over the budget of 64,000,000 pixels"),
+        ({"max_pixels": 1_000_000}, "over the budget of 1,000,000 pixels even at 1/8 scale"),
+    ]:
+        with pytest.raises(ImageError) as e:
+            decode_image_info(path, **kwargs)  # type: ignore[arg-type]
+        assert e.value.reason == "too many pixels" and detail in str(e.value)

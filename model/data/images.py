@@ -10,24 +10,28 @@ the size the codec actually produced (to see draft mode at work).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 # Never let PIL decode a truncated file into a half-grey picture: that would be indexed
 # as if it were good. (This is PIL's default; it is set here so no other import can relax it.)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 #: Default pixel budget: 64 megapixels is a large camera photo; 40000x40000 bombs are refused.
+#: It counts the pixels a decoder produces: a JPEG decoded in draft mode at 1/8 scale counts
+#: an eighth of each side, so 100- and 200-megapixel camera and phone JPEGs are read.
 MAX_PIXELS = 64_000_000
 #: Decoded images are bounded to this longest side before anything else sees them.
 MAX_SIDE = 1024
@@ -46,12 +50,19 @@ IMAGE_EXTENSIONS = frozenset(
         ".pgm",
         ".pbm",
         ".pnm",
+        ".avif",
+        # HEIF: iPhones' photos (.heic), some cameras' (.hif); read by pillow-heif
+        ".heic",
+        ".heif",
+        ".hif",
     }
 )
 # The PIL decoders we let run, whatever a file's name says. Others are left out on purpose:
 # EPS runs Ghostscript, and rarely used parsers (PSD, FITS, TGA, ...) are more attack surface
-# than a photo search needs. JPEG covers MPO (phone cameras' multi-picture JPEGs).
-_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+# than a photo search needs. JPEG covers MPO (phone cameras' multi-picture JPEGs). HEIF is
+# pillow-heif's plugin (libheif), AVIF Pillow's own.
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "AVIF", "HEIF")
+_DRAFTABLE = ("JPEG", "MPO")
 # EXIF orientation tag value -> the transpose that makes the picture upright.
 _ORIENT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -132,6 +143,14 @@ def _describe(source: Source) -> str:
 @functools.cache
 def _formats() -> tuple[str, ...]:
     Image.init()
+    try:
+        import pillow_heif  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:  # HEIC files then fail as "not an image", each named
+        pass
+    else:
+        # libheif applies the file's rotation while decoding, and the plugin then reports
+        # EXIF orientation 1, so a photo is never turned twice (tested on an iPhone-like file)
+        pillow_heif.register_heif_opener()
     return tuple(f for f in _FORMATS if f in Image.OPEN)
 
 
@@ -209,13 +228,29 @@ def _open(source: Source, name: str) -> tuple[IO[bytes], int]:
     return os.fdopen(fd, "rb"), st.st_size
 
 
-def _open_header(f: IO[bytes], name: str, nbytes: int, max_pixels: int) -> Image.Image:
+def _open_header(
+    f: IO[bytes], name: str, nbytes: int, max_pixels: int | None, *, draft: bool = False
+) -> Image.Image:
     """PIL's view of the file with only its header read, after the checks every decoder
-    shares: not empty, a format we let run, a sane size within the pixel budget."""
+    shares: not empty, a format we let run, a sane size within the pixel budget.
+
+    With `draft`, a JPEG's budget is left to the caller, who counts the pixels of the
+    reduced scale it decodes at (`_check_budget` after `Image.draft`). `max_pixels=None`
+    checks no size (a header read for EXIF, which decodes no pixel).
+    """
     if nbytes == 0:
         raise ImageError(name, "empty", "zero bytes")
     try:
-        im: Image.Image = Image.open(f, formats=_formats())
+        im: Image.Image
+        if f.read(3) == b"\xff\xd8\xff" and "JPEG" in _formats():
+            # A JPEG is opened by its own plugin, not Image.open, whose guard (it warns over
+            # 89 megapixels and refuses 179) counts the full size; a 200-megapixel phone
+            # photo decodes at 1/8 scale to 3 megapixels, and the budget below counts those.
+            f.seek(0)
+            im = JpegImagePlugin.jpeg_factory(f)
+        else:
+            f.seek(0)
+            im = Image.open(f, formats=_formats())
     except UnidentifiedImageError as e:
         raise ImageError(name, "not an image", "unknown format") from e
     except Image.DecompressionBombError as e:
@@ -230,11 +265,37 @@ def _open_header(f: IO[bytes], name: str, nbytes: int, max_pixels: int) -> Image
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageError(name, "not an image", f"size {w}x{h}")
-    if w * h > max_pixels:
-        raise ImageError(
-            name, "too many pixels", f"{w}x{h} is over the budget of {max_pixels:,} pixels"
-        )
+    if max_pixels is not None and not (draft and im.format in _DRAFTABLE):
+        _check_budget(name, (w, h), (w, h), max_pixels)
     return im
+
+
+def _check_budget(
+    name: str, size: tuple[int, int], decoded: tuple[int, int], max_pixels: int
+) -> None:
+    """Refuse a picture whose decoded size is over `max_pixels`; the message gives the
+    file's own size, and the scale when draft mode would have decoded fewer pixels."""
+    if decoded[0] * decoded[1] <= max_pixels:
+        return
+    w, h = size
+    scale = "" if decoded == size else f" even at 1/{max(1, round(w / decoded[0]))} scale"
+    raise ImageError(
+        name, "too many pixels", f"{w}x{h} is over the budget of {max_pixels:,} pixels{scale}"
+    )
+
+
+@contextlib.contextmanager
+def open_header(source: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """PIL's view of an image file with only its header read (for its EXIF), by the same
+    opener and formats as `decode_image`; no pixel is decoded, so no pixel budget applies.
+
+    Raises:
+        ImageError: as `decode_image` does for a file it cannot open.
+    """
+    name = _describe(source)
+    f, nbytes = _open(source, name)
+    with f:
+        yield _open_header(f, name, nbytes, None)
 
 
 def jpeg_for_gpu(
@@ -242,7 +303,8 @@ def jpeg_for_gpu(
 ) -> tuple[bytes, int, int, int] | None:
     """A plain JPEG's bytes, upright size and EXIF orientation, for a GPU decoder; None
     when the file should go through `decode_image_info` instead (any other format, CMYK,
-    multi-picture, or a file whose data does not end where a JPEG must).
+    multi-picture, a file whose data does not end where a JPEG must, or one over the pixel
+    budget, which the CPU decodes at a reduced scale).
 
     Only the header is parsed (PIL reads EXIF there without decoding a pixel), and the
     same rules as `decode_image_info` refuse a file, with the same `ImageError`s.
@@ -250,8 +312,10 @@ def jpeg_for_gpu(
     name = _describe(source)
     f, nbytes = _open(source, name)
     with f:
-        im = _open_header(f, name, nbytes, max_pixels)
+        im = _open_header(f, name, nbytes, max_pixels, draft=True)
         if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+            return None
+        if im.size[0] * im.size[1] > max_pixels:
             return None
         orientation = _orientation(im)
         try:
@@ -280,22 +344,25 @@ def decode_image_info(
     name = _describe(source)
     f, nbytes = _open(source, name)
     with f:
-        im = _open_header(f, name, nbytes, max_pixels)
+        im = _open_header(f, name, nbytes, max_pixels, draft=bool(draft_size))
         w, h = im.size
         fmt = im.format or "?"
         # Image.open leaves animations (GIF, APNG, WebP) and multi-page TIFF on their first
         # frame. Asking n_frames would walk every frame, so it is not asked.
         try:
-            if draft_size and isinstance(im, ImageFile.ImageFile) and fmt in ("JPEG", "MPO"):
+            if draft_size and fmt in _DRAFTABLE:
                 # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both sides at
                 # least `draft_size`, so the model sees the same detail for far less work.
                 im.draft("RGB", (draft_size, draft_size))
+                _check_budget(name, (w, h), im.size, max_pixels)
             im.load()
             orientation = _orientation(im)
             decoded = im.size
             im = _to_rgb(im)
             if orientation != 1:
                 im = im.transpose(_ORIENT[orientation])
+        except ImageError:
+            raise
         except Image.DecompressionBombError as e:
             raise ImageError(name, "too many pixels", str(e)) from e
         except (OSError, SyntaxError, EOFError, struct.error) as e:
