@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from app.guard import ServedRoots
     from app.indexjob import IndexJob
     from app.service import SearchService
+    from app.thumbs import Thumbnails
 
 
 DEFAULT_K = 12
@@ -144,10 +145,13 @@ class WebHandlers:
         *,
         served: ServedRoots | None = None,
         job: IndexJob | None = None,
+        thumbnails: Thumbnails | None = None,
     ) -> None:
         self.service = service
         self.served = served
         self.job = job
+        #: what a gallery shows for a file a browser cannot show, or a big one (launch_app)
+        self.thumbnails = thumbnails
         #: the background graph build, where the app runs one (launch_app)
         self.graphs: GraphJob | None = None
 
@@ -195,6 +199,18 @@ class WebHandlers:
 
     # ---------------------------------------------------------------- queries
 
+    def upload_preview(self, path: str | None) -> str | None:
+        """For an image input: a JPEG to show in place of an upload a browser cannot draw
+        (HEIC, TIFF); None when the upload shows as it is."""
+        if not path or self.thumbnails is None:
+            return None
+        drawn = self.thumbnails.drawable(path)
+        return None if drawn == path else drawn
+
+    def _shown(self, path: str) -> str:
+        """The file a gallery shows for `path`: itself, or its thumbnail."""
+        return path if self.thumbnails is None else self.thumbnails.shown(path)
+
     def _gallery(self, answer: Answer, what: str) -> GalleryOut:
         out = GalleryOut()
         hidden = 0
@@ -202,7 +218,7 @@ class WebHandlers:
             if self.served is not None and not self.served.allows(r.path):
                 hidden += 1  # a file gone since indexing, or a symlink out of the roots
                 continue
-            out.items.append((r.path, caption(r)))
+            out.items.append((self._shown(r.path), caption(r)))
             out.paths.append(r.path)
         out.status = (
             f"{len(out.items)} result(s) for {what} by {answer.model} in {answer.took_ms:.0f} ms"
@@ -409,7 +425,7 @@ class WebHandlers:
                 items.append((im.path, f"{how} · {describe(im)}"))
             if len(items) > 1 and len(out.groups) < MAX_UI_GROUPS:
                 heading = f"{group.kind} · {len(group.images)} files · {group.images[0].path}"
-                out.groups.append((heading, items))
+                out.groups.append((heading, [(self._shown(p), c) for p, c in items]))
                 number = len(out.groups)
                 shown = {path for path, _ in items}
                 for im in group.images:

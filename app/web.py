@@ -136,6 +136,9 @@ def build_demo(
     `cli_api`: the endpoints the `devise` CLI calls while this app holds the index."""
     import gradio as gr
 
+    from model.data.images import image_formats
+
+    image_formats()  # Gradio opens uploads with PIL itself: HEIC needs its plugin by then
     h = handlers or WebHandlers(service)
     models = h.model_choices()
     slot_models = list(MODELS)  # devise, conse, clip; absent ones are hidden
@@ -197,11 +200,22 @@ def build_demo(
             )  # fmt: skip
 
         def image_input(elem_id: str | None, height: int = 240) -> gr.Image:
-            """An image query: upload, webcam or clipboard, kept as a file path."""
-            return gr.Image(
+            """An image query: upload, webcam or clipboard, kept as a file path. An upload
+            a browser cannot draw (an iPhone's HEIC) is swapped for a JPEG of it."""
+            box = gr.Image(
                 type="filepath", sources=["upload", "webcam", "clipboard"],
                 image_mode=None, label="Image", height=height, elem_id=elem_id,
             )  # fmt: skip
+
+            def preview(path: str | None) -> Any:
+                drawn = h.upload_preview(path)
+                return gr.skip() if drawn is None else drawn
+
+            box.upload(
+                preview, box, box, api_visibility="private", show_progress="hidden",
+                concurrency_limit=None,
+            )  # fmt: skip
+            return box
 
         with gr.Tab("Search by text"):
             with gr.Row():
@@ -579,6 +593,7 @@ def launch_app(
     from app.cliapi import CliApi
     from app.httpapi import SearchRoute
     from app.remote import new_token
+    from app.thumbs import Thumbnails
     from app.watch import RESCAN_S, FolderWatcher
 
     cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
@@ -602,7 +617,9 @@ def launch_app(
             model_meta=model_meta,
             on_done=indexed,
         )
-    handlers = WebHandlers(service, served=served, job=job)
+    # thumbnails in the folder Gradio keeps the files it serves: not copied (app/thumbs.py)
+    thumbs = Thumbnails(Path(gr_utils.get_upload_folder()) / "devise-thumbnails")
+    handlers = WebHandlers(service, served=served, job=job, thumbnails=thumbs)
     # the graphs an index lacks, or has from older settings, are built in another process
     # while the app answers (app/graphjob.py): at open, and after each write
     graphs = GraphJob(service.store, job.write_slot if job is not None else _lone_slot())

@@ -141,7 +141,10 @@ def _describe(source: Source) -> str:
 
 
 @functools.cache
-def _formats() -> tuple[str, ...]:
+def image_formats() -> tuple[str, ...]:
+    """The PIL formats decoded here, HEIF's plugin registered first. PIL's own `Image.open`
+    knows HEIF once this has run: the web app calls it at start, since Gradio opens
+    uploads with PIL before a handler sees them."""
     Image.init()
     try:
         import pillow_heif  # type: ignore[import-untyped,unused-ignore]
@@ -242,7 +245,7 @@ def _open_header(
         raise ImageError(name, "empty", "zero bytes")
     try:
         im: Image.Image
-        if f.read(3) == b"\xff\xd8\xff" and "JPEG" in _formats():
+        if f.read(3) == b"\xff\xd8\xff" and "JPEG" in image_formats():
             # A JPEG is opened by its own plugin, not Image.open, whose guard (it warns over
             # 89 megapixels and refuses 179) counts the full size; a 200-megapixel phone
             # photo decodes at 1/8 scale to 3 megapixels, and the budget below counts those.
@@ -250,7 +253,7 @@ def _open_header(
             im = JpegImagePlugin.jpeg_factory(f)
         else:
             f.seek(0)
-            im = Image.open(f, formats=_formats())
+            im = Image.open(f, formats=image_formats())
     except UnidentifiedImageError as e:
         raise ImageError(name, "not an image", "unknown format") from e
     except Image.DecompressionBombError as e:

@@ -1,0 +1,95 @@
+"""What the app's galleries show for a result: the file itself where a browser can show it
+and it is small, else a JPEG thumbnail made once and kept.
+
+A browser shows JPEG, PNG, GIF, WebP, BMP and AVIF, but not TIFF, PNM or HEIC (an iPhone's
+photos): those came out as broken images. And Gradio reads every file it hands out whole
+(it hashes and copies it into its cache) on every answer: twelve 10 MB camera originals
+made each search read and copy 120 MB. A thumbnail is decoded like any picture here
+(`decode_image`: upright, draft mode for JPEG) and written into Gradio's upload folder,
+which Gradio serves as it is; it is keyed by the file's real path, size and mtime, so a
+changed file gets a new one. The paths a gallery hands back ("more like this") stay the
+originals.
+
+An upload a browser cannot draw (an iPhone photo dropped on the Tag tab) is swapped for a
+JPEG of it at the size every query reads (`drawable`), so the page shows what it answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+from model.data.images import MAX_SIDE, ImageError, decode_image
+
+log = logging.getLogger(__name__)
+
+#: Suffixes of formats every current browser shows in an <img>.
+BROWSER_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp", ".bmp", ".avif"})
+#: A file over this many bytes is shown by its thumbnail (a phone's photo is 2-5 MB).
+BIG_FILE = 2_000_000
+#: A thumbnail's longest side: a gallery tile is about 190 px, 380 on a 2x screen.
+SIDE = 512
+
+
+class Thumbnails:
+    """Thumbnails under `folder`, made on first sight and reused while the file is unchanged."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str], *, side: int = SIDE, big_file: int = BIG_FILE
+    ):
+        self.folder = Path(folder)
+        self.side = side
+        self.big_file = big_file
+
+    def needs_one(self, path: str) -> bool:
+        """True for a file a browser cannot show, or one too big to hand out whole."""
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return False
+        return Path(path).suffix.lower() not in BROWSER_SUFFIXES or size > self.big_file
+
+    def shown(self, path: str) -> str:
+        """The path a gallery shows for `path`: the file itself, or its thumbnail. A file
+        that will not decode is shown as it is (the browser says what it can)."""
+        if not self.needs_one(path):
+            return path
+        return self._jpeg(path, self.side, 85)
+
+    def drawable(self, path: str) -> str:
+        """`path` if a browser draws its format, else a JPEG of it at `MAX_SIDE`, the size
+        every query decodes a picture to (so a query by it reads the same picture)."""
+        if Path(path).suffix.lower() in BROWSER_SUFFIXES:
+            return path
+        return self._jpeg(path, MAX_SIDE, 95)
+
+    def _jpeg(self, path: str, side: int, quality: int) -> str:
+        """A JPEG of `path`, longest side at most `side`, made once; `path` when it will
+        not decode."""
+        try:
+            real = os.path.realpath(path)
+            st = os.stat(real)
+        except OSError:
+            return path
+        key = hashlib.sha256(
+            f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{side}".encode("utf-8", "surrogateescape")
+        ).hexdigest()[:32]
+        # the original's name, so that a saved thumbnail is recognisable
+        dest = self.folder / key[:2] / key / f"{Path(real).stem[:100] or 'image'}.jpg"
+        if dest.is_file():
+            return str(dest)
+        # written aside and renamed: two searches at once never show a half-written file
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            picture = decode_image(path, max_side=side, draft_size=side // 2)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            picture.save(tmp, "JPEG", quality=quality)
+            os.replace(tmp, dest)
+        except (ImageError, OSError) as e:
+            log.warning("no thumbnail for %s: %s", path, e)
+            tmp.unlink(missing_ok=True)
+            return path
+        return str(dest)
