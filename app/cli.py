@@ -527,6 +527,8 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     if as_json:
         print(json.dumps(answer.to_json()))
         return
+    from model.data.images import printable
+
     if answer.query is not None:
         print(f"query: {answer.query}")
     if not answer.results:
@@ -548,7 +550,9 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
         print(f"{'score':>7}  {'label':<16} path")
         for r in answer.results:
             exif = ", ".join(x for x in ((r.taken or "").replace("T", " "), r.camera or "") if x)
-            print(f"{r.score:7.3f}  {r.label[:16]:<16} {r.path}" + (f"  ({exif})" if exif else ""))
+            # a path or folder name with a newline in it stays on its result's line
+            label, path = printable(r.label[:16]), printable(r.path)
+            print(f"{r.score:7.3f}  {label:<16} {path}" + (f"  ({exif})" if exif else ""))
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
 
 
@@ -723,13 +727,15 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if not report.groups:
         print(f"no duplicates among {report.scanned} images ({how})")
         return 0
+    from model.data.images import printable
+
     for group in report.groups:
         print(f"{group.kind} · {len(group.images)} files")
         for im in group.images:
             score = "   -  " if im.score is None else f"{im.score:6.3f}"
             print(
                 f"  {score}  {f'{im.width}x{im.height}':>11}  {human_size(im.bytes):>9}  "
-                f"{human_date(im.mtime)}  {im.path}"
+                f"{human_date(im.mtime)}  {printable(im.path)}"
             )
     files = sum(len(g.images) for g in report.groups)
     print(

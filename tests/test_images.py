@@ -365,3 +365,22 @@ def test_a_200_megapixel_phone_jpeg_decodes_at_an_eighth(tmp_path: Path) -> None
         with pytest.raises(ImageError) as e:
             decode_image_info(path, **kwargs)  # type: ignore[arg-type]
         assert e.value.reason == "too many pixels" and detail in str(e.value)
+
+
+def test_the_cli_prints_a_path_with_a_newline_on_its_own_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file named with a newline (seen in a real folder of odd files) split its result
+    across two lines of `devise search`, as if a second result began with 'line.jpg'."""
+    from app.cli import _print_answer
+    from app.service import Answer, ImageResult
+
+    results = [
+        ImageResult("/p/new\nline.jpg", 0.9, "odd\tfolder", "/p"),
+        ImageResult("/p/ünïcødé 猫.jpg", 0.8, "odd", "/p"),
+    ]
+    _print_answer(Answer("conse", 1.0, results), as_json=False, kind="images")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines  # the header, a line per result, the summary
+    assert lines[1].endswith("/p/new\\nline.jpg") and "odd\\tfolder" in lines[1]
+    assert lines[2].endswith("/p/ünïcødé 猫.jpg")  # other Unicode is kept

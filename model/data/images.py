@@ -91,11 +91,11 @@ class ImageError(ValueError):
         self.source = source
         self.reason = reason
         self.detail = detail
-        message = f"{_printable(source)}: {reason}" + (f" ({_printable(detail)})" if detail else "")
+        message = f"{printable(source)}: {reason}" + (f" ({printable(detail)})" if detail else "")
         super().__init__(message)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` with newlines, control characters and undecodable bytes escaped, so that
     `skipping PATH: reason` stays one line a log can print; other Unicode is kept."""
     if text.isprintable():
