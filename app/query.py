@@ -32,8 +32,12 @@ MAX_WEIGHT = 100.0
 MAX_PHRASE_WORDS = 4
 SEPARATOR = " · "
 _QUOTES = ("'", '"')
-# what makes a bare or quoted term an image path rather than words
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# what makes a bare or quoted term an image path rather than words: every suffix ingest
+# reads (model.data.images.IMAGE_EXTENSIONS, not imported: it brings PIL and numpy)
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".heic", ".heif", ".hif",
+)  # fmt: skip
 
 
 class QueryError(ValueError):

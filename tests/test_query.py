@@ -53,6 +53,14 @@ def test_image_paths_bare_or_quoted() -> None:
     assert parse_query("./a:b.jpg") == [Term(image="./a:b.jpg")]
     assert looks_like_image_path("~/x") and looks_like_image_path("a.jpeg")
     assert not looks_like_image_path("t-shirt") and not looks_like_image_path("jpg")
+    # every file ingest reads is a path when typed bare: an iPhone's photo was a word
+    assert parse_query("IMG_0001.HEIC 2:beach") == [
+        Term(image="IMG_0001.HEIC"),
+        Term(2.0, text="beach"),
+    ]
+    from model.data.images import IMAGE_EXTENSIONS
+
+    assert all(looks_like_image_path(f"x{suffix.upper()}") for suffix in IMAGE_EXTENSIONS)
 
 
 @pytest.mark.parametrize(
