@@ -245,14 +245,14 @@ def _open_header(
         raise ImageError(name, "empty", "zero bytes")
     try:
         im: Image.Image
-        if f.read(3) == b"\xff\xd8\xff" and "JPEG" in image_formats():
+        magic = f.read(3)
+        f.seek(0)
+        if magic == b"\xff\xd8\xff" and "JPEG" in image_formats():
             # A JPEG is opened by its own plugin, not Image.open, whose guard (it warns over
             # 89 megapixels and refuses 179) counts the full size; a 200-megapixel phone
             # photo decodes at 1/8 scale to 3 megapixels, and the budget below counts those.
-            f.seek(0)
             im = JpegImagePlugin.jpeg_factory(f)
         else:
-            f.seek(0)
             im = Image.open(f, formats=image_formats())
     except UnidentifiedImageError as e:
         raise ImageError(name, "not an image", "unknown format") from e
