@@ -983,7 +983,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     i = sub.add_parser("ingest", help="index folders of images (incremental, idempotent)")
-    i.add_argument("dirs", nargs="+", metavar="DIR", help="folders (or image files) to index")
+    i.add_argument(
+        "dirs", nargs="+", metavar="DIR",
+        help="folders (or image files) to index: JPEG, PNG, GIF, WebP, BMP, TIFF, PNM, AVIF "
+        "and HEIC (iPhones' photos); hidden files and folders are left out",
+    )  # fmt: skip
     i.add_argument(
         "--checkpoint",
         default=None,
