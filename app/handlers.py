@@ -207,9 +207,13 @@ class WebHandlers:
         drawn = self.thumbnails.drawable(path)
         return None if drawn == path else drawn
 
-    def _shown(self, path: str) -> str:
-        """The file a gallery shows for `path`: itself, or its thumbnail."""
-        return path if self.thumbnails is None else self.thumbnails.shown(path)
+    def _shown(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A gallery's (file, caption) items with each file as shown: itself, or its
+        thumbnail (app/thumbs.py)."""
+        if self.thumbnails is None:
+            return items
+        files = self.thumbnails.shown_many([path for path, _ in items])
+        return [(f, c) for f, (_, c) in zip(files, items, strict=True)]
 
     def _gallery(self, answer: Answer, what: str) -> GalleryOut:
         out = GalleryOut()
@@ -218,8 +222,9 @@ class WebHandlers:
             if self.served is not None and not self.served.allows(r.path):
                 hidden += 1  # a file gone since indexing, or a symlink out of the roots
                 continue
-            out.items.append((self._shown(r.path), caption(r)))
+            out.items.append((r.path, caption(r)))
             out.paths.append(r.path)
+        out.items = self._shown(out.items)
         out.status = (
             f"{len(out.items)} result(s) for {what} by {answer.model} in {answer.took_ms:.0f} ms"
         )
@@ -425,7 +430,7 @@ class WebHandlers:
                 items.append((im.path, f"{how} · {describe(im)}"))
             if len(items) > 1 and len(out.groups) < MAX_UI_GROUPS:
                 heading = f"{group.kind} · {len(group.images)} files · {group.images[0].path}"
-                out.groups.append((heading, [(self._shown(p), c) for p, c in items]))
+                out.groups.append((heading, self._shown(items)))
                 number = len(out.groups)
                 shown = {path for path, _ in items}
                 for im in group.images:

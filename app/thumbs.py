@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from model.data.images import MAX_SIDE, ImageError, decode_image
@@ -32,6 +33,8 @@ BROWSER_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp",
 BIG_FILE = 2_000_000
 #: A thumbnail's longest side: a gallery tile is about 190 px, 380 on a 2x screen.
 SIDE = 512
+#: Thumbnails made at once for one gallery.
+THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class Thumbnails:
@@ -58,6 +61,18 @@ class Thumbnails:
         if not self.needs_one(path):
             return path
         return self._jpeg(path, self.side, 85)
+
+    def shown_many(self, paths: list[str]) -> list[str]:
+        """`shown` for each path, the thumbnails still to make made side by side: the
+        decoders release the GIL, and an iPhone's 12-megapixel HEIC takes about a second
+        to decode (HEVC has no reduced-scale decode), so a first gallery of twelve took
+        twelve seconds one at a time."""
+        todo = [p for p in paths if self.needs_one(p)]
+        if len(todo) < 2:
+            return [self.shown(p) for p in paths]
+        with ThreadPoolExecutor(min(len(todo), THREADS)) as pool:
+            made = dict(zip(todo, pool.map(self.shown, todo), strict=True))
+        return [made.get(p, p) for p in paths]
 
     def drawable(self, path: str) -> str:
         """`path` if a browser draws its format, else a JPEG of it at `MAX_SIDE`, the size

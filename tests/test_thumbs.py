@@ -58,6 +58,12 @@ def test_what_a_browser_cannot_show_gets_a_jpeg_made_once(photos: Path, tmp_path
         # made once: the second sight reuses it, untouched
         made = os.stat(shown).st_mtime_ns
         assert thumbs.shown(src) == shown and os.stat(shown).st_mtime_ns == made
+    # a gallery's worth, made side by side: the same files, in the same order
+    names = ["big.jpg", "small.png", "IMG_0001.HEIC", "scan.tiff"]
+    fresh = Thumbnails(tmp_path / "fresh")
+    many = fresh.shown_many([str(photos / n) for n in names])
+    assert many == [thumbs.shown(str(photos / n)).replace("/thumbs/", "/fresh/") for n in names]
+    assert many[1] == small and all(Path(p).is_file() for p in many)
     # a changed file gets a new thumbnail
     heic = photos / "IMG_0001.HEIC"
     before = thumbs.shown(str(heic))
