@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from app.guard import ServedRoots
     from app.indexjob import IndexJob
     from app.service import SearchService
-    from app.thumbs import Thumbnails
+    from model.data.thumbs import Thumbnails
 
 
 DEFAULT_K = 12
@@ -209,7 +209,7 @@ class WebHandlers:
 
     def _shown(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """A gallery's (file, caption) items with each file as shown: itself, or its
-        thumbnail (app/thumbs.py)."""
+        thumbnail (model/data/thumbs.py)."""
         if self.thumbnails is None:
             return items
         files = self.thumbnails.shown_many([path for path, _ in items])

@@ -593,12 +593,14 @@ def launch_app(
     from app.cliapi import CliApi
     from app.httpapi import SearchRoute
     from app.remote import new_token
-    from app.thumbs import Thumbnails
     from app.watch import RESCAN_S, FolderWatcher
+    from model.data.thumbs import Thumbnails, default_folder
 
+    # the gallery's thumbnails (model/data/thumbs.py): where ingest keeps those of HEIC files
+    thumbs = Thumbnails(default_folder())
     cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
     served = ServedRoots(roots_from_index(service), extra=sorted(cache_dirs))
-    allowed = [str(r) for r in served.roots]
+    allowed = [str(r) for r in served.roots] + [str(thumbs.folder)]
 
     demo_ref: list[gr.Blocks] = []
 
@@ -617,8 +619,6 @@ def launch_app(
             model_meta=model_meta,
             on_done=indexed,
         )
-    # thumbnails in the folder Gradio keeps the files it serves: not copied (app/thumbs.py)
-    thumbs = Thumbnails(Path(gr_utils.get_upload_folder()) / "devise-thumbnails")
     handlers = WebHandlers(service, served=served, job=job, thumbnails=thumbs)
     # the graphs an index lacks, or has from older settings, are built in another process
     # while the app answers (app/graphjob.py): at open, and after each write

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ingest.exif import EXIF_VERSION, exif_payload
 from model.data.images import Preprocess, is_image_path
 from model.data.loader import default_workers, iter_batches
+from model.data.thumbs import Thumbnails, default_folder
 from model.device import default_batch_size, default_device
 from model.vocab.words import label_name
 from qdrant.filters import SearchFilter
@@ -283,12 +284,15 @@ def ingest(
     model_meta: dict[str, dict[str, Any]] | None = None,
     on_batch: Callable[[IngestSummary], None] | None = None,
     gpu_decode: bool = True,
+    thumbnails: Thumbnails | None = None,
 ) -> IngestSummary:
     """Index every image under `roots` with every embedder; see the module doc.
 
     The models run on the process's device (`model.device.default_device`); `batch_size`
     None is that device's default (32 on the CPU, larger on a GPU). `gpu_decode`: on a GPU,
-    decode JPEGs there with nvJPEG (False: PIL in the loader threads, as on the CPU)."""
+    decode JPEGs there with nvJPEG (False: PIL in the loader threads, as on the CPU).
+    `thumbnails` keeps the app's thumbnails of HEIC files from the pictures decoded here
+    (default: in the cache folder, where the app looks for them)."""
     t0 = time.perf_counter()
     device = default_device()
     batch_size = batch_size or default_batch_size(device)
@@ -412,6 +416,7 @@ def ingest(
             device=device,
             gpu_decode=gpu_decode,
             inspect=_inspector(embedders),
+            keep=(thumbnails or Thumbnails(default_folder())).keep,
         ):
             summary.batches += 1
             summary.wait_seconds += batch.wait_s

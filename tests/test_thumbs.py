@@ -1,5 +1,5 @@
 """Galleries show what a browser can: HEIC and TIFF results, and big originals, by
-JPEG thumbnails made once (app/thumbs.py); the live app serves them."""
+JPEG thumbnails made once (model/data/thumbs.py); the live app serves them."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.thumbs import Thumbnails
 from model.data.images import decode_image
+from model.data.thumbs import Thumbnails, default_folder
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +116,8 @@ def test_the_live_app_shows_heic_and_tiff_results_as_jpegs(
         with Image.open(io.BytesIO(data)) as im:
             formats[Path(item["image"]).stem] = im.format
     assert formats == {"IMG_0001": "JPEG", "scan": "JPEG", "small": "PNG", "big": "JPEG"}
-    # kept where Gradio serves files from without copying them, not in the working folder
-    from gradio import utils as gr_utils
-
-    made = Path(gr_utils.get_upload_folder()) / "devise-thumbnails"
+    # kept in the cache folder, where ingest keeps those of HEIC files, not the working folder
+    made = default_folder()
     assert {"IMG_0001.jpg", "scan.jpg", "big.jpg"} <= {p.name for p in made.rglob("*.jpg")}
     assert not Path(".gradio", "cached_examples", "devise-thumbnails").exists()
     if preview is not None:
@@ -188,3 +186,34 @@ def test_the_app_can_open_heic_before_any_picture_is_decoded(photos: Path, tmp_p
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "HEIF"
+
+
+def test_ingest_keeps_the_thumbnails_of_heic_files(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HEIC takes about a second to decode, so a first gallery of an iPhone library
+    waited on its thumbnails; ingest decodes every file anyway and keeps them (HEIC only:
+    a JPEG's thumbnail costs 20 ms when first shown)."""
+    import model.data.thumbs as thumbs_module
+    from ingest.pipeline import ingest
+    from qdrant.edge import EdgeStore
+    from tests.fakes import FakeEmbedder
+
+    thumbs = Thumbnails(tmp_path / "thumbs")
+    store = EdgeStore(tmp_path / "index")
+    try:
+        ingest(store, [photos], [FakeEmbedder()], progress=False, thumbnails=thumbs)
+    finally:
+        store.close()
+    kept = sorted(p.name for p in (tmp_path / "thumbs").rglob("*.jpg"))
+    assert kept == ["IMG_0001.jpg"]
+
+    # the gallery finds it without decoding the HEIC again
+    def no_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(thumbs_module, "decode_image", no_decode)
+    shown = thumbs.shown(str(photos / "IMG_0001.HEIC"))
+    assert Path(shown).name == "IMG_0001.jpg"
+    with Image.open(shown) as im:  # upright, like the one the gallery would make
+        assert im.size == (300, 451)

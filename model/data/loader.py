@@ -64,6 +64,7 @@ def _load_chunk(
     chunk: Sequence[tuple[int, str | os.PathLike[str] | bytes]],
     specs: Sequence[Preprocess],
     inspect: Inspect | None = None,
+    keep: Keep | None = None,
 ) -> Batch:
     per_spec: list[list[npt.NDArray[np.float32]]] = [[] for _ in specs]
     indices: list[int] = []
@@ -83,6 +84,8 @@ def _load_chunk(
         indices.append(i)
         sizes.append((info.width, info.height))
         inspected.append(inspect(info.image) if inspect is not None else {})
+        if keep is not None and not isinstance(src, bytes):
+            keep(os.fspath(src), info.image)
     stacked = [np.stack(a) if a else _empty(s) for a, s in zip(per_spec, specs, strict=True)]
     return Batch(indices, stacked, sizes, failures, inspected=inspected)
 
@@ -101,11 +104,13 @@ def iter_batches(
     device: Device | None = None,
     gpu_decode: bool = True,
     inspect: Inspect | None = None,
+    keep: Keep | None = None,
 ) -> Iterator[Batch]:
     """Yield decoded batches in input order; bad images are reported in `Batch.failures`.
 
     `inspect`, when given, runs on each decoded picture in the loader threads (a face
-    detector); its answers arrive in `Batch.inspected`.
+    detector); its answers arrive in `Batch.inspected`. `keep(path, picture)` is given
+    each file's picture decoded by PIL (the app's thumbnails of HEIC files).
 
     With several preprocessing specs (backbones that differ in size or normalisation),
     each image is decoded once and preprocessed once per spec.
@@ -128,6 +133,7 @@ def iter_batches(
             device,
             gpu_decode,
             inspect,
+            keep,
         )
         return
     items = list(enumerate(sources))
@@ -138,7 +144,7 @@ def iter_batches(
     n_workers = workers or default_workers()
 
     def load(c: Chunk) -> Batch:
-        return _load_chunk(c, specs, inspect)
+        return _load_chunk(c, specs, inspect, keep)
 
     for done, wait in _ahead(chunks, n_workers, lookahead, load):
         yield Batch(
@@ -155,6 +161,8 @@ T = TypeVar("T")
 #: per-image work on the decoded picture, run in the loader threads beside the decode (a face
 #: detector: `model.detectors.faces`); what it returns travels in `Batch.inspected`
 Inspect = Callable[[Image.Image], dict[str, float]]
+#: what keeps a file's decoded picture (its path, the picture), in the loader threads
+Keep = Callable[[str, Image.Image], None]
 Chunk = list[tuple[int, str | os.PathLike[str] | bytes]]
 
 
@@ -207,11 +215,12 @@ def _load_chunk_cuda(
     specs: Sequence[Preprocess],
     nvjpeg: bool,
     inspect: Inspect | None = None,
+    keep: Keep | None = None,
 ) -> _CudaPart:
     from model.device import JpegJob
 
     if not nvjpeg:
-        return _CudaPart(_load_chunk(chunk, specs, inspect))
+        return _CudaPart(_load_chunk(chunk, specs, inspect, keep))
     rest: list[tuple[int, str | os.PathLike[str] | bytes]] = []
     jobs: list[tuple[int, JpegJob]] = []
     failures: list[tuple[int, ImageError]] = []
@@ -225,7 +234,7 @@ def _load_chunk_cuda(
             rest.append((i, src))
         else:
             jobs.append((i, JpegJob(*found)))
-    cpu = _load_chunk(rest, specs, inspect)
+    cpu = _load_chunk(rest, specs, inspect, keep)
     cpu.failures.extend(failures)
     return _CudaPart(cpu, jobs)
 
@@ -290,6 +299,7 @@ def _iter_batches_cuda(
     device: Device,
     gpu_decode: bool,
     inspect: Inspect | None = None,
+    keep: Keep | None = None,
 ) -> Iterator[Batch]:
     import torch
 
@@ -303,7 +313,7 @@ def _iter_batches_cuda(
         return
 
     def load(chunk: Chunk) -> _CudaPart:
-        return _load_chunk_cuda(chunk, specs, nvjpeg, inspect)
+        return _load_chunk_cuda(chunk, specs, nvjpeg, inspect, keep)
 
     for done, wait in _ahead(chunks, n_workers, lookahead, load):
         per_image: dict[int, list[torch.Tensor]] = {}

@@ -5,10 +5,13 @@ A browser shows JPEG, PNG, GIF, WebP, BMP and AVIF, but not TIFF, PNM or HEIC (a
 photos): those came out as broken images. And Gradio reads every file it hands out whole
 (it hashes and copies it into its cache) on every answer: twelve 10 MB camera originals
 made each search read and copy 120 MB. A thumbnail is decoded like any picture here
-(`decode_image`: upright, draft mode for JPEG) and written into Gradio's upload folder,
-which Gradio serves as it is; it is keyed by the file's real path, size and mtime, so a
-changed file gets a new one. The paths a gallery hands back ("more like this") stay the
-originals.
+(`decode_image`: upright, draft mode for JPEG) into the cache folder's `thumbnails`
+(`default_folder`), keyed by the file's real path, size and mtime, so a changed file gets
+a new one. The paths a gallery hands back ("more like this") stay the originals.
+
+HEIC has no reduced-scale decode: a 12-megapixel one takes about a second, so ingest,
+which decodes every file anyway, keeps their thumbnails as it goes (`keep`): the first
+gallery of an iPhone library is then as quick as any other.
 
 An upload a browser cannot draw (an iPhone photo dropped on the Tag tab) is swapped for a
 JPEG of it at the size every query reads (`drawable`), so the page shows what it answers.
@@ -23,7 +26,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+
 from model.data.images import MAX_SIDE, ImageError, decode_image
+from model.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,14 @@ BIG_FILE = 2_000_000
 SIDE = 512
 #: Thumbnails made at once for one gallery.
 THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Formats decoded whole, slowly (HEVC): their thumbnails are kept at ingest.
+SLOW_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
+
+
+def default_folder() -> Path:
+    """Where ingest and the app keep thumbnails: the cache folder's `thumbnails` (about
+    40 KB a photo; deleting it is safe, the app makes them again)."""
+    return default_cache_dir() / "thumbnails"
 
 
 class Thumbnails:
@@ -81,30 +95,58 @@ class Thumbnails:
             return path
         return self._jpeg(path, MAX_SIDE, 95)
 
-    def _jpeg(self, path: str, side: int, quality: int) -> str:
-        """A JPEG of `path`, longest side at most `side`, made once; `path` when it will
-        not decode."""
+    def keep(self, path: str, picture: Image.Image) -> None:
+        """At ingest: the thumbnail of a file slow to decode (HEIC), from the picture ingest
+        decoded anyway (upright, longest side at most `MAX_SIDE`). Never raises: a
+        thumbnail that cannot be written is made when a gallery first shows the file."""
+        if Path(path).suffix.lower() not in SLOW_SUFFIXES:
+            return
+        dest = self._dest(path, self.side)
+        if dest is None or dest.is_file():
+            return
+        w, h = picture.size
+        scale = min(1.0, self.side / max(w, h))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        try:
+            self._save(picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), dest, 85)
+        except OSError as e:
+            log.warning("no thumbnail kept for %s: %s", path, e)
+
+    def _dest(self, path: str, side: int) -> Path | None:
+        """Where the JPEG of `path` at `side` lives; None when the file cannot be seen."""
         try:
             real = os.path.realpath(path)
             st = os.stat(real)
         except OSError:
-            return path
+            return None
         key = hashlib.sha256(
             f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{side}".encode("utf-8", "surrogateescape")
         ).hexdigest()[:32]
         # the original's name, so that a saved thumbnail is recognisable
-        dest = self.folder / key[:2] / key / f"{Path(real).stem[:100] or 'image'}.jpg"
-        if dest.is_file():
-            return str(dest)
+        return self.folder / key[:2] / key / f"{Path(real).stem[:100] or 'image'}.jpg"
+
+    @staticmethod
+    def _save(picture: Image.Image, dest: Path, quality: int) -> None:
         # written aside and renamed: two searches at once never show a half-written file
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            picture = decode_image(path, max_side=side, draft_size=side // 2)
             dest.parent.mkdir(parents=True, exist_ok=True)
             picture.save(tmp, "JPEG", quality=quality)
             os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _jpeg(self, path: str, side: int, quality: int) -> str:
+        """A JPEG of `path`, longest side at most `side`, made once; `path` when it will
+        not decode."""
+        dest = self._dest(path, side)
+        if dest is None:
+            return path
+        if dest.is_file():
+            return str(dest)
+        try:
+            self._save(decode_image(path, max_side=side, draft_size=side // 2), dest, quality)
         except (ImageError, OSError) as e:
             log.warning("no thumbnail for %s: %s", path, e)
-            tmp.unlink(missing_ok=True)
             return path
         return str(dest)
