@@ -133,20 +133,14 @@ def _browser_upload_preview(url: str, photo: Path) -> tuple[int, int, bool] | No
         from playwright.sync_api import sync_playwright
     except ImportError:
         return None
-    from tests.test_web import CHROMIUM, CHROMIUM_FLAGS
+    from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
 
     if not os.path.exists(CHROMIUM):
         return None
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.route(
-                "**/*",
-                lambda route: (
-                    route.continue_() if route.request.url.startswith(url) else route.abort()
-                ),
-            )
+            page = offline_page(browser, url)
             page.goto(url, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Tag an image").click()
             page.locator("#tag-query input[type=file]").set_input_files(str(photo))

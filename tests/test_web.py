@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -366,6 +367,17 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def offline_page(browser: Any, url: str) -> Any:
+    """A 1280x900 page that loads only the app's own files: anything else (web fonts, say)
+    is refused, not awaited, as there is no network here."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.route(
+        "**/*",
+        lambda route: route.continue_() if route.request.url.startswith(url) else route.abort(),
+    )
+    return page
+
+
 def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the playwright package is not installed"
@@ -376,14 +388,7 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            # offline: anything not from the app (web fonts, say) is refused, not awaited
-            page.route(
-                "**/*",
-                lambda route: (
-                    route.continue_() if route.request.url.startswith(live.url) else route.abort()
-                ),
-            )
+            page = offline_page(browser, live.url)
             page.goto(live.url, wait_until="domcontentloaded")
             k = page.locator("#k input[type=number]")
             k.wait_for(timeout=30_000)
