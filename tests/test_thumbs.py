@@ -211,3 +211,30 @@ def test_ingest_keeps_the_thumbnails_of_heic_files(
     assert Path(shown).name == "IMG_0001.jpg"
     with Image.open(shown) as im:  # upright, like the one the gallery would make
         assert im.size == (300, 451)
+
+
+def test_ingest_goes_on_when_thumbnails_cannot_be_kept(
+    photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache folder that cannot be written loses no photo and says so once, not once per
+    HEIC file (an iPhone library has thousands)."""
+    from ingest.pipeline import ingest
+    from qdrant.edge import EdgeStore
+    from tests.fakes import FakeEmbedder
+
+    for i in range(3):  # more HEIC files, each its own photo
+        data = (photos / "IMG_0001.HEIC").read_bytes() + bytes([i])
+        (tmp_path / "more").mkdir(exist_ok=True)
+        (tmp_path / "more" / f"IMG_01{i}.HEIC").write_bytes(data)
+    (tmp_path / "thumbs").write_text("a file where the folder should be")
+    store = EdgeStore(tmp_path / "index")
+    try:
+        summary = ingest(
+            store, [photos, tmp_path / "more"], [FakeEmbedder()], progress=False,
+            thumbnails=Thumbnails(tmp_path / "thumbs"), workers=1,
+        )  # fmt: skip
+    finally:
+        store.close()
+    assert summary.indexed == 7 and not summary.failed
+    said = [r.getMessage() for r in caplog.records if "thumbnails cannot be kept" in r.getMessage()]
+    assert len(said) == 1 and str(tmp_path / "thumbs") in said[0]

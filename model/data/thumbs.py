@@ -60,6 +60,8 @@ class Thumbnails:
         self.folder = Path(folder)
         self.side = side
         self.big_file = big_file
+        #: set when `keep` could not write: said once, not tried again for every file
+        self.cannot_keep: str | None = None
 
     def needs_one(self, path: str) -> bool:
         """True for a file a browser cannot show, or one too big to hand out whole."""
@@ -99,7 +101,7 @@ class Thumbnails:
         """At ingest: the thumbnail of a file slow to decode (HEIC), from the picture ingest
         decoded anyway (upright, longest side at most `MAX_SIDE`). Never raises: a
         thumbnail that cannot be written is made when a gallery first shows the file."""
-        if Path(path).suffix.lower() not in SLOW_SUFFIXES:
+        if self.cannot_keep is not None or Path(path).suffix.lower() not in SLOW_SUFFIXES:
             return
         dest = self._dest(path, self.side)
         if dest is None or dest.is_file():
@@ -110,7 +112,11 @@ class Thumbnails:
         try:
             self._save(picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), dest, 85)
         except OSError as e:
-            log.warning("no thumbnail kept for %s: %s", path, e)
+            self.cannot_keep = str(e)
+            log.warning(
+                "thumbnails cannot be kept in %s (%s): the app makes them when it first "
+                "shows a photo", self.folder, e,
+            )  # fmt: skip
 
     def _dest(self, path: str, side: int) -> Path | None:
         """Where the JPEG of `path` at `side` lives; None when the file cannot be seen."""
