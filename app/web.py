@@ -51,6 +51,18 @@ from app.indexjob import IndexJob, default_embedders, devise_meta
 
 log = logging.getLogger(__name__)
 
+#: Gradio lays a gallery out in a fixed number of columns, each at least 100 px wide: on a
+#: phone (390 px) six columns overflowed and the right half of every row was cut off, out of
+#: sight. These galleries keep their columns where they fit and take as many 100 px columns
+#: as fit where they do not.
+GALLERY_CLASS = "devise-gallery"
+CSS = f"""
+.{GALLERY_CLASS} .grid-container {{
+    grid-template-columns: repeat(auto-fill, minmax(max(100px,
+        calc((100% - (var(--grid-cols) - 1) * var(--spacing-lg)) / var(--grid-cols))), 1fr))
+        !important;
+}}
+"""
 MAX_UPLOAD = "20mb"  # Gradio refuses larger uploads; decode_image then bounds the pixels
 
 
@@ -197,6 +209,7 @@ def build_demo(
             return gr.Gallery(
                 label=label, columns=columns, height="auto", allow_preview=False,
                 object_fit="contain", elem_id=elem_id, fit_columns=False,
+                elem_classes=[GALLERY_CLASS],
             )  # fmt: skip
 
         def image_input(elem_id: str | None, height: int = 240) -> gr.Image:
@@ -328,6 +341,7 @@ def build_demo(
                     columns=6,
                     height=270,
                     fit_columns=False,
+                    elem_classes=[GALLERY_CLASS],
                     allow_preview=True,
                     object_fit="contain",
                     visible=False,
@@ -644,6 +658,7 @@ def launch_app(
     demo_ref.append(demo)
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(
+        css=CSS,
         server_name=host,
         server_port=port,
         auth=login,

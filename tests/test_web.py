@@ -407,6 +407,16 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
             )
             page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
             tile = images.first.bounding_box()
+            # on a phone, every result stays in the gallery's width: six fixed columns of
+            # at least 100 px overflowed a 390 px screen, cutting off half of each row
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.wait_for_timeout(500)
+            overflow = page.evaluate(
+                "() => { const g = document.querySelector('#text-results')"
+                ".getBoundingClientRect(); return [...document.querySelectorAll("
+                "'#text-results img')].map(i => i.getBoundingClientRect().right - g.right) }"
+            )
+            page.set_viewport_size({"width": 1280, "height": 900})
             # one result keeps a tile's size: Gradio widened it to the whole row (1,200 px)
             k.fill("1")
             k.press("Enter")
@@ -419,6 +429,7 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
             browser.close()
     assert (tmp_path / "web.png").stat().st_size > 10_000
     assert tile is not None and one is not None and one["width"] < 1.5 * tile["width"], (one, tile)
+    assert len(overflow) == want and max(overflow) <= 1, overflow
 
 
 def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
