@@ -47,7 +47,7 @@ SLOW_SUFFIXES = frozenset({".heic", ".heif", ".hif"})
 
 def default_folder() -> Path:
     """Where ingest and the app keep thumbnails: the cache folder's `thumbnails` (about
-    40 KB a photo; deleting it is safe, the app makes them again)."""
+    50 KB a photo; deleting it is safe, the app makes them again)."""
     return default_cache_dir() / "thumbnails"
 
 
