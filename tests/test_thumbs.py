@@ -69,6 +69,11 @@ def test_what_a_browser_cannot_show_gets_a_jpeg_made_once(photos: Path, tmp_path
     before = thumbs.shown(str(heic))
     os.utime(heic, ns=(heic.stat().st_atime_ns, heic.stat().st_mtime_ns + 10**9))
     assert thumbs.shown(str(heic)) != before
+    # a name with a newline, or a leading dot, makes a plain file name
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "new\nline.tiff")
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "..odd.tiff", format="TIFF")
+    assert Path(thumbs.shown(str(tmp_path / "new\nline.tiff"))).name == "new_line.jpg"
+    assert Path(thumbs.shown(str(tmp_path / "..odd.tiff"))).name == "odd.jpg"
     # nothing to show: the path as it is, and no half-written file left behind
     (tmp_path / "broken.tiff").write_bytes(b"II*\0not really a tiff")
     assert thumbs.shown(str(tmp_path / "broken.tiff")) == str(tmp_path / "broken.tiff")

@@ -128,8 +128,10 @@ class Thumbnails:
         key = hashlib.sha256(
             f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{side}".encode("utf-8", "surrogateescape")
         ).hexdigest()[:32]
-        # the original's name, so that a saved thumbnail is recognisable
-        return self.folder / key[:2] / key / f"{Path(real).stem[:100] or 'image'}.jpg"
+        # the original's name, so that a saved thumbnail is recognisable; no control
+        # characters (a name with a newline) and no leading dot (a hidden file)
+        stem = "".join(c if c.isprintable() else "_" for c in Path(real).stem[:100])
+        return self.folder / key[:2] / key / f"{stem.lstrip('.') or 'image'}.jpg"
 
     @staticmethod
     def _save(picture: Image.Image, dest: Path, quality: int) -> None:
