@@ -55,6 +55,9 @@ JOINT_CANDIDATES = 300
 # further out by cosine than the seen labels' images (measured on the demo gallery: the
 # first sandal at rank 9 of 1,024), so the margin needs a wide pool to find them.
 LABEL_CANDIDATES = 5000
+# conse's nearest images are weighed by the classifier's confidence among this many nearest
+# by cosine (at least 4 per result asked for)
+CONSE_CANDIDATES = 100
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
 
 
@@ -529,11 +532,39 @@ class SearchService:
         flt: SearchFilter,
         exclude: str | None = None,
     ) -> list[ImageResult]:
+        if model == "conse":
+            return self._conse_images(vector, k, flt, exclude)
         hits: list[Hit] = self.store.search_images(model, vector, k + (1 if exclude else 0), flt)
         out = [
             ImageResult.of(h) for h in hits if not (exclude and h.payload.get("path") == exclude)
         ]
         return out[:k]
+
+    def _conse_images(
+        self, vector: Float32Array, k: int, flt: SearchFilter, exclude: str | None
+    ) -> list[ImageResult]:
+        """conse's nearest images, each cosine weighed by the classifier's confidence in
+        the picture: its top-T probability mass (from `conse_top`). A picture the classifier
+        cannot read (noise, a page of text, a screenshot) spreads its probability over
+        unrelated classes, and the mean of their word vectors lies near every animal's (a
+        hub): unweighed, noise came first for "similar to eagle" and for "a horse". The
+        candidates are the nearest by cosine; the score floor applies to the weighed score.
+        """
+        from dataclasses import replace
+
+        plain = replace(flt, min_score=None)
+        pool = max(4 * k, CONSE_CANDIDATES) + (1 if exclude else 0)
+        scored = []
+        for h in self.store.search_images("conse", vector, pool, plain):
+            if exclude and h.payload.get("path") == exclude:
+                continue
+            top = h.payload.get("conse_top")
+            # a point from before conse_top was stored (embedded again on the next ingest)
+            confidence = sum(float(p) for _, p in top) if top else 1.0
+            scored.append((float(h.score) * confidence, h))
+        scored.sort(key=lambda t: -t[0])
+        floor = flt.min_score
+        return [ImageResult.of(h, s) for s, h in scored if floor is None or s >= floor][:k]
 
     def text_vector(self, text: str, model: str) -> Float32Array:
         """A text query in `model`'s space: mean of word vectors, or CLIP's text encoder."""

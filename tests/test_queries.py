@@ -221,3 +221,64 @@ def test_a_term_the_index_cannot_answer_is_named_in_the_note(
     assert answer.query == "dog (ignored: a, on, the) (ignored, no known word: qqqzx)"
     assert answer.note is not None and "not in the vocabulary, left out: qqqzx" in answer.note
     assert {Path(r.path).stem for r in answer.results} & {"dog", "person"}
+
+
+def _junk(folder: Path) -> None:
+    """What real libraries hold beside photos and the classifier cannot read: noise (a
+    sensor's dark frame), pages of text, a screenshot."""
+    from PIL import ImageDraw
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(folder / f"noise{i}.jpg")
+    for i in range(2):
+        page = Image.new("RGB", (800, 1000), "white")
+        draw = ImageDraw.Draw(page)
+        for y in range(40, 960, 24):
+            draw.text((40, y), f"Lorem ipsum dolor sit amet, consectetur {y + i}", fill="black")
+        page.save(folder / f"document{i}.png")
+    shot = Image.new("RGB", (1280, 800), (240, 240, 245))
+    draw = ImageDraw.Draw(shot)
+    draw.rectangle((0, 0, 1280, 40), fill=(60, 60, 70))
+    for y in range(80, 760, 30):
+        draw.text((30, y), f"Menu item {y}", fill="black")
+        draw.rectangle((320, y, 1260, y + 22), outline=(200, 200, 210))
+    shot.save(folder / "screenshot.png")
+
+
+def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path) -> None:
+    """Noise, pages of text and screenshots spread the classifier's probability over
+    unrelated classes, and the mean of those classes' word vectors lies near every animal:
+    by cosine alone, noise came first for "similar to eagle" and for "a horse" (a word no
+    indexed image is under). conse's nearest images are weighed by the classifier's
+    confidence in each picture, so real photos come first."""
+    pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
+    if not sorted(DARKNET.glob("*.jpg")):
+        pytest.skip("Debian darknet's photos are absent: apt-get install darknet")
+    from model.data.datasets import export_photos
+
+    photos = tmp_path / "library" / "photos"
+    export_photos(photos)
+    for p in sorted(DARKNET.glob("*.jpg")):
+        shutil.copy2(p, photos / p.name)
+    _junk(tmp_path / "library" / "junk")
+    idx = ["--index", str(tmp_path / "index")]
+    assert main(["ingest", str(tmp_path / "library"), "--models", "conse", *idx]) == 0
+    from qdrant.edge import EdgeStore
+
+    service = SearchService(EdgeStore(tmp_path / "index"))
+    try:
+        firsts = {}
+        for name in ("dog", "eagle", "giraffe", "horses", "kite", "chelsea"):
+            probe = next(photos.glob(f"{name}.*"))
+            found = service.similar(probe, model="conse", k=3).results
+            firsts[name] = [Path(r.path).parent.name for r in found]
+        for query in ("a horse",):  # no image is under `horse`: ranked by the word vector
+            found = service.search_text(query, model="conse", k=3).results
+            firsts[query] = [Path(r.path).parent.name for r in found]
+    finally:
+        service.store.close()
+    junk_first = {q: folders for q, folders in firsts.items() if folders != ["photos"] * 3}
+    assert not junk_first, junk_first
