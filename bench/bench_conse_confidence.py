@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from app.cli import main as cli
 from model.data.datasets import export_photos
 from model.embedders.conse import top_probs
 from qdrant.edge import EdgeStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, run from anywhere
+from tests.corpus import unreadable_pictures  # noqa: E402
 
 DARKNET = Path("/usr/share/darknet/data")
 #: a word, and the photos it names
@@ -42,26 +45,6 @@ WORDS = {
 }
 
 
-def unreadable(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
-        Image.fromarray(noise).save(folder / f"noise{i}.jpg")
-        page = Image.new("RGB", (800, 1000), "white")
-        draw = ImageDraw.Draw(page)
-        for y in range(40, 960, 24):
-            draw.text((40, y), f"Lorem ipsum dolor sit amet, consectetur {y + i}", fill="black")
-        page.save(folder / f"document{i}.png")
-        shot = Image.new("RGB", (1280, 800), (240, 240, 245))
-        draw = ImageDraw.Draw(shot)
-        draw.rectangle((0, 0, 1280, 40), fill=(60, 60, 70))
-        for y in range(80, 760, 30):
-            draw.text((30, y), f"Menu item {y + i}", fill="black")
-            draw.rectangle((320, y, 1260, y + 22), outline=(200, 200, 210))
-        shot.save(folder / f"screenshot{i}.png")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -71,7 +54,7 @@ def main() -> None:
     export_photos(photos)
     for f in sorted(DARKNET.glob("*.jpg")):
         shutil.copy2(f, photos / f.name)
-    unreadable(out / "library" / "unreadable")
+    unreadable_pictures(out / "library" / "unreadable")
     index = out / "index"
     assert cli(["ingest", str(out / "library"), "--models", "conse", "--index", str(index)]) == 0
 

@@ -200,3 +200,37 @@ def make_vanished(root: Path, name: str = "vanished.png") -> Path:
     path.write_bytes(_encode(_blocks(8, 8), "PNG"))
     path.unlink()
     return path
+
+
+KINDS = (("noise", "jpg"), ("document", "png"), ("screenshot", "png"))
+
+
+def unreadable_pictures(folder: Path, n: int = 3) -> list[Path]:
+    """What real libraries hold beside photos and ImageNet's classifier cannot read: `n`
+    each of noise (a sensor's dark frame), pages of text and screenshots."""
+    from PIL import ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(folder / f"noise{i}.jpg")
+        page = Image.new("RGB", (800, 1000), "white")
+        draw = ImageDraw.Draw(page)
+        for y in range(40, 960, 24):
+            draw.text((40, y), f"Lorem ipsum dolor sit amet, consectetur {y + i}", fill="black")
+        page.save(folder / f"document{i}.png")
+        shot = Image.new("RGB", (1280, 800), (240, 240, 245))
+        draw = ImageDraw.Draw(shot)
+        draw.rectangle((0, 0, 1280, 40), fill=(60, 60, 70))
+        for y in range(80, 760, 30):
+            draw.text((30, y), f"Menu item {y + i}", fill="black")
+            draw.rectangle((320, y, 1260, y + 22), outline=(200, 200, 210))
+        shot.save(folder / f"screenshot{i}.png")
+        out += [
+            folder / f"noise{i}.jpg",
+            folder / f"document{i}.png",
+            folder / f"screenshot{i}.png",
+        ]
+    return out

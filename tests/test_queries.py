@@ -20,6 +20,7 @@ from app.cli import main
 from app.ranking.joint import DEFAULT, TermScores, rank
 from app.service import SearchService
 from model.vocab.words import WordVectors
+from tests.corpus import unreadable_pictures
 
 DARKNET = Path("/usr/share/darknet/data")
 # the issue's table: each query and its right photos (file stems)
@@ -223,31 +224,6 @@ def test_a_term_the_index_cannot_answer_is_named_in_the_note(
     assert {Path(r.path).stem for r in answer.results} & {"dog", "person"}
 
 
-def _junk(folder: Path) -> None:
-    """What real libraries hold beside photos and the classifier cannot read: noise (a
-    sensor's dark frame), pages of text, a screenshot."""
-    from PIL import ImageDraw
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        noise = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
-        Image.fromarray(noise).save(folder / f"noise{i}.jpg")
-    for i in range(2):
-        page = Image.new("RGB", (800, 1000), "white")
-        draw = ImageDraw.Draw(page)
-        for y in range(40, 960, 24):
-            draw.text((40, y), f"Lorem ipsum dolor sit amet, consectetur {y + i}", fill="black")
-        page.save(folder / f"document{i}.png")
-    shot = Image.new("RGB", (1280, 800), (240, 240, 245))
-    draw = ImageDraw.Draw(shot)
-    draw.rectangle((0, 0, 1280, 40), fill=(60, 60, 70))
-    for y in range(80, 760, 30):
-        draw.text((30, y), f"Menu item {y}", fill="black")
-        draw.rectangle((320, y, 1260, y + 22), outline=(200, 200, 210))
-    shot.save(folder / "screenshot.png")
-
-
 def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path) -> None:
     """Noise, pages of text and screenshots spread the classifier's probability over
     unrelated classes, and the mean of those classes' word vectors lies near every animal:
@@ -263,7 +239,7 @@ def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path) -> None:
     export_photos(photos)
     for p in sorted(DARKNET.glob("*.jpg")):
         shutil.copy2(p, photos / p.name)
-    _junk(tmp_path / "library" / "junk")
+    unreadable_pictures(tmp_path / "library" / "junk")
     idx = ["--index", str(tmp_path / "index")]
     assert main(["ingest", str(tmp_path / "library"), "--models", "conse", *idx]) == 0
     from qdrant.edge import EdgeStore
