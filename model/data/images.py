@@ -380,17 +380,24 @@ def decode_image_info(
     if orientation in (5, 6, 7, 8):
         w, h = h, w
         decoded = (decoded[1], decoded[0])
-    iw, ih = im.size
-    if max(iw, ih) > max_side:
-        scale = max_side / max(iw, ih)
-        size = (max(1, min(max_side, round(iw * scale))), max(1, min(max_side, round(ih * scale))))
-        im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    elif isinstance(im, ImageFile.ImageFile):
+    bounded = within(im, max_side)
+    if bounded is im and isinstance(im, ImageFile.ImageFile):
         # Detach from the (now closed) file object.
-        im = im.copy()
+        bounded = im.copy()
     # The orientation is applied: drop EXIF and the rest so nothing rotates it twice.
-    im.info = {}
-    return DecodedImage(image=im, width=w, height=h, format=fmt, decoded_size=decoded)
+    bounded.info = {}
+    return DecodedImage(image=bounded, width=w, height=h, format=fmt, decoded_size=decoded)
+
+
+def within(im: Image.Image, max_side: int) -> Image.Image:
+    """`im` itself when its longest side is at most `max_side`, else a copy scaled down to
+    it (bilinear, with PIL's reducing gap: fast and smooth enough for a model's input)."""
+    iw, ih = im.size
+    if max(iw, ih) <= max_side:
+        return im
+    scale = max_side / max(iw, ih)
+    size = (max(1, min(max_side, round(iw * scale))), max(1, min(max_side, round(ih * scale))))
+    return im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def decode_image(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from model.data.images import MAX_SIDE, ImageError, decode_image
+from model.data.images import MAX_SIDE, ImageError, decode_image, within
 from model.paths import default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,12 @@ class Thumbnails:
         todo = [p for p in paths if self.needs_one(p)]
         if len(todo) < 2:
             return [self.shown(p) for p in paths]
+
+        def thumbnail(path: str) -> str:
+            return self._jpeg(path, self.side, 85)
+
         with ThreadPoolExecutor(min(len(todo), THREADS)) as pool:
-            made = dict(zip(todo, pool.map(self.shown, todo), strict=True))
+            made = dict(zip(todo, pool.map(thumbnail, todo), strict=True))
         return [made.get(p, p) for p in paths]
 
     def drawable(self, path: str) -> str:
@@ -106,11 +110,8 @@ class Thumbnails:
         dest = self._dest(path, self.side)
         if dest is None or dest.is_file():
             return
-        w, h = picture.size
-        scale = min(1.0, self.side / max(w, h))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
         try:
-            self._save(picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0), dest, 85)
+            self._save(within(picture, self.side), dest, 85)
         except OSError as e:
             self.cannot_keep = str(e)
             log.warning(
