@@ -19,6 +19,21 @@ from model.specs import INT8_NUMERICS
 pytest.importorskip("openvino", reason="the fast path needs OpenVINO (a project dependency)")
 
 
+def _native_bf16() -> bool:
+    from model import fastpath
+
+    return fastpath.openvino_has_bf16()
+
+
+NATIVE_BF16 = _native_bf16()
+# OpenVINO runs bf16 only where the CPU computes it natively; elsewhere (an AVX2-only Zen 3,
+# say) `--precision bf16` is PyTorch's autocast, and the tests below that are about the
+# compiled bf16 model have nothing to run
+needs_native_bf16 = pytest.mark.skipif(
+    not NATIVE_BF16, reason="needs a CPU that computes bf16 natively (AVX-512 BF16 or AMX)"
+)
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("photos")
@@ -45,10 +60,12 @@ def test_bf16_features_are_never_read_for_an_fp32_run_nor_the_reverse(
     assert again_bf16.cached and np.array_equal(again_bf16.features, b.features)
 
 
-def test_the_runtime_is_part_of_the_key(photos: list[Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_native_bf16)])
+def test_the_runtime_is_part_of_the_key(photos: list[Path], tmp_path: Path, precision: str) -> None:
     cache = tmp_path / "cache"
-    ov = load_backbone("resnet18", None, "bf16", runtime="openvino")
-    eager = load_backbone("resnet18", None, "bf16", runtime="torch")
+    ov = load_backbone("resnet18", None, precision, runtime="openvino")
+    eager = load_backbone("resnet18", None, precision, runtime="torch")
+    assert ov.runtime == "openvino" and eager.runtime == "torch"
     assert ov.numerics != eager.numerics
     extract_features(ov, photos[:2], batch_size=2, cache_dir=cache)
     assert not extract_features(eager, photos[:2], batch_size=2, cache_dir=cache).cached
@@ -285,15 +302,7 @@ def test_keep_fp32_prefix_marks_the_first_convolutions_and_changes_nothing_in_fp
     assert np.array_equal(a, b), "the marks changed an fp32 model"
 
 
-def _native_bf16() -> bool:
-    from model import fastpath
-
-    return fastpath.openvino_has_bf16()
-
-
-@pytest.mark.skipif(
-    not _native_bf16(), reason="needs a CPU that computes bf16 natively (AVX-512 BF16 or AMX)"
-)
+@needs_native_bf16
 def test_under_bf16_the_kept_convolutions_run_fp32_and_the_rest_bf16() -> None:
     from model import fastpath
 
@@ -308,9 +317,7 @@ def test_under_bf16_the_kept_convolutions_run_fp32_and_the_rest_bf16() -> None:
 
 
 @pytest.mark.weights
-@pytest.mark.skipif(
-    not _native_bf16(), reason="needs a CPU that computes bf16 natively (AVX-512 BF16 or AMX)"
-)
+@needs_native_bf16
 def test_bf16_efficientnet_lite0_now_passes_its_first_batch_check(
     photos: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -333,6 +340,27 @@ def test_bf16_efficientnet_lite0_now_passes_its_first_batch_check(
 # ------------------------------------------------------------------ compiled, torch-free
 
 
+def test_bf16_without_native_support_is_recorded_as_what_ran(
+    photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On every CPU: bf16 asked of the OpenVINO runtime is OpenVINO's where the CPU computes
+    bf16 natively, and PyTorch's autocast elsewhere, and the backbone, its numerics (the
+    feature cache's key) and the compiled-model cache all say which one ran."""
+    from model import fastpath
+
+    monkeypatch.setenv("DEVISE_CACHE", str(tmp_path / "cache"))
+    load_backbone("resnet18", None, "fp32").features(np.zeros((1, 3, 224, 224), np.float32))
+    bf16 = load_backbone("resnet18", None, "bf16", runtime="openvino")
+    compiled = fastpath.load_compiled("resnet18", "random-init", "bf16")
+    if NATIVE_BF16:
+        assert bf16.runtime == "openvino" and bf16.numerics == "cpu-openvino-bf16"
+        assert compiled is not None and compiled.precision == "bf16"
+    else:
+        assert bf16.numerics == "cpu-torch-bf16"
+        assert compiled is None, "a compiled bf16 model where OpenVINO cannot run bf16"
+
+
+@needs_native_bf16
 def test_a_compiled_bf16_backbone_checks_its_first_batch_too(
     photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -369,7 +397,9 @@ def test_the_index_records_the_precision_its_vectors_were_made_with(
         ingest(store, [folder], [DuplicateEmbedder("resnet18", None, "bf16")],
                progress=False, batch_size=4)  # fmt: skip
         rec = store.get_meta()["models"]["dup"]
-        assert rec["precision"] == "bf16" and rec["numerics"] == "cpu-openvino-bf16"
+        # without native bf16, PyTorch's autocast made them, and the index says so
+        made_by = "cpu-openvino-bf16" if NATIVE_BF16 else "cpu-torch-bf16"
+        assert rec["precision"] == "bf16" and rec["numerics"] == made_by
         assert rec["precisions"] == ["bf16"]
         # a later run at another precision adds to what the vectors were made at
         (folder / "extra").mkdir()
@@ -392,6 +422,7 @@ def test_the_index_records_the_precision_its_vectors_were_made_with(
     assert dup["precision"] == "fp32" and dup["precisions"] == ["bf16", "fp32"]
 
 
+@needs_native_bf16
 def test_a_compiled_bf16_backbone_says_bf16_and_keeps_its_own_features(
     photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
