@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.service import SearchService
+from app.search.service import SearchService
 from ingest.vocabulary import load_vocabulary
 from model.vocab.words import load_words
 from qdrant.edge import EdgeStore

@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--test", type=int, default=1000, help="test images (all 10 classes)")
     args = p.parse_args()
 
-    from app.demo import DEMO_HOLDOUT
+    from app.cli.demo import DEMO_HOLDOUT
     from model.backbones import load_backbone
     from model.bf16 import emulate_bf16
     from model.data.datasets import export_fashion_mnist

@@ -166,7 +166,7 @@ def main() -> None:
         "python -c 'import torch' (for scale)": wall([sys.executable, "-c", "import torch"], env),
     }
 
-    from app.service import SearchService
+    from app.search.service import SearchService
     from qdrant import open_store
 
     store = open_store(Path(idx), None)

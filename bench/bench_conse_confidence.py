@@ -61,7 +61,7 @@ def main() -> None:
     store = EdgeStore(index)
     try:
         recs = list(store.scroll_images(with_vectors=["conse"]))
-        from app.service import SearchService
+        from app.search.service import SearchService
 
         words = {w: SearchService(store).text_vector(w, "conse") for w in WORDS}
     finally:

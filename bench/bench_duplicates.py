@@ -54,7 +54,7 @@ def true_pairs(truth: dict[str, str], under: str | None) -> set[tuple[str, str]]
 
 
 def planted(args: argparse.Namespace) -> None:
-    from app.service import SearchService
+    from app.search.service import SearchService
     from ingest.pipeline import ingest
     from model.embedders.conse import ConseEmbedder
     from model.embedders.embedder import DeviseEmbedder, DuplicateEmbedder
@@ -101,7 +101,7 @@ def planted(args: argparse.Namespace) -> None:
 
 
 def scan(sizes: Sequence[int]) -> None:
-    from app.service import SearchService
+    from app.search.service import SearchService
     from qdrant.edge import EdgeStore
     from qdrant.schema import image_payload, image_point_id
 

@@ -1,4 +1,4 @@
-"""The background graph build as `devise serve` runs it (app/graphjob.py), measured from the
+"""The background graph build as `devise serve` runs it (app/jobs/graph.py), measured from the
 app's side: how long each step takes, and what a search costs meanwhile. Prints a table,
 writes JSON, asserts nothing.
 
@@ -44,7 +44,7 @@ from bench_scale import (  # type: ignore[import-not-found]
 )
 from bench_tags import cpu_name  # type: ignore[import-not-found]
 
-from app.graphjob import GraphJob
+from app.jobs.graph import GraphJob
 from qdrant.edge import EdgeStore
 from qdrant.graphbuild import tree_bytes
 from qdrant.schema import image_point_id

@@ -12,7 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from app.demo import DEMO_HOLDOUT
+from app.cli.demo import DEMO_HOLDOUT
 from model.evaluate import evaluate_checkpoint
 from model.train import TrainConfig, train
 

@@ -1,5 +1,5 @@
 """Text search for the checkpoint's own labels on devise: word-vector cosine (what `devise
-search LABEL` did before) against the calibrated margin it ranks by now (app/service.py
+search LABEL` did before) against the calibrated margin it ranks by now (app/search/service.py
 `_label_images`), per label: average precision over the whole index, precision@10 and @20,
 and the rank of the first right image. The images' `label` payload is the truth; photos
 whose label is none of the checkpoint's are the distractors. Asserts nothing.
@@ -25,7 +25,7 @@ def main() -> None:
     import numpy as np
     from bench_tags import cpu_name  # type: ignore[import-not-found]
 
-    from app.service import SearchService
+    from app.search.service import SearchService
     from model.evaluate import _ap
     from qdrant.edge import EdgeStore
 

@@ -8,8 +8,8 @@ file stem, judged by eye) or a garment label. For conse and devise, before and a
 - before: the query's every word as a term, function words included, ranked by the cosine
   to the mean of their vectors (what `devise search` did with several words; a query of one
   plain concept word was already answered by its mass, as it is now);
-- after: `SearchService.search_text`, which reads the query (app/query.py) and, on conse,
-  joins its terms (app/ranking/joint.py).
+- after: `SearchService.search_text`, which reads the query (app/search/query.py) and, on conse,
+  joins its terms (app/search/ranking/joint.py).
 
 It prints the rank of the first right photo and the average precision (over the first 1,000
 results) per query, the share of queries with a right photo in the top 3, mean AP, and, for
@@ -144,7 +144,7 @@ def n_right(right: tuple[str, ...]) -> int:
 def before(service: Any, query: str, model: str, k: int) -> tuple[list[str], list[str]]:
     """The old reading: every word a term, function words included; cosine to their mean.
     A query of one plain term was answered as now."""
-    from app.query import parse_query
+    from app.search.query import parse_query
 
     terms = parse_query(query)
     if len(terms) == 1 and terms[0].weight == 1:
@@ -178,8 +178,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_tags import cpu_name  # type: ignore[import-not-found]
 
-    from app.ranking.joint import DEFAULT, Calibration
-    from app.service import MAX_K, SearchService
+    from app.search.ranking.joint import DEFAULT, Calibration
+    from app.search.service import MAX_K, SearchService
     from qdrant.edge import EdgeStore
 
     checkpoint = args.demo / "devise.safetensors"

@@ -156,7 +156,7 @@ def load(
 def service_times(index: Path, checkpoint: str | None, model: str) -> str:
     """p50 ms of each query through the search service in this process, with no HTTP: what
     the app's CPU spends on the search itself."""
-    from app.service import SearchService
+    from app.search.service import SearchService
     from qdrant.edge import EdgeStore
 
     store = EdgeStore(index)

@@ -316,7 +316,7 @@ def test_conse_tags_chelsea_as_a_cat(glove: WordVectors) -> None:
 
 def test_clip_and_conse_vectors_are_stored_and_queried(tmp_path: Path, glove: WordVectors) -> None:
     """Storage plumbing: the tiny random CLIP (tests only) and ConSE on one set of points."""
-    from app.service import SearchService
+    from app.search.service import SearchService
     from ingest.pipeline import ingest
     from ingest.vocabulary import load_vocabulary
     from model.backbones import load_backbone

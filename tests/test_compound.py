@@ -15,9 +15,9 @@ import pytest
 from qdrant_client import QdrantClient
 
 from app.cli import main
-from app.handlers import WebHandlers
-from app.query import Term, parse_query
-from app.service import BadQueryError, ModelMissingError, SearchService
+from app.search.query import Term, parse_query
+from app.search.service import BadQueryError, ModelMissingError, SearchService
+from app.web.handlers import WebHandlers
 from ingest.pipeline import ingest
 from qdrant.edge import EdgeStore
 from qdrant.server import ServerStore

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import app.demo as demo
+import app.cli.demo as demo
 from app.settings import Settings
 from qdrant.edge import EdgeStore
 from qdrant.schema import IMAGES

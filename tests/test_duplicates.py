@@ -13,8 +13,8 @@ from PIL import Image
 from qdrant_client import QdrantClient
 
 from app.cli import main
-from app.duplicates import DEFAULT_THRESHOLDS, NEIGHBOURS, PAGE
-from app.service import BadQueryError, EmptyIndexError, ModelMissingError, SearchService
+from app.search.duplicates import DEFAULT_THRESHOLDS, NEIGHBOURS, PAGE
+from app.search.service import BadQueryError, EmptyIndexError, ModelMissingError, SearchService
 from qdrant.edge import EdgeStore
 from qdrant.schema import image_payload, image_point_id
 from qdrant.server import ServerStore

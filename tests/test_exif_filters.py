@@ -15,8 +15,8 @@ from PIL import Image
 from qdrant_client import QdrantClient
 
 from app.cli import main
-from app.filters import PhotoFilter
-from app.service import BadQueryError, SearchService
+from app.search.filters import PhotoFilter
+from app.search.service import BadQueryError, SearchService
 from ingest.exif import EXIF_FIELDS, EXIF_VERSION
 from ingest.pipeline import ingest
 from qdrant import GeoCircle, SearchFilter, Store
@@ -483,7 +483,7 @@ def web(tmp_path: Path) -> Iterator[tuple[SearchService, dict[str, Path]]]:
 def test_web_handlers_filter_by_exif_and_say_what_is_wrong(
     web: tuple[SearchService, dict[str, Path]],
 ) -> None:
-    from app.handlers import PhotoArgs, WebHandlers
+    from app.web.handlers import PhotoArgs, WebHandlers
 
     service, files = web
     h = WebHandlers(service)

@@ -161,8 +161,8 @@ def test_no_build_without_room_on_the_disk(tmp_path: Path, monkeypatch: pytest.M
 def test_the_app_builds_the_graph_after_a_write_and_answers_meanwhile(tmp_path: Path) -> None:
     """The app's jobs as `devise serve` wires them: an ingest through the write slot, then
     the GraphJob notices, builds in another process and swaps the graph in."""
-    from app.graphjob import GraphJob
-    from app.indexjob import IndexJob
+    from app.jobs.graph import GraphJob
+    from app.jobs.index import IndexJob
     from ingest.pipeline import IngestSummary
 
     root = tmp_path / "ix"
@@ -230,7 +230,7 @@ def test_a_failed_build_says_why_and_leaves_the_index_as_it_was(
 ) -> None:
     import sys
 
-    from app.graphjob import GraphJob
+    from app.jobs.graph import GraphJob
     from app.web import _lone_slot
 
     root = tmp_path / "ix"
@@ -255,10 +255,10 @@ def test_a_failed_build_says_why_and_leaves_the_index_as_it_was(
 
 
 def test_the_page_says_while_the_graph_is_built(tmp_path: Path) -> None:
-    from app.graphjob import GraphJob
-    from app.handlers import WebHandlers
-    from app.service import SearchService
+    from app.jobs.graph import GraphJob
+    from app.search.service import SearchService
     from app.web import _lone_slot
+    from app.web.handlers import WebHandlers
 
     _filled(tmp_path / "ix", 1100)
     with EdgeStore(tmp_path / "ix") as s:

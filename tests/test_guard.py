@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from app.guard import FileGuard, ServedRoots, _outermost, file_target, uploaded_bytes
+from app.web.guard import FileGuard, ServedRoots, _outermost, file_target, uploaded_bytes
 
 
 @pytest.fixture()

@@ -373,7 +373,7 @@ def test_the_cli_prints_a_path_with_a_newline_on_its_own_line(
     """A file named with a newline (seen in a real folder of odd files) split its result
     across two lines of `devise search`, as if a second result began with 'line.jpg'."""
     from app.cli import _print_answer
-    from app.service import Answer, ImageResult
+    from app.search.service import Answer, ImageResult
 
     results = [
         ImageResult("/p/new\nline.jpg", 0.9, "odd\tfolder", "/p"),

@@ -266,7 +266,7 @@ def test_queries_keep_answering_during_an_ingest_on_a_server(tmp_path: Path) -> 
 
     from qdrant_client import QdrantClient
 
-    from app.service import SearchService
+    from app.search.service import SearchService
     from qdrant.server import ServerStore
 
     store = ServerStore(QdrantClient(":memory:"), "memory")

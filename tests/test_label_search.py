@@ -13,7 +13,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from app.cli import main
-from app.service import ModelMissingError, SearchService
+from app.search.service import ModelMissingError, SearchService
 from qdrant.edge import EdgeStore
 from qdrant.schema import image_payload, image_point_id
 from qdrant.server import ServerStore

@@ -13,7 +13,7 @@ import pytest
 
 import ingest.vocabulary as vocabulary
 from app.cli import main
-from app.service import EmptyIndexError, ModelMissingError, SearchService
+from app.search.service import EmptyIndexError, ModelMissingError, SearchService
 from ingest.pipeline import ingest, settle_symlinked_points
 from qdrant.edge import EdgeStore
 from qdrant.schema import IMAGES, image_payload
@@ -276,7 +276,7 @@ def test_two_files_with_the_same_content_are_two_results(tmp_path: Path) -> None
 
 
 def test_demo_refuses_a_size_it_was_not_built_at(tmp_path: Path) -> None:
-    from app.demo import check_size
+    from app.cli.demo import check_size
     from model.data.datasets import DatasetError
 
     done = tmp_path / "train" / ".done"

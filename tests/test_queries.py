@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from app.cli import main
-from app.ranking.joint import DEFAULT, TermScores, rank
-from app.service import SearchService
+from app.search.ranking.joint import DEFAULT, TermScores, rank
+from app.search.service import SearchService
 from model.vocab.words import WordVectors
 from tests.corpus import unreadable_pictures
 
@@ -133,7 +133,7 @@ def test_the_read_line_reaches_cli_json_and_web(
         from qdrant.edge import EdgeStore
 
         service.store = EdgeStore(idx)
-    from app.handlers import WebHandlers
+    from app.web.handlers import WebHandlers
 
     status = WebHandlers(service).search_text("a dog on the grass", "conse", k=2).status
     assert f"for {line} by conse" in status

@@ -6,7 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-from app.query import QueryError, Term, looks_like_image_path, parse_query, read_query, reading
+from app.search.query import (
+    QueryError,
+    Term,
+    looks_like_image_path,
+    parse_query,
+    read_query,
+    reading,
+)
 
 
 def test_words_weights_and_negatives() -> None:

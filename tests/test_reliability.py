@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.service import ModelMissingError, SearchService
+from app.search.service import ModelMissingError, SearchService
 from ingest.pipeline import ingest
 from model.checkpoint import load_checkpoint
 from model.data.images import ImageError

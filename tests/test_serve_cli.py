@@ -367,10 +367,10 @@ def test_serve_builds_the_graph_in_the_background_and_answers_meanwhile(tmp_path
 
 @pytest.fixture
 def bare_api(tmp_path: Path) -> Iterator[Any]:
-    from app.cliapi import CliApi
-    from app.handlers import WebHandlers
-    from app.indexjob import IndexJob
-    from app.service import SearchService
+    from app.jobs.index import IndexJob
+    from app.search.service import SearchService
+    from app.web.cliapi import CliApi
+    from app.web.handlers import WebHandlers
     from qdrant.edge import EdgeStore
 
     store = EdgeStore(tmp_path / "index")
@@ -474,7 +474,7 @@ def test_with_auth_the_cli_logs_in_with_the_token_only(tmp_path: Path) -> None:
     from dataclasses import replace
 
     from app.remote import RemoteError, RemoteIndex
-    from app.service import SearchService
+    from app.search.service import SearchService
     from app.web import launch_app
     from qdrant.edge import EdgeStore
 
@@ -500,8 +500,8 @@ def test_with_auth_the_cli_logs_in_with_the_token_only(tmp_path: Path) -> None:
 def test_a_burst_of_1000_files_is_indexed_in_a_few_batches(tmp_path: Path) -> None:
     """The watcher with real file events and a counting runner in place of the models: a
     burst of 1,000 copies becomes a few ingests of the folder, not 1,000."""
-    from app.indexjob import IndexJob
-    from app.watch import FolderWatcher
+    from app.jobs.index import IndexJob
+    from app.jobs.watch import FolderWatcher
     from ingest.pipeline import IngestSummary
 
     watched = tmp_path / "watched"

@@ -9,7 +9,7 @@ import pytest
 import qdrant_edge as qe
 
 from app.cli import main
-from app.service import (
+from app.search.service import (
     DEFAULT_VOCABULARY,
     BadQueryError,
     EmptyIndexError,

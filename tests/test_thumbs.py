@@ -88,7 +88,7 @@ def test_the_live_app_shows_heic_and_tiff_results_as_jpegs(
     PNG, which every browser draws; before, the HEIC and the TIFF came back as they are."""
     from gradio_client import Client, handle_file
 
-    from app.service import SearchService
+    from app.search.service import SearchService
     from app.web import launch_app
     from ingest.pipeline import ingest
     from model.embedders.embedder import DeviseEmbedder
@@ -172,7 +172,7 @@ def test_the_app_can_open_heic_before_any_picture_is_decoded(photos: Path, tmp_p
     code = (
         "import sys\n"
         "from PIL import Image\n"
-        "from app.service import SearchService\n"
+        "from app.search.service import SearchService\n"
         "from app.web import build_demo\n"
         "from qdrant.edge import EdgeStore\n"
         "build_demo(SearchService(EdgeStore(sys.argv[1])))\n"

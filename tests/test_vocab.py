@@ -180,7 +180,7 @@ def test_phrase_vectors_in_the_vocabulary(glove: WordVectors, tmp_path: Path) ->
 
 def test_devise_tags_never_split_a_multi_word_label(glove: WordVectors, tmp_path: Path) -> None:
     """`ankle` and `boot` never stand alone when `ankle boot` is a label."""
-    from app.service import SearchService
+    from app.search.service import SearchService
     from ingest.vocabulary import load_vocabulary
     from qdrant.edge import EdgeStore
 
@@ -270,7 +270,7 @@ def test_conse_text_search_for_a_general_word(tmp_path: Path, glove: WordVectors
     """'drink' finds the espresso and 'cat' the tabby, though neither word is their label,
     and the tags of an indexed photo come from its payload."""
     pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
-    from app.service import SearchService
+    from app.search.service import SearchService
     from ingest.pipeline import ingest
     from ingest.vocabulary import load_vocabulary
     from model.data.datasets import export_photos
@@ -335,7 +335,7 @@ def test_an_older_index_still_finds_unshared_concepts(glove: WordVectors, tmp_pa
     """Points stored before concepts were keyed by wnid hold lower-case names and no
     `detected`: a search for an unshared name (`dog`) still finds them, by their classes'
     mass; the next ingest refreshes them (`ConseEmbedder.extra_fields`)."""
-    from app.service import SearchService
+    from app.search.service import SearchService
     from ingest.pipeline import _has_extra_fields
     from ingest.vocabulary import load_vocabulary
     from model.embedders.conse import ConseEmbedder

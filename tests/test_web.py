@@ -18,11 +18,11 @@ from urllib.parse import quote, urlsplit
 import pytest
 from PIL import Image
 
-from app.guard import ServedRoots, file_target, roots_from_index
-from app.handlers import WebHandlers, caption, tag_key
-from app.indexjob import IndexJob
-from app.service import SearchService
+from app.jobs.index import IndexJob
+from app.search.service import SearchService
 from app.web import WebApp, build_demo, is_loopback, launch_app, parse_auth
+from app.web.guard import ServedRoots, file_target, roots_from_index
+from app.web.handlers import WebHandlers, caption, tag_key
 from ingest.pipeline import ingest
 from ingest.vocabulary import load_vocabulary
 from model.embedders.embedder import DeviseEmbedder
@@ -433,8 +433,8 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
 
 
 def test_compare_tab_shows_the_recorded_evaluation(tmp_path: Path) -> None:
-    from app.handlers import evaluation_markdown
-    from app.service import SearchService
+    from app.search.service import SearchService
+    from app.web.handlers import evaluation_markdown
     from model.evaluate import EvalReport
     from qdrant.edge import EdgeStore
 
@@ -502,7 +502,7 @@ def test_live_api_names_parameters_and_answers_with_the_cli_json(
         client.predict("", api_name="/search_json")
     # a file record naming a path outside Gradio's uploads is refused, never read
     # (gradio_client itself would upload the file; a hand-made request need not)
-    from app.guard import uploaded_bytes
+    from app.web.guard import uploaded_bytes
 
     with pytest.raises(ValueError, match="handle_file"):
         uploaded_bytes({"path": str(probe), "meta": {"_type": "gradio.FileData"}})

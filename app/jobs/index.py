@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from app.service import SearchService
+    from app.search.service import SearchService
     from ingest.pipeline import ArrayEmbedder, IngestSummary
 
 
@@ -261,7 +261,7 @@ class IndexJob:
 
 def _devise(service: SearchService) -> ArrayEmbedder:
     """The DeViSE model that built the index (or the one the app was started with)."""
-    from app.service import ModelMissingError
+    from app.search.service import ModelMissingError
 
     if service.store.count("images") > 0:
         emb: ArrayEmbedder = service.embedder("devise")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from model.data.images import is_image_path
 
 if TYPE_CHECKING:
-    from app.indexjob import IndexJob, IngestRequest
+    from app.jobs.index import IndexJob, IngestRequest
     from ingest.pipeline import IngestSummary
 
 log = logging.getLogger(__name__)

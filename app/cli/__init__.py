@@ -48,7 +48,7 @@ def _fraction(text: str) -> float:
 
 def _when(text: str) -> str:
     """--after / --before: checked here (a bad date is a usage error), read by the service."""
-    from app.filters import FilterError, parse_when
+    from app.search.filters import FilterError, parse_when
 
     try:
         parse_when(text)
@@ -58,7 +58,7 @@ def _when(text: str) -> str:
 
 
 def _near(text: str) -> str:
-    from app.filters import FilterError, parse_near
+    from app.search.filters import FilterError, parse_near
 
     try:
         parse_near(text)
@@ -68,7 +68,7 @@ def _near(text: str) -> str:
 
 
 def _radius(text: str) -> float:
-    from app.filters import FilterError, parse_radius
+    from app.search.filters import FilterError, parse_radius
 
     try:
         return parse_radius(text)
@@ -204,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def record_evaluation(args: argparse.Namespace, data: dict[str, Any], where: Path) -> None:
     """Keep the table in the index's meta, where the web app's Compare tab shows it (through
     the app when one holds the index)."""
-    from app.cliapi import record_in
+    from app.web.cliapi import record_in
 
     settings = _settings(args)
     data = dict(data, data=str(where.resolve()))
@@ -466,8 +466,8 @@ def cmd_words(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from app.graphjob import BUSY
-    from app.service import SearchService
+    from app.jobs.graph import BUSY
+    from app.search.service import SearchService
 
     args.must_exist = True
     remote = app_holding(_settings(args))
@@ -558,7 +558,7 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
 
 def _service(store: Any, settings: Any) -> Any:
     """The search service as the CLI runs it: notices on stderr, bars on a terminal."""
-    from app.service import SearchService
+    from app.search.service import SearchService
 
     return SearchService(
         store,
@@ -571,7 +571,7 @@ def _service(store: Any, settings: Any) -> Any:
 
 def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
     """The answer of the app that holds the index, as an Answer to print."""
-    from app.service import Answer, ImageResult, TagResult
+    from app.search.service import Answer, ImageResult, TagResult
 
     record = remote.record
     if args.checkpoint and _abs(args.checkpoint) != record.checkpoint:
@@ -701,7 +701,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from app.duplicates import human_date, human_size, small_note
+    from app.search.duplicates import human_date, human_size, small_note
 
     args.must_exist = True
     remote = app_holding(_settings(args))
@@ -746,7 +746,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def _remote_duplicates(args: argparse.Namespace, remote: Any) -> Any:
-    from app.duplicates import DuplicateGroup, DuplicateImage, DuplicateReport
+    from app.search.duplicates import DuplicateGroup, DuplicateImage, DuplicateReport
 
     data = remote.duplicates(args.threshold, args.folder, args.model)
     groups = [
@@ -780,7 +780,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo import run_demo
+    from app.cli.demo import run_demo
 
     return run_demo(
         Path(args.dir),
@@ -1301,7 +1301,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ("model.embedders.embedder", "UnknownWordsError"),
         ("qdrant.errors", "StoreError"),
         ("ingest.pipeline", "IngestError"),
-        ("app.service", "ServiceError"),
+        ("app.search.service", "ServiceError"),
         ("app.remote", "RemoteError"),
         ("model.embedders.clip", "ClipUnavailable"),
         ("model.data.datasets", "DatasetError"),

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from app.remote import image_digest, token_ok
 
 if TYPE_CHECKING:
-    from app.handlers import WebHandlers
-    from app.indexjob import IndexJob, IngestRequest
+    from app.jobs.index import IndexJob, IngestRequest
+    from app.web.handlers import WebHandlers
     from ingest.pipeline import ArrayEmbedder, IngestSummary
     from qdrant.store import Store
 
@@ -302,7 +302,7 @@ class CliApi:
         import gradio as gr
         from gradio.data_classes import FileData
 
-        from app.guard import uploaded_bytes
+        from app.web.guard import uploaded_bytes
 
         def answer(call: Callable[[], Any]) -> str:
             try:

@@ -1,0 +1,1 @@
+"""Background work of a running app: the index job, the graph job, the folder watcher."""
