@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from app.remote import app_holding
 
@@ -242,80 +242,18 @@ def _open_store(args: argparse.Namespace) -> Any:
     return settings, settings.open_store()
 
 
-def build_embedders(
-    names: Sequence[str] | None, settings: Any, args: argparse.Namespace
-) -> tuple[list[Any], dict[str, dict[str, Any]]]:
-    """The embedders to ingest with, and what the index records of each. With no --models,
-    every model that can run here; an absent one is said in one line."""
-    from model.embedders.factory import INGEST_NAMES, available_models, duplicate_embedder
+def _model_options(args: argparse.Namespace) -> Any:
+    """The flags that choose the models' weights, as plain values."""
+    from app.search.embedders import ModelOptions
 
-    explicit = names is not None
-    wanted = list(names) if names else list(INGEST_NAMES)
-    unknown = set(wanted) - set(INGEST_NAMES)
-    if unknown:
-        raise CliError(
-            f"--models: unknown model(s) {', '.join(sorted(unknown))}; "
-            f"choose from {', '.join(INGEST_NAMES)}"
-        )
-    if "devise" in wanted and settings.checkpoint is None:
-        if explicit:
-            raise CliError(
-                "--models devise needs a checkpoint: pass --checkpoint CKPT "
-                "(train one with `devise train DATA --out CKPT`)"
-            )
-        wanted.remove("devise")
-        # said like an absent clip: the searches then answer with conse
-        print(
-            "devise absent: no checkpoint; pass --checkpoint CKPT or set DEVISE_CHECKPOINT "
-            "(train one with `devise train DATA --out CKPT`; `devise demo` makes one)",
-            file=sys.stderr,
-        )
     clip_weights = getattr(args, "clip_weights", None)
-    avail = available_models(
-        [n for n in wanted if n != "dup"],
-        checkpoint=settings.checkpoint,
+    return ModelOptions(
         weights=args.weights,
         clip_model=getattr(args, "clip_model", "ViT-B-32"),
         clip_pretrained=getattr(args, "clip_pretrained", "laion2b_s34b_b79k"),
         clip_weights=Path(clip_weights) if clip_weights else None,
-        precision=settings.precision,
         cache_dir=_cache_dir(args),
     )
-    embedders: list[Any] = []
-    extra: dict[str, dict[str, Any]] = {}
-    found: dict[str, Any] = dict(avail.models)
-    if "dup" in wanted:
-        found["dup"] = duplicate_embedder(
-            checkpoint=settings.checkpoint, weights=args.weights, precision=settings.precision
-        )
-    emb: Any
-    for name, emb in found.items():
-        if emb is None:
-            if explicit:
-                raise CliError(avail.messages[name])
-            print(avail.messages[name], file=sys.stderr)
-            continue
-        embedders.append(emb)
-        if name == "devise":
-            extra[name] = {
-                "words": emb.words_source,
-                "backbone": emb.meta["backbone"],
-                "checkpoint": str(Path(settings.checkpoint).resolve()),
-            }
-        elif name == "conse":
-            extra[name] = {
-                "words": emb.words_source,
-                "backbone": emb.backbone.name,
-                "weights": emb.backbone.weights_id,
-                "top_t": emb.top_t,
-            }
-        elif name == "dup":
-            extra[name] = {"backbone": emb.backbone.name, "weights": emb.backbone.weights_id}
-        elif name == "clip":
-            extra[name] = emb.record()
-    if not embedders:
-        raise CliError("no model to ingest with: pass --checkpoint CKPT or --models conse")
-    return embedders, extra
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -328,7 +266,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     remote = app_holding(settings)
     if remote is not None:
         return _remote_ingest(args, settings, remote)
-    embedders, extra = build_embedders(args.models, settings, args)
+    from app.search.embedders import build_embedders
+
+    embedders, extra = build_embedders(args.models, settings, _model_options(args))
     store = settings.open_store()
     try:
         if settings.shards or settings.replicas:
@@ -569,6 +509,24 @@ def _service(store: Any, settings: Any) -> Any:
     )
 
 
+def _request(args: argparse.Namespace, kind: str, image: Any = None) -> Any:
+    """The query as the flags ask it, filters read once (a bad one is a BadQueryError)."""
+    from app.search.request import Kind, QueryRequest
+
+    fields: dict[str, Any] = {"model": args.model, "min_score": args.min_score, "k": args.k}
+    if kind in ("search", "tag"):
+        fields["zero_shot_bias"] = args.zero_shot_bias
+    if kind == "search":
+        fields["text"] = args.text
+    if kind == "tag":
+        return QueryRequest("tag", image=image, generality=args.generality, **fields)
+    return QueryRequest.typed(
+        cast(Kind, kind), after=args.after, before=args.before, cameras=args.camera or (),
+        near=args.near, radius_km=args.radius_km, labels=args.label or (), folder=args.folder,
+        image=image, **fields,
+    )  # fmt: skip
+
+
 def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
     """The answer of the app that holds the index, as an Answer to print."""
     from app.search.service import Answer, ImageResult, TagResult
@@ -579,20 +537,9 @@ def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
             f"the app at {record.url} (PID {record.pid}) holds this index and answers with "
             "its own checkpoint: drop --checkpoint, or stop the app"
         )
-    params: dict[str, Any] = {"model": args.model, "min_score": args.min_score, "k": args.k}
-    if kind in ("search", "similar"):
-        params.update(
-            labels=args.label or [], folder=args.folder, after=args.after, before=args.before,
-            cameras=args.camera or [], near=args.near, radius_km=args.radius_km,
-        )  # fmt: skip
-    if kind in ("search", "tag"):
-        params["zero_shot_bias"] = args.zero_shot_bias
-    if kind == "search":
-        params["text"] = args.text
-    if kind == "tag":
-        params["generality"] = args.generality
+    request = _request(args, kind)
     image = getattr(args, "image", None)
-    data = remote.query(kind, params, _image_arg(image) if image else None)
+    data = remote.query(kind, request.to_json(), _image_arg(image) if image else None)
     results = [
         TagResult(r["word"], r["score"], r.get("kind", "word"))
         if "word" in r
@@ -614,41 +561,11 @@ def _query(args: argparse.Namespace, kind: str) -> int:
     settings, store = _open_store(args)
     try:
         service = _service(store, settings)
-        common = {"model": args.model, "min_score": args.min_score, "k": args.k}
-        if kind in ("search", "similar"):
-            photo = service.photo_filter(
-                after=args.after,
-                before=args.before,
-                cameras=args.camera or (),
-                near=args.near,
-                radius_km=args.radius_km,
-            )
-        if kind == "search":
-            image = _image_arg(args.image) if args.image else None
-            answer = service.search_text(
-                args.text,
-                image=image,
-                labels=args.label or (),
-                folder=args.folder,
-                zero_shot_bias=args.zero_shot_bias,
-                photo=photo,
-                **common,
-            )
-        elif kind == "similar":
-            answer = service.similar(
-                _image_arg(args.image),
-                labels=args.label or (),
-                folder=args.folder,
-                photo=photo,
-                **common,
-            )
-        else:
-            answer = service.tag(
-                _image_arg(args.image),
-                generality=args.generality,
-                zero_shot_bias=args.zero_shot_bias,
-                **common,
-            )
+        request = _request(args, kind)
+        image = getattr(args, "image", None)
+        if image:
+            request = request.with_image(_image_arg(image))
+        answer = service.run(request)
     finally:
         store.close()
     _print_answer(answer, args.json, _kind(kind))
@@ -1291,25 +1208,12 @@ def _say(text: str) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [CliError]
-    for mod, name in [
-        ("model.data.features", "DataError"),
-        ("model.vocab.words", "WordsError"),
-        ("model.backbones", "BackboneError"),
-        ("model.checkpoint", "CheckpointError"),
-        ("model.data.images", "ImageError"),
-        ("model.embedders.embedder", "UnknownWordsError"),
-        ("qdrant.errors", "StoreError"),
-        ("ingest.pipeline", "IngestError"),
-        ("app.search.service", "ServiceError"),
-        ("app.remote", "RemoteError"),
-        ("model.embedders.clip", "ClipUnavailable"),
-        ("model.data.datasets", "DatasetError"),
-        ("model.device", "DeviceError"),
-    ]:
-        module = sys.modules.get(mod)
-        if module is not None:
-            errors.append(getattr(module, name))
+    from app.search.errors import known_errors
+
+    errors: list[type[BaseException]] = [CliError, *known_errors()]
+    remote = sys.modules.get("app.remote")
+    if remote is not None:
+        errors.append(remote.RemoteError)
     return tuple(errors)
 
 

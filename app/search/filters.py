@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from app.search.errors import BadQueryError
 from qdrant.filters import GeoCircle
 
 #: the radius `--near` gets when no `--radius-km` is given
@@ -94,3 +96,39 @@ def circle(near: str, radius_km: str | float | None) -> GeoCircle:
     if radius_km is None or radius_km == "":
         return GeoCircle(lat, lon, DEFAULT_RADIUS_KM)
     return GeoCircle(lat, lon, parse_radius(radius_km))
+
+
+def read_photo_filter(
+    *,
+    after: str | None = None,
+    before: str | None = None,
+    cameras: Sequence[str] = (),
+    near: str | None = None,
+    radius_km: str | float | None = None,
+) -> PhotoFilter:
+    """The EXIF filters as typed by a user, read and checked; BadQueryError names the
+    filter that is wrong. Empty strings count as not given (a web form's blank box)."""
+    try:
+        start = parse_when(after) if after and after.strip() else None
+    except FilterError as e:
+        raise BadQueryError(f"after: {e}") from None
+    try:
+        end = parse_when(before) if before and before.strip() else None
+    except FilterError as e:
+        raise BadQueryError(f"before: {e}") from None
+    if start is not None and end is not None and start >= end:
+        raise BadQueryError(
+            f"the date range is empty: after {iso_of(start)} is not earlier than before "
+            f"{iso_of(end)} (after includes its date, before does not)"
+        )
+    place: GeoCircle | None = None
+    has_radius = radius_km is not None and str(radius_km).strip() != ""
+    if near and near.strip():
+        try:
+            place = circle(near, radius_km if has_radius else None)
+        except FilterError as e:
+            raise BadQueryError(f"near: {e}") from None
+    elif has_radius:
+        raise BadQueryError("a radius needs a place: give near LAT,LON too")
+    names = tuple(c.strip() for c in cameras if c and c.strip())
+    return PhotoFilter(start, end, names, place)

@@ -29,8 +29,10 @@ from app.search.duplicates import (
     check_threshold,
     scan,
 )
-from app.search.filters import MAX_RADIUS_KM, FilterError, PhotoFilter, circle, iso_of, parse_when
+from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError, ServiceError
+from app.search.filters import MAX_RADIUS_KM, PhotoFilter, iso_of, read_photo_filter
 from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
+from app.search.request import ImageInput, QueryRequest
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -59,22 +61,6 @@ LABEL_CANDIDATES = 5000
 # by cosine (at least 4 per result asked for)
 CONSE_CANDIDATES = 100
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
-
-
-class ServiceError(Exception):
-    """A query that cannot be answered; the message says why and what to do."""
-
-
-class EmptyIndexError(ServiceError):
-    pass
-
-
-class ModelMissingError(ServiceError):
-    pass
-
-
-class BadQueryError(ServiceError):
-    pass
 
 
 @dataclass
@@ -191,9 +177,6 @@ def validate(k: int, min_score: float | None) -> None:
         raise BadQueryError(f"k must be between 1 and {MAX_K}, got {k}")
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise BadQueryError(f"min score must be between 0 and 1, got {min_score}")
-
-
-ImageInput = str | Path | bytes | Any  # a path, raw bytes, or a PIL image
 
 
 class SearchService:
@@ -477,32 +460,10 @@ class SearchService:
         near: str | None = None,
         radius_km: str | float | None = None,
     ) -> PhotoFilter:
-        """The EXIF filters as typed by a user, read and checked; BadQueryError names the
-        filter that is wrong. Empty strings count as not given (a web form's blank box)."""
-        try:
-            start = parse_when(after) if after and after.strip() else None
-        except FilterError as e:
-            raise BadQueryError(f"after: {e}") from None
-        try:
-            end = parse_when(before) if before and before.strip() else None
-        except FilterError as e:
-            raise BadQueryError(f"before: {e}") from None
-        if start is not None and end is not None and start >= end:
-            raise BadQueryError(
-                f"the date range is empty: after {iso_of(start)} is not earlier than before "
-                f"{iso_of(end)} (after includes its date, before does not)"
-            )
-        place: GeoCircle | None = None
-        has_radius = radius_km is not None and str(radius_km).strip() != ""
-        if near and near.strip():
-            try:
-                place = circle(near, radius_km if has_radius else None)
-            except FilterError as e:
-                raise BadQueryError(f"near: {e}") from None
-        elif has_radius:
-            raise BadQueryError("a radius needs a place: give near LAT,LON too")
-        names = tuple(c.strip() for c in cameras if c and c.strip())
-        return PhotoFilter(start, end, names, place)
+        """The EXIF filters as typed by a user, read and checked (`read_photo_filter`)."""
+        return read_photo_filter(
+            after=after, before=before, cameras=cameras, near=near, radius_km=radius_km
+        )
 
     def cameras(self) -> list[str]:
         """The cameras of the indexed photos, from their EXIF."""
@@ -1133,6 +1094,28 @@ class SearchService:
                     return np.asarray(vec, dtype=np.float32), path
         emb = self.embedder(model)
         return np.asarray(emb.embed_images([self._decode(image)])[0], dtype=np.float32), None
+
+    def run(self, request: QueryRequest) -> Answer:
+        """The one way in for a query, whichever face asked it."""
+        r = request
+        if r.kind == "tag":
+            if r.image is None:
+                raise BadQueryError("tag needs an image")
+            return self.tag(
+                r.image, model=r.model, k=r.k, min_score=r.min_score,
+                generality=r.generality, zero_shot_bias=r.zero_shot_bias,
+            )  # fmt: skip
+        if r.kind == "similar":
+            if r.image is None:
+                raise BadQueryError("similar needs an image")
+            return self.similar(
+                r.image, model=r.model, labels=r.labels, folder=r.folder,
+                min_score=r.min_score, k=r.k, photo=r.photo,
+            )  # fmt: skip
+        return self.search_text(
+            r.text, image=r.image, model=r.model, labels=r.labels, folder=r.folder,
+            min_score=r.min_score, k=r.k, zero_shot_bias=r.zero_shot_bias, photo=r.photo,
+        )  # fmt: skip
 
     def similar(
         self,

@@ -10,7 +10,6 @@ only folders inside its --ingest-root, token or not.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,8 +28,6 @@ if TYPE_CHECKING:
     from qdrant.store import Store
 
 log = logging.getLogger(__name__)
-
-QUERY_KINDS = ("search", "similar", "tag")
 
 
 @dataclass
@@ -95,45 +92,13 @@ class CliApi:
         self, kind: str, params: dict[str, Any], image: bytes | None, image_name: str = ""
     ) -> dict[str, Any]:
         """search / similar / tag as the CLI runs them; the answer's JSON."""
-        service = self.h.service
-        if kind not in QUERY_KINDS:
-            raise ValueError(f"unknown query kind {kind!r}; one of {', '.join(QUERY_KINDS)}")
+        from app.search.request import QueryRequest
+
         picture: bytes | Path | None = image
         if image is not None and image_name:
             picture = self._indexed(image, image_name)
-        common: dict[str, Any] = {
-            "model": params.get("model") or None,
-            "min_score": params.get("min_score"),
-            "k": int(params.get("k", 10)),
-        }
-        if kind == "tag":
-            if picture is None:
-                raise ValueError("tag needs an image")
-            return service.tag(
-                picture,
-                generality=params.get("generality") or "specific",
-                zero_shot_bias=params.get("zero_shot_bias", "auto"),
-                **common,
-            ).to_json()
-        photo = service.photo_filter(
-            after=params.get("after"),
-            before=params.get("before"),
-            cameras=params.get("cameras") or (),
-            near=params.get("near"),
-            radius_km=params.get("radius_km"),
-        )
-        labels = params.get("labels") or ()
-        folder = params.get("folder")
-        if kind == "search":
-            return service.search_text(
-                params.get("text") or "", image=picture, labels=labels, folder=folder,
-                zero_shot_bias=params.get("zero_shot_bias", "auto"), photo=photo, **common,
-            ).to_json()  # fmt: skip
-        if picture is None:
-            raise ValueError("similar needs an image")
-        return service.similar(
-            picture, labels=labels, folder=folder, photo=photo, **common
-        ).to_json()
+        request = QueryRequest.from_json({**params, "kind": kind}, picture)
+        return self.h.service.run(request).to_json()
 
     def _indexed(self, data: bytes, name: str) -> bytes | Path:
         """The CLI's own file as the CLI would query it: an indexed file (same path, same
@@ -244,7 +209,7 @@ class CliApi:
     ) -> tuple[list[ArrayEmbedder], dict[str, dict[str, Any]]]:
         """The models `devise ingest` would choose with these flags, loaded once per set of
         flags and kept: a watcher's many small ingests must not reload a backbone each."""
-        from app.cli import build_embedders
+        from app.search.embedders import ModelOptions, build_embedders
         from app.settings import Settings
 
         key = json.dumps(
@@ -261,14 +226,15 @@ class CliApi:
                 checkpoint=Path(ckpt) if ckpt else None,
                 precision=opts.get("precision") or self.h.service.precision,
             )
-            args = argparse.Namespace(
-                weights=opts.get("weights"), clip_weights=opts.get("clip_weights"),
+            clip_weights, cache = opts.get("clip_weights"), opts.get("cache")
+            options = ModelOptions(
+                weights=opts.get("weights"),
                 clip_model=opts.get("clip_model") or "ViT-B-32",
                 clip_pretrained=opts.get("clip_pretrained") or "laion2b_s34b_b79k",
-                cache=opts.get("cache"),
-            )  # fmt: skip
-            models = opts.get("models")
-            embedders, meta = build_embedders(models, settings, args)
+                clip_weights=Path(clip_weights) if clip_weights else None,
+                cache_dir=Path(cache) if cache else None,
+            )
+            embedders, meta = build_embedders(opts.get("models"), settings, options)
             self._embedders[key] = embedders
             self._meta[key] = meta
             return embedders, meta
@@ -310,9 +276,9 @@ class CliApi:
             except gr.Error:
                 raise
             except Exception as e:  # noqa: BLE001 - every failure reaches the CLI as one line
-                from app.cli import _known_errors
+                from app.search.errors import known_errors
 
-                known = isinstance(e, (*_known_errors(), ValueError, PermissionError, OSError))
+                known = isinstance(e, (*known_errors(), ValueError, PermissionError, OSError))
                 raise gr.Error(str(e) if known else f"{type(e).__name__}: {e}") from e
 
         def cli_status(pending: bool = False) -> str:
