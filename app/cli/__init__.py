@@ -204,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def record_evaluation(args: argparse.Namespace, data: dict[str, Any], where: Path) -> None:
     """Keep the table in the index's meta, where the web app's Compare tab shows it (through
     the app when one holds the index)."""
-    from app.web.cliapi import record_in
+    from app.search.evaluation import record_in
 
     settings = _settings(args)
     data = dict(data, data=str(where.resolve()))

@@ -15,43 +15,18 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.remote import image_digest, token_ok
+from app.search.evaluation import record_in
 
 if TYPE_CHECKING:
     from app.jobs.index import IndexJob, IngestRequest
     from app.web.handlers import WebHandlers
     from ingest.pipeline import ArrayEmbedder, IngestSummary
-    from qdrant.store import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Recorded:
-    """An evaluation table kept in the index's meta (`devise eval --record`), reported as
-    the app's job reports an ingest."""
-
-    where: str
-    failed: dict[str, int] = field(default_factory=dict)
-
-    def line(self) -> str:
-        return f"recorded in {self.where}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"recorded": self.where}
-
-
-def record_in(store: Store, data: dict[str, Any]) -> Recorded:
-    """Keeps `data` (an evaluation report's JSON, with the folder it measured as `data`) in
-    the index's meta, where the web app's Compare tab shows it."""
-    meta = store.get_meta()
-    meta["evaluation"] = data
-    store.set_meta(meta)
-    return Recorded(store.describe())
 
 
 class CliApi:
