@@ -19,15 +19,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self, TypeVar, cast
+from typing import IO, Any, TypeVar, cast
 
-import numpy as np
 import qdrant_edge as qe
 
 from qdrant import graphbuild
+from qdrant.base import BaseStore, Points, VectorRows, with_vector
 from qdrant.errors import IndexInUseError, StoreError
 from qdrant.filters import SearchFilter, score_threshold, to_edge
 from qdrant.schema import (
@@ -44,10 +43,8 @@ from qdrant.schema import (
     ON_DISK_INDEXES,
     PRINCIPAL_INDEX,
     VECTOR_NAMES,
-    WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
-    ImagePayload,
     IndexKind,
     abs_posix,
     camera_id,
@@ -64,10 +61,8 @@ from qdrant.store import (
     Record,
     Vector,
     WithVectors,
-    as_matrix,
     as_vector,
     point_id_str,
-    word_points,
 )
 
 log = logging.getLogger(__name__)
@@ -225,16 +220,6 @@ def _links_or_order(params: object) -> tuple[bool, bool]:
     return (links is None or bool(links), bool(getattr(params, "is_principal", None)))
 
 
-def _vectors_of(raw: object) -> dict[str, Vector]:
-    if not isinstance(raw, dict):
-        return {}
-    return {str(k): np.asarray(v, dtype=np.float32) for k, v in raw.items()}
-
-
-def _with_vector(with_vectors: WithVectors) -> bool | list[str]:
-    return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
-
-
 #: per number field, the image points that lack it: written before it existed
 _LACKING: dict[str, qe.Filter] = {
     FOLDER_IDS: qe.Filter(must=[qe.IsEmptyCondition(FOLDER_IDS)]),
@@ -383,12 +368,35 @@ class _PidLock:
         self._file = None
 
 
-class EdgeStore:
+class EdgeStore(BaseStore):
     """The embedded store: Qdrant Edge shards under `root`, searched exactly.
 
     Opening takes an exclusive lock on `root`: a second open, from this process or
     another, raises IndexInUseError naming the holder's PID.
     """
+
+    # words are small: four times an image batch a write
+    _word_batch = UPSERT_BATCH * 4
+
+    # the shared methods, each under the gate (_gated); scroll_images and scroll_words take
+    # it a page at a time (_scroll)
+    ensure_collections = _gated(BaseStore.ensure_collections)
+    vector_sizes = _gated(BaseStore.vector_sizes)
+    word_vector_sizes = _gated(BaseStore.word_vector_sizes)
+    ensure_word_vector = _gated(BaseStore.ensure_word_vector)
+    upsert_images = _gated(BaseStore.upsert_images)
+    upsert_words = _gated(BaseStore.upsert_words)
+    update_vectors = _gated(BaseStore.update_vectors)
+    update_word_vectors = _gated(BaseStore.update_word_vectors)
+    search_images = _gated(BaseStore.search_images)
+    search_words = _gated(BaseStore.search_words)
+    search_images_batch = _gated(BaseStore.search_images_batch)
+    count = _gated(BaseStore.count)
+    count_vectors = _gated(BaseStore.count_vectors)
+    retrieve_images = _gated(BaseStore.retrieve_images)
+    find_by_sha256 = _gated(BaseStore.find_by_sha256)
+    find_by_path = _gated(BaseStore.find_by_path)
+    find_words = _gated(BaseStore.find_words)
 
     def __init__(self, root: Path, *, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         self.root = Path(abs_posix(root))
@@ -554,17 +562,6 @@ class EdgeStore:
         finally:
             self._close_shards()
             self._lock.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @_gated
     def optimize(self) -> None:
@@ -735,7 +732,9 @@ class EdgeStore:
             return True
         return self._warmed.wait(timeout)
 
-    def _sizes(self, name: str) -> dict[str, int]:
+    def _sizes(self, name: str, refresh: bool = False) -> dict[str, int]:
+        # the cache is dropped by every change to a shard's vectors: never stale
+        del refresh
         if name not in self._shards:
             return {}
         cached = self._sizes_cache.get(name)
@@ -745,12 +744,22 @@ class EdgeStore:
         self._sizes_cache[name] = sizes
         return sizes
 
-    @_gated
-    def vector_sizes(self) -> dict[str, int]:
-        """The named vectors of `images` and their dimensions."""
-        return dict(self._sizes(IMAGES))
+    def _exists(self, collection: str) -> bool:
+        return collection in self._shards
 
-    def _create(self, name: str, vectors: dict[str, int], indexes: dict[str, IndexKind]) -> None:
+    def _image_indexes(self) -> dict[str, IndexKind]:
+        return EDGE_IMAGE_INDEXES
+
+    def _create(
+        self,
+        name: str,
+        vectors: dict[str, int],
+        indexes: dict[str, IndexKind],
+        shard_number: int | None,
+        replication_factor: int | None,
+    ) -> None:
+        # an Edge shard is local: there are no shards or replicas to spread it over
+        del shard_number, replication_factor
         if name == IMAGES:
             config = _images_config(vectors)
         else:
@@ -823,32 +832,6 @@ class EdgeStore:
             self._shards[name] = self._load(name)
 
     @_gated
-    def ensure_collections(
-        self,
-        image_vectors: dict[str, int],
-        word_dim: int | None = None,
-        *,
-        shard_number: int | None = None,
-        replication_factor: int | None = None,
-    ) -> None:
-        """Create the shards, named vectors and payload indexes that are missing.
-
-        `shard_number` and `replication_factor` are ignored: an Edge shard is local.
-        """
-        if image_vectors:
-            if IMAGES in self._shards:
-                self._add_vectors(IMAGES, image_vectors)
-                self._add_indexes(IMAGES, EDGE_IMAGE_INDEXES)
-            else:
-                self._create(IMAGES, image_vectors, EDGE_IMAGE_INDEXES)
-        if word_dim is not None:
-            if WORDS in self._shards:
-                self._add_vectors(WORDS, {WORD_VECTOR: word_dim})
-                self._add_indexes(WORDS, WORD_INDEXES)
-            else:
-                self._create(WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES)
-
-    @_gated
     def drop_vector(self, name: str) -> None:
         """Remove named vector `name` from `images` and from every image point."""
         shard = self._require(IMAGES)
@@ -876,49 +859,27 @@ class EdgeStore:
 
     # ---------------------------------------------------------------- writes
 
-    @_gated
-    def upsert_images(
-        self,
-        ids: Sequence[str],
-        payloads: Sequence[ImagePayload],
-        vectors: dict[str, Matrix],
-    ) -> None:
-        """Insert or replace image points."""
-        n = len(ids)
-        if len(payloads) != n:
-            raise ValueError(f"upsert_images: {n} ids but {len(payloads)} payloads")
-        mats = {k: as_matrix(v, n, f"vector {k!r}") for k, v in vectors.items()}
-        names = sorted(mats)
-        shard = self._require(IMAGES)
-        for start in range(0, n, UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, n)
-            points = [
-                qe.Point(
-                    ids[i],
-                    {k: m[i].tolist() for k, m in mats.items()},
-                    {**with_numbers(payloads[i]), VECTOR_NAMES: names},
-                )
-                for i in range(start, stop)
-            ]
-            self._write(shard, qe.UpdateOperation.upsert_points(points), ids[start:stop])
+    def _upsert(self, collection: str, batches: Iterable[Points]) -> None:
+        shard = self._require(collection)
+        for entries in batches:
+            if collection == IMAGES:
+                # every point of a batch carries the same vectors: name them for their filters
+                entries = [
+                    (pid, vecs, {**payload, VECTOR_NAMES: sorted(vecs)})
+                    for pid, vecs, payload in entries
+                ]
+            points = [qe.Point(pid, vecs, payload) for pid, vecs, payload in entries]
+            ids = [pid for pid, _, _ in entries]
+            self._write(shard, qe.UpdateOperation.upsert_points(points), ids)
             self._maybe_flush()
 
-    @_gated
-    def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
-        """Set vector `name` on existing image points."""
-        self._update_vectors(IMAGES, ids, name, vectors)
-
-    def _update_vectors(
-        self, collection: str, ids: Sequence[int | str], name: str, vectors: Matrix
-    ) -> None:
-        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
+    def _set_vectors(self, collection: str, name: str, batches: Iterable[VectorRows]) -> None:
         shard = self._require(collection)
-        for start in range(0, len(ids), UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, len(ids))
-            pvs = [qe.PointVectors(ids[i], {name: mat[i].tolist()}) for i in range(start, stop)]
-            self._write(shard, qe.UpdateOperation.update_vectors(pvs), ids[start:stop])
+        for ids, rows in batches:
+            pvs = [qe.PointVectors(i, {name: row}) for i, row in zip(ids, rows, strict=True)]
+            self._write(shard, qe.UpdateOperation.update_vectors(pvs), ids)
             if collection == IMAGES:
-                self._name_vectors(shard, ids[start:stop])
+                self._name_vectors(shard, ids)
             self._maybe_flush()
 
     def _name_vectors(self, shard: qe.EdgeShard, ids: Sequence[qe.PointId]) -> None:
@@ -954,33 +915,14 @@ class EdgeStore:
             self._write(shard, op, [point_id])
         self._maybe_flush()
 
-    @_gated
-    def upsert_words(
-        self,
-        ranks: Sequence[int],
-        words: Sequence[str],
-        vectors: Matrix,
-        source: str,
-        kinds: Sequence[str] | None = None,
-    ) -> None:
-        """Insert or replace vocabulary points; see `word_point_id` for their ids."""
-        batches = word_points(ranks, words, vectors, source, kinds, UPSERT_BATCH * 4)
-        shard = self._require(WORDS)
-        for entries in batches:
-            points = [qe.Point(pid, {WORD_VECTOR: vec}, payload) for pid, vec, payload in entries]
-            self._write(shard, qe.UpdateOperation.upsert_points(points))
-            self._maybe_flush()
-
     # ---------------------------------------------------------------- reads
 
     def _query(
         self, collection: str, using: str, vector: Vector, k: int, flt: SearchFilter | None
     ) -> list[Hit]:
         shard = self._shard(collection)
-        if shard is None or k <= 0:
+        if shard is None:
             return []
-        if using not in self._sizes(collection):
-            raise StoreError(f"{self.root}: collection {collection!r} has no vector {using!r}")
         threshold = score_threshold(flt)
         edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
         acorn = collection != IMAGES or self._acorn(flt, using)
@@ -1139,57 +1081,26 @@ class EdgeStore:
         self._set_by_value(shard, VECTOR_NAMES, groups)
         return list(names)
 
-    @_gated
-    def search_images(
-        self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
-    ) -> list[Hit]:
-        """The `k` images nearest to `vector` by named vector `name`."""
-        return self._query(IMAGES, name, vector, k, flt)
+    def _has_vector(self, collection: str, name: str) -> bool:
+        if self._shard(collection) is None:
+            return False
+        if name not in self._sizes(collection):
+            raise StoreError(f"{self.root}: collection {collection!r} has no vector {name!r}")
+        return True
 
-    @_gated
-    def search_words(
-        self, vector: Vector, k: int, flt: SearchFilter | None = None, using: str = WORD_VECTOR
-    ) -> list[Hit]:
-        """The `k` words nearest to `vector` by the words' named vector `using`."""
-        return self._query(WORDS, using, vector, k, flt)
-
-    @_gated
-    def word_vector_sizes(self) -> dict[str, int]:
-        """The named vectors of `words` and their dimensions."""
-        return dict(self._sizes(WORDS))
-
-    @_gated
-    def ensure_word_vector(self, name: str, dim: int) -> None:
-        """Add named vector `name` to the words collection (points lack it until set)."""
-        self._add_vectors(WORDS, {name: dim})
-
-    @_gated
-    def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
-        """Set vector `name` on existing word points."""
-        self._update_vectors(WORDS, ids, name, vectors)
-
-    def scroll_words(self, flt: SearchFilter | None = None) -> Iterator[Record]:
-        """Every word point matching `flt` (payload only)."""
-        return self._scroll(WORDS, False, flt, SCROLL_BATCH * 4)
-
-    @_gated
-    def search_images_batch(
+    def _search_batch(
         self,
         name: str,
-        vectors: Matrix,
+        mat: Matrix,
         k: int,
-        flt: SearchFilter | None = None,
-        *,
-        exact: bool = True,
-        with_payload: bool = True,
+        flt: SearchFilter | None,
+        exact: bool,
+        with_payload: bool,
     ) -> list[list[Hit]]:
-        """For each row of `vectors`, the `k` images nearest by `name`, in one query_batch."""
-        mat = as_matrix(vectors, len(vectors), f"vector {name!r}")
+        # one query_batch for every row
         shard = self._shard(IMAGES)
-        if shard is None or k <= 0 or not len(mat):
+        if shard is None:
             return [[] for _ in range(len(mat))]
-        if name not in self._sizes(IMAGES):
-            raise StoreError(f"{self.root}: collection {IMAGES!r} has no vector {name!r}")
         edge_filter = self._edge_filter(flt)
         threshold = score_threshold(flt)
         acorn = self._acorn(flt, name)
@@ -1224,9 +1135,7 @@ class EdgeStore:
                     out[i] = hits
         return out
 
-    @_gated
-    def count(self, collection: str, flt: SearchFilter | None = None) -> int:
-        """Exact number of points in `collection` matching `flt`."""
+    def _count(self, collection: str, flt: SearchFilter | None) -> int:
         shard = self._shard(collection)
         if shard is None:
             return 0
@@ -1237,11 +1146,9 @@ class EdgeStore:
             return int(shard.info().points_count)
         return int(shard.count(qe.CountRequest(exact=True, filter=edge_filter)))
 
-    @_gated
-    def count_vectors(self, name: str) -> int:
-        """How many image points carry named vector `name`."""
+    def _count_vectors(self, name: str) -> int:
         shard = self._shard(IMAGES)
-        if shard is None or name not in self.vector_sizes():
+        if shard is None:
             return 0
         if self._numbered(VECTOR_NAMES):
             # every point names its vectors: the index's counts (0.1 ms at 1,000,000)
@@ -1250,10 +1157,6 @@ class EdgeStore:
         # exact, visiting every point (43 ms at 100,000): the estimate (exact=False) counted
         # re-inserted points' old vectors (tests/test_index_scale.py)
         return int(shard.count(qe.CountRequest(exact=True, filter=flt)))
-
-    def facet_labels(self) -> dict[str, int]:
-        """Number of image points per label."""
-        return self.facet_values("label")
 
     @_gated
     def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
@@ -1271,20 +1174,6 @@ class EdgeStore:
         # an exact facet still lists a value whose points were all deleted, with count 0
         return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
-    def _records(self, raw: Sequence[qe.Record]) -> list[Record]:
-        return [
-            Record(point_id_str(r.id), dict(r.payload or {}), _vectors_of(r.vector)) for r in raw
-        ]
-
-    def scroll_images(
-        self,
-        with_vectors: WithVectors = False,
-        flt: SearchFilter | None = None,
-        batch: int = SCROLL_BATCH,
-    ) -> Iterator[Record]:
-        """Every image point matching `flt`."""
-        return self._scroll(IMAGES, with_vectors, flt, batch)
-
     def _scroll(
         self, collection: str, with_vectors: WithVectors, flt: SearchFilter | None, batch: int
     ) -> Iterator[Record]:
@@ -1297,70 +1186,43 @@ class EdgeStore:
                 if shard is None:
                     return
                 edge_filter = self._edge_filter(flt) if collection == IMAGES else to_edge(flt)
-                raw, offset = _page(shard, edge_filter, offset, batch, _with_vector(with_vectors))
+                raw, offset = _page(shard, edge_filter, offset, batch, with_vector(with_vectors))
                 records = self._records(raw)
             yield from records
             if offset is None:
                 return
 
-    @_gated
-    def retrieve_images(
-        self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
+    def _retrieve(
+        self, ids: Sequence[str], with_vectors: WithVectors, with_payload: bool
     ) -> list[Record]:
-        """The image points with these ids that exist."""
-        shard = self._shard(IMAGES)
-        if shard is None or not ids:
-            return []
-        raw = shard.retrieve(
-            list(ids), with_payload=with_payload, with_vector=_with_vector(with_vectors)
-        )
-        return self._records(raw)
-
-    def _find(self, field: str, values: Sequence[str]) -> list[Record]:
         shard = self._shard(IMAGES)
         if shard is None:
             return []
-        out: list[Record] = []
-        for start in range(0, len(values), SCROLL_BATCH):
-            chunk = list(values[start : start + SCROLL_BATCH])
-            flt = qe.Filter(must=[qe.FieldCondition(field, match=qe.MatchAny(chunk))])
-            for raw in _pages(shard, flt, SCROLL_BATCH, False):
-                out.extend(self._records(raw))
-        return out
+        raw = shard.retrieve(
+            list(ids), with_payload=with_payload, with_vector=with_vector(with_vectors)
+        )
+        return self._records(raw)
 
-    @_gated
-    def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
-        """Image points by content hash."""
-        found: dict[str, list[Record]] = {}
-        for rec in self._find("sha256", hashes):
-            found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
-        return found
+    def _matching(self, field: str, values: list[str]) -> list[Record]:
+        shard = self._shard(IMAGES)
+        if shard is None:
+            return []
+        flt = qe.Filter(must=[qe.FieldCondition(field, match=qe.MatchAny(values))])
+        return [
+            rec for raw in _pages(shard, flt, SCROLL_BATCH, False) for rec in self._records(raw)
+        ]
 
-    @_gated
-    def find_words(self, words: Sequence[str]) -> dict[str, Vector]:
-        """Stored vectors of these words (those in the vocabulary), keyed by word."""
+    def _word_records(self, words: Sequence[str]) -> list[Record]:
         shard = self._shard(WORDS)
-        if shard is None or not words:
-            return {}
+        if shard is None:
+            return []
         flt = qe.Filter(must=[qe.FieldCondition("word", match=qe.MatchAny(list(words)))])
         raw, _ = shard.scroll(
             qe.ScrollRequest(
                 limit=3 * len(words) + 1, filter=flt, with_payload=True, with_vector=[WORD_VECTOR]
             )
         )
-        out: dict[str, Vector] = {}
-        for rec in self._records(raw):
-            vec = rec.vectors.get(WORD_VECTOR)
-            if vec is not None:
-                out[str(rec.payload.get("word"))] = vec
-        return out
-
-    @_gated
-    def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
-        """Image points by absolute path."""
-        return {
-            str(r.payload.get("path")): r for r in self._find("path", [abs_posix(p) for p in paths])
-        }
+        return self._records(raw)
 
     # ---------------------------------------------------------------- meta
 
