@@ -17,22 +17,20 @@ from qdrant.errors import StoreError, StoreUnavailableError
 from qdrant.filters import SearchFilter, score_threshold, to_server
 from qdrant.graphbuild import GraphBuild
 from qdrant.schema import (
-    DUP_HNSW_EF,
-    DUP_VECTOR,
     IMAGE_INDEXES,
-    IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
-    LINKED_INDEXES,
     META,
-    ON_DISK_INDEXES,
-    PRINCIPAL_INDEX,
     WORD_VECTOR,
     WORDS,
     IndexKind,
     indexing_threshold_kb,
     with_numbers,
 )
+from qdrant.server_config import image_vector_diff, image_vector_params, search_params
+
+# Under this name here too: tests read qdrant.server._schema; the code below calls it so.
+from qdrant.server_config import index_schema as _schema
 from qdrant.store import (
     SCROLL_BATCH,
     UPSERT_BATCH,
@@ -46,84 +44,6 @@ from qdrant.store import (
 )
 
 _META_ID = 0
-
-
-_IndexParams = m.KeywordIndexParams | m.IntegerIndexParams | m.FloatIndexParams | m.GeoIndexParams
-
-
-def _schema(field: str, kind: IndexKind) -> _IndexParams:
-    """A payload index's params, as edge._index_schema gives them (on a server `folders`
-    stays in RAM: its folder filter reads names)."""
-    links = field in LINKED_INDEXES
-    if kind == "keyword":
-        on_disk = True if field in ON_DISK_INDEXES else None
-        return m.KeywordIndexParams(
-            type=m.KeywordIndexType.KEYWORD, on_disk=on_disk, enable_hnsw=links
-        )
-    if kind == "lookup":
-        return m.IntegerIndexParams(
-            type=m.IntegerIndexType.INTEGER,
-            lookup=True,
-            range=False,
-            is_principal=field == PRINCIPAL_INDEX or None,
-            enable_hnsw=links,
-        )
-    if kind == "integer":
-        return m.IntegerIndexParams(type=m.IntegerIndexType.INTEGER, enable_hnsw=links)
-    if kind == "float":
-        return m.FloatIndexParams(type=m.FloatIndexType.FLOAT, enable_hnsw=links)
-    return m.GeoIndexParams(type=m.GeoIndexType.GEO, enable_hnsw=links)
-
-
-def image_vector_params(dim: int, name: str = "") -> m.VectorParams:
-    """An image vector as the server creates it: schema.IMAGE_INDEXING, the settings the
-    embedded store gives it too (graph, int8 copies in RAM, originals on disk)."""
-    diff = image_vector_diff(dim, name)
-    return m.VectorParams(
-        size=dim,
-        distance=m.Distance.COSINE,
-        hnsw_config=diff.hnsw_config,
-        quantization_config=_int8(),
-        on_disk=diff.on_disk,
-    )
-
-
-def _int8() -> m.ScalarQuantization:
-    return m.ScalarQuantization(
-        scalar=m.ScalarQuantizationConfig(
-            type=m.ScalarType.INT8,
-            quantile=IMAGE_INDEXING.quantile,
-            always_ram=not IMAGE_INDEXING.graphs_mapped,
-        )
-    )
-
-
-def image_vector_diff(dim: int, name: str = "") -> m.VectorParamsDiff:
-    """schema.IMAGE_INDEXING as a change to an existing vector (a collection made before)."""
-    ix = IMAGE_INDEXING
-    return m.VectorParamsDiff(
-        hnsw_config=m.HnswConfigDiff(
-            m=ix.m,
-            ef_construct=ix.ef_construct,
-            full_scan_threshold=ix.full_scan_kb(dim, name),
-            payload_m=ix.payload_m_of(name),
-            on_disk=ix.graphs_mapped,
-        ),
-        quantization_config=_int8(),
-        on_disk=ix.vectors_on_disk,
-    )
-
-
-def search_params(exact: bool, k: int, name: str = "") -> m.SearchParams:
-    """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring (as edge.search_params)."""
-    if exact:
-        return m.SearchParams(exact=True)
-    ix = IMAGE_INDEXING
-    return m.SearchParams(
-        hnsw_ef=max(DUP_HNSW_EF if name == DUP_VECTOR else ix.hnsw_ef, k),
-        quantization=m.QuantizationSearchParams(rescore=True, oversampling=ix.oversampling),
-        acorn=m.AcornSearchParams(enable=ix.acorn),
-    )
 
 
 class ServerStore(BaseStore):
@@ -358,14 +278,12 @@ class ServerStore(BaseStore):
             )
 
     def drop_vector(self, name: str) -> None:
-        """Remove named vector `name` from `images` and from every image point."""
         if name in self.vector_sizes():
             with self._guard(f"drop vector {name}"):
                 self.client.delete_vector_name(IMAGES, name, wait=True)
             self._sizes_cache.pop(IMAGES, None)
 
     def drop_words(self) -> None:
-        """Delete the words collection."""
         if self._exists(WORDS):
             with self._guard("drop words"):
                 self.client.delete_collection(WORDS)
@@ -391,14 +309,12 @@ class ServerStore(BaseStore):
                 self.client.update_vectors(collection, pvs, wait=True)
 
     def delete_images(self, ids: Sequence[str]) -> None:
-        """Delete image points by id."""
         if not ids or not self._exists(IMAGES):
             return
         with self._guard("delete images"):
             self.client.delete(IMAGES, m.PointIdsList(points=list(ids)), wait=True)
 
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
-        """Merge `payload` into one image point's payload."""
         with self._guard("set payload"):
             self.client.set_payload(IMAGES, with_numbers(payload), points=[point_id], wait=True)
 
@@ -490,7 +406,6 @@ class ServerStore(BaseStore):
             return int(self.client.count(IMAGES, count_filter=flt, exact=True).count)
 
     def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
-        """Number of image points per value of keyword-indexed payload field `field`."""
         if not self._exists(IMAGES):
             return {}
         with self._guard(f"facet {field}"):
