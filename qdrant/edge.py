@@ -240,6 +240,30 @@ class EdgeStore(EdgeSearches, EdgeGraphBuilds):
         if time.monotonic() - self._last_flush >= self._flush_interval_s:
             self.flush()
 
+    def _start_warming(self) -> None:
+        """Reads the images shard's int8 copies and graphs into the OS's cache in the
+        background, when they are mapped without being read at open (Cold): the store
+        opens at once and the first searches get faster as the pages arrive. Searches on
+        the vectors the app queries first; `dup` (the duplicate scan) last."""
+        if persisted_memory(self.root / IMAGES) != "cold":
+            return
+        order = sorted(self._sizes(IMAGES), key=lambda v: (v == DUP_VECTOR, v))
+        paths = warm_paths(self.root / IMAGES, order)
+        if not paths:
+            return
+        self._warm_thread = threading.Thread(
+            target=warm, args=(paths, self._warm_stop, self._warmed), name="devise-warm",
+            daemon=True,
+        )  # fmt: skip
+        self._warm_thread.start()
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """Waits until the background read of the graphs (see _start_warming) is done; True
+        when it is (or none was needed)."""
+        if self._warm_thread is None:
+            return True
+        return self._warmed.wait(timeout)
+
     def _stop_warming(self) -> None:
         self._warm_stop.set()
         if self._warm_thread is not None:
@@ -279,6 +303,7 @@ class EdgeStore(EdgeSearches, EdgeGraphBuilds):
         self.flush()
 
     # ---------------------------------------------------------------- background graphs
+    # (a build's copy, journal and swap: EdgeGraphBuilds, qdrant/edge_graph.py)
 
     @gated
     def graph_build_due(self, left: int = 0) -> bool:
@@ -301,30 +326,6 @@ class EdgeStore(EdgeSearches, EdgeGraphBuilds):
         return pending > 0 and pending - left >= need
 
     # ---------------------------------------------------------------- schema
-
-    def _start_warming(self) -> None:
-        """Reads the images shard's int8 copies and graphs into the OS's cache in the
-        background, when they are mapped without being read at open (Cold): the store
-        opens at once and the first searches get faster as the pages arrive. Searches on
-        the vectors the app queries first; `dup` (the duplicate scan) last."""
-        if persisted_memory(self.root / IMAGES) != "cold":
-            return
-        order = sorted(self._sizes(IMAGES), key=lambda v: (v == DUP_VECTOR, v))
-        paths = warm_paths(self.root / IMAGES, order)
-        if not paths:
-            return
-        self._warm_thread = threading.Thread(
-            target=warm, args=(paths, self._warm_stop, self._warmed), name="devise-warm",
-            daemon=True,
-        )  # fmt: skip
-        self._warm_thread.start()
-
-    def wait_warm(self, timeout: float | None = None) -> bool:
-        """Waits until the background read of the graphs (see _start_warming) is done; True
-        when it is (or none was needed)."""
-        if self._warm_thread is None:
-            return True
-        return self._warmed.wait(timeout)
 
     def _sizes(self, name: str, refresh: bool = False) -> dict[str, int]:
         # the cache is dropped by every change to a shard's vectors: never stale
