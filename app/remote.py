@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 RECORD_FILE = "serve.json"
-PID_FILE = "store.pid"  # qdrant/edge.py's lock file, whose PID the record must match
+PID_FILE = "store.pid"  # qdrant/edge_files.py's lock file, whose PID the record must match
 #: the user name the CLI logs in with when the app has --auth; its password is the token
 CLI_USER = "devise-cli"
 #: how long a forwarded command waits for the app to answer one call

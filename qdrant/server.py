@@ -4,39 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
-from types import TracebackType
-from typing import Any, Self
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import httpx
-import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from qdrant.base import BaseStore, Points, VectorRows, with_vector
 from qdrant.errors import StoreError, StoreUnavailableError
 from qdrant.filters import SearchFilter, score_threshold, to_server
 from qdrant.graphbuild import GraphBuild
 from qdrant.schema import (
-    DUP_HNSW_EF,
-    DUP_VECTOR,
     IMAGE_INDEXES,
-    IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
-    LINKED_INDEXES,
     META,
-    ON_DISK_INDEXES,
-    PRINCIPAL_INDEX,
-    WORD_INDEXES,
     WORD_VECTOR,
     WORDS,
-    ImagePayload,
     IndexKind,
-    abs_posix,
     indexing_threshold_kb,
     with_numbers,
 )
+from qdrant.server_config import image_vector_diff, image_vector_params, search_params
+
+# Under this name here too: tests read qdrant.server._schema; the code below calls it so.
+from qdrant.server_config import index_schema as _schema
 from qdrant.store import (
     SCROLL_BATCH,
     UPSERT_BATCH,
@@ -45,104 +39,14 @@ from qdrant.store import (
     Record,
     Vector,
     WithVectors,
-    as_matrix,
     as_vector,
     point_id_str,
-    word_points,
 )
 
 _META_ID = 0
 
 
-def _vectors_of(raw: object) -> dict[str, Vector]:
-    if not isinstance(raw, dict):
-        return {}
-    return {str(k): np.asarray(v, dtype=np.float32) for k, v in raw.items()}
-
-
-def _with_vectors(with_vectors: WithVectors) -> bool | list[str]:
-    return with_vectors if isinstance(with_vectors, bool) else list(with_vectors)
-
-
-_IndexParams = m.KeywordIndexParams | m.IntegerIndexParams | m.FloatIndexParams | m.GeoIndexParams
-
-
-def _schema(field: str, kind: IndexKind) -> _IndexParams:
-    """A payload index's params, as edge._index_schema gives them (on a server `folders`
-    stays in RAM: its folder filter reads names)."""
-    links = field in LINKED_INDEXES
-    if kind == "keyword":
-        on_disk = True if field in ON_DISK_INDEXES else None
-        return m.KeywordIndexParams(
-            type=m.KeywordIndexType.KEYWORD, on_disk=on_disk, enable_hnsw=links
-        )
-    if kind == "lookup":
-        return m.IntegerIndexParams(
-            type=m.IntegerIndexType.INTEGER,
-            lookup=True,
-            range=False,
-            is_principal=field == PRINCIPAL_INDEX or None,
-            enable_hnsw=links,
-        )
-    if kind == "integer":
-        return m.IntegerIndexParams(type=m.IntegerIndexType.INTEGER, enable_hnsw=links)
-    if kind == "float":
-        return m.FloatIndexParams(type=m.FloatIndexType.FLOAT, enable_hnsw=links)
-    return m.GeoIndexParams(type=m.GeoIndexType.GEO, enable_hnsw=links)
-
-
-def image_vector_params(dim: int, name: str = "") -> m.VectorParams:
-    """An image vector as the server creates it: schema.IMAGE_INDEXING, the settings the
-    embedded store gives it too (graph, int8 copies in RAM, originals on disk)."""
-    diff = image_vector_diff(dim, name)
-    return m.VectorParams(
-        size=dim,
-        distance=m.Distance.COSINE,
-        hnsw_config=diff.hnsw_config,
-        quantization_config=_int8(),
-        on_disk=diff.on_disk,
-    )
-
-
-def _int8() -> m.ScalarQuantization:
-    return m.ScalarQuantization(
-        scalar=m.ScalarQuantizationConfig(
-            type=m.ScalarType.INT8,
-            quantile=IMAGE_INDEXING.quantile,
-            always_ram=not IMAGE_INDEXING.graphs_mapped,
-        )
-    )
-
-
-def image_vector_diff(dim: int, name: str = "") -> m.VectorParamsDiff:
-    """schema.IMAGE_INDEXING as a change to an existing vector (a collection made before)."""
-    ix = IMAGE_INDEXING
-    return m.VectorParamsDiff(
-        hnsw_config=m.HnswConfigDiff(
-            m=ix.m,
-            ef_construct=ix.ef_construct,
-            full_scan_threshold=ix.full_scan_kb(dim, name),
-            payload_m=ix.payload_m_of(name),
-            on_disk=ix.graphs_mapped,
-        ),
-        quantization_config=_int8(),
-        on_disk=ix.vectors_on_disk,
-    )
-
-
-def search_params(exact: bool, k: int, name: str = "") -> m.SearchParams:
-    """Exact, or schema.IMAGE_INDEXING's graph walk with rescoring (as edge.search_params)."""
-    if exact:
-        return m.SearchParams(exact=True)
-    ix = IMAGE_INDEXING
-    return m.SearchParams(
-        hnsw_ef=max(DUP_HNSW_EF if name == DUP_VECTOR else ix.hnsw_ef, k),
-        quantization=m.QuantizationSearchParams(rescore=True, oversampling=ix.oversampling),
-        acorn=m.AcornSearchParams(enable=ix.acorn),
-    )
-
-
-class ServerStore:
+class ServerStore(BaseStore):
     """The store on a Qdrant server (or a cluster) through an injected QdrantClient."""
 
     def __init__(self, client: QdrantClient, url_for_messages: str) -> None:
@@ -237,17 +141,6 @@ class ServerStore:
         with contextlib.suppress(Exception):
             self.client.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # ---------------------------------------------------------------- schema
 
     def _exists(self, collection: str) -> bool:
@@ -269,9 +162,8 @@ class ServerStore:
             self._sizes_cache[collection] = sizes
         return self._sizes_cache[collection]
 
-    def vector_sizes(self) -> dict[str, int]:
-        """The named vectors of `images` and their dimensions."""
-        return dict(self._sizes(IMAGES, refresh=True))
+    def _image_indexes(self) -> dict[str, IndexKind]:
+        return IMAGE_INDEXES
 
     def _create(
         self,
@@ -281,6 +173,7 @@ class ServerStore:
         shard_number: int | None,
         replication_factor: int | None,
     ) -> None:
+        # shard_number and replication_factor: None leaves the server's defaults (1 and 1)
         with self._guard(f"create {collection}"):
             images = collection == IMAGES
             self.client.create_collection(
@@ -384,43 +277,13 @@ class ServerStore:
                 ),
             )
 
-    def ensure_collections(
-        self,
-        image_vectors: dict[str, int],
-        word_dim: int | None = None,
-        *,
-        shard_number: int | None = None,
-        replication_factor: int | None = None,
-    ) -> None:
-        """Create missing collections, named vectors and payload indexes.
-
-        `shard_number` and `replication_factor` apply to collections created now;
-        None leaves the server's defaults (1 and 1).
-        """
-        if image_vectors:
-            if self._exists(IMAGES):
-                self._add_vectors(IMAGES, image_vectors)
-                self._add_indexes(IMAGES, IMAGE_INDEXES)
-            else:
-                self._create(IMAGES, image_vectors, IMAGE_INDEXES, shard_number, replication_factor)
-        if word_dim is not None:
-            if self._exists(WORDS):
-                self._add_vectors(WORDS, {WORD_VECTOR: word_dim})
-                self._add_indexes(WORDS, WORD_INDEXES)
-            else:
-                self._create(
-                    WORDS, {WORD_VECTOR: word_dim}, WORD_INDEXES, shard_number, replication_factor
-                )
-
     def drop_vector(self, name: str) -> None:
-        """Remove named vector `name` from `images` and from every image point."""
         if name in self.vector_sizes():
             with self._guard(f"drop vector {name}"):
                 self.client.delete_vector_name(IMAGES, name, wait=True)
             self._sizes_cache.pop(IMAGES, None)
 
     def drop_words(self) -> None:
-        """Delete the words collection."""
         if self._exists(WORDS):
             with self._guard("drop words"):
                 self.client.delete_collection(WORDS)
@@ -428,59 +291,30 @@ class ServerStore:
 
     # ---------------------------------------------------------------- writes
 
-    def _upsert(self, collection: str, points: list[m.PointStruct]) -> None:
-        with self._guard(f"upsert into {collection}"):
-            self.client.upsert(collection, points, wait=True)
-
-    def upsert_images(
-        self,
-        ids: Sequence[str],
-        payloads: Sequence[ImagePayload],
-        vectors: dict[str, Matrix],
-    ) -> None:
-        """Insert or replace image points."""
-        n = len(ids)
-        if len(payloads) != n:
-            raise ValueError(f"upsert_images: {n} ids but {len(payloads)} payloads")
-        mats = {k: as_matrix(v, n, f"vector {k!r}") for k, v in vectors.items()}
-        for start in range(0, n, UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, n)
+    def _upsert(self, collection: str, batches: Iterable[Points]) -> None:
+        for entries in batches:
             points = [
-                m.PointStruct(
-                    id=ids[i],
-                    vector={k: mat[i].tolist() for k, mat in mats.items()},
-                    payload=with_numbers(payloads[i]),
-                )
-                for i in range(start, stop)
+                m.PointStruct(id=pid, vector=vecs, payload=payload)
+                for pid, vecs, payload in entries
             ]
-            self._upsert(IMAGES, points)
+            with self._guard(f"upsert into {collection}"):
+                self.client.upsert(collection, points, wait=True)
 
-    def update_vectors(self, ids: Sequence[str], name: str, vectors: Matrix) -> None:
-        """Set vector `name` on existing image points."""
-        self._update_vectors(IMAGES, ids, name, vectors)
-
-    def _update_vectors(
-        self, collection: str, ids: Sequence[int | str], name: str, vectors: Matrix
-    ) -> None:
-        mat = as_matrix(vectors, len(ids), f"vector {name!r}")
-        for start in range(0, len(ids), UPSERT_BATCH):
-            stop = min(start + UPSERT_BATCH, len(ids))
+    def _set_vectors(self, collection: str, name: str, batches: Iterable[VectorRows]) -> None:
+        for ids, rows in batches:
             pvs = [
-                m.PointVectors(id=ids[i], vector={name: mat[i].tolist()})
-                for i in range(start, stop)
+                m.PointVectors(id=i, vector={name: row}) for i, row in zip(ids, rows, strict=True)
             ]
             with self._guard(f"update vectors {name} of {collection}"):
                 self.client.update_vectors(collection, pvs, wait=True)
 
     def delete_images(self, ids: Sequence[str]) -> None:
-        """Delete image points by id."""
         if not ids or not self._exists(IMAGES):
             return
         with self._guard("delete images"):
             self.client.delete(IMAGES, m.PointIdsList(points=list(ids)), wait=True)
 
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
-        """Merge `payload` into one image point's payload."""
         with self._guard("set payload"):
             self.client.set_payload(IMAGES, with_numbers(payload), points=[point_id], wait=True)
 
@@ -497,36 +331,11 @@ class ServerStore:
             with self._guard("set payloads"):
                 self.client.batch_update_points(IMAGES, ops, wait=True)
 
-    def upsert_words(
-        self,
-        ranks: Sequence[int],
-        words: Sequence[str],
-        vectors: Matrix,
-        source: str,
-        kinds: Sequence[str] | None = None,
-    ) -> None:
-        """Insert or replace vocabulary points; see `word_point_id` for their ids."""
-        for entries in word_points(ranks, words, vectors, source, kinds, UPSERT_BATCH):
-            points = [
-                m.PointStruct(id=pid, vector={WORD_VECTOR: vec}, payload=payload)
-                for pid, vec, payload in entries
-            ]
-            self._upsert(WORDS, points)
-
     # ---------------------------------------------------------------- reads
 
     def _query(
         self, collection: str, using: str, vector: Vector, k: int, flt: SearchFilter | None
     ) -> list[Hit]:
-        if k <= 0:
-            return []
-        sizes = self._sizes(collection)
-        if using not in sizes:
-            sizes = self._sizes(collection, refresh=True)
-        if not sizes:
-            return []
-        if using not in sizes:
-            raise StoreError(f"{self.url}: collection {collection!r} has no vector {using!r}")
         with self._guard(f"search {collection}"):
             response = self.client.query_points(
                 collection,
@@ -544,55 +353,25 @@ class ServerStore:
             Hit(point_id_str(p.id), float(p.score), dict(p.payload or {})) for p in response.points
         ]
 
-    def search_images(
-        self, name: str, vector: Vector, k: int, flt: SearchFilter | None = None
-    ) -> list[Hit]:
-        """The `k` images nearest to `vector` by named vector `name`."""
-        return self._query(IMAGES, name, vector, k, flt)
+    def _has_vector(self, collection: str, name: str) -> bool:
+        sizes = self._sizes(collection)
+        if name not in sizes:
+            sizes = self._sizes(collection, refresh=True)
+        if not sizes:
+            return False
+        if name not in sizes:
+            raise StoreError(f"{self.url}: collection {collection!r} has no vector {name!r}")
+        return True
 
-    def search_words(
-        self, vector: Vector, k: int, flt: SearchFilter | None = None, using: str = WORD_VECTOR
-    ) -> list[Hit]:
-        """The `k` words nearest to `vector` by the words' named vector `using`."""
-        return self._query(WORDS, using, vector, k, flt)
-
-    def word_vector_sizes(self) -> dict[str, int]:
-        """The named vectors of `words` and their dimensions."""
-        return dict(self._sizes(WORDS, refresh=True))
-
-    def ensure_word_vector(self, name: str, dim: int) -> None:
-        """Add named vector `name` to the words collection (points lack it until set)."""
-        self._add_vectors(WORDS, {name: dim})
-
-    def update_word_vectors(self, ids: Sequence[int | str], name: str, vectors: Matrix) -> None:
-        """Set vector `name` on existing word points."""
-        self._update_vectors(WORDS, ids, name, vectors)
-
-    def scroll_words(self, flt: SearchFilter | None = None) -> Iterator[Record]:
-        """Every word point matching `flt` (payload only)."""
-        return self._scroll(to_server(flt), False, SCROLL_BATCH * 4, WORDS)
-
-    def search_images_batch(
+    def _search_batch(
         self,
         name: str,
-        vectors: Matrix,
+        mat: Matrix,
         k: int,
-        flt: SearchFilter | None = None,
-        *,
-        exact: bool = True,
-        with_payload: bool = True,
+        flt: SearchFilter | None,
+        exact: bool,
+        with_payload: bool,
     ) -> list[list[Hit]]:
-        """For each row of `vectors`, the `k` images nearest by `name`, in one batch request."""
-        mat = as_matrix(vectors, len(vectors), f"vector {name!r}")
-        if k <= 0 or not len(mat):
-            return [[] for _ in range(len(mat))]
-        sizes = self._sizes(IMAGES)
-        if name not in sizes:
-            sizes = self._sizes(IMAGES, refresh=True)
-        if not sizes:
-            return [[] for _ in range(len(mat))]
-        if name not in sizes:
-            raise StoreError(f"{self.url}: collection {IMAGES!r} has no vector {name!r}")
         query_filter = to_server(flt)
         threshold = score_threshold(flt)
         # local mode (tests) always searches by brute force and warns on search params
@@ -617,44 +396,29 @@ class ServerStore:
             for r in responses
         ]
 
-    def count(self, collection: str, flt: SearchFilter | None = None) -> int:
-        """Exact number of points in `collection` matching `flt`."""
-        if not self._exists(collection):
-            return 0
+    def _count(self, collection: str, flt: SearchFilter | None) -> int:
         with self._guard(f"count {collection}"):
             return int(self.client.count(collection, count_filter=to_server(flt), exact=True).count)
 
-    def count_vectors(self, name: str) -> int:
-        """How many image points carry named vector `name`."""
-        if name not in self.vector_sizes():
-            return 0
+    def _count_vectors(self, name: str) -> int:
         flt = m.Filter(must=[m.HasVectorCondition(has_vector=name)])
         with self._guard("count vectors"):
             return int(self.client.count(IMAGES, count_filter=flt, exact=True).count)
 
-    def facet_labels(self) -> dict[str, int]:
-        """Number of image points per label."""
-        return self.facet_values("label")
-
     def facet_values(self, field: str, exact: bool = True) -> dict[str, int]:
-        """Number of image points per value of keyword-indexed payload field `field`."""
         if not self._exists(IMAGES):
             return {}
         with self._guard(f"facet {field}"):
             response = self.client.facet(IMAGES, field, limit=1_000_000, exact=exact)
         return {str(h.value): int(h.count) for h in response.hits if h.count > 0}
 
-    def _records(self, raw: Sequence[m.Record]) -> list[Record]:
-        return [
-            Record(point_id_str(r.id), dict(r.payload or {}), _vectors_of(r.vector)) for r in raw
-        ]
-
     def _scroll(
-        self,
-        flt: m.Filter | None,
-        with_vectors: WithVectors,
-        batch: int,
-        collection: str = IMAGES,
+        self, collection: str, with_vectors: WithVectors, flt: SearchFilter | None, batch: int
+    ) -> Iterator[Record]:
+        return self._pages(collection, to_server(flt), with_vectors, batch)
+
+    def _pages(
+        self, collection: str, flt: m.Filter | None, with_vectors: WithVectors, batch: int
     ) -> Iterator[Record]:
         if not self._exists(collection):
             return
@@ -667,53 +431,31 @@ class ServerStore:
                     limit=batch,
                     offset=offset,
                     with_payload=True,
-                    with_vectors=_with_vectors(with_vectors),
+                    with_vectors=with_vector(with_vectors),
                 )
             yield from self._records(raw)
             if offset is None:
                 return
 
-    def scroll_images(
-        self,
-        with_vectors: WithVectors = False,
-        flt: SearchFilter | None = None,
-        batch: int = SCROLL_BATCH,
-    ) -> Iterator[Record]:
-        """Every image point matching `flt`."""
-        return self._scroll(to_server(flt), with_vectors, batch)
-
-    def retrieve_images(
-        self, ids: Sequence[str], with_vectors: WithVectors = False, with_payload: bool = True
+    def _retrieve(
+        self, ids: Sequence[str], with_vectors: WithVectors, with_payload: bool
     ) -> list[Record]:
-        """The image points with these ids that exist."""
-        if not ids or not self._exists(IMAGES):
+        if not self._exists(IMAGES):
             return []
         with self._guard("retrieve images"):
             raw = self.client.retrieve(
                 IMAGES, list(ids), with_payload=with_payload,
-                with_vectors=_with_vectors(with_vectors),
+                with_vectors=with_vector(with_vectors),
             )  # fmt: skip
         return self._records(raw)
 
-    def _find(self, field: str, values: Sequence[str]) -> list[Record]:
-        out: list[Record] = []
-        for start in range(0, len(values), SCROLL_BATCH):
-            chunk = list(values[start : start + SCROLL_BATCH])
-            flt = m.Filter(must=[m.FieldCondition(key=field, match=m.MatchAny(any=chunk))])
-            out.extend(self._scroll(flt, False, SCROLL_BATCH))
-        return out
+    def _matching(self, field: str, values: list[str]) -> list[Record]:
+        flt = m.Filter(must=[m.FieldCondition(key=field, match=m.MatchAny(any=values))])
+        return list(self._pages(IMAGES, flt, False, SCROLL_BATCH))
 
-    def find_by_sha256(self, hashes: Sequence[str]) -> dict[str, list[Record]]:
-        """Image points by content hash."""
-        found: dict[str, list[Record]] = {}
-        for rec in self._find("sha256", hashes):
-            found.setdefault(str(rec.payload.get("sha256")), []).append(rec)
-        return found
-
-    def find_words(self, words: Sequence[str]) -> dict[str, Vector]:
-        """Stored vectors of these words (those in the vocabulary), keyed by word."""
-        if not words or not self._exists(WORDS):
-            return {}
+    def _word_records(self, words: Sequence[str]) -> list[Record]:
+        if not self._exists(WORDS):
+            return []
         flt = m.Filter(must=[m.FieldCondition(key="word", match=m.MatchAny(any=list(words)))])
         with self._guard("look up words"):
             raw, _ = self.client.scroll(
@@ -723,17 +465,7 @@ class ServerStore:
                 with_payload=True,
                 with_vectors=[WORD_VECTOR],
             )
-        out: dict[str, Vector] = {}
-        for rec in self._records(raw):
-            vec = rec.vectors.get(WORD_VECTOR)
-            if vec is not None:
-                out[str(rec.payload.get("word"))] = vec
-        return out
-
-    def find_by_path(self, paths: Sequence[str]) -> dict[str, Record]:
-        """Image points by absolute path."""
-        records = self._find("path", [abs_posix(p) for p in paths])
-        return {str(r.payload.get("path")): r for r in records}
+        return self._records(raw)
 
     # ---------------------------------------------------------------- meta
 
