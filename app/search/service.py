@@ -14,13 +14,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from app.search.answers import MAX_K as MAX_K  # imported from here by the benches
+from app.search.answers import Answer, ImageResult, TagResult, validate
 from app.search.duplicates import (
     DEFAULT_THRESHOLDS,
     DUP_MODEL,
@@ -33,6 +34,7 @@ from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError,
 from app.search.filters import MAX_RADIUS_KM, PhotoFilter, iso_of, read_photo_filter
 from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
 from app.search.request import ImageInput, QueryRequest
+from app.search.tags import fold_inflections
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
 from qdrant.store import Hit, Store
@@ -40,7 +42,6 @@ from qdrant.store import Hit, Store
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
 
-MAX_K = 1000
 MAX_QUERY_CHARS = 500
 DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
 DEFAULT_VOCABULARY = 100_000  # what an index with no vocabulary loads by itself (~8 s)
@@ -61,122 +62,6 @@ LABEL_CANDIDATES = 5000
 # by cosine (at least 4 per result asked for)
 CONSE_CANDIDATES = 100
 _TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
-
-
-@dataclass
-class ImageResult:
-    path: str
-    score: float
-    label: str
-    folder: str
-    #: from the photo's EXIF, when it has them: the date-time it was taken (ISO, the
-    #: camera's clock) and the camera
-    taken: str | None = None
-    camera: str | None = None
-
-    @classmethod
-    def of(cls, hit: Hit, score: float | None = None) -> ImageResult:
-        """The result for a store hit, scored by its cosine unless `score` says otherwise."""
-        p = hit.payload
-        taken, camera = p.get("taken_iso"), p.get("camera")
-        return cls(
-            str(p.get("path", "")),
-            float(hit.score if score is None else score),
-            str(p.get("label", "")),
-            str(p.get("folder", "")),
-            str(taken) if taken else None,
-            str(camera) if camera else None,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "path": self.path,
-            "score": round(self.score, 6),
-            "label": self.label,
-            "folder": self.folder,
-        }
-        # only where the photo has them: the four keys above are the shape scripts rely on
-        if self.taken:
-            out["taken"] = self.taken
-        if self.camera:
-            out["camera"] = self.camera
-        return out
-
-
-@dataclass
-class TagResult:
-    word: str
-    score: float
-    #: "word" (a frequent word), "label" (a class a model knows), "hypernym" (its WordNet
-    #: generalisation, such as "dog" for a German shepherd) or "detected" (found by a
-    #: detector, not the classifier: a face is a "person")
-    kind: str = "word"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"word": self.word, "score": round(self.score, 6), "kind": self.kind}
-
-
-@dataclass
-class Answer:
-    model: str
-    took_ms: float
-    results: list[Any] = field(default_factory=list)
-    #: what the reader should know of the answer, in JSON when set: why it came back
-    #: empty (a filter that can never match), or how a concept query was answered ("no
-    #: image indexed under 'giraffe'; ranked by word-vector similarity instead")
-    note: str | None = None
-    #: how a text query's terms were read ("dog ×2 · beach · −people", and "(ignored: a,
-    #: on)" when it dropped function words); in JSON when set
-    query: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "model": self.model,
-            "took_ms": round(self.took_ms, 2),
-            "results": [r.to_json() for r in self.results],
-        }
-        if self.query is not None:
-            out["query"] = self.query
-        if self.note is not None:
-            out["note"] = self.note
-        return out
-
-
-def fold_inflections(words: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """Keep the best-scoring form of words that only differ by inflection (cat / cats)."""
-    kept: list[tuple[str, float]] = []
-    stems: set[str] = set()
-    for w, s in words:
-        stem = _stem(w)
-        if stem in stems:
-            continue
-        stems.add(stem)
-        kept.append((w, s))
-    return kept
-
-
-def _stem(word: str) -> str:
-    w = word.lower()
-    for suffix, repl in (
-        ("ies", "y"),
-        ("sses", "ss"),
-        ("xes", "x"),
-        ("ches", "ch"),
-        ("shes", "sh"),
-    ):
-        if w.endswith(suffix) and len(w) - len(suffix) >= 2:
-            return w[: -len(suffix)] + repl
-    # a plain plural "s", but not the s of bus, glass, iris
-    if w.endswith("s") and len(w) >= 4 and not w.endswith(("ss", "us", "is")):
-        return w[:-1]
-    return w
-
-
-def validate(k: int, min_score: float | None) -> None:
-    if not 1 <= k <= MAX_K:
-        raise BadQueryError(f"k must be between 1 and {MAX_K}, got {k}")
-    if min_score is not None and not 0.0 <= min_score <= 1.0:
-        raise BadQueryError(f"min score must be between 0 and 1, got {min_score}")
 
 
 class SearchService:
