@@ -10,7 +10,6 @@ backbone (nor gensim).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +19,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.search.answers import MAX_K as MAX_K  # imported from here by the benches
-from app.search.answers import Answer, ImageResult, TagResult, validate
+# `name as name`: the faces, tests and benches import these from here
+from app.search.answers import MAX_K as MAX_K
+from app.search.answers import Answer, TagResult, validate
+from app.search.answers import ImageResult as ImageResult
 from app.search.duplicates import (
     DEFAULT_THRESHOLDS,
     DUP_MODEL,
@@ -33,11 +34,23 @@ from app.search.duplicates import (
 from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError, ServiceError
 from app.search.filters import MAX_RADIUS_KM, PhotoFilter, iso_of, read_photo_filter
 from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
+from app.search.ranking import joint
+from app.search.ranking.concept import concept_images, concept_query, other_senses
+from app.search.ranking.cosine import nearest_images, phrase_vectors
+from app.search.ranking.label import label_images, own_label
 from app.search.request import ImageInput, QueryRequest
-from app.search.tags import fold_inflections
+from app.search.tags import (
+    classified_evidence,
+    clip_tags,
+    conse_tags,
+    indexed_evidence,
+    word_tags,
+    zero_shot_bias,
+)
+from app.search.tags import fold_inflections as fold_inflections
 from qdrant.filters import GeoCircle, SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
-from qdrant.store import Hit, Store
+from qdrant.store import Store
 
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
@@ -48,20 +61,6 @@ DEFAULT_VOCABULARY = 100_000  # what an index with no vocabulary loads by itself
 DEFAULT_WORDS = "glove-6b-50d"  # the packaged word space, the default of every model
 MODELS = ("devise", "conse", "clip")
 GENERALITY = ("specific", "general")
-# a concept query reads this many images under the concept before ordering them by mass
-CONCEPT_CANDIDATES = 500
-# a query of several terms on conse scores the images nearest each term's word vector (and
-# the concepts' images) by every term: this many per term
-JOINT_CANDIDATES = 300
-# A devise query that names one of the checkpoint's labels is re-ranked among this many
-# nearest images (at least 20 per result asked for): an unseen label's own images sit
-# further out by cosine than the seen labels' images (measured on the demo gallery: the
-# first sandal at rank 9 of 1,024), so the margin needs a wide pool to find them.
-LABEL_CANDIDATES = 5000
-# conse's nearest images are weighed by the classifier's confidence among this many nearest
-# by cosine (at least 4 per result asked for)
-CONSE_CANDIDATES = 100
-_TOKEN = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
 
 
 class SearchService:
@@ -370,48 +369,6 @@ class SearchService:
             out += sorted(c for c in known if low in c.lower()) or [name]
         return tuple(dict.fromkeys(out))
 
-    def _images(
-        self,
-        model: str,
-        vector: Float32Array,
-        k: int,
-        flt: SearchFilter,
-        exclude: str | None = None,
-    ) -> list[ImageResult]:
-        if model == "conse":
-            return self._conse_images(vector, k, flt, exclude)
-        hits: list[Hit] = self.store.search_images(model, vector, k + (1 if exclude else 0), flt)
-        out = [
-            ImageResult.of(h) for h in hits if not (exclude and h.payload.get("path") == exclude)
-        ]
-        return out[:k]
-
-    def _conse_images(
-        self, vector: Float32Array, k: int, flt: SearchFilter, exclude: str | None
-    ) -> list[ImageResult]:
-        """conse's nearest images, each cosine weighed by the classifier's confidence in
-        the picture: its top-T probability mass (from `conse_top`). A picture the classifier
-        cannot read (noise, a page of text, a screenshot) spreads its probability over
-        unrelated classes, and the mean of their word vectors lies near every animal's (a
-        hub): unweighed, noise came first for "similar to eagle" and for "a horse". The
-        candidates are the nearest by cosine; the score floor applies to the weighed score.
-        """
-        from dataclasses import replace
-
-        plain = replace(flt, min_score=None)
-        pool = max(4 * k, CONSE_CANDIDATES) + (1 if exclude else 0)
-        scored = []
-        for h in self.store.search_images("conse", vector, pool, plain):
-            if exclude and h.payload.get("path") == exclude:
-                continue
-            top = h.payload.get("conse_top")
-            # a point from before conse_top was stored (embedded again on the next ingest)
-            confidence = sum(float(p) for _, p in top) if top else 1.0
-            scored.append((float(h.score) * confidence, h))
-        scored.sort(key=lambda t: -t[0])
-        floor = flt.min_score
-        return [ImageResult.of(h, s) for s, h in scored if floor is None or s >= floor][:k]
-
     def text_vector(self, text: str, model: str) -> Float32Array:
         """A text query in `model`'s space: mean of word vectors, or CLIP's text encoder."""
         text = (text or "").strip()
@@ -446,35 +403,7 @@ class SearchService:
                 f"the vocabulary is {words_meta.get('source')} but the {model} vectors live in "
                 f"{rec.get('words')}: run `devise words --words {rec.get('words')}`"
             )
-        token_lists = []
-        for text in texts:
-            tokens = [t.lower() for t in _TOKEN.findall(text)]
-            if not tokens:
-                raise BadQueryError(f"no word in the query {text!r}: use letters, such as 'dog'")
-            token_lists.append(tokens)
-        every = {t for tokens in token_lists for t in tokens}
-        parts = {p for t in every if "-" in t for p in t.split("-") if p}
-        found = self.store.find_words(sorted(every | parts))
-        out: list[Float32Array | None] = []
-        unknown: list[str] = []
-        for tokens in token_lists:
-            # like a label: a hyphenated word whole if known, else its known parts
-            tokens = [
-                p
-                for t in tokens
-                for p in ([t] if t in found or "-" not in t else t.split("-"))
-                if p
-            ]
-            unknown += [t for t in dict.fromkeys(tokens) if t not in found and t not in unknown]
-            known = [found[t] for t in tokens if t in found]
-            if not known:
-                out.append(None)
-                continue
-            vecs = np.stack(known).astype(np.float32)
-            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-            mean = vecs.mean(axis=0)
-            out.append((mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32))
-        return out, unknown
+        return phrase_vectors(self.store, texts)
 
     def _unknown_message(self, unknown: Sequence[str]) -> str:
         suggest = self._suggester()
@@ -668,21 +597,26 @@ class SearchService:
         # (an unknown word beside it is left out, and named)
         plain = all(t.text is not None and t.weight == 1 for t in used)
         whole = " ".join(t.text or "" for t in used)
-        concept = self._concept_query(whole) if plain and model == "conse" else None
+        concept = concept_query(self.store, whole) if plain and model == "conse" else None
         label = self._own_label(whole) if plain and model == "devise" else None
         note = ""
         notes: list[str] = []
         if concept is not None:
-            results, said = self._concept_images(concept, vector, k, flt)
+            results, said = concept_images(self.store, concept, vector, k, flt)
             notes += said
-            notes += self._other_senses(whole, concept)
+            notes += other_senses(whole, concept)
         elif label is not None:
-            results, note = self._label_images(label, k, flt, zero_shot_bias)
-        elif model == "conse" and self._joins(used):
-            results, said = self._joint_images(used, vector, k, flt)
+            emb = self.embedder("devise")
+            bias = self._zero_shot_bias("devise", zero_shot_bias)
+            results, note = label_images(self.store, emb, label, k, flt, bias)
+        elif model == "conse" and joint.joins(self.store, used):
+            # _compound read and checked these words already: only their vectors are wanted
+            words, _ = phrase_vectors(self.store, [t.text or "" for t in used])
+            cal = self.joint_calibration or joint.DEFAULT
+            results, said = joint.joint_images(self.store, used, words, vector, k, flt, cal)
             notes += said
         else:
-            hits = self._images(model, vector, k + len(indexed), flt)
+            hits = nearest_images(self.store, model, vector, k + len(indexed), flt)
             results = [r for r in hits if r.path not in indexed][:k]
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
         answer.query = note or read.line(used)
@@ -695,108 +629,6 @@ class SearchService:
         if notes:
             answer.note = "; ".join(([answer.note] if answer.note else []) + notes)
         return self._with_note(answer, why)
-
-    def _joins(self, terms: Sequence[Term]) -> bool:
-        """Whether conse answers `terms` by the joint ranking: words only, at least one
-        positive, and more than one term or a weight; the index's points carry concepts."""
-        if any(t.is_image for t in terms) or not any(t.weight > 0 for t in terms):
-            return False
-        if len(terms) < 2 and all(t.weight == 1 for t in terms):
-            # one word: the joint ranking answers it only as a kind of a concept (astronaut)
-            if self._kind_of(terms[0].text or "") is None:
-                return False
-        first = next(iter(self.store.scroll_images(batch=1)), None)
-        return first is not None and "conse_top" in first.payload
-
-    def _kind_of(self, text: str) -> int | None:
-        """The ImageNet concept a noun that names none is a kind of (astronaut: person)."""
-        from model.vocab.hierarchy import imagenet_concepts
-        from model.vocab.lexicon import kind_of
-
-        if " " in text.strip() or imagenet_concepts().find(text) is not None:
-            return None
-        wnid = kind_of(text)
-        return imagenet_concepts().index(wnid) if wnid else None
-
-    def _joint_images(
-        self, terms: Sequence[Term], vector: Float32Array, k: int, flt: SearchFilter
-    ) -> tuple[list[ImageResult], list[str]]:
-        """Images for several terms on conse, ranked by app/search/ranking/joint.py: a soft AND of
-        each term's score (concept mass, a detector's score, or calibrated cosine), negated
-        terms demoting the photos that carry them. The candidates are every positive
-        concept's images and the images nearest each positive term and the whole query."""
-        from dataclasses import replace
-
-        from app.search.ranking import joint
-        from model.embedders.conse import top_probs
-        from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
-
-        cs = imagenet_concepts()
-        vectors, _ = self._phrase_vectors([t.text or "" for t in terms], "conse")
-        plain = replace(flt, min_score=None)
-        concepts = [cs.find(t.text or "") for t in terms]
-        notes: list[str] = []
-        kinds: set[int] = set()
-        for i, t in enumerate(terms):
-            if concepts[i] is None and (kind := self._kind_of(t.text or "")) is not None:
-                concepts[i] = kind
-                kinds.add(i)
-                notes.append(f"{t.text!r} read as a kind of {cs.concepts[kind].name}")
-        ids: dict[str, None] = {}
-        for t, c, v in zip(terms, concepts, vectors, strict=True):
-            if c is None or t.weight <= 0 or v is None:
-                continue
-            key = cs.concepts[c].key
-            for h in self.store.search_images(
-                "conse", v, CONCEPT_CANDIDATES, replace(plain, concepts=(key,))
-            ):
-                ids.setdefault(str(h.id), None)
-        queries = [v for t, v in zip(terms, vectors, strict=True) if t.weight > 0 and v is not None]
-        for hits in self.store.search_images_batch(
-            "conse", np.stack([vector, *queries]), JOINT_CANDIDATES, plain, with_payload=False
-        ):
-            for h in hits:
-                ids.setdefault(str(h.id), None)
-        records = [
-            r for r in self.store.retrieve_images(list(ids), ["conse"]) if "conse" in r.vectors
-        ]
-        if not records:
-            return [], notes
-        x = np.stack([np.asarray(r.vectors["conse"], np.float32) for r in records])
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        probs = np.stack([top_probs(r.payload.get("conse_top") or []) for r in records])
-        scored: list[joint.TermScores] = []
-        for i, (t, c, v) in enumerate(zip(terms, concepts, vectors, strict=True)):
-            cosine = x @ v if v is not None else np.zeros(len(records), np.float32)
-            mass = None
-            if c is not None:
-                mass = probs @ cs.members[c]
-                key = cs.concepts[c].key
-                detected = np.array(
-                    [float((r.payload.get("detected") or {}).get(key, 0.0)) for r in records],
-                    np.float32,
-                )
-                mass = np.maximum(mass, detected)
-                if float(mass.max(initial=0.0)) < MIN_MASS:
-                    notes.append(
-                        f"no image indexed under '{cs.concepts[c].name}': {t.text!r} scored by "
-                        "word-vector similarity instead, a weak cue"
-                    )
-                    mass = None
-            else:
-                notes.append(
-                    f"{t.text!r} names no concept: scored by word-vector similarity, a weak cue"
-                )
-            scored.append(
-                joint.TermScores(t.weight, cosine.astype(np.float32), mass, kind=i in kinds)
-            )
-        order, scores, _ = joint.rank(scored, self.joint_calibration or joint.DEFAULT)
-        results = [
-            ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
-            for i in order
-            if flt.min_score is None or scores[i] >= flt.min_score
-        ]
-        return results[:k], notes
 
     def read(self, text: str, model: str, image: ImageInput | None = None) -> Reading:
         """A text query read as a person means it (app.search.query's `read_query`): function words
@@ -824,148 +656,14 @@ class SearchService:
         return lambda text: text in own or cs.find(text) is not None
 
     def _own_label(self, text: str) -> int | None:
-        """The index of the devise checkpoint's label that a whole query names, else None
-        (also when the checkpoint is not at hand: the word-vector search needs none)."""
-        key = " ".join(text.lower().split())
+        """The devise checkpoint's label that a whole query names (`label.own_label`), else
+        None; also when the checkpoint is not at hand: the word-vector search needs none."""
         try:
-            meta = getattr(self.embedder("devise"), "meta", None) or {}
-            labels = [str(x).lower() for x in meta.get("labels", [])]
+            emb = self.embedder("devise")
         except ServiceError as e:
             log.info("label query %r searched by its word vector: %s", text, e)
             return None
-        return labels.index(key) if key in labels else None
-
-    def _label_images(
-        self, label: int, k: int, flt: SearchFilter, bias: str | float
-    ) -> tuple[list[ImageResult], str]:
-        """Images ranked by the calibrated margin of `label` over the best other label:
-        (x.l - gamma[l seen]) - max over l' != l of (x.l' - gamma[l' seen]), with the
-        checkpoint's own label vectors. Positive: the model would tag the image `label`.
-        Measured on the demo gallery (bench/bench_label_search.py): text->image mAP over
-        the 10 labels 0.713 by cosine to the word vector, 0.782 by this margin; the unseen
-        `sandal` 0.09 -> 0.47."""
-        from dataclasses import replace
-
-        emb = self.embedder("devise")
-        labels = [str(x) for x in emb.meta.get("labels", [])]
-        mat = np.asarray(emb.label_matrix(labels), dtype=np.float32)
-        mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
-        gamma, seen = self._zero_shot_bias("devise", bias)
-        offset = np.array([gamma if x.lower() in seen else 0.0 for x in labels], np.float32)
-        # the candidates' ids only; their payloads and vectors come once, with `retrieve`
-        (pool,) = self.store.search_images_batch(
-            "devise",
-            mat[label][None, :],
-            max(LABEL_CANDIDATES, 20 * k),
-            replace(flt, min_score=None),
-            exact=False,
-            with_payload=False,
-        )
-        # the pool's vectors without payloads; payloads for the k shown only (a payload costs
-        # more to bring into Python than the margin does to compute)
-        by_id = {
-            r.id: r
-            for r in self.store.retrieve_images(
-                [h.id for h in pool], ["devise"], with_payload=False
-            )
-        }
-        hits = [by_id[h.id] for h in pool if "devise" in getattr(by_id.get(h.id), "vectors", {})]
-        if not hits:
-            return [], ""
-        x = np.stack([np.asarray(r.vectors["devise"], np.float32) for r in hits])
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        calibrated = x @ mat.T - offset
-        rivals = np.delete(calibrated, label, axis=1)
-        margin = calibrated[:, label] - (rivals.max(axis=1) if rivals.shape[1] else 0.0)
-        order = [
-            int(j)
-            for j in np.argsort(-margin, kind="stable")
-            if flt.min_score is None or margin[j] >= flt.min_score
-        ][:k]
-        shown = self.store.retrieve_images([hits[j].id for j in order])
-        payloads = {r.id: r.payload for r in shown}
-        results = [
-            ImageResult.of(Hit(hits[j].id, float(margin[j]), payloads[hits[j].id]))
-            for j in order
-            if hits[j].id in payloads
-        ]
-        how = f"seen labels less {gamma:.2f}" if gamma else "no zero-shot bias"
-        note = f"{labels[label]} (the model's label: score = its margin over the next label, {how})"
-        return results[:k], note
-
-    def _concept_query(self, text: str) -> int | None:
-        """The ImageNet concept (label or hypernym) a whole query names, when the index's
-        conse points carry their concepts; else None (plain word-vector search)."""
-        from model.vocab.hierarchy import imagenet_concepts
-
-        found = imagenet_concepts().find(text)
-        if found is None:
-            return None
-        first = next(iter(self.store.scroll_images(batch=1)), None)
-        if first is None or "conse_top" not in first.payload:
-            log.info("conse points carry no concepts (an older index): re-ingest to search by them")
-            return None
-        return found
-
-    def _other_senses(self, text: str, concept: int) -> list[str]:
-        """A note when the query's name is shared (`crane`: the bird and the machine): which
-        sense answered, and how to ask for the others."""
-        from model.vocab.hierarchy import imagenet_concepts
-
-        cs = imagenet_concepts()
-        others = [cs.concepts[i].name for i in cs.named(text) if i != concept]
-        if not others:
-            return []
-        ask = " or ".join(f"'{name}'" for name in others)
-        return [f"{text!r} read as {cs.concepts[concept].name}; for the other sense search {ask}"]
-
-    def _concept_images(
-        self, concept: int, vector: Float32Array, k: int, flt: SearchFilter
-    ) -> tuple[list[ImageResult], list[str]]:
-        """Images under a concept, best first by the probability mass of their classes under
-        it (hedging): a German shepherd is a `dog` although GloVe puts the breed's name far
-        from `dog`. The score is that mass, or a detector's score (a face: `person`) where
-        higher; fewer than `k` under it are followed by the nearest other images, also scored
-        by their (smaller) mass. With none under it the word vectors rank the images, and
-        the notes (the second item) say so."""
-        from dataclasses import replace
-
-        from model.embedders.conse import top_probs
-        from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
-
-        cs = imagenet_concepts()
-        c = cs.concepts[concept]
-        members = cs.members[concept]
-        # points ingested before concepts were keyed by wnid hold lower-case names: an
-        # unshared name still finds them (a shared one would mix its senses)
-        keys = (c.key,) if c.plain.lower() in cs.senses else (c.key, c.plain.lower())
-        plain = replace(flt, min_score=None)  # the floor applies to the mass, not the cosine
-        under = self.store.search_images(
-            "conse", vector, max(k, CONCEPT_CANDIDATES), replace(plain, concepts=keys)
-        )
-        seen = {str(h.id) for h in under}
-        if len(under) < k:
-            rest = self.store.search_images("conse", vector, k + len(under), plain)
-            under = under + [h for h in rest if str(h.id) not in seen]
-
-        def mass(h: Hit) -> float:
-            by_classes = float(top_probs(h.payload.get("conse_top") or []) @ members)
-            detected = h.payload.get("detected") or {}
-            return max(by_classes, float(detected.get(c.key, 0.0)))
-
-        scored = sorted(((mass(h), float(h.score), h) for h in under), key=lambda t: t[:2])
-        # images with next to no mass under the concept are not answers; when none has any,
-        # the plain word-vector search is the better guess, and the answer says so
-        scored = [t for t in scored if t[0] >= MIN_MASS]
-        if not scored:
-            note = f"no image indexed under '{c.name}'; ranked by word-vector similarity instead"
-            return self._images("conse", vector, k, flt), [note]
-        out = [
-            ImageResult.of(h, m)
-            for m, _, h in reversed(scored)
-            if flt.min_score is None or m >= flt.min_score
-        ]
-        return out[:k], []
+        return own_label(emb, text)
 
     def image_vector(self, image: ImageInput, model: str) -> tuple[Float32Array, str | None]:
         """(vector, indexed path or None). An indexed path reuses its stored vector."""
@@ -1021,7 +719,7 @@ class SearchService:
         self._require_images(model)
         vector, path = self.image_vector(image, model)
         flt = self._filter(labels, folder, min_score, photo)
-        results = self._images(model, vector, k, flt, exclude=path)
+        results = nearest_images(self.store, model, vector, k, flt, exclude=path)
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
         return self._with_note(self._explain_empty(answer, labels, folder, flt), why)
 
@@ -1047,14 +745,18 @@ class SearchService:
         # no image of the index is needed: an image it lacks is embedded; conse tags need
         # only the classifier, devise tags the model and the vocabulary
         if model == "conse":
-            results = self._conse_tags(image, k, min_score, generality)
+            evidence = indexed_evidence(self.store, image)
+            if evidence is None:
+                emb = self.embedder("conse")
+                evidence = classified_evidence(emb, self._decode(image))
+            results = conse_tags(evidence, k, min_score, generality)
             return self._with_note(Answer(model, (time.perf_counter() - t0) * 1000, results), why)
         vector, _ = self.image_vector(image, model)
         if model == "clip":
             t_load = time.perf_counter()
             self.ensure_clip_vocabulary()
             t0 += time.perf_counter() - t_load  # took_ms is the query's, not the embedding's
-            results = self._clip_tags(vector, k, min_score)
+            results = clip_tags(self.store, vector, k, min_score)
         else:
             if not (self.meta().get("words") or {}).get("count"):
                 t_load = time.perf_counter()
@@ -1093,66 +795,11 @@ class SearchService:
                 )
             return summary is not None
 
-    def _clip_tags(self, vector: Float32Array, k: int, min_score: float | None) -> list[TagResult]:
-        """CLIP's tags, composed like devise's: its best three ImageNet labels, then two
-        hypernyms, then the nearest frequent words, each by cosine of CLIP's vectors."""
-        from ingest.vocabulary import CLIP_WORD_VECTOR
-
-        pairs: list[tuple[str, float, str]] = []
-        taken: set[str] = set()
-        for kind, quota in (("label", 3), ("hypernym", 2), ("word", k)):
-            flt = SearchFilter(kinds=(kind,), min_score=min_score)
-            hits = self.store.search_words(vector, quota + len(taken), flt, using=CLIP_WORD_VECTOR)
-            fresh = [
-                (str(h.payload.get("word")), float(h.score), kind)
-                for h in hits
-                if str(h.payload.get("word")).lower() not in taken
-            ][:quota]
-            taken |= {w.lower() for w, _, _ in fresh}
-            pairs += fresh
-        return [TagResult(w, sc, kd) for w, sc, kd in pairs[:k]]
-
     def _zero_shot_bias(self, model: str, bias: str | float) -> tuple[float, set[str]]:
         """(gamma, the checkpoint's seen labels): calibrated stacking for devise tags."""
         if model != "devise" or bias == "off":
             return 0.0, set()
-        meta = getattr(self.embedder(model), "meta", {}) or {}
-        seen = {str(x).lower() for x in meta.get("seen", meta.get("labels", []))}
-        if bias == "auto":
-            gamma = float((meta.get("calibration") or {}).get("gamma", 0.0))
-        else:
-            gamma = float(bias)
-        return gamma, seen
-
-    def _conse_evidence(self, image: ImageInput) -> tuple[Float32Array, dict[str, float]]:
-        """ConSE's ImageNet class probabilities and what the face detector found (concept
-        key -> score): from the payload of an indexed image (no backbone needed), else from
-        the classifier and the detector."""
-        from model.embedders.conse import top_probs
-
-        if isinstance(image, (str, Path)):
-            rec = self.store.find_by_path([abs_posix(image)]).get(abs_posix(image))
-            if rec is not None and rec.payload.get("conse_top"):
-                detected = rec.payload.get("detected") or {}
-                return top_probs(rec.payload["conse_top"]), {
-                    str(key): float(v) for key, v in detected.items()
-                }
-        emb = self.embedder("conse")
-        picture = self._decode(image)
-        probs = np.asarray(emb.probs_images([picture])[0], dtype=np.float32)
-        inspect = getattr(emb, "inspect", None)
-        return probs, (inspect(picture) if inspect is not None else {})
-
-    def _conse_tags(
-        self, image: ImageInput, k: int, min_score: float | None, generality: str
-    ) -> list[TagResult]:
-        from model.vocab.hierarchy import GENERAL, MIN_MASS, SPECIFIC, imagenet_concepts
-
-        probs, detected = self._conse_evidence(image)
-        lam = SPECIFIC if generality == "specific" else GENERAL
-        floor = max(MIN_MASS, min_score or 0.0)
-        ranked = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor, detected=detected)
-        return [TagResult(c.name, m, c.kind) for c, m in ranked]
+        return zero_shot_bias(getattr(self.embedder(model), "meta", {}) or {}, bias)
 
     def _word_tags(
         self,
@@ -1163,45 +810,10 @@ class SearchService:
         max_rank: int,
         bias: tuple[float, set[str]] = (0.0, set()),
     ) -> list[TagResult]:
-        """The model's own labels first (the best three), then their hypernyms (two), then
-        the nearest frequent words, each by cosine; the seen labels' scores less `bias`'s
-        gamma (calibrated stacking, model/gzsl.py). A word of a multi-word label never
-        stands alone."""
         if not (self.meta().get("words") or {}).get("count"):
             raise EmptyIndexError("the index has no vocabulary yet: run `devise words`")
-        gamma, seen = bias
         own = self._model_concepts(model)
-        found = self.store.find_words([name for name, _ in own.values()]) if own else {}
-        scored: dict[str, list[tuple[str, float]]] = {"label": [], "hypernym": []}
-        for key, (name, kind) in own.items():
-            vec = found.get(name)
-            if vec is None:
-                continue
-            score = float(np.dot(np.asarray(vec, np.float32), vector))
-            if key in seen:
-                score -= gamma
-            if min_score is None or score >= min_score:
-                scored[kind].append((name, score))
-        pairs: list[tuple[str, float, str]] = []
-        for kind, quota in (("label", 3), ("hypernym", 2)):
-            best = sorted(scored[kind], key=lambda p: -p[1])[:quota]
-            pairs += [(n, sc, kind) for n, sc in best]
-        from model.vocab.hierarchy import label_fragments
-
-        fragments = label_fragments(name for name, _ in own.values())
-        taken = {p[0].lower() for p in pairs}
-        words = self.store.search_words(
-            vector, k * 3, SearchFilter(max_rank=max_rank, min_score=min_score)
-        )
-        plain = [
-            (str(h.payload.get("word")), float(h.score))
-            for h in words
-            if str(h.payload.get("word")).lower() not in taken | fragments
-        ]
-        plain = [(w, sc - (gamma if w.lower() in seen else 0.0)) for w, sc in plain]
-        plain.sort(key=lambda p: -p[1])
-        pairs += [(w, sc, "word") for w, sc in fold_inflections(plain)]
-        return [TagResult(w, sc, kd) for w, sc, kd in pairs[:k]]
+        return word_tags(self.store, vector, own, k, min_score, max_rank, bias)
 
     def _model_concepts(self, model: str) -> dict[str, tuple[str, str]]:
         """The labels and hypernyms `model` knows: lower-case name -> (name, kind)."""
