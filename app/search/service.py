@@ -10,7 +10,6 @@ backbone (nor gensim).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +32,8 @@ from app.search.duplicates import (
 )
 from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError, ServiceError
 from app.search.filters import MAX_RADIUS_KM, PhotoFilter, iso_of, read_photo_filter
+from app.search.models import DEFAULT_VOCABULARY as DEFAULT_VOCABULARY
+from app.search.models import MODELS, Models, index_meta
 from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
 from app.search.ranking import joint
 from app.search.ranking.concept import concept_images, concept_query, other_senses
@@ -49,7 +50,7 @@ from app.search.tags import (
 )
 from app.search.tags import fold_inflections as fold_inflections
 from qdrant.filters import GeoCircle, SearchFilter
-from qdrant.schema import IMAGES, WORDS, abs_posix, check_schema
+from qdrant.schema import IMAGES, WORDS, abs_posix
 from qdrant.store import Store
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ Float32Array = npt.NDArray[np.float32]
 
 MAX_QUERY_CHARS = 500
 DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
-DEFAULT_VOCABULARY = 100_000  # what an index with no vocabulary loads by itself (~8 s)
-DEFAULT_WORDS = "glove-6b-50d"  # the packaged word space, the default of every model
-MODELS = ("devise", "conse", "clip")
 GENERALITY = ("specific", "general")
 
 
@@ -78,25 +76,34 @@ class SearchService:
         progress: bool = False,
     ) -> None:
         self.store = store
-        self.checkpoint = checkpoint
-        self.precision = precision
-        self._embedders: dict[str, Any] = dict(embedders or {})
-        self._factory = embedder_factory
-        self._lock = threading.Lock()
-        self._concept_names: dict[str, dict[str, tuple[str, str]]] = {}
-        self._vocabulary_lock = threading.Lock()
+        # notify: where one-line notices go (the CLI prints them to stderr); progress: bars
+        self._models = Models(
+            checkpoint=checkpoint,
+            precision=precision,
+            embedders=embedders,
+            factory=embedder_factory,
+            notify=notify or log.warning,
+            progress=progress,
+        )
         #: the constants of the joint ranking of several terms (app/search/ranking/joint.py)
         self.joint_calibration: Any = None
-        #: where one-line notices go (the CLI prints them to stderr); progress: show bars
-        self.notify: Callable[[str], None] = notify or log.warning
-        self.progress = progress
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self._models.checkpoint
+
+    @property
+    def precision(self) -> str:
+        return self._models.precision
+
+    @property
+    def _concept_names(self) -> dict[str, dict[str, tuple[str, str]]]:
+        return self._models.concept_names
 
     # ------------------------------------------------------------------ state
 
     def meta(self) -> dict[str, Any]:
-        meta = self.store.get_meta()
-        check_schema(meta, self.store.describe())
-        return meta
+        return index_meta(self.store)
 
     def models(self) -> list[str]:
         """The models whose vectors the index holds and that answer searches, in display
@@ -109,21 +116,7 @@ class SearchService:
         none: devise where the index holds its vectors (to tag: or a devise model is at
         hand), else the first model the index holds (conse, then clip); to tag with neither,
         conse, which needs no checkpoint. A search of an empty index gets its message."""
-        if model:
-            return model, None
-        have = self.models()
-        # a tag needs no index: devise tags wherever a devise model is at hand
-        at_hand = self.checkpoint is not None or "devise" in self._embedders or self._factory
-        if "devise" in have or (kind == "tag" and at_hand):
-            return "devise", None
-        if not have:
-            if kind == "tag":
-                return "conse", "tagged with conse: no DeViSE checkpoint (pass --checkpoint CKPT)"
-            return "devise", None  # the empty index's message
-        return have[0], (
-            f"answered with {have[0]}: the index holds no devise vectors (it was ingested "
-            "without --checkpoint); --model picks another"
-        )
+        return (model, None) if model else self._models.pick(self.models(), kind)
 
     @staticmethod
     def _with_note(answer: Answer, note: str | None) -> Answer:
@@ -192,123 +185,12 @@ class SearchService:
         An index with no `model` vectors (no images at all, say) needs none to embed a query
         image: the model is built from its defaults (conse, clip) or --checkpoint (devise).
         """
-        rec = self._model_record(model)
-        with self._lock:
-            emb = self._embedders.get(model)
-            if emb is None:
-                emb = self._build(model, rec)
-                self._embedders[model] = emb
-        if rec.get("id") is not None and getattr(emb, "content_id", rec["id"]) != rec["id"]:
-            if model == "clip" and getattr(emb, "matches_legacy", lambda _: False)(rec["id"]):
-                self._migrate_model_id(model, rec["id"], emb.content_id)
-                return emb
-            raise ModelMissingError(
-                f"the index's {model} vectors were made by model {rec.get('id')}, but the "
-                f"loaded {model} model is {emb.content_id}: its answers would be wrong. Use the "
-                f"checkpoint that built the index, or re-ingest with --reembed."
-            )
-        return emb
-
-    def _migrate_model_id(self, model: str, old: str, new: str) -> None:
-        """Rewrite an identity recorded in an older form (CLIP's by tag) as the current one."""
-        meta = self.store.get_meta()
-        rec = (meta.get("models") or {}).get(model)
-        if rec is None or rec.get("id") != old:
-            return
-        rec["id"] = new
-        self.store.set_meta(meta)
-        log.info("%s: recorded model %s is now named %s", model, old, new)
-
-    def _model_record(self, model: str) -> dict[str, Any]:
-        """What the index records of `model`, or {} where the defaults (or --checkpoint) do."""
-        rec = (self.meta().get("models") or {}).get(model)
-        if rec is not None:
-            return dict(rec)
-        if model == "devise" and self.checkpoint is None and self._factory is None:
-            if model not in self._embedders:
-                raise ModelMissingError(
-                    "the index records no DeViSE model: pass --checkpoint CKPT (train one with "
-                    "`devise train DATA --out CKPT`), or use --model conse"
-                )
-        elif model not in MODELS:
-            raise ModelMissingError(f"unknown model {model!r}: choose from {', '.join(MODELS)}")
-        return {}
-
-    def _words_source(self, model: str | None = None) -> str:
-        """The word space `model`'s vectors live in (the index's first model's by default)."""
-        records = self.meta().get("models") or {}
-        for name in [model] if model else ["devise", "conse"]:
-            source = (records.get(name) or {}).get("words") or getattr(
-                self._embedders.get(name), "words_source", None
-            )
-            if source:
-                return str(source)
-        return DEFAULT_WORDS
+        return self._models.embedder(self.store, model)
 
     def ensure_vocabulary(self, source: str | None = None) -> bool:
         """Loads the default vocabulary (the 100,000 most frequent words) into an index that
         has none, saying so in one line; True when it loaded. Once: the index then has one."""
-        with self._vocabulary_lock:
-            if (self.meta().get("words") or {}).get("count"):
-                return False
-            from ingest.vocabulary import concepts_for, load_vocabulary
-            from model.vocab.words import load_words
-
-            source = source or self._words_source()
-            self.notify(
-                f"the index has no vocabulary yet: loading the {DEFAULT_VOCABULARY:,} most "
-                f"frequent words of {source} (about 8 s; `devise words` picks another size)"
-            )
-            models = self.meta().get("models") or {}
-            load_vocabulary(
-                self.store,
-                load_words(source),
-                DEFAULT_VOCABULARY,
-                self.progress,
-                concepts=concepts_for(models),
-            )
-            return True
-
-    def _build(self, model: str, rec: dict[str, Any]) -> Any:
-        if self._factory is not None:
-            return self._factory(model, rec)
-        if model == "devise":
-            from model.embedders.embedder import DeviseEmbedder
-
-            ckpt = self.checkpoint or (Path(rec["checkpoint"]) if rec.get("checkpoint") else None)
-            if ckpt is None:
-                raise ModelMissingError("no DeViSE checkpoint: pass --checkpoint CKPT")
-            return DeviseEmbedder(ckpt, precision=self.precision)
-        if model == "conse":
-            from model.embedders.conse import ConseEmbedder
-
-            weights = rec.get("weights")
-            return ConseEmbedder(
-                rec.get("backbone", "efficientnet_lite0"),
-                rec.get("words", DEFAULT_WORDS),
-                int(rec.get("top_t", 10)),
-                # the packaged or torchvision weights resolve by name; a file by its id only
-                "default" if not str(weights or "").startswith("sha256:") else None,
-                self.precision,
-            )
-        if model == "clip":
-            from model.embedders.clip import ClipEmbedder, ClipUnavailable
-
-            # the file ingest read, when it is still there: then neither open_clip's caches
-            # nor open_clip itself need to be consulted (the identity is the file's hash)
-            wf = rec.get("weights_file")
-            try:
-                return ClipEmbedder(
-                    rec.get("model", "ViT-B-32"),
-                    rec.get("pretrained", "laion2b_s34b_b79k"),
-                    Path(wf) if wf and Path(wf).is_file() else None,
-                    self.precision,
-                    allow_download=False,
-                    facts=rec.get("facts"),
-                )
-            except ClipUnavailable as e:
-                raise ModelMissingError(str(e)) from e
-        raise ModelMissingError(f"model {model!r} cannot be loaded by this version")
+        return self._models.ensure_vocabulary(self.store, source)
 
     # ------------------------------------------------------------------ queries
 
@@ -760,7 +642,7 @@ class SearchService:
         else:
             if not (self.meta().get("words") or {}).get("count"):
                 t_load = time.perf_counter()
-                self.ensure_vocabulary(self._words_source(model))
+                self.ensure_vocabulary(self._models.words_source(self.store, model))
                 t0 += time.perf_counter() - t_load  # took_ms is the query's, not the load's
             gamma = self._zero_shot_bias(model, zero_shot_bias)
             results = self._word_tags(vector, model, k, min_score, max_rank, gamma)
@@ -770,30 +652,7 @@ class SearchService:
         """CLIP's text vectors of the tag vocabulary, embedded once per CLIP model (saying how
         long it will take, with a progress bar) and kept in the words collection; True when
         it embedded them now. `clip`: the embedder to use (the index's by default)."""
-        from ingest.vocabulary import clip_tag_words, embed_clip_vocabulary
-
-        with self._vocabulary_lock:
-            rec = self._model_record("clip")
-            done = (self.meta().get("words") or {}).get("clip") or {}
-            if done.get("entries") and done.get("id") == (
-                clip.content_id if clip is not None else rec.get("id")
-            ):
-                return False
-        if not (self.meta().get("words") or {}).get("count"):
-            self.ensure_vocabulary()
-        with self._vocabulary_lock:
-            clip = clip if clip is not None else self.embedder("clip")
-            self.notify(
-                "embedding the tag vocabulary (labels, hypernyms and the "
-                f"{clip_tag_words():,} most frequent words) with clip's text tower, once for "
-                "this model: about 15 s on 2 desktop cores, a minute or more on a slow CPU"
-            )
-            summary = embed_clip_vocabulary(self.store, clip, self.progress)
-            if summary is not None:
-                self.notify(
-                    f"embedded {summary.entries:,} tag words with clip in {summary.seconds:.1f}s"
-                )
-            return summary is not None
+        return self._models.ensure_clip_vocabulary(self.store, clip)
 
     def _zero_shot_bias(self, model: str, bias: str | float) -> tuple[float, set[str]]:
         """(gamma, the checkpoint's seen labels): calibrated stacking for devise tags."""
@@ -817,21 +676,7 @@ class SearchService:
 
     def _model_concepts(self, model: str) -> dict[str, tuple[str, str]]:
         """The labels and hypernyms `model` knows: lower-case name -> (name, kind)."""
-        with self._lock:
-            cache = self._concept_names
-            if model not in cache:
-                from ingest.vocabulary import concepts_for
-
-                rec = dict((self.meta().get("models") or {}).get(model) or {})
-                if model == "devise" and self.checkpoint is not None:
-                    rec["checkpoint"] = str(self.checkpoint)
-                own: dict[str, tuple[str, str]] = {}
-                for cs in concepts_for({model: rec}):
-                    for c in cs.concepts:
-                        if c.name.lower() not in own or c.kind == "label":
-                            own[c.name.lower()] = (c.name, c.kind)
-                cache[model] = own
-            return cache[model]
+        return self._models.concepts(self.store, model)
 
     def _decode(self, image: ImageInput) -> Any:
         """A path, raw bytes or a PIL image as an RGB PIL image (the decoder's rules)."""
