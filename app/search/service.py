@@ -31,7 +31,7 @@ from app.search.duplicates import (
     scan,
 )
 from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError, ServiceError
-from app.search.filters import MAX_RADIUS_KM, PhotoFilter, iso_of, read_photo_filter
+from app.search.filters import PhotoFilter, read_photo_filter
 from app.search.models import DEFAULT_VOCABULARY as DEFAULT_VOCABULARY
 from app.search.models import MODELS, Models, index_meta
 from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
@@ -40,6 +40,7 @@ from app.search.ranking.concept import concept_images, concept_query, other_sens
 from app.search.ranking.cosine import nearest_images, phrase_vectors
 from app.search.ranking.label import label_images, own_label
 from app.search.request import ImageInput, QueryRequest
+from app.search.scope import search_filter, unmatched_filter
 from app.search.tags import (
     classified_evidence,
     clip_tags,
@@ -49,7 +50,7 @@ from app.search.tags import (
     zero_shot_bias,
 )
 from app.search.tags import fold_inflections as fold_inflections
-from qdrant.filters import GeoCircle, SearchFilter
+from qdrant.filters import SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix
 from qdrant.store import Store
 
@@ -201,21 +202,7 @@ class SearchService:
         min_score: float | None,
         photo: PhotoFilter | None = None,
     ) -> SearchFilter:
-        folder = folder.strip() if folder else None
-        flt = SearchFilter(
-            labels=tuple(x for x in (labels or ()) if x), folder=folder or None, min_score=min_score
-        )
-        if photo is None:
-            return flt
-        from dataclasses import replace
-
-        return replace(
-            flt,
-            taken_after=photo.after,
-            taken_before=photo.before,
-            cameras=self._cameras(photo.cameras),
-            near=photo.near,
-        )
+        return search_filter(self.store, labels, folder, min_score, photo)
 
     def photo_filter(
         self,
@@ -234,22 +221,6 @@ class SearchService:
     def cameras(self) -> list[str]:
         """The cameras of the indexed photos, from their EXIF."""
         return sorted(self.store.facet_values("camera", exact=False))
-
-    def _cameras(self, wanted: Sequence[str]) -> tuple[str, ...]:
-        """The indexed camera names a user's names stand for: every camera whose name holds
-        one, case-insensitively (`canon`: all the Canons; `pixel 7`: "Google Pixel 7" too,
-        as some phones write no make). A name that matches none stays as typed, so that it
-        matches nothing."""
-        if not wanted:
-            return ()
-        # the names only, so the index's counts do: an exact facet costs ~13 ms at 100,000
-        # points on Edge, more than the filtered query itself
-        known = self.store.facet_values("camera", exact=False)
-        out: list[str] = []
-        for name in wanted:
-            low = name.lower()
-            out += sorted(c for c in known if low in c.lower()) or [name]
-        return tuple(dict.fromkeys(out))
 
     def text_vector(self, text: str, model: str) -> Float32Array:
         """A text query in `model`'s space: mean of word vectors, or CLIP's text encoder."""
@@ -314,48 +285,7 @@ class SearchService:
     ) -> str | None:
         """Which filter no indexed image matches, in one line; None when each matches some.
         `flt`'s EXIF filters (dates, cameras, place) are checked too."""
-        wanted = [x for x in labels if x]
-        known = self.store.facet_labels() if wanted else {}
-        for label in wanted:
-            if label not in known:
-                names = sorted(known)
-                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-                return f"no image has the label {label!r} (labels: {shown or 'none'})"
-        folder = folder.strip() if folder else None
-        if folder and not self.store.count(IMAGES, SearchFilter(folder=folder)):
-            return f"no indexed image is under {abs_posix(folder)}"
-        return self._unmatched_photo(flt) if flt is not None else None
-
-    def _unmatched_photo(self, flt: SearchFilter) -> str | None:
-        """Which of `flt`'s EXIF filters no indexed image matches, in one line."""
-        start, end = flt.taken_after, flt.taken_before
-        if start is not None or end is not None:
-            if not self.store.count(IMAGES, SearchFilter(taken_after=start, taken_before=end)):
-                span = " and ".join(
-                    part
-                    for part in (
-                        f"on or after {iso_of(start)}" if start is not None else "",
-                        f"before {iso_of(end)}" if end is not None else "",
-                    )
-                    if part
-                )
-                dated = self.store.count(IMAGES, SearchFilter(taken_after=-1e12))
-                return f"no image was taken {span} (by its EXIF date; {dated} image(s) have one)"
-        if flt.cameras:
-            known = self.store.facet_values("camera")
-            if not any(c in known for c in flt.cameras):
-                names = sorted(known)
-                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-                wanted = ", ".join(repr(c) for c in flt.cameras)
-                return f"no image was taken with the camera {wanted} (cameras: {shown or 'none'})"
-        if flt.near is not None and not self.store.count(IMAGES, SearchFilter(near=flt.near)):
-            c = flt.near
-            placed = self.store.count(IMAGES, SearchFilter(near=GeoCircle(0.0, 0.0, MAX_RADIUS_KM)))
-            return (
-                f"no image was taken within {c.radius_km:g} km of {c.lat:g},{c.lon:g} "
-                f"(by its EXIF GPS position; {placed} image(s) have one)"
-            )
-        return None
+        return unmatched_filter(self.store, labels, folder, flt)
 
     def _explain_empty(
         self, answer: Answer, labels: Sequence[str], folder: str | None, flt: SearchFilter
