@@ -34,7 +34,7 @@ from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError,
 from app.search.filters import PhotoFilter, read_photo_filter
 from app.search.models import DEFAULT_VOCABULARY as DEFAULT_VOCABULARY
 from app.search.models import MODELS, Models, index_meta
-from app.search.query import QueryError, Reading, Term, parse_query, read_query, reading
+from app.search.query import Reading, Term, read_query, reading
 from app.search.ranking import joint
 from app.search.ranking.concept import concept_images, concept_query, other_senses
 from app.search.ranking.cosine import nearest_images, phrase_vectors
@@ -42,6 +42,7 @@ from app.search.ranking.label import label_images, own_label
 from app.search.request import ImageInput, QueryRequest
 from app.search.scope import search_filter, unmatched_filter
 from app.search.tags import (
+    DEFAULT_MAX_RANK,
     classified_evidence,
     clip_tags,
     conse_tags,
@@ -50,6 +51,8 @@ from app.search.tags import (
     zero_shot_bias,
 )
 from app.search.tags import fold_inflections as fold_inflections
+from app.search.vectors import check_length, compose, decode, image_term_path, unknown_message
+from app.search.vectors import query_terms as terms_of
 from qdrant.filters import SearchFilter
 from qdrant.schema import IMAGES, WORDS, abs_posix
 from qdrant.store import Store
@@ -57,8 +60,6 @@ from qdrant.store import Store
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
 
-MAX_QUERY_CHARS = 500
-DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
 GENERALITY = ("specific", "general")
 
 
@@ -227,10 +228,7 @@ class SearchService:
         text = (text or "").strip()
         if not text:
             raise BadQueryError("the query is empty: type a word such as 'dog'")
-        if len(text) > MAX_QUERY_CHARS:
-            raise BadQueryError(
-                f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
-            )
+        check_length(text)
         if model == "clip":
             self._require_images("clip")  # images to search among, before any model loads
             return np.asarray(self.embedder("clip").embed_texts([text])[0], dtype=np.float32)
@@ -259,26 +257,7 @@ class SearchService:
         return phrase_vectors(self.store, texts)
 
     def _unknown_message(self, unknown: Sequence[str]) -> str:
-        suggest = self._suggester()
-        parts = []
-        for w in unknown:
-            near = suggest(w)
-            parts.append(f"{w!r}" + (f" (did you mean {', '.join(near)}?)" if near else ""))
-        return "unknown word(s) in the vocabulary: " + "; ".join(parts)
-
-    def _suggester(self) -> Callable[[str], list[str]]:
-        """Near spellings from the vocabulary's own source (loaded on this error path only)."""
-        source = (self.meta().get("words") or {}).get("source")
-        try:
-            from model.vocab.words import load_words
-
-            words = load_words(source) if source else None
-        except Exception as e:  # noqa: BLE001 - suggestions are a courtesy, never a failure
-            log.info("no spelling suggestions: %s", e)
-            words = None
-        if words is None:
-            return lambda w: []
-        return lambda w: words.suggest(w, limit=DEFAULT_MAX_RANK * 2)
+        return unknown_message((self.meta().get("words") or {}).get("source"), unknown)
 
     def unmatched_filter(
         self, labels: Sequence[str], folder: str | None, flt: SearchFilter | None = None
@@ -300,22 +279,7 @@ class SearchService:
     def query_terms(self, text: str, image: ImageInput | None = None) -> list[Term]:
         """The terms of a compound query (app.search.query's grammar), plus `image` when given:
         a path, or an upload (bytes or a PIL image) that joins the words with weight 1."""
-        text = (text or "").strip()
-        if len(text) > MAX_QUERY_CHARS:
-            raise BadQueryError(
-                f"the query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}"
-            )
-        try:
-            terms = parse_query(text)
-        except QueryError as e:
-            raise BadQueryError(str(e)) from None
-        if isinstance(image, (str, Path)):
-            terms.append(Term(1.0, image=str(image)))
-        elif image is not None:
-            terms.append(Term(1.0, image="upload", upload=True))
-        if not terms:
-            raise BadQueryError("the query is empty: type a word such as 'dog'")
-        return terms
+        return terms_of(text, image)
 
     def query_vector(
         self, terms: Sequence[Term], model: str, upload: ImageInput | None = None
@@ -350,32 +314,15 @@ class SearchService:
                     raise BadQueryError("the query names an upload, but no image was uploaded")
                 vectors[i], _ = self.image_vector(upload, model)
                 continue
-            path = Path(str(t.image)).expanduser()
-            if not path.is_file():
-                raise BadQueryError(
-                    f"image not found: {t.image} (a term with a slash or an image suffix is a "
-                    "path; quote words that hold one)"
-                )
-            vectors[i], where = self.image_vector(path, model)
+            vectors[i], where = self.image_vector(image_term_path(t), model)
             if where is not None and t.weight > 0:
                 indexed.append(where)
         if not vectors:
             raise BadQueryError(self._unknown_message(unknown))
         if unknown:
             log.warning("ignoring unknown word(s): %s", ", ".join(unknown))
-        used = [terms[i] for i in sorted(vectors)]
-        total = np.zeros_like(next(iter(vectors.values())), dtype=np.float64)
-        for i in sorted(vectors):
-            v = vectors[i].astype(np.float64)
-            total += terms[i].weight * v / max(float(np.linalg.norm(v)), 1e-12)
-        norm = float(np.linalg.norm(total))
-        # relative to the weights: `dog -dog` leaves rounding noise, not a direction
-        if norm < 1e-3 * sum(abs(t.weight) for t in used):
-            raise BadQueryError(
-                f"the terms cancel out ({reading(used)}): the query points nowhere. Drop a "
-                "negative term or change its weight."
-            )
-        return (total / norm).astype(np.float32), indexed, used
+        vector, used = compose(terms, vectors)
+        return vector, indexed, used
 
     def search_text(
         self,
@@ -488,7 +435,7 @@ class SearchService:
                 if vec is not None:
                     return np.asarray(vec, dtype=np.float32), path
         emb = self.embedder(model)
-        return np.asarray(emb.embed_images([self._decode(image)])[0], dtype=np.float32), None
+        return np.asarray(emb.embed_images([decode(image)])[0], dtype=np.float32), None
 
     def run(self, request: QueryRequest) -> Answer:
         """The one way in for a query, whichever face asked it."""
@@ -560,7 +507,7 @@ class SearchService:
             evidence = indexed_evidence(self.store, image)
             if evidence is None:
                 emb = self.embedder("conse")
-                evidence = classified_evidence(emb, self._decode(image))
+                evidence = classified_evidence(emb, decode(image))
             results = conse_tags(evidence, k, min_score, generality)
             return self._with_note(Answer(model, (time.perf_counter() - t0) * 1000, results), why)
         vector, _ = self.image_vector(image, model)
@@ -607,16 +554,6 @@ class SearchService:
     def _model_concepts(self, model: str) -> dict[str, tuple[str, str]]:
         """The labels and hypernyms `model` knows: lower-case name -> (name, kind)."""
         return self._models.concepts(self.store, model)
-
-    def _decode(self, image: ImageInput) -> Any:
-        """A path, raw bytes or a PIL image as an RGB PIL image (the decoder's rules)."""
-        from PIL import Image as PILImage
-
-        from model.data.images import decode_image
-
-        if isinstance(image, PILImage.Image):
-            return image.convert("RGB")
-        return decode_image(image if isinstance(image, bytes) else Path(image))
 
     def duplicates(
         self,

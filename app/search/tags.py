@@ -19,6 +19,8 @@ from qdrant.store import Store
 Float32Array = npt.NDArray[np.float32]
 Evidence = tuple[Float32Array, dict[str, float]]
 
+DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
+
 
 def fold_inflections(words: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
     """Keep the best-scoring form of words that only differ by inflection (cat / cats)."""
