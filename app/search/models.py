@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.search.errors import ModelMissingError
-from qdrant.schema import check_schema
+from app.search.duplicates import DUP_MODEL
+from app.search.errors import EmptyIndexError, ModelMissingError
+from qdrant.schema import IMAGES, WORDS, check_schema
 from qdrant.store import Store
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,55 @@ def index_meta(store: Store) -> dict[str, Any]:
     meta = store.get_meta()
     check_schema(meta, store.describe())
     return meta
+
+
+def index_models(meta: dict[str, Any]) -> list[str]:
+    """The models whose vectors the index holds and that answer searches, in display
+    order (not the near-duplicate vector, which only `duplicates` reads)."""
+    present = set((meta.get("models") or {}).keys()) - {DUP_MODEL}
+    return [m for m in MODELS if m in present] + sorted(present - set(MODELS))
+
+
+def require_images(store: Store, model: str) -> dict[str, Any]:
+    """What the index records of `model`; raises when it holds no images, or none of
+    `model`'s vectors: image searches cannot do without them."""
+    # one point is enough to know: an exact count costs ~20 ms at 100,000 points
+    if next(iter(store.scroll_images(batch=1)), None) is None:
+        raise EmptyIndexError(
+            f"the index {store.describe()} holds no images yet: fill it with "
+            "`devise ingest DIR` (or `devise demo` for the sample)"
+        )
+    rec = (index_meta(store).get("models") or {}).get(model)
+    if rec is None:
+        present = index_models(index_meta(store))
+        raise ModelMissingError(
+            f"the index holds no {model!r} vectors (it has: {', '.join(present) or 'none'}). "
+            f"Add them with `devise ingest DIR --models {model}"
+            + (" --checkpoint CKPT`" if model == "devise" else "`")
+            + (f", or use --model {present[0]}." if present else ".")
+        )
+    return dict(rec)
+
+
+def index_status(store: Store) -> dict[str, Any]:
+    """What the index holds: its images, words and each model's vectors."""
+    meta = index_meta(store)
+    models = {}
+    for name, rec in (meta.get("models") or {}).items():
+        models[name] = {
+            "dim": rec.get("dim"),
+            "id": rec.get("id"),
+            "points": store.count_vectors(name),
+        }
+        if rec.get("precision"):  # what made its vectors (ingest/pipeline.py)
+            models[name]["precision"] = rec["precision"]
+            models[name]["precisions"] = rec.get("precisions") or [rec["precision"]]
+    return {
+        "index": store.describe(),
+        "images": store.count(IMAGES),
+        "words": store.count(WORDS),
+        "models": models,
+    }
 
 
 class Models:
@@ -136,6 +186,19 @@ class Models:
                 concepts=concepts_for(models),
             )
             return True
+
+    def vocabulary_for(self, store: Store, model: str, rec: dict[str, Any]) -> None:
+        """Loads the vocabulary on first need; refuses one of another word space than the
+        one `model`'s vectors (recorded as `rec`) live in."""
+        words_meta = index_meta(store).get("words") or {}
+        # meta's count, not count(WORDS): an exact count of 100k points costs ~10 ms a query
+        if not words_meta.get("count") and self.ensure_vocabulary(store, rec.get("words")):
+            words_meta = index_meta(store).get("words") or {}
+        if rec.get("words") and words_meta.get("source") not in (None, rec.get("words")):
+            raise ModelMissingError(
+                f"the vocabulary is {words_meta.get('source')} but the {model} vectors live in "
+                f"{rec.get('words')}: run `devise words --words {rec.get('words')}`"
+            )
 
     def ensure_clip_vocabulary(self, store: Store, clip: Any = None) -> bool:
         """See SearchService.ensure_clip_vocabulary."""

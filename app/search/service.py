@@ -30,10 +30,12 @@ from app.search.duplicates import (
     check_threshold,
     scan,
 )
-from app.search.errors import BadQueryError, EmptyIndexError, ModelMissingError, ServiceError
+from app.search.errors import BadQueryError, EmptyIndexError, ServiceError
+from app.search.errors import ModelMissingError as ModelMissingError
 from app.search.filters import PhotoFilter, read_photo_filter
 from app.search.models import DEFAULT_VOCABULARY as DEFAULT_VOCABULARY
-from app.search.models import MODELS, Models, index_meta
+from app.search.models import MODELS as MODELS
+from app.search.models import Models, index_meta, index_models, index_status, require_images
 from app.search.query import Reading, Term, read_query, reading
 from app.search.ranking import joint
 from app.search.ranking.concept import concept_images, concept_query, other_senses
@@ -54,7 +56,7 @@ from app.search.tags import fold_inflections as fold_inflections
 from app.search.vectors import check_length, compose, decode, image_term_path, unknown_message
 from app.search.vectors import query_terms as terms_of
 from qdrant.filters import SearchFilter
-from qdrant.schema import IMAGES, WORDS, abs_posix
+from qdrant.schema import abs_posix
 from qdrant.store import Store
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,7 @@ class SearchService:
     def models(self) -> list[str]:
         """The models whose vectors the index holds and that answer searches, in display
         order (not the near-duplicate vector, which only `duplicates` reads)."""
-        present = set((self.meta().get("models") or {}).keys()) - {DUP_MODEL}
-        return [m for m in MODELS if m in present] + sorted(present - set(MODELS))
+        return index_models(self.meta())
 
     def pick_model(self, model: str | None, kind: str = "search") -> tuple[str, str | None]:
         """(the model a query runs on, why it is not devise). A named `model` is kept. With
@@ -130,54 +131,17 @@ class SearchService:
         return sorted(self.store.facet_labels())
 
     def status(self) -> dict[str, Any]:
-        meta = self.meta()
-        models = {}
-        for name, rec in (meta.get("models") or {}).items():
-            models[name] = {
-                "dim": rec.get("dim"),
-                "id": rec.get("id"),
-                "points": self.store.count_vectors(name),
-            }
-            if rec.get("precision"):  # what made its vectors (ingest/pipeline.py)
-                models[name]["precision"] = rec["precision"]
-                models[name]["precisions"] = rec.get("precisions") or [rec["precision"]]
-        return {
-            "index": self.store.describe(),
-            "images": self.store.count(IMAGES),
-            "words": self.store.count(WORDS),
-            "models": models,
-        }
+        return index_status(self.store)
 
     def graph_pending(self) -> int:
         """Image vectors still searched exactly while they wait for their graph (`devise
         ingest` builds it); 0 once built, or below the size where exact search is kept."""
         return self.store.graph_pending()
 
-    def _has_images(self) -> bool:
-        # one point is enough to know: an exact count costs ~20 ms at 100,000 points
-        return next(iter(self.store.scroll_images(batch=1)), None) is not None
-
     def require_images(self, model: str) -> dict[str, Any]:
         """What the index records of `model`; raises when it holds no images, or none of
         `model`'s vectors: image searches cannot do without them."""
-        return self._require_images(model)
-
-    def _require_images(self, model: str) -> dict[str, Any]:
-        if not self._has_images():
-            raise EmptyIndexError(
-                f"the index {self.store.describe()} holds no images yet: fill it with "
-                "`devise ingest DIR` (or `devise demo` for the sample)"
-            )
-        rec = (self.meta().get("models") or {}).get(model)
-        if rec is None:
-            present = self.models()
-            raise ModelMissingError(
-                f"the index holds no {model!r} vectors (it has: {', '.join(present) or 'none'}). "
-                f"Add them with `devise ingest DIR --models {model}"
-                + (" --checkpoint CKPT`" if model == "devise" else "`")
-                + (f", or use --model {present[0]}." if present else ".")
-            )
-        return dict(rec)
+        return require_images(self.store, model)
 
     # ------------------------------------------------------------------ embedders
 
@@ -230,7 +194,7 @@ class SearchService:
             raise BadQueryError("the query is empty: type a word such as 'dog'")
         check_length(text)
         if model == "clip":
-            self._require_images("clip")  # images to search among, before any model loads
+            self.require_images("clip")  # images to search among, before any model loads
             return np.asarray(self.embedder("clip").embed_texts([text])[0], dtype=np.float32)
         vectors, unknown = self._phrase_vectors([text], model)
         if vectors[0] is None:
@@ -244,16 +208,7 @@ class SearchService:
     ) -> tuple[list[Float32Array | None], list[str]]:
         """Each text's unit mean word vector from the index (None when it has no known word),
         and the unknown words; one vocabulary lookup for all the texts."""
-        rec = self._require_images(model)
-        words_meta = self.meta().get("words") or {}
-        # meta's count, not count(WORDS): an exact count of 100k points costs ~10 ms a query
-        if not words_meta.get("count") and self.ensure_vocabulary(rec.get("words")):
-            words_meta = self.meta().get("words") or {}
-        if rec.get("words") and words_meta.get("source") not in (None, rec.get("words")):
-            raise ModelMissingError(
-                f"the vocabulary is {words_meta.get('source')} but the {model} vectors live in "
-                f"{rec.get('words')}: run `devise words --words {rec.get('words')}`"
-            )
+        self._models.vocabulary_for(self.store, model, self.require_images(model))
         return phrase_vectors(self.store, texts)
 
     def _unknown_message(self, unknown: Sequence[str]) -> str:
@@ -292,7 +247,7 @@ class SearchService:
     ) -> tuple[Float32Array, list[str], list[Term]]:
         """(query vector, indexed image paths among the terms, the terms used): word terms
         whose words are all unknown are dropped, with a warning, while another term is left."""
-        self._require_images(model)
+        self.require_images(model)
         vectors: dict[int, Float32Array] = {}
         indexed: list[str] = []
         texts = [(i, t.text or "") for i, t in enumerate(terms) if not t.is_image]
@@ -475,7 +430,7 @@ class SearchService:
         validate(k, min_score)
         t0 = time.perf_counter()
         model, why = self.pick_model(model)
-        self._require_images(model)
+        self.require_images(model)
         vector, path = self.image_vector(image, model)
         flt = self._filter(labels, folder, min_score, photo)
         results = nearest_images(self.store, model, vector, k, flt, exclude=path)
@@ -575,7 +530,7 @@ class SearchService:
             value = check_threshold(DEFAULT_THRESHOLDS[model] if threshold is None else threshold)
         except DuplicatesError as e:
             raise BadQueryError(str(e)) from None
-        self._require_images(model)
+        self.require_images(model)
         folder = folder.strip() if folder else None
         if folder:
             note = self.unmatched_filter((), folder)
