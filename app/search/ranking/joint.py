@@ -3,7 +3,7 @@
 Each term of a read query gets, per image, a probability-like score in [0, 1]:
 - a *concept* (`dog`, `person`, `big cat`): the classifier's probability mass under it, or a
   detector's score (a face: `person`), whichever is higher. Where no candidate has any mass
-  under it (the classifier calls darknet's horses camels) the service scores it as a word;
+  under it (the classifier calls darknet's horses camels) `joint_images` scores it as a word;
 - a *word* with no concept (`grass`, `beach`, `sky`): the cosine between the image's conse
   vector and the word's vector through a logistic, `cap * sigmoid((cos - center) / scale)`.
   On the demo gallery (1,000 Fashion-MNIST garments and 37 photos) a garment's cosine to a
