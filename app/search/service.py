@@ -306,32 +306,7 @@ class SearchService:
         terms = read.terms
         vector, indexed, used = self._compound(terms, model, image)
         flt = self._filter(labels, folder, min_score, photo)
-        # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
-        # by the probability mass under the concept, not by the word's vector
-        # (an unknown word beside it is left out, and named)
-        plain = all(t.text is not None and t.weight == 1 for t in used)
-        whole = " ".join(t.text or "" for t in used)
-        concept = concept_query(self.store, whole) if plain and model == "conse" else None
-        label = self._own_label(whole) if plain and model == "devise" else None
-        note = ""
-        notes: list[str] = []
-        if concept is not None:
-            results, said = concept_images(self.store, concept, vector, k, flt)
-            notes += said
-            notes += other_senses(whole, concept)
-        elif label is not None:
-            emb = self.embedder("devise")
-            bias = self._zero_shot_bias("devise", zero_shot_bias)
-            results, note = label_images(self.store, emb, label, k, flt, bias)
-        elif model == "conse" and joint.joins(self.store, used):
-            # _compound read and checked these words already: only their vectors are wanted
-            words, _ = phrase_vectors(self.store, [t.text or "" for t in used])
-            cal = self.joint_calibration or joint.DEFAULT
-            results, said = joint.joint_images(self.store, used, words, vector, k, flt, cal)
-            notes += said
-        else:
-            hits = nearest_images(self.store, model, vector, k + len(indexed), flt)
-            results = [r for r in hits if r.path not in indexed][:k]
+        results, note, notes = self._rank(model, used, vector, indexed, k, flt, zero_shot_bias)
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
         answer.query = note or read.line(used)
         if len(used) < len(terms):
@@ -343,6 +318,42 @@ class SearchService:
         if notes:
             answer.note = "; ".join(([answer.note] if answer.note else []) + notes)
         return self._with_note(answer, why)
+
+    def _rank(
+        self,
+        model: str,
+        used: Sequence[Term],
+        vector: Float32Array,
+        indexed: Sequence[str],
+        k: int,
+        flt: SearchFilter,
+        zero_shot_bias: str | float,
+    ) -> tuple[list[ImageResult], str, list[str]]:
+        """(images, how the query was read where the scoring says so, notes) for a read
+        query, by the one scoring mode it calls for (app/search/ranking/)."""
+        # one plain word or phrase that names a concept (`dog`, `drink`): conse answers it
+        # by the probability mass under the concept, not by the word's vector
+        # (an unknown word beside it is left out, and named)
+        plain = all(t.text is not None and t.weight == 1 for t in used)
+        whole = " ".join(t.text or "" for t in used)
+        concept = concept_query(self.store, whole) if plain and model == "conse" else None
+        label = self._own_label(whole) if plain and model == "devise" else None
+        if concept is not None:
+            results, notes = concept_images(self.store, concept, vector, k, flt)
+            return results, "", notes + other_senses(whole, concept)
+        if label is not None:
+            emb = self.embedder("devise")
+            bias = self._zero_shot_bias("devise", zero_shot_bias)
+            results, note = label_images(self.store, emb, label, k, flt, bias)
+            return results, note, []
+        if model == "conse" and joint.joins(self.store, used):
+            # _compound read and checked these words already: only their vectors are wanted
+            words, _ = phrase_vectors(self.store, [t.text or "" for t in used])
+            cal = self.joint_calibration or joint.DEFAULT
+            results, notes = joint.joint_images(self.store, used, words, vector, k, flt, cal)
+            return results, "", notes
+        hits = nearest_images(self.store, model, vector, k + len(indexed), flt)
+        return [r for r in hits if r.path not in indexed][:k], "", []
 
     def read(self, text: str, model: str, image: ImageInput | None = None) -> Reading:
         """A text query read as a person means it (app.search.query's `read_query`): function words

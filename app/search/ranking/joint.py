@@ -33,7 +33,7 @@ from app.search.answers import ImageResult
 from app.search.query import Term
 from app.search.ranking.concept import CONCEPT_CANDIDATES
 from qdrant.filters import SearchFilter
-from qdrant.store import Hit, Store
+from qdrant.store import Hit, Record, Store
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -161,11 +161,25 @@ def joint_images(
     photos that carry them; `vectors` are the terms' word vectors, `vector` the whole
     query's. The candidates are every positive concept's images and the images nearest each
     positive term and the whole query."""
-    from model.embedders.conse import top_probs
-    from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
+    concepts, kinds, notes = _concepts_of(terms)
+    records = _candidates(store, terms, concepts, vectors, vector, replace(flt, min_score=None))
+    if not records:
+        return [], notes
+    scored = _term_scores(terms, concepts, kinds, vectors, records, notes)
+    order, scores, _ = rank(scored, cal)
+    results = [
+        ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
+        for i in order
+        if flt.min_score is None or scores[i] >= flt.min_score
+    ]
+    return results[:k], notes
+
+
+def _concepts_of(terms: Sequence[Term]) -> tuple[list[int | None], set[int], list[str]]:
+    """(each term's concept, the terms read as a kind of one, notes saying so)."""
+    from model.vocab.hierarchy import imagenet_concepts
 
     cs = imagenet_concepts()
-    plain = replace(flt, min_score=None)
     concepts = [cs.find(t.text or "") for t in terms]
     notes: list[str] = []
     kinds: set[int] = set()
@@ -174,6 +188,22 @@ def joint_images(
             concepts[i] = kind
             kinds.add(i)
             notes.append(f"{t.text!r} read as a kind of {cs.concepts[kind].name}")
+    return concepts, kinds, notes
+
+
+def _candidates(
+    store: Store,
+    terms: Sequence[Term],
+    concepts: Sequence[int | None],
+    vectors: Sequence[Float32Array | None],
+    vector: Float32Array,
+    plain: SearchFilter,
+) -> list[Record]:
+    """Every positive concept's images and the images nearest each positive term and the
+    whole query, with their conse vectors."""
+    from model.vocab.hierarchy import imagenet_concepts
+
+    cs = imagenet_concepts()
     ids: dict[str, None] = {}
     for t, c, v in zip(terms, concepts, vectors, strict=True):
         if c is None or t.weight <= 0 or v is None:
@@ -189,9 +219,23 @@ def joint_images(
     ):
         for h in hits:
             ids.setdefault(str(h.id), None)
-    records = [r for r in store.retrieve_images(list(ids), ["conse"]) if "conse" in r.vectors]
-    if not records:
-        return [], notes
+    return [r for r in store.retrieve_images(list(ids), ["conse"]) if "conse" in r.vectors]
+
+
+def _term_scores(
+    terms: Sequence[Term],
+    concepts: Sequence[int | None],
+    kinds: set[int],
+    vectors: Sequence[Float32Array | None],
+    records: Sequence[Record],
+    notes: list[str],
+) -> list[TermScores]:
+    """Each term's evidence over the candidates; a term scored by its word vector where it
+    names no concept, or one no candidate carries, adds a note saying so."""
+    from model.embedders.conse import top_probs
+    from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
+
+    cs = imagenet_concepts()
     x = np.stack([np.asarray(r.vectors["conse"], np.float32) for r in records])
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     probs = np.stack([top_probs(r.payload.get("conse_top") or []) for r in records])
@@ -218,10 +262,4 @@ def joint_images(
                 f"{t.text!r} names no concept: scored by word-vector similarity, a weak cue"
             )
         scored.append(TermScores(t.weight, cosine.astype(np.float32), mass, kind=i in kinds))
-    order, scores, _ = rank(scored, cal)
-    results = [
-        ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
-        for i in order
-        if flt.min_score is None or scores[i] >= flt.min_score
-    ]
-    return results[:k], notes
+    return scored
