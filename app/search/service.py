@@ -570,24 +570,14 @@ class SearchService:
             try:
                 if kind == "text":
                     out[model] = self.search_text(
-                        query,
-                        model=model,
-                        labels=labels,
-                        folder=folder,
-                        min_score=min_score,
-                        k=k,
-                        photo=photo,
-                    )
+                        query, model=model, labels=labels, folder=folder,
+                        min_score=min_score, k=k, photo=photo,
+                    )  # fmt: skip
                 elif kind == "image":
                     out[model] = self.similar(
-                        query,
-                        model=model,
-                        labels=labels,
-                        folder=folder,
-                        min_score=min_score,
-                        k=k,
-                        photo=photo,
-                    )
+                        query, model=model, labels=labels, folder=folder,
+                        min_score=min_score, k=k, photo=photo,
+                    )  # fmt: skip
                 else:
                     out[model] = self.tag(query, model=model, k=k, min_score=min_score)
             except (ServiceError, ValueError) as e:
