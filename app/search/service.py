@@ -5,6 +5,11 @@ text -> images, image -> images, image -> tags. Image results also filter by the
 EXIF: when it was taken, with which camera, and where (app/search/filters.py reads those). Text
 queries read word vectors from the index's own `words` collection, so they never load the
 backbone (nor gensim).
+
+The service only chooses and composes: which model answers and its embedder
+(app/search/models.py), the query's terms and their vector (app/search/vectors.py), the
+filter (app/search/scope.py), then one scoring mode (app/search/ranking/: cosine, concept,
+label, joint) or the tagging (app/search/tags.py), each told what it needs.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ class SearchService:
     def precision(self) -> str:
         return self._models.precision
 
+    # each model's labels and hypernyms as Models caches them, under the name tests seed
     @property
     def _concept_names(self) -> dict[str, dict[str, tuple[str, str]]]:
         return self._models.concept_names
