@@ -1,8 +1,9 @@
 """Text search for the checkpoint's own labels on devise: word-vector cosine (what `devise
-search LABEL` did before) against the calibrated margin it ranks by now (app/search/service.py
-`_label_images`), per label: average precision over the whole index, precision@10 and @20,
-and the rank of the first right image. The images' `label` payload is the truth; photos
-whose label is none of the checkpoint's are the distractors. Asserts nothing.
+search LABEL` did before) against the calibrated margin it ranks by now
+(app/search/ranking/label.py `label_images`), per label: average precision over the whole
+index, precision@10 and @20, and the rank of the first right image. The images' `label`
+payload is the truth; photos whose label is none of the checkpoint's are the distractors.
+Asserts nothing.
 From the repository root, after `devise demo --no-launch`:
 
     python bench/bench_label_search.py [--index DIR] [--checkpoint CKPT]

@@ -1,1 +1,2 @@
-"""Scoring modes of text search, each a small module with one entry point."""
+"""Scoring modes of text search, one module each (cosine, concept, label, joint): functions
+told what they need (the store, the embedder, the filter, k), never the service."""

@@ -3,7 +3,7 @@
 Each term of a read query gets, per image, a probability-like score in [0, 1]:
 - a *concept* (`dog`, `person`, `big cat`): the classifier's probability mass under it, or a
   detector's score (a face: `person`), whichever is higher. Where no candidate has any mass
-  under it (the classifier calls darknet's horses camels) the service scores it as a word;
+  under it (the classifier calls darknet's horses camels) `joint_images` scores it as a word;
 - a *word* with no concept (`grass`, `beach`, `sky`): the cosine between the image's conse
   vector and the word's vector through a logistic, `cap * sigmoid((cos - center) / scale)`.
   On the demo gallery (1,000 Fashion-MNIST garments and 37 photos) a garment's cosine to a
@@ -24,12 +24,22 @@ with no animal in it above an animal.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
+from app.search.answers import ImageResult
+from app.search.query import Term
+from app.search.ranking.concept import CONCEPT_CANDIDATES
+from qdrant.filters import SearchFilter
+from qdrant.store import Hit, Record, Store
+
 Float32Array = npt.NDArray[np.float32]
+
+# a query of several terms on conse scores the images nearest each term's word vector (and
+# the concepts' images) by every term: this many per term
+JOINT_CANDIDATES = 300
 
 
 @dataclass(frozen=True)
@@ -111,3 +121,145 @@ def rank(
     # demoted last, then by score; ties keep the candidates' order
     order = np.lexsort((-scores, demoted)).astype(np.int64)
     return order, scores.astype(np.float32), demoted
+
+
+def joins(store: Store, terms: Sequence[Term]) -> bool:
+    """Whether conse answers `terms` by the joint ranking: words only, at least one
+    positive, and more than one term or a weight; the index's points carry concepts."""
+    if any(t.is_image for t in terms) or not any(t.weight > 0 for t in terms):
+        return False
+    if len(terms) < 2 and all(t.weight == 1 for t in terms):
+        # one word: the joint ranking answers it only as a kind of a concept (astronaut)
+        if kind_of(terms[0].text or "") is None:
+            return False
+    first = next(iter(store.scroll_images(batch=1)), None)
+    return first is not None and "conse_top" in first.payload
+
+
+def kind_of(text: str) -> int | None:
+    """The ImageNet concept a noun that names none is a kind of (astronaut: person)."""
+    from model.vocab.hierarchy import imagenet_concepts
+    from model.vocab.lexicon import kind_of as lexicon_kind_of
+
+    if " " in text.strip() or imagenet_concepts().find(text) is not None:
+        return None
+    wnid = lexicon_kind_of(text)
+    return imagenet_concepts().index(wnid) if wnid else None
+
+
+def joint_images(
+    store: Store,
+    terms: Sequence[Term],
+    vectors: Sequence[Float32Array | None],
+    vector: Float32Array,
+    k: int,
+    flt: SearchFilter,
+    cal: Calibration = DEFAULT,
+) -> tuple[list[ImageResult], list[str]]:
+    """Images for several terms on conse, ranked by `rank`: a soft AND of each term's score
+    (concept mass, a detector's score, or calibrated cosine), negated terms demoting the
+    photos that carry them; `vectors` are the terms' word vectors, `vector` the whole
+    query's. The candidates are every positive concept's images and the images nearest each
+    positive term and the whole query."""
+    concepts, kinds, notes = _concepts_of(terms)
+    records = _candidates(store, terms, concepts, vectors, vector, replace(flt, min_score=None))
+    if not records:
+        return [], notes
+    scored = _term_scores(terms, concepts, kinds, vectors, records, notes)
+    order, scores, _ = rank(scored, cal)
+    results = [
+        ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
+        for i in order
+        if flt.min_score is None or scores[i] >= flt.min_score
+    ]
+    return results[:k], notes
+
+
+def _concepts_of(terms: Sequence[Term]) -> tuple[list[int | None], set[int], list[str]]:
+    """(each term's concept, the terms read as a kind of one, notes saying so)."""
+    from model.vocab.hierarchy import imagenet_concepts
+
+    cs = imagenet_concepts()
+    concepts = [cs.find(t.text or "") for t in terms]
+    notes: list[str] = []
+    kinds: set[int] = set()
+    for i, t in enumerate(terms):
+        if concepts[i] is None and (kind := kind_of(t.text or "")) is not None:
+            concepts[i] = kind
+            kinds.add(i)
+            notes.append(f"{t.text!r} read as a kind of {cs.concepts[kind].name}")
+    return concepts, kinds, notes
+
+
+def _candidates(
+    store: Store,
+    terms: Sequence[Term],
+    concepts: Sequence[int | None],
+    vectors: Sequence[Float32Array | None],
+    vector: Float32Array,
+    plain: SearchFilter,
+) -> list[Record]:
+    """Every positive concept's images and the images nearest each positive term and the
+    whole query, with their conse vectors."""
+    from model.vocab.hierarchy import imagenet_concepts
+
+    cs = imagenet_concepts()
+    ids: dict[str, None] = {}
+    for t, c, v in zip(terms, concepts, vectors, strict=True):
+        if c is None or t.weight <= 0 or v is None:
+            continue
+        key = cs.concepts[c].key
+        for h in store.search_images(
+            "conse", v, CONCEPT_CANDIDATES, replace(plain, concepts=(key,))
+        ):
+            ids.setdefault(str(h.id), None)
+    queries = [v for t, v in zip(terms, vectors, strict=True) if t.weight > 0 and v is not None]
+    for hits in store.search_images_batch(
+        "conse", np.stack([vector, *queries]), JOINT_CANDIDATES, plain, with_payload=False
+    ):
+        for h in hits:
+            ids.setdefault(str(h.id), None)
+    return [r for r in store.retrieve_images(list(ids), ["conse"]) if "conse" in r.vectors]
+
+
+def _term_scores(
+    terms: Sequence[Term],
+    concepts: Sequence[int | None],
+    kinds: set[int],
+    vectors: Sequence[Float32Array | None],
+    records: Sequence[Record],
+    notes: list[str],
+) -> list[TermScores]:
+    """Each term's evidence over the candidates; a term scored by its word vector where it
+    names no concept, or one no candidate carries, adds a note saying so."""
+    from model.embedders.conse import top_probs
+    from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
+
+    cs = imagenet_concepts()
+    x = np.stack([np.asarray(r.vectors["conse"], np.float32) for r in records])
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    probs = np.stack([top_probs(r.payload.get("conse_top") or []) for r in records])
+    scored: list[TermScores] = []
+    for i, (t, c, v) in enumerate(zip(terms, concepts, vectors, strict=True)):
+        cosine = x @ v if v is not None else np.zeros(len(records), np.float32)
+        mass = None
+        if c is not None:
+            mass = probs @ cs.members[c]
+            key = cs.concepts[c].key
+            detected = np.array(
+                [float((r.payload.get("detected") or {}).get(key, 0.0)) for r in records],
+                np.float32,
+            )
+            mass = np.maximum(mass, detected)
+            if float(mass.max(initial=0.0)) < MIN_MASS:
+                notes.append(
+                    f"no image indexed under '{cs.concepts[c].name}': {t.text!r} scored by "
+                    "word-vector similarity instead, a weak cue"
+                )
+                mass = None
+        else:
+            notes.append(
+                f"{t.text!r} names no concept: scored by word-vector similarity, a weak cue"
+            )
+        scored.append(TermScores(t.weight, cosine.astype(np.float32), mass, kind=i in kinds))
+    return scored
