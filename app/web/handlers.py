@@ -1,5 +1,5 @@
 """The web app's behaviour as plain typed handlers (`WebHandlers`) that tests call directly;
-`app/web/__init__.py` only lays them out on the page and adapts them to Gradio's components."""
+`app/web/page.py` only lays them out on the page and adapts them to Gradio's components."""
 
 from __future__ import annotations
 
