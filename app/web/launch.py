@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from app.settings import Settings
     from app.web.cliapi import CliApi
     from ingest.pipeline import ArrayEmbedder
+    from model.data.thumbs import Thumbnails
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +96,11 @@ def launch_app(
     """Builds and starts the app without blocking; the caller owns the store. `cli_token`:
     serve the `devise` CLI's endpoints (app/web/cliapi.py), ingest allowed with this token;
     `watch`: folders to index as they change (app/jobs/watch.py), rescanned every `rescan_s`."""
-    from gradio import utils as gr_utils
-    from starlette.middleware import Middleware
-
     from app.jobs.watch import RESCAN_S, FolderWatcher
     from app.remote import new_token
     from app.web.cliapi import CliApi
-    from app.web.routes import SearchRoute
-    from model.data.thumbs import Thumbnails, default_folder
 
-    # the gallery's thumbnails (model/data/thumbs.py): where ingest keeps those of HEIC files
-    thumbs = Thumbnails(default_folder())
-    cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
-    served = ServedRoots(roots_from_index(service), extra=sorted(cache_dirs))
-    allowed = [str(r) for r in served.roots] + [str(thumbs.folder)]
-
+    thumbs, served = _served(service)
     demo_ref: list[gr.Blocks] = []
 
     def indexed(paths: list[Path]) -> None:
@@ -150,6 +141,50 @@ def launch_app(
         watch_status=watcher.describe if watcher is not None else None,
     )  # fmt: skip
     demo_ref.append(demo)
+    url = _start(
+        demo, handlers, served, [str(r) for r in served.roots] + [str(thumbs.folder)],
+        host=host, port=port, login=login, max_file_size=max_file_size, quiet=quiet,
+        token=cli.token if cli else new_token(), needs_token=auth is not None,
+    )  # fmt: skip
+    if watcher is not None:
+        watcher.start()
+    graphs.start()
+    return WebApp(demo, url, service, served, job, cli, watcher, graphs)
+
+
+def _served(service: SearchService) -> tuple[Thumbnails, ServedRoots]:
+    """The gallery's thumbnails, and the folders the app may serve files from: the
+    index's, and Gradio's own for the uploads."""
+    from gradio import utils as gr_utils
+
+    from model.data.thumbs import Thumbnails, default_folder
+
+    # the gallery's thumbnails (model/data/thumbs.py): where ingest keeps those of HEIC files
+    thumbs = Thumbnails(default_folder())
+    cache_dirs = {str(gr_utils.get_upload_folder()), str(gr_utils.get_cache_folder())}
+    return thumbs, ServedRoots(roots_from_index(service), extra=sorted(cache_dirs))
+
+
+def _start(
+    demo: gr.Blocks,
+    handlers: WebHandlers,
+    served: ServedRoots,
+    allowed: list[str],
+    *,
+    host: str,
+    port: int | None,
+    login: Any,
+    max_file_size: str | int,
+    quiet: bool,
+    token: str,
+    needs_token: bool,
+) -> str:
+    """Starts the server without blocking, behind the file guard and the JSON search route;
+    returns its URL."""
+    from starlette.middleware import Middleware
+
+    from app.web.routes import SearchRoute
+
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(
         css=CSS,
@@ -167,19 +202,11 @@ def launch_app(
             "middleware": [
                 Middleware(FileGuard, served=served),
                 # POST|GET /search_json: one request into the same handler, no queue
-                Middleware(
-                    SearchRoute,
-                    handlers=handlers,
-                    token=cli.token if cli else new_token(),
-                    needs_token=auth is not None,
-                ),
+                Middleware(SearchRoute, handlers=handlers, token=token, needs_token=needs_token),
             ]
         },  # fmt: skip
     )
-    if watcher is not None:
-        watcher.start()
-    graphs.start()
-    return WebApp(demo, url, service, served, job, cli, watcher, graphs)
+    return str(url)
 
 
 def _lone_slot() -> Callable[[str], AbstractContextManager[Any]]:
