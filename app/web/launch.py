@@ -19,7 +19,8 @@ from app.jobs.graph import GraphJob
 from app.jobs.index import IndexJob, default_embedders, devise_meta
 from app.web.guard import FileGuard, ServedRoots, roots_from_index
 from app.web.handlers import WebHandlers
-from app.web.page import CSS, build_demo
+from app.web.page import build_demo
+from app.web.tabs import CSS
 
 if TYPE_CHECKING:
     import gradio as gr
