@@ -5,8 +5,8 @@ Why a second door to the same handler: a Gradio API call is two HTTP requests (t
 then its event stream) through the queue, about 30 ms of the app's CPU for a 2 ms search,
 so on two cores it tops out near 30 searches a second and 16 clients wait over a second
 (bench/bench_serve.py). This route is one request and one thread-pool hop (two searches at a
-time: SEARCH_THREADS) into the same `WebHandlers.search_json` that every face uses; the
-answer is `devise search --json`'s.
+time: SEARCH_THREADS) into the same query (`QueryRequest`) and `SearchService.run` that every
+face uses; the answer is `devise search --json`'s.
 
 Access follows the app's: open where the app has no --auth (as its Gradio API is);
 with --auth it needs the index's token (`Authorization: Bearer TOKEN`, from serve.json).
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.remote import token_ok
+from app.search.request import QueryRequest
 from app.web.guard import uploaded_bytes
 from app.web.handlers import USER_ERRORS, PhotoArgs
 
@@ -114,8 +115,6 @@ class SearchRoute:
             except json.JSONDecodeError as e:
                 response = JSONResponse({"error": f"the body is not JSON: {e}"}, 400)
             except Exception as e:  # noqa: BLE001 - a user's error is a 400 with its line
-                from app.web.handlers import USER_ERRORS
-
                 if not isinstance(e, USER_ERRORS):
                     raise
                 response = JSONResponse({"error": str(e)}, 400)
@@ -127,15 +126,15 @@ class SearchRoute:
         return scheme.lower() == "bearer" and token_ok(given.strip(), self.token)
 
     def _search(self, p: dict[str, Any]) -> dict[str, Any]:
-        from app.web.handlers import PhotoArgs
-
-        photo = PhotoArgs(
-            p.get("after"), p.get("before"), p.get("cameras"), p.get("near"), p.get("radius_km")
-        )
-        return self.h.search_json(
-            p["query"], p.get("model") or None, p.get("labels"), p.get("folder"),
-            p.get("min_score"), p.get("k", 10), photo,
+        # as /search_json on Gradio's API asks it (WebHandlers.search_json): `model` "" is
+        # the service's choice, the filters read here, once
+        request = QueryRequest.typed(
+            "search", text=p["query"], model=p.get("model") or None,
+            labels=p.get("labels") or (), folder=p.get("folder"), min_score=p.get("min_score"),
+            k=int(p.get("k", 10)), after=p.get("after"), before=p.get("before"),
+            cameras=p.get("cameras") or (), near=p.get("near"), radius_km=p.get("radius_km"),
         )  # fmt: skip
+        return self.h.service.run(request).to_json()
 
 
 def add_json_api(h: WebHandlers) -> None:
