@@ -1,5 +1,5 @@
 """The web app's behaviour as plain typed handlers (`WebHandlers`) that tests call directly;
-`app/web/__init__.py` only lays them out on the page and adapts them to Gradio's components."""
+`app/web/page.py` only lays them out on the page and adapts them to Gradio's components."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from app.jobs.graph import BUSY
 from app.search.duplicates import DuplicateReport, describe, human_date, human_size, small_note
 from app.search.filters import PhotoFilter
+from app.search.request import Kind, QueryRequest
 from app.search.service import Answer, ImageResult, ServiceError, TagResult
 from model.data.images import ImageError
 
@@ -114,6 +115,18 @@ class PhotoArgs:
     cameras: Sequence[str] | None = None
     near: str | None = None
     radius_km: float | None = None
+
+
+def _request(
+    kind: Kind, photo: PhotoArgs | None, labels: Sequence[str] | None, **fields: Any
+) -> QueryRequest:
+    """A query from the page's boxes, its filters read here, once (BadQueryError names the
+    bad one); blank filters are none."""
+    p = photo or PhotoArgs()
+    return QueryRequest.typed(
+        kind, after=p.after, before=p.before, cameras=p.cameras or (), near=p.near,
+        radius_km=p.radius_km, labels=labels or (), **fields,
+    )  # fmt: skip
 
 
 def _read_as(answer: Answer, fallback: str) -> str:
@@ -251,10 +264,11 @@ class WebHandlers:
         photo: PhotoArgs | None = None,
     ) -> GalleryOut:
         try:
-            answer = self.service.search_text(
-                text, model=model or "devise", labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
+            request = _request(
+                "search", photo, labels, text=text, model=model or "devise", folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
             )  # fmt: skip
+            answer = self.service.run(request)
         except USER_ERRORS as e:
             return self._failed(e)
         return self._gallery(answer, _read_as(answer, repr((text or "").strip())))
@@ -278,14 +292,14 @@ class WebHandlers:
             # an upload is read as bytes, so it is decoded (pixel budget and all), never
             # matched by path against the index
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
-            common: dict[str, Any] = dict(
-                model=model or "devise", labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
+            # words beside the image make it a compound query; the image alone, a similar one
+            # (which reads no text)
+            request = _request(
+                "search" if (query or "").strip() else "similar", photo, labels,
+                text=query or "", image=data, model=model or "devise", folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
             )  # fmt: skip
-            if (query or "").strip():
-                answer = self.service.search_text(query or "", image=data, **common)
-            else:
-                answer = self.service.similar(data, **common)
+            answer = self.service.run(request)
         except OSError as e:
             return self._failed(ValueError(f"cannot read the upload: {e.strerror or e}"))
         except USER_ERRORS as e:
@@ -311,10 +325,11 @@ class WebHandlers:
         if self.served is not None and not self.served.allows(path):
             return self._failed(ValueError("that result is no longer available"))
         try:
-            answer = self.service.similar(
-                path, model=model or "devise", labels=labels or (), folder=folder,
-                min_score=_min_score(min_score), k=_k(k), photo=self._photo(photo),
+            request = _request(
+                "similar", photo, labels, image=path, model=model or "devise", folder=folder,
+                min_score=_min_score(min_score), k=_k(k),
             )  # fmt: skip
+            answer = self.service.run(request)
         except USER_ERRORS as e:
             return self._failed(e)
         return self._gallery(answer, f"more like {Path(path).name}")
@@ -331,13 +346,12 @@ class WebHandlers:
             return TagsOut(status="⚠️ upload, paste or take a picture first", ok=False)
         try:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
-            answer = self.service.tag(
-                data,
-                model=model or "devise",
-                k=_k(k),
-                min_score=_min_score(min_score),
-                generality=generality or "specific",
-            )
+            # no zero_shot_bias: the service's "auto", as the page has no box for it
+            request = QueryRequest(
+                "tag", image=data, model=model or "devise", k=_k(k),
+                min_score=_min_score(min_score), generality=generality or "specific",
+            )  # fmt: skip
+            answer = self.service.run(request)
         except OSError as e:
             return TagsOut(status=f"⚠️ cannot read the upload: {e.strerror or e}", ok=False)
         except USER_ERRORS as e:
@@ -478,10 +492,11 @@ class WebHandlers:
         photo: PhotoArgs | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The CLI's `search --json` answer; raises ServiceError with the reason."""
-        return self.service.search_text(
-            query, model=model or None, labels=labels or (), folder=folder,
-            min_score=min_score, k=int(k), photo=self._photo(photo),
-        ).to_json()  # fmt: skip
+        request = _request(
+            "search", photo, labels, text=query, model=model or None, folder=folder,
+            min_score=min_score, k=int(k),
+        )  # fmt: skip
+        return self.service.run(request).to_json()
 
     def similar_json(
         self, image: bytes, model: str | None = None, labels: Sequence[str] | None = None,
@@ -489,10 +504,11 @@ class WebHandlers:
         photo: PhotoArgs | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The CLI's `similar --json` answer for an uploaded image."""
-        return self.service.similar(
-            image, model=model or None, labels=labels or (), folder=folder,
-            min_score=min_score, k=int(k), photo=self._photo(photo),
-        ).to_json()  # fmt: skip
+        request = _request(
+            "similar", photo, labels, image=image, model=model or None, folder=folder,
+            min_score=min_score, k=int(k),
+        )  # fmt: skip
+        return self.service.run(request).to_json()
 
     def _photo(self, photo: PhotoArgs | None) -> PhotoFilter | None:
         """The Filters boxes read by the service; BadQueryError names the bad one."""
@@ -516,7 +532,10 @@ class WebHandlers:
         self, image: bytes, model: str | None = None, k: int = 10, min_score: float | None = None
     ) -> dict[str, Any]:
         """The CLI's `tag --json` answer for an uploaded image."""
-        return self.service.tag(image, model=model or None, k=int(k), min_score=min_score).to_json()
+        request = QueryRequest(
+            "tag", image=image, model=model or None, k=int(k), min_score=min_score
+        )
+        return self.service.run(request).to_json()
 
     # ---------------------------------------------------------------- indexing
 

@@ -5,8 +5,8 @@ Why a second door to the same handler: a Gradio API call is two HTTP requests (t
 then its event stream) through the queue, about 30 ms of the app's CPU for a 2 ms search,
 so on two cores it tops out near 30 searches a second and 16 clients wait over a second
 (bench/bench_serve.py). This route is one request and one thread-pool hop (two searches at a
-time: SEARCH_THREADS) into the same `WebHandlers.search_json` that every face uses; the
-answer is `devise search --json`'s.
+time: SEARCH_THREADS) into the same query (`QueryRequest`) and `SearchService.run` that every
+face uses; the answer is `devise search --json`'s.
 
 Access follows the app's: open where the app has no --auth (as its Gradio API is);
 with --auth it needs the index's token (`Authorization: Bearer TOKEN`, from serve.json).
@@ -15,9 +15,13 @@ with --auth it needs the index's token (`Authorization: Bearer TOKEN`, from serv
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.remote import token_ok
+from app.search.request import QueryRequest
+from app.web.guard import uploaded_bytes
+from app.web.handlers import USER_ERRORS, PhotoArgs
 
 if TYPE_CHECKING:
     from app.web.handlers import WebHandlers
@@ -111,8 +115,6 @@ class SearchRoute:
             except json.JSONDecodeError as e:
                 response = JSONResponse({"error": f"the body is not JSON: {e}"}, 400)
             except Exception as e:  # noqa: BLE001 - a user's error is a 400 with its line
-                from app.web.handlers import USER_ERRORS
-
                 if not isinstance(e, USER_ERRORS):
                     raise
                 response = JSONResponse({"error": str(e)}, 400)
@@ -124,12 +126,80 @@ class SearchRoute:
         return scheme.lower() == "bearer" and token_ok(given.strip(), self.token)
 
     def _search(self, p: dict[str, Any]) -> dict[str, Any]:
-        from app.web.handlers import PhotoArgs
-
-        photo = PhotoArgs(
-            p.get("after"), p.get("before"), p.get("cameras"), p.get("near"), p.get("radius_km")
-        )
-        return self.h.search_json(
-            p["query"], p.get("model") or None, p.get("labels"), p.get("folder"),
-            p.get("min_score"), p.get("k", 10), photo,
+        # as /search_json on Gradio's API asks it (WebHandlers.search_json): `model` "" is
+        # the service's choice, the filters read here, once
+        request = QueryRequest.typed(
+            "search", text=p["query"], model=p.get("model") or None,
+            labels=p.get("labels") or (), folder=p.get("folder"), min_score=p.get("min_score"),
+            k=int(p.get("k", 10)), after=p.get("after"), before=p.get("before"),
+            cameras=p.get("cameras") or (), near=p.get("near"), radius_km=p.get("radius_km"),
         )  # fmt: skip
+        return self.h.service.run(request).to_json()
+
+
+def add_json_api(h: WebHandlers) -> None:
+    """Endpoints made for programs, beside the UI's galleries: `/search_json`, `/similar_json`
+    and `/tag_json` answer with the JSON text that the CLI's --json prints. Call inside Blocks.
+
+    Text, not an object: gradio_client takes any dict with a "path" key for a file and
+    downloads it in its place, which would swap every result for a copy of its image."""
+    from typing import get_type_hints
+
+    import gradio as gr
+    from gradio.data_classes import FileData
+
+    def answer(call: Callable[[], dict[str, Any]]) -> str:
+        try:
+            return json.dumps(call())
+        except (*USER_ERRORS, OSError) as e:
+            raise gr.Error(str(e)) from e  # the client raises with this one line
+
+    def search_json(
+        query: str, model: str = "", labels: list[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+        after: str | None = None, before: str | None = None, cameras: list[str] | None = None,
+        near: str | None = None, radius_km: float | None = None,
+    ) -> str:  # fmt: skip
+        """Text -> images: {"model", "took_ms", "results": [{"path", "score", "label",
+        "folder"}]} (with "taken" and "camera" where the photo's EXIF has them), as `devise
+        search --json` prints it. model: devise, conse or clip; "" (the default) is devise
+        where the index holds its vectors, else the first model it holds, as on the CLI.
+        after / before: ISO dates taken; cameras: names or parts of names, any of; near:
+        "LAT,LON" with radius_km (default 10)."""
+        photo = PhotoArgs(after, before, cameras, near, radius_km)
+        return answer(lambda: h.search_json(query, model, labels, folder, min_score, k, photo))
+
+    def similar_json(
+        image: FileData, model: str = "", labels: list[str] | None = None,
+        folder: str | None = None, min_score: float | None = None, k: int = 10,
+        after: str | None = None, before: str | None = None, cameras: list[str] | None = None,
+        near: str | None = None, radius_km: float | None = None,
+    ) -> str:  # fmt: skip
+        """Image -> images (send the image with gradio_client.handle_file), as `devise
+        similar --json` prints it; the same filters as /search_json."""
+        photo = PhotoArgs(after, before, cameras, near, radius_km)
+        return answer(
+            lambda: h.similar_json(
+                uploaded_bytes(image), model, labels, folder, min_score, k, photo
+            )
+        )
+
+    def tag_json(
+        image: FileData, model: str = "", k: int = 10, min_score: float | None = None
+    ) -> str:
+        """Image -> tags: {"model", "took_ms", "results": [{"word", "score"}]}, as `devise
+        tag --json` prints it."""
+        return answer(lambda: h.tag_json(uploaded_bytes(image), model, k, min_score))
+
+    def duplicates_json(
+        threshold: float | None = None, folder: str | None = None, model: str = "dup"
+    ) -> str:
+        """Groups of near-duplicate and identical images: {"model", "threshold", "took_ms",
+        "scanned", "groups": [{"kind", "images": [{"path", "score", "width", "height",
+        "bytes", "mtime"}]}]}, as `devise duplicates --json` prints it. Deletes nothing."""
+        return answer(lambda: h.duplicates_json(threshold, folder, model))
+
+    for fn in (search_json, similar_json, tag_json, duplicates_json):
+        # Gradio reads the types from the annotations, which postponed evaluation left as text
+        fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
+        gr.api(fn, api_name=fn.__name__)
