@@ -33,7 +33,7 @@ from ingest.exif import EXIF_VERSION, exif_payload
 from model.data.images import Preprocess, is_image_path
 from model.data.loader import default_workers, iter_batches
 from model.data.thumbs import Thumbnails, default_folder
-from model.device import default_batch_size, default_device
+from model.device import Device, default_batch_size, default_device
 from model.vocab.words import label_name
 from qdrant.filters import SearchFilter
 from qdrant.schema import SCHEMA_VERSION, abs_posix, check_schema, image_payload, image_point_id
@@ -271,6 +271,27 @@ def record_roots(store: Store, roots: Sequence[Path]) -> None:
         store.set_meta(meta)
 
 
+class _Skip(Protocol):
+    """Count a file as failed for `reason`, and say so."""
+
+    def __call__(self, path: str, reason: str, detail: str = "") -> None: ...
+
+
+@dataclass
+class _Plan:
+    """What a run does with the files it found (`_plan`), and what reading the ones to
+    embed or move gave (`_read_changed`)."""
+
+    todo: list[FileEntry] = field(default_factory=list)  # new, changed, or to embed again
+    # unchanged files whose points lack one of these models' vectors or payload fields:
+    # embedded again, but only these models' vectors and fields are updated
+    refresh: set[str] = field(default_factory=set)
+    lacking: set[str] = field(default_factory=set)  # of `refresh`: those missing a vector
+    exif_only: list[str] = field(default_factory=list)  # unchanged, their EXIF fields old
+    hashes: dict[str, str] = field(default_factory=dict)  # sha256 of each readable `todo`
+    exif: dict[str, dict[str, Any]] = field(default_factory=dict)  # and its EXIF fields
+
+
 def ingest(
     store: Store,
     roots: Sequence[Path],
@@ -299,7 +320,6 @@ def ingest(
     if not embedders:
         raise IngestError("no model to ingest with: pass --checkpoint or --models conse")
     summary = IngestSummary()
-    names = [e.name for e in embedders]
 
     def skip(path: str, reason: str, detail: str = "") -> None:
         summary.failed[reason] += 1
@@ -313,13 +333,51 @@ def ingest(
     summary.twins = settle_symlinked_points(store)
 
     files = list(walk_images(roots, lambda p, r: skip(p, r)))
+    plan = _plan(store, files, embedders, summary)
+    n_workers = workers or default_workers(device)
+    if plan.exif_only:
+        summary.exif_added = _add_exif(store, plan.exif_only, n_workers, progress)
+    _read_changed(plan, n_workers)
+    names = [e.name for e in embedders]
+    to_embed = _reuse_moved(
+        store, plan.todo, plan.hashes, plan.exif, plan.refresh, names, summary, skip
+    )
+    made = _embed_and_upsert(
+        store,
+        embedders,
+        to_embed,
+        plan,
+        summary,
+        skip,
+        batch_size=batch_size,
+        workers=n_workers,
+        device=device,
+        gpu_decode=gpu_decode,
+        thumbnails=thumbnails,
+        progress=progress,
+        on_batch=on_batch,
+    )
+
+    # only the models that made vectors in this run: a run with nothing new made none
+    record_precisions(store, [e for e in embedders if e.name in made])
+    if prune:
+        summary.pruned = prune_missing(store, roots)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _plan(
+    store: Store,
+    files: Sequence[FileEntry],
+    embedders: Sequence[ArrayEmbedder],
+    summary: IngestSummary,
+) -> _Plan:
+    """Which files are unchanged (counted) and which to embed, by their points' size, mtime,
+    vectors and payload fields."""
+    names = [e.name for e in embedders]
     existing = store.find_by_path([f.path for f in files]) if files else {}
     has_vectors = _vectors_present(store, existing, names)
-
-    todo: list[FileEntry] = []
-    refresh: set[str] = set()
-    lacking: set[str] = set()  # of `refresh`: those missing a vector, counted as indexed
-    exif_only: list[str] = []  # unchanged files whose points lack the EXIF fields
+    plan = _Plan()
     for f in files:
         rec = existing.get(f.path)
         same = (
@@ -332,34 +390,48 @@ def ingest(
             if has_vectors.get(f.path, set()) >= set(names) and _has_extra_fields(rec, embedders):
                 summary.unchanged += 1
                 if _lacks_exif(rec):
-                    exif_only.append(f.path)
+                    plan.exif_only.append(f.path)
             else:
                 # an unchanged file whose point lacks one of these models' vectors (an index
                 # made before the `dup` vector, or a model added later) or their payload
                 # fields (before ConSE stored its top classes, detections and concepts by
                 # wnid): embed it once more, but update only these models' vectors and
                 # fields, keeping every other model's
-                refresh.add(f.path)
+                plan.refresh.add(f.path)
                 if not has_vectors.get(f.path, set()) >= set(names):
-                    lacking.add(f.path)
-                todo.append(f)
+                    plan.lacking.add(f.path)
+                plan.todo.append(f)
         else:
-            todo.append(f)
+            plan.todo.append(f)
+    return plan
 
-    n_workers = workers or default_workers(device)
-    if exif_only:
-        summary.exif_added = _add_exif(store, exif_only, n_workers, progress)
 
-    # Hash what changed (in threads: it is I/O) to find moved files; read its EXIF alongside.
-    hashes: dict[str, str] = {}
-    exif: dict[str, dict[str, Any]] = {}
-    if todo:
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="hash") as pool:
-            read = pool.map(_read_file, [f.path for f in todo])
-            for f, (digest, fields) in zip(todo, read, strict=True):
-                if digest:
-                    hashes[f.path] = digest
-                    exif[f.path] = fields
+def _read_changed(plan: _Plan, workers: int) -> None:
+    """Hash what changed (in threads: it is I/O) to find moved files; read its EXIF alongside."""
+    if not plan.todo:
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="hash") as pool:
+        read = pool.map(_read_file, [f.path for f in plan.todo])
+        for f, (digest, fields) in zip(plan.todo, read, strict=True):
+            if digest:
+                plan.hashes[f.path] = digest
+                plan.exif[f.path] = fields
+
+
+def _reuse_moved(
+    store: Store,
+    todo: Sequence[FileEntry],
+    hashes: dict[str, str],
+    exif: dict[str, dict[str, Any]],
+    refresh: set[str],
+    names: Sequence[str],
+    summary: IngestSummary,
+    skip: Callable[[str, str], None],
+) -> list[FileEntry]:
+    """The files of `todo` to embed, given their `hashes` and `exif` fields. One whose
+    content is already a point with every vector, under another path, is not: a moved file
+    takes that point over, a copy gets a point of its own with the same vectors. Files in
+    `refresh` are always embedded."""
     to_embed: list[FileEntry] = []
     by_hash = store.find_by_sha256(sorted(set(hashes.values()))) if hashes else {}
     for f in todo:
@@ -394,9 +466,29 @@ def ingest(
             summary.moved += 1
         else:
             summary.indexed += 1  # a copy of an indexed file: same vectors, new point
+    return to_embed
 
+
+def _embed_and_upsert(
+    store: Store,
+    embedders: Sequence[ArrayEmbedder],
+    to_embed: list[FileEntry],
+    plan: _Plan,
+    summary: IngestSummary,
+    skip: _Skip,
+    *,
+    batch_size: int,
+    workers: int,
+    device: Device,
+    gpu_decode: bool,
+    thumbnails: Thumbnails | None,
+    progress: bool,
+    on_batch: Callable[[IngestSummary], None] | None,
+) -> set[str]:
+    """Embed `to_embed` in batches, each upserted as soon as it is embedded; returns the
+    models whose backbones embedded a batch."""
     summary.to_embed = len(to_embed)
-    made: set[str] = set()  # the models whose backbones embedded a batch in this run
+    made: set[str] = set()
     bar = tqdm(
         total=len(to_embed),
         desc="ingest",
@@ -412,7 +504,7 @@ def ingest(
             paths,
             [s for s, _ in specs],
             batch_size,
-            n_workers,
+            workers,
             device=device,
             gpu_decode=gpu_decode,
             inspect=_inspector(embedders),
@@ -429,52 +521,60 @@ def ingest(
                 made.update(vectors)
                 summary.embed_seconds += time.perf_counter() - te
                 entries = [to_embed[i] for i in batch.indices]
-                payloads = [
-                    {
-                        **image_payload(
-                            f.path,
-                            label=f.label,
-                            width=w,
-                            height=h,
-                            size_bytes=f.size,
-                            mtime=f.mtime,
-                            sha256=hashes[f.path],
-                        ),
-                        **exif[f.path],
-                        **extra,
-                    }
-                    for f, (w, h), extra in zip(entries, batch.sizes, extras, strict=True)
-                ]
-                fresh = [i for i, f in enumerate(entries) if f.path not in refresh]
-                stale = [i for i, f in enumerate(entries) if f.path in refresh]
-                if fresh:
-                    store.upsert_images(
-                        [image_point_id(entries[i].path) for i in fresh],
-                        [payloads[i] for i in fresh],  # type: ignore[misc]
-                        {n: v[fresh] for n, v in vectors.items()},
-                    )
-                if stale:
-                    ids = [image_point_id(entries[i].path) for i in stale]
-                    for n, v in vectors.items():
-                        store.update_vectors(ids, n, v[stale])
-                    for pid, i in zip(ids, stale, strict=True):
-                        store.set_image_payload(pid, dict(payloads[i]))
-                embedded = sum(1 for i in stale if entries[i].path in lacking)
-                summary.indexed += len(fresh) + embedded
-                summary.unchanged += len(stale) - embedded
+                _upsert_batch(store, entries, batch.sizes, vectors, extras, plan, summary)
             bar.update(len(batch.indices) + len(batch.failures))
             if on_batch is not None:
                 on_batch(summary)
     finally:
         bar.close()
         store.flush()
+    return made
 
-    # only the models that made vectors in this run: a run with nothing new made none
-    record_precisions(store, [e for e in embedders if e.name in made])
-    if prune:
-        summary.pruned = prune_missing(store, roots)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+
+def _upsert_batch(
+    store: Store,
+    entries: Sequence[FileEntry],
+    sizes: Sequence[tuple[int, int]],
+    vectors: dict[str, Float32Array],
+    extras: Sequence[dict[str, Any]],
+    plan: _Plan,
+    summary: IngestSummary,
+) -> None:
+    """One embedded batch into the store: new points for new and changed files, and only
+    these models' vectors and fields for the files in `plan.refresh`."""
+    payloads = [
+        {
+            **image_payload(
+                f.path,
+                label=f.label,
+                width=w,
+                height=h,
+                size_bytes=f.size,
+                mtime=f.mtime,
+                sha256=plan.hashes[f.path],
+            ),
+            **plan.exif[f.path],
+            **extra,
+        }
+        for f, (w, h), extra in zip(entries, sizes, extras, strict=True)
+    ]
+    fresh = [i for i, f in enumerate(entries) if f.path not in plan.refresh]
+    stale = [i for i, f in enumerate(entries) if f.path in plan.refresh]
+    if fresh:
+        store.upsert_images(
+            [image_point_id(entries[i].path) for i in fresh],
+            [payloads[i] for i in fresh],  # type: ignore[misc]
+            {n: v[fresh] for n, v in vectors.items()},
+        )
+    if stale:
+        ids = [image_point_id(entries[i].path) for i in stale]
+        for n, v in vectors.items():
+            store.update_vectors(ids, n, v[stale])
+        for pid, i in zip(ids, stale, strict=True):
+            store.set_image_payload(pid, dict(payloads[i]))
+    embedded = sum(1 for i in stale if entries[i].path in plan.lacking)
+    summary.indexed += len(fresh) + embedded
+    summary.unchanged += len(stale) - embedded
 
 
 def embed_batch(
