@@ -19,6 +19,8 @@ from model.data.features import extract_features, scan_image_folder
 from model.data.images import load_array
 from model.embedders.conse import ConseEmbedder
 from model.embedders.embedder import DeviseEmbedder, Embedder
+from model.metrics import _ap as _ap  # benches import it from here
+from model.metrics import chance_levels, embedding_metrics, gzsl_metrics, hit_at_k
 from model.report import EvalReport
 from model.specs import BackboneLike
 from model.train import split_indices
@@ -27,129 +29,6 @@ from model.vocab.words import WordVectors, unit
 log = logging.getLogger(__name__)
 Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-def hit_at_k(scores: Float32Array, targets: IntArray, k: int) -> float:
-    """Share of rows whose target column is among the k highest scores."""
-    if len(targets) == 0:
-        return float("nan")
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float(np.mean(np.any(top == targets[:, None], axis=1)))
-
-
-def _ap(relevant: npt.NDArray[np.bool_], n_relevant: int) -> float:
-    """Average precision of a ranked relevance list, over `n_relevant` relevant items."""
-    if n_relevant <= 0:
-        return 0.0
-    hits = np.cumsum(relevant)
-    precision = hits / np.arange(1, len(relevant) + 1)
-    return float(np.sum(precision * relevant) / n_relevant)
-
-
-def text_to_image(
-    queries: Float32Array,
-    images: Float32Array,
-    targets: IntArray,
-    classes: Sequence[int],
-    k: int = 10,
-) -> tuple[float, float]:
-    """(precision@k, mAP) of ranking all images by each class query; relevant = that class."""
-    p_at, aps = [], []
-    for c in classes:
-        order = np.argsort(-(images @ queries[c]), kind="stable")
-        rel = targets[order] == c
-        p_at.append(float(rel[:k].mean()))
-        aps.append(_ap(rel, int(rel.sum())))
-    return (float(np.mean(p_at)), float(np.mean(aps))) if aps else (float("nan"), float("nan"))
-
-
-def image_to_image_map(
-    images: Float32Array, targets: IntArray, k: int = 10, chunk: int = 1024
-) -> float:
-    """mAP@k of each image as a query against all others; relevant = same label."""
-    n = len(images)
-    if n < 2:
-        return float("nan")
-    counts = np.bincount(targets)
-    aps = np.empty(n)
-    kk = min(k, n - 1)
-    for s in range(0, n, chunk):
-        sims = images[s : s + chunk] @ images.T
-        rows = np.arange(sims.shape[0])
-        sims[rows, s + rows] = -np.inf  # never retrieve the query itself
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        top_scores = np.take_along_axis(sims, top, axis=1)
-        top = np.take_along_axis(top, np.argsort(-top_scores, axis=1, kind="stable"), axis=1)
-        for r in range(sims.shape[0]):
-            q = s + r
-            rel = targets[top[r]] == targets[q]
-            aps[q] = _ap(rel, min(kk, int(counts[targets[q]]) - 1))
-    return float(aps.mean())
-
-
-def chance_levels(targets: IntArray, n_labels: int, zeroshot_targets: IntArray) -> dict[str, float]:
-    """What a random ranking scores, to stand beside each figure."""
-    counts = np.bincount(targets, minlength=n_labels).astype(float)
-    present = counts[counts > 0]
-    n = float(len(targets))
-    prevalence = float(np.mean(present / n)) if n else float("nan")
-    same = float(np.sum(counts * (counts - 1)) / (n * (n - 1))) if n > 1 else float("nan")
-    return {
-        "flat_hit@1": 1.0 / n_labels,
-        "flat_hit@5": min(5, n_labels) / n_labels,
-        "zeroshot_hit@1": 1.0 / n_labels if len(zeroshot_targets) else float("nan"),
-        "zeroshot_hit@5": min(5, n_labels) / n_labels if len(zeroshot_targets) else float("nan"),
-        "text2image_p@10": prevalence,
-        "text2image_map": prevalence,
-        "image2image_map@10": same,
-    }
-
-
-def embedding_metrics(
-    vectors: Float32Array,
-    targets: IntArray,
-    label_vectors: Float32Array,
-    seen: Sequence[int],
-    zeroshot: Sequence[int],
-) -> dict[str, float]:
-    """Every label-space metric for one model's unit image vectors (all ranked among all labels)."""
-    scores = vectors @ label_vectors.T
-    flat = np.isin(targets, list(seen))
-    zs = np.isin(targets, list(zeroshot))
-    out: dict[str, float] = {}
-    if flat.any():
-        out["flat_hit@1"] = hit_at_k(scores[flat], targets[flat], 1)
-        out["flat_hit@5"] = hit_at_k(scores[flat], targets[flat], 5)
-        out["mean_cosine"] = float(np.mean(scores[flat, targets[flat]]))
-    if zs.any():
-        out["zeroshot_hit@1"] = hit_at_k(scores[zs], targets[zs], 1)
-        out["zeroshot_hit@5"] = hit_at_k(scores[zs], targets[zs], 5)
-    classes = sorted(set(np.unique(targets).tolist()))
-    p10, mean_ap = text_to_image(label_vectors, vectors, targets, classes)
-    out["text2image_p@10"] = p10
-    out["text2image_map"] = mean_ap
-    out["image2image_map@10"] = image_to_image_map(vectors, targets)
-    return out
-
-
-def gzsl_metrics(
-    vectors: Float32Array,
-    targets: IntArray,
-    label_vectors: Float32Array,
-    seen: Sequence[int],
-    zeroshot: Sequence[int],
-    gamma: float,
-) -> dict[str, float]:
-    """Generalised zero-shot figures (model/gzsl.py) on the images of seen and zero-shot
-    labels, ranked among all labels, seen scores less `gamma`; {} without both kinds."""
-    from model import gzsl
-
-    keep = np.isin(targets, list(seen) + list(zeroshot))
-    y = targets[keep]
-    if not np.isin(y, list(seen)).any() or not np.isin(y, list(zeroshot)).any():
-        return {}
-    return gzsl.metrics(vectors[keep] @ label_vectors.T, y, seen, zeroshot, gamma)
 
 
 def checkpoint_gamma(meta: dict[str, Any]) -> float:
@@ -182,24 +61,10 @@ def evaluate_checkpoint(
         model.set_backbone(backbone)
     data = scan_image_folder(data_dir)
     notes: list[str] = []
-
-    # Labels: the checkpoint's, plus any new label in DATA (mapped through the word space:
-    # DeViSE can rank labels it never saw).
-    labels = list(model.labels)
-    new = [lab for lab in data.labels if lab not in labels]
-    if new and words is not None:
-        model.share_words(words)
-    labels += new
-    label_vectors = model.label_matrix(labels)
-    index = {lab: i for i, lab in enumerate(labels)}
+    labels, label_vectors, index, seen, zeroshot = _checkpoint_labels(
+        model, data.labels, holdout, words, notes
+    )
     data_to_label = np.asarray([index[lab] for lab in data.labels], dtype=np.int64)
-    seen_names = set(meta.get("seen", labels))
-    zeroshot_names = set(holdout if holdout else meta.get("holdout", [])) | set(new)
-    for h in zeroshot_names & seen_names:
-        notes.append(f"{h!r} was seen in training: for devise it is not zero-shot")
-    zeroshot_names -= seen_names
-    seen = [index[n] for n in labels if n in seen_names]
-    zeroshot = [index[n] for n in labels if n in zeroshot_names]
 
     feats = extract_features(
         model.backbone,
@@ -210,38 +75,15 @@ def evaluate_checkpoint(
         desc="eval features",
     )
     targets = data_to_label[data.targets[feats.ok]]
-    rows = np.arange(len(targets))
-    same_root = (
-        Path(data_dir).resolve() == Path(meta.get("data", {}).get("root", "")).resolve()
-        if meta.get("data")
-        else False
-    )
-    if same_root:
-        # Evaluating on the training folder: only its held-back validation split and the
-        # hold-out classes are honest test images.
-        d = meta["data"]
-        hold_idx = [i for i, lab in enumerate(data.labels) if lab in set(meta.get("holdout", []))]
-        _, va, zs = split_indices(data.targets[feats.ok], hold_idx, d["val_fraction"], d["seed"])
-        rows = np.sort(np.concatenate([va, zs]))
-        notes.append(
-            f"DATA is the training folder: evaluating its {len(va)} validation and "
-            f"{len(zs)} hold-out images only"
-        )
+    rows = _training_folder_rows(data_dir, meta, data.labels, data.targets[feats.ok], notes)
+    if rows is None:
+        rows = np.arange(len(targets))
     x = feats.features[rows]
     y = targets[rows]
     vectors = model.embed_features(x)
     dv = embedding_metrics(vectors, y, unit(label_vectors), seen, zeroshot)
     dv.update(gzsl_metrics(vectors, y, unit(label_vectors), seen, zeroshot, checkpoint_gamma(meta)))
-
-    # Softmax probe: flat hit@k only, among the labels it was trained on.
-    probe_labels = list(meta.get("seen", []))
-    sm: dict[str, float] | None = None
-    flat = np.isin(y, seen)
-    if probe_labels and flat.any():
-        probe_index = {index[n]: i for i, n in enumerate(probe_labels)}
-        sy = np.asarray([probe_index.get(int(t), -1) for t in y[flat]], dtype=np.int64)
-        ss = model.softmax_scores(x[flat])
-        sm = {"flat_hit@1": hit_at_k(ss, sy, 1), "flat_hit@5": hit_at_k(ss, sy, 5)}
+    sm, flat = _probe_metrics(model, index, x, y, seen)
 
     # Speed: a fresh end-to-end sample (decode, preprocess, backbone, head), not cache reads.
     sample = [data.paths[i] for i in feats.ok[rows[: min(64, len(rows))]]]
@@ -271,6 +113,76 @@ def evaluate_checkpoint(
         },
         notes=notes,
     )
+
+
+def _checkpoint_labels(
+    model: DeviseEmbedder,
+    data_labels: Sequence[str],
+    holdout: Sequence[str] | None,
+    words: WordVectors | None,
+    notes: list[str],
+) -> tuple[list[str], Float32Array, dict[str, int], list[int], list[int]]:
+    """(labels, their vectors, label -> index, seen, zero-shot) for evaluating a checkpoint:
+    its own labels, plus any new label in DATA (mapped through the word space: DeViSE can
+    rank labels it never saw)."""
+    meta = model.meta
+    labels = list(model.labels)
+    new = [lab for lab in data_labels if lab not in labels]
+    if new and words is not None:
+        model.share_words(words)
+    labels += new
+    label_vectors = model.label_matrix(labels)
+    index = {lab: i for i, lab in enumerate(labels)}
+    seen_names = set(meta.get("seen", labels))
+    zeroshot_names = set(holdout if holdout else meta.get("holdout", [])) | set(new)
+    for h in zeroshot_names & seen_names:
+        notes.append(f"{h!r} was seen in training: for devise it is not zero-shot")
+    zeroshot_names -= seen_names
+    seen = [index[n] for n in labels if n in seen_names]
+    zeroshot = [index[n] for n in labels if n in zeroshot_names]
+    return labels, label_vectors, index, seen, zeroshot
+
+
+def _training_folder_rows(
+    data_dir: Path,
+    meta: dict[str, Any],
+    labels: Sequence[str],
+    targets: IntArray,
+    notes: list[str],
+) -> IntArray | None:
+    """The positions in `targets` that are honest test images when DATA is the folder the
+    checkpoint trained on (its held-back validation split and its hold-out classes); None
+    for any other folder."""
+    d = meta.get("data")
+    if not d or Path(data_dir).resolve() != Path(d.get("root", "")).resolve():
+        return None
+    hold_idx = [i for i, lab in enumerate(labels) if lab in set(meta.get("holdout", []))]
+    _, va, zs = split_indices(targets, hold_idx, d["val_fraction"], d["seed"])
+    notes.append(
+        f"DATA is the training folder: evaluating its {len(va)} validation and "
+        f"{len(zs)} hold-out images only"
+    )
+    return np.sort(np.concatenate([va, zs])).astype(np.int64)
+
+
+def _probe_metrics(
+    model: DeviseEmbedder,
+    index: dict[str, int],
+    x: Float32Array,
+    y: IntArray,
+    seen: Sequence[int],
+) -> tuple[dict[str, float] | None, npt.NDArray[np.bool_]]:
+    """The softmax probe's flat hit@k, among the labels it was trained on (None without a
+    probe or a seen label's image), and which rows were scored."""
+    probe_labels = list(model.meta.get("seen", []))
+    sm: dict[str, float] | None = None
+    flat = np.isin(y, seen)
+    if probe_labels and flat.any():
+        probe_index = {index[n]: i for i, n in enumerate(probe_labels)}
+        sy = np.asarray([probe_index.get(int(t), -1) for t in y[flat]], dtype=np.int64)
+        ss = model.softmax_scores(x[flat])
+        sm = {"flat_hit@1": hit_at_k(ss, sy, 1), "flat_hit@5": hit_at_k(ss, sy, 5)}
+    return sm, flat
 
 
 # ---------------------------------------------------------------------------- model comparison
@@ -365,34 +277,106 @@ def evaluate_models(
     # Rows: every image, unless DATA is the DeViSE training folder (then only its
     # validation and hold-out images are honest test images, for every model alike).
     rows = np.arange(len(data.paths))
-    if devise is not None and devise.meta.get("data"):
-        d = devise.meta["data"]
-        if Path(data_dir).resolve() == Path(d.get("root", "")).resolve():
-            hold_idx = [
-                i for i, lab in enumerate(labels) if lab in set(devise.meta.get("holdout", []))
-            ]
-            _, va, zs = split_indices(data.targets, hold_idx, d["val_fraction"], d["seed"])
-            rows = np.sort(np.concatenate([va, zs])).astype(np.int64)
-            notes.append(
-                f"DATA is the training folder: evaluating its {len(va)} validation and "
-                f"{len(zs)} hold-out images only"
-            )
+    if devise is not None:
+        honest = _training_folder_rows(data_dir, devise.meta, labels, data.targets, notes)
+        rows = rows if honest is None else honest
     paths = [data.paths[i] for i in rows]
-
-    # Share words and backbone between DeViSE and ConSE where they are the same.
     if devise is not None and conse is not None:
-        if conse.words_source == devise.words_source:
-            devise.share_words(conse.words)
-        bb = devise.backbone
-        if (
-            bb.name == conse.backbone_name
-            and bb.weights_id != "random-init"
-            and conse._backbone is None
-        ):
-            conse.set_backbone(bb)
+        _share_devise_with_conse(devise, conse)
+    vectors, feature_rows = _embed_every_model(
+        present, devise, paths, batch_size, workers, cache_dir
+    )
 
+    common = sorted(set.intersection(*(set(v) for v in vectors.values()))) if vectors else []
+    skipped = len(paths) - len(common)
+    y = np.asarray([index[labels[int(data.targets[rows[i]])]] for i in common], dtype=np.int64)
+    zeroshot = sorted(index[n] for n in zs_names)
+    sample = [paths[i] for i in common[:speed_sample]]
+
+    results, devise_gzsl = _score_every_model(
+        models, vectors, feature_rows, common, y, labels, index, zs_names, zeroshot, sample, notes
+    )
+
+    zs_mask = np.isin(y, zeroshot)
+    chance = chance_levels(y, len(labels), y[zs_mask])
+    if devise_gzsl is not None:
+        from model.gzsl import chance as gzsl_chance
+
+        chance.update(gzsl_chance(*devise_gzsl))
+    return EvalReport(
+        labels=labels,
+        holdout=[labels[i] for i in zeroshot],
+        chance=chance,
+        models=results,
+        counts={"images": len(common), "zeroshot": int(zs_mask.sum()), "skipped": skipped},
+        notes=notes,
+    )
+
+
+def _score_every_model(
+    models: dict[str, Embedder | None],
+    vectors: dict[str, dict[int, Float32Array]],
+    feature_rows: dict[int, Float32Array],
+    common: list[int],
+    y: IntArray,
+    labels: list[str],
+    index: dict[str, int],
+    zs_names: set[str],
+    zeroshot: list[int],
+    sample: list[Path],
+    notes: list[str],
+) -> tuple[dict[str, dict[str, float] | None], tuple[int, int] | None]:
+    """Every model's metrics on the `common` images (None for an absent model; DeViSE's
+    probe as `softmax`), and DeViSE's (seen, zero-shot) label counts where it has
+    generalised zero-shot figures."""
+    results: dict[str, dict[str, float] | None] = {}
+    devise_gzsl: tuple[int, int] | None = None
+    for name, maybe in models.items():
+        if maybe is None:
+            results[name] = None
+            continue
+        model = maybe
+        v = np.stack([vectors[name][i] for i in common]) if common else np.zeros((0, 1), np.float32)
+        m, seen, gzsl_counts = _model_metrics(model, v, y, labels, index, zs_names, zeroshot, notes)
+        if gzsl_counts is not None:
+            devise_gzsl = gzsl_counts
+        ms = _ms_per_image(model, sample)
+        if ms is not None:
+            m["ms_per_image"] = ms
+        results[name] = m
+        if isinstance(model, DeviseEmbedder) and feature_rows:
+            results["softmax"] = _softmax_row(model, feature_rows, common, y, labels, seen)
+            if results["softmax"] is not None and ms is not None:
+                results["softmax"]["ms_per_image"] = ms  # type: ignore[index]
+    return results, devise_gzsl
+
+
+def _share_devise_with_conse(devise: DeviseEmbedder, conse: ConseEmbedder) -> None:
+    """ConSE uses DeViSE's words and backbone where they are the same ones: loaded once."""
+    if conse.words_source == devise.words_source:
+        devise.share_words(conse.words)
+    bb = devise.backbone
+    if (
+        bb.name == conse.backbone_name
+        and bb.weights_id != "random-init"
+        and conse._backbone is None
+    ):
+        conse.set_backbone(bb)
+
+
+def _embed_every_model(
+    present: dict[str, Embedder],
+    devise: DeviseEmbedder | None,
+    paths: list[Path],
+    batch_size: int,
+    workers: int | None,
+    cache_dir: Path | None,
+) -> tuple[dict[str, dict[int, Float32Array]], dict[int, Float32Array]]:
+    """Each model's vector of each decodable image (by position in `paths`), and DeViSE's
+    backbone features (for its softmax probe). Models on the same backbone share one
+    feature extraction."""
     vectors: dict[str, dict[int, Float32Array]] = {}
-    feature_rows: dict[int, Float32Array] = {}  # devise's backbone features, for the probe
+    feature_rows: dict[int, Float32Array] = {}
     feats_by_backbone: dict[tuple[str, str, str], tuple[Float32Array, npt.NDArray[np.int64]]] = {}
     for name, model in present.items():
         if isinstance(model, DeviseEmbedder | ConseEmbedder):
@@ -415,60 +399,39 @@ def evaluate_models(
                 feature_rows = {int(i): v for i, v in zip(ok, x, strict=True)}
         else:
             vectors[name] = _embed_paths(model, paths, batch_size)
+    return vectors, feature_rows
 
-    common = sorted(set.intersection(*(set(v) for v in vectors.values()))) if vectors else []
-    skipped = len(paths) - len(common)
-    y = np.asarray([index[labels[int(data.targets[rows[i]])]] for i in common], dtype=np.int64)
-    zeroshot = sorted(index[n] for n in zs_names)
-    all_classes = list(range(len(labels)))
-    sample = [paths[i] for i in common[:speed_sample]]
 
-    results: dict[str, dict[str, float] | None] = {}
-    devise_gzsl: tuple[int, int] | None = None
-    for name, maybe in models.items():
-        if maybe is None:
-            results[name] = None
-            continue
-        model = maybe
-        v = np.stack([vectors[name][i] for i in common]) if common else np.zeros((0, 1), np.float32)
-        if isinstance(model, DeviseEmbedder):
-            seen_names = set(model.meta.get("seen", model.labels))
-            for h in sorted(zs_names & seen_names):
-                notes.append(f"{h!r} was seen in training: for devise it is not zero-shot")
-            model_zs = [index[n] for n in labels if n in zs_names - seen_names]
-            seen = [index[n] for n in labels if n in seen_names]
-        else:
-            model_zs = zeroshot
-            seen = [c for c in all_classes if c not in set(zeroshot)]
-        lv = _label_vectors(model, labels)
-        m = embedding_metrics(v, y, lv, seen, model_zs)
-        if isinstance(model, DeviseEmbedder) and model_zs:
-            m.update(gzsl_metrics(v, y, lv, seen, model_zs, checkpoint_gamma(model.meta)))
-            if "gzsl_H" in m:
-                devise_gzsl = (len(seen), len(model_zs))
-        ms = _ms_per_image(model, sample)
-        if ms is not None:
-            m["ms_per_image"] = ms
-        results[name] = m
-        if isinstance(model, DeviseEmbedder) and feature_rows:
-            results["softmax"] = _softmax_row(model, feature_rows, common, y, labels, seen)
-            if results["softmax"] is not None and ms is not None:
-                results["softmax"]["ms_per_image"] = ms  # type: ignore[index]
-
-    zs_mask = np.isin(y, zeroshot)
-    chance = chance_levels(y, len(labels), y[zs_mask])
-    if devise_gzsl is not None:
-        from model.gzsl import chance as gzsl_chance
-
-        chance.update(gzsl_chance(*devise_gzsl))
-    return EvalReport(
-        labels=labels,
-        holdout=[labels[i] for i in zeroshot],
-        chance=chance,
-        models=results,
-        counts={"images": len(common), "zeroshot": int(zs_mask.sum()), "skipped": skipped},
-        notes=notes,
-    )
+def _model_metrics(
+    model: Embedder,
+    v: Float32Array,
+    y: IntArray,
+    labels: Sequence[str],
+    index: dict[str, int],
+    zs_names: set[str],
+    zeroshot: list[int],
+    notes: list[str],
+) -> tuple[dict[str, float], list[int], tuple[int, int] | None]:
+    """One model's metrics on the common images, the labels it saw (every label but the
+    hold-out ones, for a model that never trains), and for DeViSE with generalised zero-shot
+    figures, its (seen, zero-shot) label counts."""
+    if isinstance(model, DeviseEmbedder):
+        seen_names = set(model.meta.get("seen", model.labels))
+        for h in sorted(zs_names & seen_names):
+            notes.append(f"{h!r} was seen in training: for devise it is not zero-shot")
+        model_zs = [index[n] for n in labels if n in zs_names - seen_names]
+        seen = [index[n] for n in labels if n in seen_names]
+    else:
+        model_zs = zeroshot
+        seen = [c for c in range(len(labels)) if c not in set(zeroshot)]
+    lv = _label_vectors(model, labels)
+    m = embedding_metrics(v, y, lv, seen, model_zs)
+    gzsl_counts = None
+    if isinstance(model, DeviseEmbedder) and model_zs:
+        m.update(gzsl_metrics(v, y, lv, seen, model_zs, checkpoint_gamma(model.meta)))
+        if "gzsl_H" in m:
+            gzsl_counts = (len(seen), len(model_zs))
+    return m, seen, gzsl_counts
 
 
 def _softmax_row(

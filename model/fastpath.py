@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from model.openvino_core import core as _core
+from model.openvino_core import cosines
 from model.paths import default_cache_dir
 from model.specs import (
     INT8_RECIPE,
@@ -92,13 +94,6 @@ def resolve_runtime(runtime: str | None) -> Literal["openvino", "torch"]:
             )
         return "torch"
     return "openvino"
-
-
-@functools.lru_cache(maxsize=1)
-def _core() -> Any:
-    import openvino as ov
-
-    return ov.Core()
 
 
 def openvino_has_bf16() -> bool:
@@ -499,10 +494,3 @@ def load_compiled(
         return _compile(_core().read_model(str(xml)), "fp32")
 
     return CompiledBackbone(spec, weights_id, compiled, classifier, reference)
-
-
-def cosines(a: Float32Array, b: Float32Array) -> Float32Array:
-    """Each row's cosine between `a` and `b`, (N, D) each (0 where either row is zero)."""
-    na = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    out: Float32Array = (a * b).sum(axis=1) / np.maximum(na, 1e-12)
-    return out

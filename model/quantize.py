@@ -48,8 +48,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from model import openvino_core
 from model.data.images import Preprocess, load_array, to_array
-from model.fastpath import _core, cosines
+from model.openvino_core import cosines
 from model.specs import INT8_MIN_COSINE, SAME_VECTORS_COSINE
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def quantize(
     # NNCF logs every layer it handles at INFO, on standard output: a user's run shows our
     # one line and NNCF's progress bars, `devise -v` all of it
     nncf.set_log_level(logging.INFO if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
-    core = _core()
+    core = openvino_core.core()
     fp32 = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     reference = [np.asarray(fp32(validation[i : i + 1])[0]) for i in range(len(validation))]
 

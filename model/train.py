@@ -16,9 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from model.backbones import RANDOM_INIT, load_backbone
+from model.backbones import RANDOM_INIT, Backbone, load_backbone
 from model.checkpoint import save_checkpoint
-from model.data.features import DataError, LabelledImages, extract_features, scan_image_folder
+from model.data.features import (
+    DataError,
+    Features,
+    LabelledImages,
+    extract_features,
+    scan_image_folder,
+)
 from model.device import Device, autocast_dtype, pick
 from model.embedders.devise import LOSSES, DeviseHead, HeadKind, LossKind
 from model.vocab.words import DEFAULT_WORDS, WordVectors, load_words
@@ -165,6 +171,22 @@ def _fit(
     return model, losses, best
 
 
+@dataclass
+class _Split:
+    """One run's features and targets on its device, split into train and validation."""
+
+    x_all: torch.Tensor
+    targets: IntArray
+    tr: IntArray
+    va: IntArray
+    x: torch.Tensor
+    xv: torch.Tensor  # replaced by the fine-tuned backbone's, after fine-tuning
+    y_seen: torch.Tensor  # targets as indices into the seen labels (-1: a hold-out label)
+    y_all: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
 def train(
     data_dir: Path, out: Path, cfg: TrainConfig, words: WordVectors | None = None
 ) -> TrainResult:
@@ -178,7 +200,6 @@ def train(
     matrix, hypernyms = hypernym_label_matrix(
         words, data.labels, cfg.hypernym_weight, cfg.hypernym_depth
     )
-    label_vectors = torch.from_numpy(matrix)
     seen = [i for i in range(len(data.labels)) if i not in holdout]
 
     device = pick(cfg.device)
@@ -192,99 +213,177 @@ def train(
         cache_dir=cfg.cache_dir,
         desc=f"{backbone.name} features",
     )
+    s = _split(data_dir, data, feats, holdout, seen, cfg, td)
+    label_vectors = torch.from_numpy(matrix).to(td)
+
+    t0 = time.perf_counter()
+    head, losses = _fit_devise(backbone.feature_dim, words.dim, s, label_vectors, seen, cfg, td)
+    if cfg.finetune_epochs > 0:
+        losses.extend(_finetune(backbone, head, data, feats, s, label_vectors[seen], cfg, device))
+    fit_seconds = time.perf_counter() - t0
+    calibration = calibrate(
+        s.x_all,
+        s.targets,
+        s.tr,
+        s.va,
+        seen,
+        holdout,
+        label_vectors,
+        cfg,
+        backbone.feature_dim,
+        words.dim,
+    )
+    probe = _fit_probe(backbone.feature_dim, len(seen), s, cfg, td)
+
+    metrics = _metrics(head, probe, s, label_vectors, losses, fit_seconds)
+    metrics["skipped"] = float(len(data.paths) - len(feats.ok))
+    if not feats.cached and feats.seconds > 0:
+        metrics["extract_img_per_s"] = len(feats.ok) / feats.seconds
+    tensors = _checkpoint_tensors(head, probe, label_vectors, backbone, cfg)
+    meta = _checkpoint_meta(
+        data_dir, data, backbone, words, cfg, holdout, seen, hypernyms, metrics, calibration
+    )
+    digest = save_checkpoint(Path(out), tensors, meta)
+    return TrainResult(Path(out), digest, metrics, losses)
+
+
+def _split(
+    data_dir: Path,
+    data: LabelledImages,
+    feats: Features,
+    holdout: list[int],
+    seen: list[int],
+    cfg: TrainConfig,
+    td: str,
+) -> _Split:
     targets = data.targets[feats.ok]
     # the projection and the probe train on the chosen device too (from fp32 features)
     x_all = torch.from_numpy(feats.features).to(td)
     tr, va, _ = split_indices(targets, holdout, cfg.val_fraction, cfg.seed)
     if len(tr) == 0:
         raise DataError(f"no training images left in {data_dir} after hold-out and validation")
-
     # Targets re-indexed into the seen labels: the model never sees a hold-out vector.
     seen_index = {c: i for i, c in enumerate(seen)}
     y_seen = torch.tensor([seen_index.get(int(t), -1) for t in targets]).to(td)
     y_all = torch.from_numpy(targets).to(td)
-    label_vectors = label_vectors.to(td)
     x, xv = x_all[tr], x_all[va]
     mean, std = x.mean(0), x.std(0) if len(x) > 1 else torch.ones(x.shape[1], device=td)
+    return _Split(x_all, targets, tr, va, x, xv, y_seen, y_all, mean, std)
 
+
+def _fit_devise(
+    feature_dim: int,
+    word_dim: int,
+    s: _Split,
+    label_vectors: torch.Tensor,
+    seen: list[int],
+    cfg: TrainConfig,
+    td: str,
+) -> tuple[DeviseHead, list[float]]:
+    """The DeViSE head fitted on the frozen features; and its loss per epoch."""
     torch.manual_seed(cfg.seed)
-    head = DeviseHead(backbone.feature_dim, words.dim, cfg.head).to(td)
-    head.set_feature_stats(mean, std)
+    head = DeviseHead(feature_dim, word_dim, cfg.head).to(td)
+    head.set_feature_stats(s.mean, s.std)
     seen_vectors = label_vectors[seen]
     loss_name = cfg.loss
-    t0 = time.perf_counter()
-    head_fit, losses, _ = _fit(
+    fitted, losses, _ = _fit(
         head,
         lambda p, y: LOSSES[loss_name](p, y, seen_vectors, cfg.margin),
-        x,
-        y_seen[tr],
-        xv,
-        y_all[va],
+        s.x,
+        s.y_seen[s.tr],
+        s.xv,
+        s.y_all[s.va],
         lambda p: p @ label_vectors.T,  # validation ranks among all labels
         cfg,
         "devise",
     )
-    head = head_fit  # type: ignore[assignment]
-    if cfg.finetune_epochs > 0:
-        extra = finetune(
-            backbone,
-            head,
-            [data.paths[i] for i in feats.ok[tr]],
-            y_seen[tr],
-            seen_vectors,
-            cfg,
-            device,
-        )
-        losses.extend(extra)
-        # the backbone changed: validation features must be computed again
-        xv = torch.from_numpy(
-            extract_features(
-                backbone,
-                [data.paths[i] for i in feats.ok[va]],
-                batch_size=cfg.extract_batch_size,
-                workers=cfg.workers,
-                desc="validation features",
-            ).features
-        ).to(td)
-    fit_seconds = time.perf_counter() - t0
-    calibration = calibrate(
-        x_all, targets, tr, va, seen, holdout, label_vectors, cfg, backbone.feature_dim, words.dim
-    )
+    return fitted, losses  # type: ignore[return-value]
 
-    # The paper's baseline: a softmax classifier on the same frozen features and split.
-    linear = nn.Linear(backbone.feature_dim, len(seen))
-    probe = nn.Sequential(_Standardize(mean, std), linear).to(td)
-    probe, _, _ = _fit(  # type: ignore[assignment]
+
+def _finetune(
+    backbone: Backbone,
+    head: DeviseHead,
+    data: LabelledImages,
+    feats: Features,
+    s: _Split,
+    seen_vectors: torch.Tensor,
+    cfg: TrainConfig,
+    device: Device,
+) -> list[float]:
+    """`finetune` on the training images; `s.xv` becomes the changed backbone's validation
+    features. Returns the loss per epoch."""
+    losses = finetune(
+        backbone,
+        head,
+        [data.paths[i] for i in feats.ok[s.tr]],
+        s.y_seen[s.tr],
+        seen_vectors,
+        cfg,
+        device,
+    )
+    # the backbone changed: validation features must be computed again
+    s.xv = torch.from_numpy(
+        extract_features(
+            backbone,
+            [data.paths[i] for i in feats.ok[s.va]],
+            batch_size=cfg.extract_batch_size,
+            workers=cfg.workers,
+            desc="validation features",
+        ).features
+    ).to(device.torch_name)
+    return losses
+
+
+def _fit_probe(feature_dim: int, n_seen: int, s: _Split, cfg: TrainConfig, td: str) -> nn.Module:
+    """The paper's baseline: a softmax classifier on the same frozen features and split."""
+    linear = nn.Linear(feature_dim, n_seen)
+    probe = nn.Sequential(_Standardize(s.mean, s.std), linear).to(td)
+    fitted, _, _ = _fit(
         probe,
         lambda p, y: F.cross_entropy(p, y),
-        x,
-        y_seen[tr],
-        xv,
-        y_seen[va],
+        s.x,
+        s.y_seen[s.tr],
+        s.xv,
+        s.y_seen[s.va],
         lambda p: p,
         cfg,
         "softmax",
     )
+    return fitted
 
+
+def _metrics(
+    head: DeviseHead,
+    probe: nn.Module,
+    s: _Split,
+    label_vectors: torch.Tensor,
+    losses: list[float],
+    fit_seconds: float,
+) -> dict[str, float]:
     with torch.no_grad():
-        pv = head(xv)
-        sv = probe(xv)
-        metrics = {
-            "val_flat_hit@1": hits_at(pv @ label_vectors.T, y_all[va], 1),
-            "val_flat_hit@5": hits_at(pv @ label_vectors.T, y_all[va], 5),
-            "val_softmax_hit@1": hits_at(sv, y_seen[va], 1),
-            "val_softmax_hit@5": hits_at(sv, y_seen[va], 5),
+        pv = head(s.xv)
+        sv = probe(s.xv)
+        return {
+            "val_flat_hit@1": hits_at(pv @ label_vectors.T, s.y_all[s.va], 1),
+            "val_flat_hit@5": hits_at(pv @ label_vectors.T, s.y_all[s.va], 5),
+            "val_softmax_hit@1": hits_at(sv, s.y_seen[s.va], 1),
+            "val_softmax_hit@5": hits_at(sv, s.y_seen[s.va], 5),
             "train_loss_first": losses[0],
             "train_loss_last": losses[-1],
             "train_loss_best": min(losses),
             "fit_seconds": fit_seconds,
-            "n_train": float(len(tr)),
-            "n_val": float(len(va)),
-            "skipped": float(len(data.paths) - len(feats.ok)),
+            "n_train": float(len(s.tr)),
+            "n_val": float(len(s.va)),
         }
-        if not feats.cached and feats.seconds > 0:
-            metrics["extract_img_per_s"] = len(feats.ok) / feats.seconds
 
+
+def _checkpoint_tensors(
+    head: DeviseHead,
+    probe: nn.Module,
+    label_vectors: torch.Tensor,
+    backbone: Backbone,
+    cfg: TrainConfig,
+) -> dict[str, torch.Tensor]:
     # the checkpoint is the same whichever device trained it: every tensor from the CPU
     tensors: dict[str, torch.Tensor] = {f"head.{k}": v.cpu() for k, v in head.state_dict().items()}
     tensors.update({f"softmax.{k}": v.cpu() for k, v in probe.state_dict().items()})
@@ -292,7 +391,22 @@ def train(
     if backbone.weights_id == RANDOM_INIT or cfg.finetune_epochs > 0:
         # A random or fine-tuned backbone cannot be rebuilt from a name: carry it.
         tensors.update({f"backbone.{k}": v.cpu() for k, v in backbone.state_dict().items()})
-    meta: dict[str, Any] = {
+    return tensors
+
+
+def _checkpoint_meta(
+    data_dir: Path,
+    data: LabelledImages,
+    backbone: Backbone,
+    words: WordVectors,
+    cfg: TrainConfig,
+    holdout: list[int],
+    seen: list[int],
+    hypernyms: dict[str, list[str]],
+    metrics: dict[str, float],
+    calibration: dict[str, Any],
+) -> dict[str, Any]:
+    return {
         "backbone": backbone.name,
         "weights": backbone.weights_id,
         "weights_path": str(cfg.weights) if cfg.weights not in (None, "default") else None,
@@ -320,8 +434,6 @@ def train(
         },
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
-    digest = save_checkpoint(Path(out), tensors, meta)
-    return TrainResult(Path(out), digest, metrics, losses)
 
 
 CALIBRATION_FOLDS = 4

@@ -56,73 +56,108 @@ def derive(
         words = name.lower().replace("-", " ").split()
         return max((ranks.get(w, 10**9) for w in words), default=10**9)
 
-    classes = []
-    nodes: dict[str, dict[str, object]] = {}
-    ancestors_of: dict[str, list[str]] = {}
-    plain_tag: dict[str, bool] = {}  # the stop-list and frequency rules alone
+    tree = _Ancestry(wordnet, rank_of)
+    wnids = imagenet_wnids()
+    classes = [tree.add_class(wnid) for wnid in wnids]
+    # the built-in dataset's labels (the demo's), by their first noun sense
+    labels = [found for label in EXTRA_LABELS if (found := tree.add_label(label)) is not None]
+    tree.mark_tags()
+    senses = _qualify_shared_names(tree, wnids, names, classes)
+    return {
+        "source": "WordNet 3.0, Copyright 2006 by Princeton University (see WORDNET_LICENSE)",
+        "max_tag_rank": MAX_TAG_RANK,
+        "classes": classes,
+        "labels": labels,
+        "nodes": tree.nodes,
+        "senses": senses,
+    }
 
-    def add_nodes(ancestors: list[int]) -> None:
+
+class _Ancestry:
+    """The hypernym chains of the classes and labels, as `derive` writes them: a node per
+    synset met on the way up, each one's ancestors, and whether it is a tag."""
+
+    def __init__(self, wordnet: WordNet, rank_of: Callable[[str], int]) -> None:
+        self.wordnet = wordnet
+        self.rank_of = rank_of
+        self.nodes: dict[str, dict[str, object]] = {}
+        self.ancestors_of: dict[str, list[str]] = {}
+        self.plain_tag: dict[str, bool] = {}  # the stop-list and frequency rules alone
+
+    def add_class(self, wnid: str) -> dict[str, object]:
+        """An ImageNet class's entry; its ancestors become nodes."""
+        offset = int(wnid[1:])
+        ancestors = self.wordnet.ancestors(offset)
+        self.ancestors_of[wnid] = [f"n{a:08d}" for a in ancestors]
+        entry: dict[str, object] = {
+            "wnid": wnid,
+            "lemmas": list(self.wordnet.synset(offset).lemmas),
+            "ancestors": self.ancestors_of[wnid],
+        }
+        self._add_nodes(ancestors)
+        return entry
+
+    def add_label(self, label: str) -> dict[str, object] | None:
+        """A label's entry by its first noun sense (None: not in WordNet); its ancestors
+        become nodes."""
+        found = self.wordnet.senses(label)
+        if not found:
+            return None
+        ancestors = self.wordnet.ancestors(found[0])
+        entry: dict[str, object] = {
+            "label": label,
+            "wnid": f"n{found[0]:08d}",
+            "ancestors": [f"n{a:08d}" for a in ancestors],
+        }
+        self._add_nodes(ancestors)
+        return entry
+
+    def _add_nodes(self, ancestors: list[int]) -> None:
         for a in ancestors:
             key = f"n{a:08d}"
-            if key in nodes:
+            if key in self.nodes:
                 continue
-            syn = wordnet.synset(a)
+            syn = self.wordnet.synset(a)
             # WordNet's first lemma names the tag, unless it is rare and a plain word is not
             name = syn.name
-            if rank_of(name) > MAX_TAG_RANK:
-                plain = [x for x in syn.lemmas if " " not in x and rank_of(x) <= MAX_TAG_RANK]
+            if self.rank_of(name) > MAX_TAG_RANK:
+                plain = [x for x in syn.lemmas if " " not in x and self.rank_of(x) <= MAX_TAG_RANK]
                 name = plain[0] if plain else name
-            plain_tag[key] = (
+            self.plain_tag[key] = (
                 syn.name.lower() not in ABSTRACT
                 and name.lower() not in ABSTRACT
-                and rank_of(name) <= MAX_TAG_RANK
+                and self.rank_of(name) <= MAX_TAG_RANK
             )
-            ancestors_of[key] = [f"n{h:08d}" for h in wordnet.ancestors(a)]
-            nodes[key] = {
+            self.ancestors_of[key] = [f"n{h:08d}" for h in self.wordnet.ancestors(a)]
+            self.nodes[key] = {
                 "name": name,
                 "lemmas": list(syn.lemmas),
                 "parents": [f"n{h:08d}" for h in syn.hypernyms],
             }
 
-    wnids = imagenet_wnids()
-    for wnid in wnids:
-        offset = int(wnid[1:])
-        ancestors = wordnet.ancestors(offset)
-        ancestors_of[wnid] = [f"n{a:08d}" for a in ancestors]
-        classes.append(
-            {
-                "wnid": wnid,
-                "lemmas": list(wordnet.synset(offset).lemmas),
-                "ancestors": ancestors_of[wnid],
+    def mark_tags(self) -> None:
+        """Each node's `tag` (a plain tag that does not restate one above it) and
+        `plain_tag`; once every node is in."""
+        nodes, plain_tag = self.nodes, self.plain_tag
+        for key, node in nodes.items():
+            above = {
+                lemma.lower()
+                for a in self.ancestors_of[key]
+                if plain_tag[a]
+                for lemma in [str(nodes[a]["name"]), *nodes[a]["lemmas"]]  # type: ignore[misc]
             }
-        )
-        add_nodes(ancestors)
-    # the built-in dataset's labels (the demo's), by their first noun sense
-    labels = []
-    for label in EXTRA_LABELS:
-        found = wordnet.senses(label)
-        if found:
-            ancestors = wordnet.ancestors(found[0])
-            labels.append(
-                {
-                    "label": label,
-                    "wnid": f"n{found[0]:08d}",
-                    "ancestors": [f"n{a:08d}" for a in ancestors],
-                }
-            )
-            add_nodes(ancestors)
-    for key, node in nodes.items():
-        above = {
-            lemma.lower()
-            for a in ancestors_of[key]
-            if plain_tag[a]
-            for lemma in [str(nodes[a]["name"]), *nodes[a]["lemmas"]]  # type: ignore[misc]
-        }
-        node["tag"] = plain_tag[key] and not restates_a_tag(str(node["name"]), above)
-        # label vectors (hypernym_label_matrix) lean on the nearest of these, restating or not
-        node["plain_tag"] = plain_tag[key]
+            node["tag"] = plain_tag[key] and not restates_a_tag(str(node["name"]), above)
+            # label vectors (hypernym_label_matrix) lean on the nearest of these, restating or not
+            node["plain_tag"] = plain_tag[key]
 
-    # names that several synsets share: a label's (ImageNet's class names) or a tag's
+
+def _qualify_shared_names(
+    tree: _Ancestry, wnids: list[str], names: list[str], classes: list[dict[str, object]]
+) -> dict[str, list[str]]:
+    """The names that several synsets share, a label's (ImageNet's class names) or a tag's,
+    each with its synsets in WordNet's sense order; each of those synsets (node and class)
+    is given its qualified `display` name."""
+    nodes, ancestors_of = tree.nodes, tree.ancestors_of
     by_name: dict[str, list[str]] = defaultdict(list)
     own_name: dict[str, str] = {}
     for wnid, name in zip(wnids, names, strict=True):
@@ -140,24 +175,17 @@ def derive(
     for name, group in sorted(by_name.items()):
         if len(group) < 2:
             continue
-        order = [f"n{o:08d}" for o in wordnet.senses(name)]
+        order = [f"n{o:08d}" for o in tree.wordnet.senses(name)]
         group.sort(key=lambda w: order.index(w) if w in order else len(order))
         senses[name] = group
-        for wnid, qual in _qualifiers(group, ancestors_of, nodes, rank_of, under).items():
+        for wnid, qual in _qualifiers(group, ancestors_of, nodes, tree.rank_of, under).items():
             display = f"{own_name[wnid]} ({qual})"
             if wnid in nodes:
                 nodes[wnid]["display"] = display
             for cls in classes:
                 if cls["wnid"] == wnid:
                     cls["display"] = display
-    return {
-        "source": "WordNet 3.0, Copyright 2006 by Princeton University (see WORDNET_LICENSE)",
-        "max_tag_rank": MAX_TAG_RANK,
-        "classes": classes,
-        "labels": labels,
-        "nodes": nodes,
-        "senses": senses,
-    }
+    return senses
 
 
 def _qualifiers(
