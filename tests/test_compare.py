@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import model.embedders.clip as clip_mod
+import model.embedders.clip_load as clip_mod  # where the weights are looked for
 from app.cli import main
 from model.backbones import load_backbone
 from model.embedders.clip import ClipEmbedder, ClipUnavailable, clip_available, resolve_weights
