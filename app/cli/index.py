@@ -1,0 +1,226 @@
+"""`devise ingest`, `devise words` and `devise status`: the commands that fill the index and
+say what it holds. Each goes through the app when one holds the index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import (
+    CliError,
+    _abs,
+    _cache_dir,
+    _open_store,
+    _say_waiting,
+    _service,
+    _settings,
+)
+from app.remote import app_holding
+
+
+def _model_options(args: argparse.Namespace) -> Any:
+    """The flags that choose the models' weights, as plain values."""
+    from app.search.embedders import ModelOptions
+
+    clip_weights = getattr(args, "clip_weights", None)
+    return ModelOptions(
+        weights=args.weights,
+        clip_model=getattr(args, "clip_model", "ViT-B-32"),
+        clip_pretrained=getattr(args, "clip_pretrained", "laion2b_s34b_b79k"),
+        clip_weights=Path(clip_weights) if clip_weights else None,
+        cache_dir=_cache_dir(args),
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.pipeline import ingest
+
+    settings = _settings(args)
+    for d in args.dirs:
+        if not Path(d).exists():
+            raise CliError(f"not found: {d}")
+    remote = app_holding(settings)
+    if remote is not None:
+        return _remote_ingest(args, settings, remote)
+    from app.search.embedders import build_embedders
+
+    embedders, extra = build_embedders(args.models, settings, _model_options(args))
+    store = settings.open_store()
+    try:
+        if settings.shards or settings.replicas:
+            store.ensure_collections(
+                {e.name: e.dim for e in embedders},
+                shard_number=settings.shards,
+                replication_factor=settings.replicas,
+            )
+        summary = ingest(
+            store,
+            [Path(d) for d in args.dirs],
+            embedders,
+            prune=args.prune,
+            reembed=args.reembed,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.json and sys.stderr.isatty() or args.progress,
+            model_meta=extra,
+        )
+        # points from before `folder_ids`, `camera_id` and `vectors` get them, once: the
+        # folder and camera filters then check numbers, not names, and `devise status`
+        # counts each vector's points from an index (qdrant/schema.py)
+        filled = store.fill_numbers()
+        if filled and not args.json:
+            print(
+                f"numbered the folders and cameras of {filled} image(s) indexed before: "
+                "folder and camera filters now check numbers, and `devise status` counts "
+                "from an index (faster on large libraries)",
+                file=sys.stderr,
+            )
+        outdated = store.graphs_outdated()
+        if outdated and not args.json:
+            print(
+                "rebuilding the search graphs with links per folder and label (built before "
+                "them; minutes on a large library, once)",
+                file=sys.stderr,
+            )
+        changed = summary.indexed or summary.moved or summary.pruned or filled
+        if changed or outdated or store.graph_pending():
+            # merges segments and builds the vectors' graphs where a segment has grown past
+            # the indexing threshold (also when this run changed nothing but the app's
+            # ingests left graphs unbuilt, or graphs were built with older settings), so
+            # that searches and `devise duplicates` stay quick at 100k images. Here, not in
+            # the web app's ingest: it holds the GIL.
+            store.optimize()
+        service = _service(store, settings)
+        service.ensure_vocabulary()  # the first ingest loads the words
+        clip = next((e for e in embedders if e.name == "clip"), None)
+        if clip is not None:  # CLIP's tags then answer at once, from the words collection
+            service.ensure_clip_vocabulary(clip)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        print(summary.line())
+        if args.verbose and summary.batches:
+            print(
+                f"backbone waited {summary.wait_seconds / summary.batches * 1000:.1f} ms per "
+                f"batch for the loader; embedding took {summary.embed_seconds:.1f}s"
+            )
+    return 0
+
+
+def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
+    """`devise ingest` run by the app that holds the index, in its background job: the same
+    models, the same progress bar and the same summary."""
+    from tqdm import tqdm
+
+    options = {
+        "models": list(args.models) if args.models is not None else None,
+        "checkpoint": _abs(settings.checkpoint), "weights": _abs(args.weights),
+        "clip_weights": _abs(args.clip_weights), "clip_model": args.clip_model,
+        "clip_pretrained": args.clip_pretrained, "precision": settings.precision,
+        "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
+        "workers": args.workers, "cache": _abs(args.cache),
+    }  # fmt: skip
+    show = not args.json and sys.stderr.isatty() or args.progress
+    bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
+    waiting = _say_waiting()
+
+    def progress(state: dict[str, Any]) -> None:
+        waiting(state)
+        if state["total"] and bar.total != state["total"]:
+            bar.total = state["total"]
+            bar.refresh()
+        step = min(state["done"], bar.total or state["done"]) - bar.n
+        if step > 0:
+            bar.update(step)
+
+    try:
+        state = remote.ingest([str(d) for d in args.dirs], options, on_progress=progress)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(state["summary"]))
+    else:
+        print(state["line"])
+    return 0
+
+
+def cmd_words(args: argparse.Namespace) -> int:
+    from ingest.vocabulary import reload_vocabulary
+
+    settings = _settings(args)
+    top = None if args.all else args.top
+    remote = app_holding(settings)
+    if remote is not None:  # the app that holds the index loads them, in its ingest slot
+        state = remote.words(args.words, top, on_progress=_say_waiting())
+        print(state["line"])
+        return 0
+    store = settings.open_store()
+    try:
+        summary = reload_vocabulary(store, args.words, top, progress=sys.stderr.isatty())
+    finally:
+        store.close()
+    print(summary.line())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from app.jobs.graph import BUSY
+    from app.search.service import SearchService
+
+    args.must_exist = True
+    remote = app_holding(_settings(args))
+    pending = 0
+    building: dict[str, Any] = {}
+    if remote is not None:
+        st = remote.status(pending=not args.json)
+        pending = int(st.pop("graph_pending", 0))
+        building = st.pop("graph_build", None) or {}
+    else:
+        _, store = _open_store(args)
+        try:
+            service = SearchService(store)
+            st = service.status()
+            pending = 0 if args.json else service.graph_pending()
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    print(f"index   {st['index']}")
+    print(f"images  {st['images']}")
+    print(f"words   {st['words']}")
+    for name, m in st["models"].items():
+        made = ""
+        if m.get("precision"):  # the precision of the last ingest, and any other ever used
+            others = [p for p in m.get("precisions") or [] if p != m["precision"]]
+            made = f", {m['precision']}" + (f" (also {', '.join(others)})" if others else "")
+        print(f"model   {name}: {m['points']} points, {m['dim']} d{made}, id {m['id']}")
+    if not st["models"]:
+        print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
+    state = building.get("state")
+    if remote is not None and state in BUSY:
+        took = int(building.get("seconds") or 0)
+        doing = {"copying": "copying the index for", "swapping": "putting in place"}
+        print(
+            f"search  exact for now: the app at {remote.url} is "
+            f"{doing.get(state, 'building')} the search graph of {building.get('images')} "
+            f"images in the background ({took // 60}:{took % 60:02d} so far); it answers "
+            "meanwhile"
+        )
+    elif pending:
+        if remote is None:
+            builder = "the next `devise ingest` builds it"
+        elif state == "failed":
+            builder = (
+                f"the app's background build failed: {building.get('message')}; stop the "
+                "app, then `devise ingest` builds it"
+            )
+        else:
+            builder = f"the app at {remote.url} starts building it in the background shortly"
+        print(f"search  exact for now: {pending} vectors wait for their graph ({builder})")
+    return 0
