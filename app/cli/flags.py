@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 
+# the backbone numerics every command that runs a backbone offers
+PRECISIONS = ["fp32", "bf16", "int8", "auto"]
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -89,4 +92,110 @@ def _device_flag(sp: argparse.ArgumentParser) -> None:
         help="where the models run: cuda (a GPU: mixed precision, larger batches, JPEGs "
         "decoded by nvJPEG), cpu (the OpenVINO fast path), or auto, the default: cuda when "
         "torch sees a GPU, else cpu ($DEVISE_DEVICE sets the default)",
+    )
+
+
+def precision_flag(sp: argparse.ArgumentParser, default: str | None, help_text: str) -> None:
+    """--precision: the backbone's numerics; each command says its default and what for."""
+    sp.add_argument("--precision", choices=PRECISIONS, default=default, help=help_text)
+
+
+def index_flags(sp: argparse.ArgumentParser) -> None:
+    """--index and --qdrant-url: which index a command opens."""
+    sp.add_argument(
+        "--index",
+        default=None,
+        help="embedded index folder (default $DEVISE_INDEX or ./data/index)",
+    )
+    sp.add_argument(
+        "--qdrant-url",
+        default=None,
+        help="use a Qdrant server instead ($QDRANT_URL; key in $QDRANT_API_KEY)",
+    )
+
+
+def query_flags(sp: argparse.ArgumentParser, filters: bool = True) -> None:
+    """The flags of a query: the model, the photo filters (not for tags), how many results
+    and how good, JSON, the checkpoint and numerics for an unindexed image, the index."""
+    sp.add_argument(
+        "--model",
+        choices=["devise", "conse", "clip"],
+        default=None,
+        help="which model's vectors answer (default: devise where the index holds them, "
+        "else the first it holds: conse, then clip)",
+    )
+    if filters:
+        photo_filter_flags(sp)
+    sp.add_argument("-k", type=int, default=10, help="number of results (1-1000)")
+    sp.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="drop results scoring below this cosine (0-1)",
+    )
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    # a usage error found after parsing (--radius-km alone) shows this command's usage
+    sp.set_defaults(usage_error=sp.error)
+    sp.add_argument(
+        "--checkpoint",
+        default=None,
+        help="DeViSE checkpoint, if not the one that built the index",
+    )
+    precision_flag(
+        sp,
+        None,
+        "backbone numerics for an image the index has not embedded (as for ingest; "
+        "default auto); text queries and indexed images need no backbone",
+    )
+    _device_flag(sp)
+    index_flags(sp)
+
+
+def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
+    """--label, --folder, --after, --before, --camera, --near and --radius-km."""
+    sp.add_argument(
+        "--label",
+        action="append",
+        default=None,
+        help="only images with this label (repeatable: any of)",
+    )
+    sp.add_argument("--folder", default=None, help="only images under this folder")
+    sp.add_argument(
+        "--after",
+        type=_when,
+        default=None,
+        metavar="DATE",
+        help="only photos taken on or after DATE (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], "
+        "the camera's clock, from EXIF)",
+    )
+    sp.add_argument(
+        "--before",
+        type=_when,
+        default=None,
+        metavar="DATE",
+        help="only photos taken before DATE (not on it: --after 2024-06-01 --before "
+        "2024-07-01 is June)",
+    )
+    sp.add_argument(
+        "--camera",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only photos taken with a camera whose name (EXIF make and model) holds "
+        "NAME, case-insensitively ('canon', 'pixel 7'); repeatable: any of",
+    )
+    sp.add_argument(
+        "--near",
+        type=_near,
+        default=None,
+        metavar="LAT,LON",
+        help="only photos whose EXIF GPS position is within --radius-km of this point "
+        "(decimal degrees)",
+    )
+    sp.add_argument(
+        "--radius-km",
+        type=_radius,
+        default=None,
+        metavar="KM",
+        help="the radius around --near, in km (default 10)",
     )

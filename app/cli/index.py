@@ -18,6 +18,7 @@ from app.cli.common import (
     _service,
     _settings,
 )
+from app.cli.flags import _csv, _device_flag, _positive_int, index_flags, precision_flag
 from app.remote import app_holding
 
 
@@ -224,3 +225,104 @@ def cmd_status(args: argparse.Namespace) -> int:
             builder = f"the app at {remote.url} starts building it in the background shortly"
         print(f"search  exact for now: {pending} vectors wait for their graph ({builder})")
     return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`devise ingest`, `devise words` and `devise status`."""
+    _add_ingest(sub)
+    _add_words(sub)
+    _add_status(sub)
+
+
+def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    i = sub.add_parser("ingest", help="index folders of images (incremental, idempotent)")
+    i.add_argument(
+        "dirs", nargs="+", metavar="DIR",
+        help="folders (or image files) to index: JPEG, PNG, GIF, WebP, BMP, TIFF, PNM, AVIF "
+        "and HEIC (iPhones' photos); hidden files and folders are left out",
+    )  # fmt: skip
+    i.add_argument(
+        "--checkpoint",
+        default=None,
+        help="DeViSE checkpoint ($DEVISE_CHECKPOINT); needed for --models devise",
+    )
+    i.add_argument(
+        "--models",
+        type=_csv,
+        default=None,
+        help="comma-separated models: devise,conse,clip,dup (default: every model that can "
+        "run; dup is the near-duplicate vector that `devise duplicates` compares)",
+    )
+    i.add_argument(
+        "--clip-model",
+        default="ViT-B-32",
+        help="open_clip architecture for clip (default ViT-B-32)",
+    )
+    i.add_argument(
+        "--clip-pretrained",
+        default="laion2b_s34b_b79k",
+        help="open_clip pretrained tag for clip: its weights are looked for in open_clip's "
+        "caches (the Hugging Face hub cache, ~/.cache/clip), else downloaded; its "
+        "preprocessing and activation (quick-GELU for OpenAI's) are used with --clip-weights "
+        "too (default laion2b_s34b_b79k)",
+    )
+    i.add_argument(
+        "--clip-weights",
+        default=None,
+        metavar="FILE",
+        help="open_clip weights file for clip (else the tag's weights in the local caches, or "
+        "a download); the index is tied to the weights' content, not to where they were found",
+    )
+    i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
+    i.add_argument("--prune", action="store_true", help="delete points whose files are gone")
+    i.add_argument(
+        "--reembed",
+        action="store_true",
+        help="replace vectors made by a different model instead of refusing",
+    )
+    i.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="default 32 (256 on a GPU)"
+    )
+    _device_flag(i)
+    i.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
+    precision_flag(
+        i,
+        None,
+        "backbone numerics: auto (the default: bf16 where the CPU has it natively, for "
+        "the backbones measured to keep their results, see the README; else fp32), fp32, "
+        "bf16, or int8 (OpenVINO post-training quantisation; CPU only; fastest, and moves "
+        "some eval metrics by a little more than auto allows: see the README)",
+    )
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar even when stderr is not a terminal",
+    )
+    index_flags(i)
+    i.set_defaults(func=cmd_ingest)
+
+
+def _add_words(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    w = sub.add_parser("words", help="load the vocabulary's word vectors into the index")
+    w.add_argument(
+        "--words",
+        default=None,
+        help="word source (default: the one the DeViSE checkpoint was trained with)",
+    )
+    w.add_argument(
+        "--top",
+        type=_positive_int,
+        default=100_000,
+        help="the N most frequent alphabetic words (default 100000)",
+    )
+    w.add_argument("--all", action="store_true", help="the whole vocabulary")
+    index_flags(w)
+    w.set_defaults(func=cmd_words)
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    st = sub.add_parser("status", help="what the index holds")
+    st.add_argument("--json", action="store_true")
+    index_flags(st)
+    st.set_defaults(func=cmd_status)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.common import CliError, _cache_dir, _say_waiting, _settings
+from app.cli.flags import _csv, _device_flag, _fraction, _positive_int, precision_flag
 from app.remote import app_holding
 
 
@@ -149,3 +150,139 @@ def _extract_batch(args: argparse.Namespace, cpu: int) -> int:
     from model.device import default_batch_size, default_device
 
     return int(args.batch_size or default_batch_size(default_device(), cpu=cpu))
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`devise datasets`, `devise train` and `devise eval`."""
+    _add_datasets(sub)
+    _add_train(sub)
+    _add_eval(sub)
+
+
+def _add_datasets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser("datasets", help="write a labelled dataset as class folders of images")
+    d.add_argument("name", choices=["fashion-mnist", "imagenette"])
+    d.add_argument("out", help="output folder")
+    d.add_argument("--split", choices=["train", "test"], default="train")
+    d.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        help="at most N images, taken evenly across classes",
+    )
+    d.set_defaults(func=cmd_datasets)
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = sub.add_parser("train", help="train a DeViSE projection on an ImageFolder tree")
+    t.add_argument("data", help="folder with one sub-folder of images per label")
+    t.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    t.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=["efficientnet_lite0", "resnet50", "resnet18"],
+        help="ImageNet backbone (efficientnet_lite0 works offline)",
+    )
+    t.add_argument(
+        "--weights",
+        default=None,
+        help="backbone weights file (.pth/.safetensors); default: ImageNet weights",
+    )
+    t.add_argument(
+        "--words",
+        default="glove-6b-50d",
+        help="word vectors: glove-6b-50d (packaged), a .txt/.bin path, or a gensim "
+        "downloader name such as glove-wiki-gigaword-300",
+    )
+    t.add_argument(
+        "--holdout",
+        type=_csv,
+        default=(),
+        help="comma-separated labels to keep out of training (zero-shot test)",
+    )
+    t.add_argument(
+        "--loss",
+        choices=["hinge", "cosine", "hinge+cosine", "hinge-dist"],
+        default="hinge",
+        help="hinge rank loss (the paper), cosine regression (the blog article), both summed, "
+        "or hinge with a margin growing with the labels' word distance",
+    )
+    t.add_argument(
+        "--head",
+        choices=["linear", "mlp"],
+        default="linear",
+        help="linear projection (the paper) or Dense-BN-Dropout-Dense",
+    )
+    t.add_argument("--margin", type=float, default=0.1, help="hinge margin (default 0.1)")
+    t.add_argument(
+        "--hypernym-weight",
+        type=float,
+        default=0.5,
+        help="move each label's vector towards its 3 nearest WordNet hypernyms by this "
+        "weight (sandal and sneaker share shoe, footwear): unseen labels then land near their "
+        "seen relatives; 0 turns it off (default 0.5, the best on validation)",
+    )
+    t.add_argument(
+        "--finetune",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="after the projection, also train the backbone's last stage for this "
+        "many epochs (slow on a CPU: images are decoded every epoch)",
+    )
+    t.add_argument("--epochs", type=_positive_int, default=40)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=_positive_int, default=256)
+    _device_flag(t)
+    t.add_argument("--val-fraction", type=_fraction, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
+    precision_flag(t, "fp32", "backbone numerics for feature extraction (default fp32)")
+    t.set_defaults(func=cmd_train)
+
+
+def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    e = sub.add_parser("eval", help="compare models: hit@k, zero-shot hit@k, retrieval mAP, speed")
+    e.add_argument("data", help="ImageFolder tree of test images")
+    e.add_argument("--checkpoint", default=None, help="DeViSE checkpoint (needed for devise)")
+    e.add_argument(
+        "--models",
+        type=_csv,
+        default=(),
+        help="comma-separated: devise,conse,clip (default: every one that can run here)",
+    )
+    e.add_argument(
+        "--holdout",
+        type=_csv,
+        default=(),
+        help="labels to score as zero-shot (default: the checkpoint's hold-out)",
+    )
+    e.add_argument("--weights", default=None, help="backbone weights file, if not the default")
+    e.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="default 64 (256 on a GPU)"
+    )
+    _device_flag(e)
+    e.add_argument("--workers", type=_positive_int, default=None)
+    e.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
+    e.add_argument(
+        "--clip-pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag"
+    )
+    e.add_argument(
+        "--clip-weights", default=None, metavar="FILE", help="open_clip weights file for clip"
+    )
+    precision_flag(e, "fp32", "backbone numerics (default fp32)")
+    e.add_argument("--json", default=None, metavar="FILE", help="also write the table as JSON")
+    e.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="write each model's top tags on scikit-image's photos (markdown)",
+    )
+    e.add_argument(
+        "--record",
+        action="store_true",
+        help="also keep the table in the index, for the web app's Compare tab",
+    )
+    e.add_argument("--index", default=None, help="index for --record (default ./data/index)")
+    e.add_argument("--qdrant-url", default=None, help="Qdrant server for --record")
+    e.set_defaults(func=cmd_eval)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from app.cli.common import CliError, _abs, _open_store, _service, _settings
+from app.cli.flags import _bias_flag, index_flags, query_flags
 from app.remote import app_holding
 
 
@@ -190,3 +191,95 @@ def _remote_duplicates(args: argparse.Namespace, remote: Any) -> Any:
         data["model"], data["threshold"], data["took_ms"], groups, data["scanned"],
         data.get("note"), data.get("content_only", 0),
     )  # fmt: skip
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`devise search`, `devise similar`, `devise tag` and `devise duplicates`."""
+    _add_search(sub)
+    _add_similar(sub)
+    _add_tag(sub)
+    _add_duplicates(sub)
+
+
+def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s1 = sub.add_parser(
+        "search",
+        help="text -> images: find images of a compound query, such as 'beach 2:dog -people'",
+        description="Terms: words, quoted phrases and image paths; 2:dog weighs a term, "
+        "-people (or -2:people) subtracts one. Quote the whole query; one that starts with "
+        "- goes after --.",
+    )
+    s1.add_argument("text", nargs="?", default="", help="the query (may be empty with --image)")
+    s1.add_argument("--image", default=None, help="an example image, added to the query's terms")
+    _bias_flag(
+        s1,
+        "devise: a query that is one of the checkpoint's labels ranks images by how "
+        "far that label beats every other label, seen labels less this (calibrated "
+        "stacking); auto: the checkpoint's value (default)",
+    )
+    query_flags(s1)
+    s1.set_defaults(func=cmd_search)
+
+
+def _add_similar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s2 = sub.add_parser("similar", help="image -> images: find images like this one")
+    s2.add_argument("image")
+    query_flags(s2)
+    s2.set_defaults(func=cmd_similar)
+
+
+def _add_tag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s3 = sub.add_parser(
+        "tag",
+        help="image -> tags: labels, their hypernyms and words for an image",
+        description="Tags of an image, each with its kind: a label (a class a model knows, "
+        "as a whole phrase), a hypernym (its WordNet generalisation: 'dog' for a German "
+        "shepherd) or a frequent word. For conse the score is the probability of the classes "
+        "under the tag; tags are ordered by how much they say (Deng et al.'s hedging), so a "
+        "sure breed comes before 'dog', and 'dog' before 'animal'.",
+    )
+    s3.add_argument("image")
+    s3.add_argument(
+        "--generality",
+        choices=["specific", "general"],
+        default="specific",
+        help="conse: prefer specific tags (a breed, 'espresso') or general ones ('dog', "
+        "'drink'); default specific",
+    )
+    _bias_flag(
+        s3,
+        "devise: subtract this from the score of every label the checkpoint was "
+        "trained on, so that unseen labels and plain words can win (calibrated "
+        "stacking); auto: the value the checkpoint chose on validation (default)",
+    )
+    query_flags(s3, filters=False)
+    s3.set_defaults(func=cmd_tag)
+
+
+def _add_duplicates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dp = sub.add_parser(
+        "duplicates",
+        help="groups of near-duplicate images and of identical files (deletes nothing)",
+        description="Groups of images whose vectors are within the threshold of each other "
+        "(resized, recompressed or slightly cropped copies: 'near'), and of files with the "
+        "same content (same sha256: 'exact'), the largest picture first, each with its "
+        "dimensions, size and date, so you can choose what to keep. Nothing is deleted.",
+    )
+    dp.add_argument(
+        "--model",
+        default="dup",
+        help="the vector compared: dup (default: the near-duplicate vector, which ingest "
+        "stores), or devise, conse, clip (word-space vectors: poor at telling copies from "
+        "look-alikes)",
+    )
+    dp.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="cosine at or above which two images are near-duplicates, in (0, 1] "
+        "(default 0.7 for dup, measured on planted copies: see the README)",
+    )
+    dp.add_argument("--folder", default=None, help="only images under this folder")
+    dp.add_argument("--json", action="store_true", help="print JSON")
+    index_flags(dp)
+    dp.set_defaults(func=cmd_duplicates)

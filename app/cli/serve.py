@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from app.cli.common import CliError, _cache_dir, _settings
+from app.cli.flags import _device_flag, _positive_int, index_flags
 from app.remote import app_holding
 
 
@@ -42,3 +43,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
         train_size=args.train,
         gallery_size=args.gallery,
     )
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`devise serve` and `devise demo`."""
+    _add_serve(sub)
+    _add_demo(sub)
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sv = sub.add_parser("serve", help="start the web app")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--auth", default=None, help="user:pass for the web app ($DEVISE_AUTH)")
+    sv.add_argument("--checkpoint", default=None)
+    sv.add_argument(
+        "--ingest-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folders the app's Index box may index (repeatable; default: your home folder "
+        "when bound to loopback, none otherwise)",
+    )
+    sv.add_argument(
+        "--watch",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="DIR",
+        help="index new, changed, moved and deleted photos under these folders while the app "
+        "runs (file events, in batches)",
+    )
+    sv.add_argument(
+        "--rescan",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --watch: also re-walk the folders this often, for mounts that send no file "
+        "events (default 300; 0: never)",
+    )
+    index_flags(sv)
+    _device_flag(sv)
+    sv.set_defaults(func=cmd_serve)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    m = sub.add_parser("demo", help="build the offline Fashion-MNIST demo and launch the web app")
+    m.add_argument("--dir", default="data/demo", help="where the demo's data lives")
+    m.add_argument("--no-launch", action="store_true", help="stop after building")
+    m.add_argument(
+        "--train",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST images to train on (default 3000; CI builds a smaller demo)",
+    )
+    m.add_argument(
+        "--gallery",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="Fashion-MNIST test images to index and search (default 1000)",
+    )
+    m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    m.add_argument("--port", type=int, default=7860)
+    index_flags(m)
+    _device_flag(m)
+    m.set_defaults(func=cmd_demo)
