@@ -30,25 +30,24 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _when(text: str) -> str:
-    """--after / --before: checked here (a bad date is a usage error), read by the service."""
+def _when(text: str) -> float:
+    # --after / --before: read here, once (a bad date is a usage error); the request takes
+    # the seconds as they are
     from app.search.filters import FilterError, parse_when
 
     try:
-        parse_when(text)
+        return parse_when(text)
     except FilterError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
-def _near(text: str) -> str:
+def _near(text: str) -> tuple[float, float]:
     from app.search.filters import FilterError, parse_near
 
     try:
-        parse_near(text)
+        return parse_near(text)
     except FilterError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def _radius(text: str) -> float:

@@ -47,7 +47,9 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
 
 
 def _request(args: argparse.Namespace, kind: str, image: Any = None) -> Any:
-    """The query as the flags ask it, filters read once (a bad one is a BadQueryError)."""
+    """The query as the flags ask it. The flag types have read each date and the place;
+    here they are checked together, once (an empty date range is a BadQueryError)."""
+    from app.search.filters import checked_photo_filter
     from app.search.request import Kind, QueryRequest
 
     fields: dict[str, Any] = {"model": args.model, "min_score": args.min_score, "k": args.k}
@@ -57,9 +59,12 @@ def _request(args: argparse.Namespace, kind: str, image: Any = None) -> Any:
         fields["text"] = args.text
     if kind == "tag":
         return QueryRequest("tag", image=image, generality=args.generality, **fields)
-    return QueryRequest.typed(
-        cast(Kind, kind), after=args.after, before=args.before, cameras=args.camera or (),
-        near=args.near, radius_km=args.radius_km, labels=args.label or (), folder=args.folder,
+    photo = checked_photo_filter(
+        after=args.after, before=args.before, cameras=args.camera or (), near=args.near,
+        radius_km=args.radius_km,
+    )  # fmt: skip
+    return QueryRequest(
+        cast(Kind, kind), labels=tuple(args.label or ()), folder=args.folder, photo=photo,
         image=image, **fields,
     )  # fmt: skip
 
