@@ -1,5 +1,10 @@
 """The `devise` command line. Flags and environment are read here, once, and passed down.
 
+This file is the way in: the root parser, `main`, and how errors end a command. Each family
+of commands adds its own sub-parsers and holds its handlers (model.py: datasets, train, eval;
+index.py: ingest, words, status; query.py: search, similar, tag, duplicates; serve.py: serve,
+demo); flags.py defines the flags they share, common.py what else they share (CliError).
+
 Heavy imports (torch, gensim, qdrant) happen inside each command, so `devise --help` and
 text searches stay quick.
 """
@@ -14,8 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app.cli import index, model, query, serve
-from app.cli.common import CliError, _say
-from app.cli.flags import _bias
+from app.cli.common import CliError, say
+
+# tests/test_gzsl.py checks the --zero-shot-bias type as app.cli._bias
+from app.cli.flags import bias as _bias
 from app.cli.query import _print_answer
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "CliError", "_bias", "_print_answer", "build_parser", "main"]
@@ -123,11 +130,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - known errors print one line; others re-raise
         if isinstance(e, _known_errors()):
-            _say(f"error: {e}")
+            say(f"error: {e}")
             return EXIT_ERROR
         if args.verbose or os.environ.get("DEVISE_DEBUG"):
             raise
-        _say(f"error: {type(e).__name__}: {e} (run with -v for the traceback)")
+        say(f"error: {type(e).__name__}: {e} (run with -v for the traceback)")
         return EXIT_ERROR
 
 

@@ -14,13 +14,15 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
 
 
-def _cache_dir(args: argparse.Namespace) -> Path:
+def cache_dir(args: argparse.Namespace) -> Path:
+    """--cache, else the default cache folder."""
     from model.paths import default_cache_dir
 
     return Path(args.cache) if getattr(args, "cache", None) else default_cache_dir()
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def read_settings(args: argparse.Namespace) -> Any:
+    """The settings the flags name, the environment filling in the rest."""
     from app.settings import Settings
 
     return Settings.from_env(
@@ -31,8 +33,9 @@ def _settings(args: argparse.Namespace) -> Any:
     )
 
 
-def _open_store(args: argparse.Namespace) -> Any:
-    settings = _settings(args)
+def open_store(args: argparse.Namespace) -> Any:
+    """The settings and their store; CliError when the command needs an index that is not there."""
+    settings = read_settings(args)
     if settings.qdrant_url is None and getattr(args, "must_exist", False):
         if not settings.index.exists():
             raise CliError(
@@ -42,23 +45,24 @@ def _open_store(args: argparse.Namespace) -> Any:
     return settings, settings.open_store()
 
 
-def _abs(path: Any) -> str | None:
+def absolute(path: Any) -> str | None:
+    """A path as the app that holds the index reads it (absolute), or None."""
     return str(Path(path).expanduser().resolve()) if path else None
 
 
-def _say_waiting() -> Callable[[dict[str, Any]], None]:
+def say_waiting() -> Callable[[dict[str, Any]], None]:
     """Says once that a job sent to the app waits for the ingest before it."""
     said: list[bool] = []
 
     def on_progress(state: dict[str, Any]) -> None:
         if not said and state["state"] == "queued" and state["message"].startswith("waiting"):
             said.append(True)
-            _say(f"{state['message']}; this one starts after it")
+            say(f"{state['message']}; this one starts after it")
 
     return on_progress
 
 
-def _service(store: Any, settings: Any) -> Any:
+def cli_service(store: Any, settings: Any) -> Any:
     """The search service as the CLI runs it: notices on stderr, bars on a terminal."""
     from app.search.service import SearchService
 
@@ -66,12 +70,12 @@ def _service(store: Any, settings: Any) -> Any:
         store,
         checkpoint=settings.checkpoint,
         precision=settings.precision,
-        notify=_say,
+        notify=say,
         progress=sys.stderr.isatty(),
     )
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """Print to stderr even when the text holds undecodable path bytes (surrogates)."""
     data = text.encode(sys.stderr.encoding or "utf-8", errors="backslashreplace")
     print(data.decode(sys.stderr.encoding or "utf-8", errors="replace"), file=sys.stderr)

@@ -10,7 +10,8 @@ import math
 PRECISIONS = ["fp32", "bf16", "int8", "auto"]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number, at least 1."""
     try:
         v = int(text)
     except ValueError:
@@ -20,7 +21,8 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1)."""
     try:
         v = float(text)
     except ValueError:
@@ -30,9 +32,9 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _when(text: str) -> float:
-    # --after / --before: read here, once (a bad date is a usage error); the request takes
-    # the seconds as they are
+def when(text: str) -> float:
+    """--after / --before: read here, once, as `taken`'s epoch seconds (a bad date is a
+    usage error); the request takes them as they are."""
     from app.search.filters import FilterError, parse_when
 
     try:
@@ -41,7 +43,8 @@ def _when(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _near(text: str) -> tuple[float, float]:
+def near(text: str) -> tuple[float, float]:
+    """--near: LAT,LON read once, as (lat, lon) in degrees."""
     from app.search.filters import FilterError, parse_near
 
     try:
@@ -50,7 +53,8 @@ def _near(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _radius(text: str) -> float:
+def radius(text: str) -> float:
+    """--radius-km: a radius in km, read once."""
     from app.search.filters import FilterError, parse_radius
 
     try:
@@ -59,17 +63,20 @@ def _radius(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _csv(text: str) -> tuple[str, ...]:
+def comma_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names, blanks left out."""
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _bias_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+def bias_flag(p: argparse.ArgumentParser, help_text: str) -> None:
+    """--zero-shot-bias, with the help its command gives it."""
     p.add_argument(
-        "--zero-shot-bias", type=_bias, default="auto", metavar="auto|off|VALUE", help=help_text
+        "--zero-shot-bias", type=bias, default="auto", metavar="auto|off|VALUE", help=help_text
     )
 
 
-def _bias(text: str) -> str | float:
+def bias(text: str) -> str | float:
+    """--zero-shot-bias: auto, off, or a number in -1..2."""
     if text in ("auto", "off"):
         return text
     try:
@@ -83,7 +90,8 @@ def _bias(text: str) -> str | float:
     return value
 
 
-def _device_flag(sp: argparse.ArgumentParser) -> None:
+def device_flag(sp: argparse.ArgumentParser) -> None:
+    """--device: where the models run."""
     sp.add_argument(
         "--device",
         default=None,
@@ -146,7 +154,7 @@ def query_flags(sp: argparse.ArgumentParser, filters: bool = True) -> None:
         "backbone numerics for an image the index has not embedded (as for ingest; "
         "default auto); text queries and indexed images need no backbone",
     )
-    _device_flag(sp)
+    device_flag(sp)
     index_flags(sp)
 
 
@@ -161,7 +169,7 @@ def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--folder", default=None, help="only images under this folder")
     sp.add_argument(
         "--after",
-        type=_when,
+        type=when,
         default=None,
         metavar="DATE",
         help="only photos taken on or after DATE (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], "
@@ -169,7 +177,7 @@ def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument(
         "--before",
-        type=_when,
+        type=when,
         default=None,
         metavar="DATE",
         help="only photos taken before DATE (not on it: --after 2024-06-01 --before "
@@ -185,7 +193,7 @@ def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument(
         "--near",
-        type=_near,
+        type=near,
         default=None,
         metavar="LAT,LON",
         help="only photos whose EXIF GPS position is within --radius-km of this point "
@@ -193,7 +201,7 @@ def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument(
         "--radius-km",
-        type=_radius,
+        type=radius,
         default=None,
         metavar="KM",
         help="the radius around --near, in km (default 10)",

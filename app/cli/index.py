@@ -11,14 +11,14 @@ from typing import Any
 
 from app.cli.common import (
     CliError,
-    _abs,
-    _cache_dir,
-    _open_store,
-    _say_waiting,
-    _service,
-    _settings,
+    absolute,
+    cache_dir,
+    cli_service,
+    open_store,
+    read_settings,
+    say_waiting,
 )
-from app.cli.flags import _csv, _device_flag, _positive_int, index_flags, precision_flag
+from app.cli.flags import comma_list, device_flag, index_flags, positive_int, precision_flag
 from app.remote import app_holding
 
 
@@ -32,14 +32,14 @@ def _model_options(args: argparse.Namespace) -> Any:
         clip_model=getattr(args, "clip_model", "ViT-B-32"),
         clip_pretrained=getattr(args, "clip_pretrained", "laion2b_s34b_b79k"),
         clip_weights=Path(clip_weights) if clip_weights else None,
-        cache_dir=_cache_dir(args),
+        cache_dir=cache_dir(args),
     )
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.pipeline import ingest
 
-    settings = _settings(args)
+    settings = read_settings(args)
     for d in args.dirs:
         if not Path(d).exists():
             raise CliError(f"not found: {d}")
@@ -94,7 +94,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             # that searches and `devise duplicates` stay quick at 100k images. Here, not in
             # the web app's ingest: it holds the GIL.
             store.optimize()
-        service = _service(store, settings)
+        service = cli_service(store, settings)
         service.ensure_vocabulary()  # the first ingest loads the words
         clip = next((e for e in embedders if e.name == "clip"), None)
         if clip is not None:  # CLIP's tags then answer at once, from the words collection
@@ -120,15 +120,15 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
 
     options = {
         "models": list(args.models) if args.models is not None else None,
-        "checkpoint": _abs(settings.checkpoint), "weights": _abs(args.weights),
-        "clip_weights": _abs(args.clip_weights), "clip_model": args.clip_model,
+        "checkpoint": absolute(settings.checkpoint), "weights": absolute(args.weights),
+        "clip_weights": absolute(args.clip_weights), "clip_model": args.clip_model,
         "clip_pretrained": args.clip_pretrained, "precision": settings.precision,
         "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
-        "workers": args.workers, "cache": _abs(args.cache),
+        "workers": args.workers, "cache": absolute(args.cache),
     }  # fmt: skip
     show = not args.json and sys.stderr.isatty() or args.progress
     bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
-    waiting = _say_waiting()
+    waiting = say_waiting()
 
     def progress(state: dict[str, Any]) -> None:
         waiting(state)
@@ -153,11 +153,11 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
 def cmd_words(args: argparse.Namespace) -> int:
     from ingest.vocabulary import reload_vocabulary
 
-    settings = _settings(args)
+    settings = read_settings(args)
     top = None if args.all else args.top
     remote = app_holding(settings)
     if remote is not None:  # the app that holds the index loads them, in its ingest slot
-        state = remote.words(args.words, top, on_progress=_say_waiting())
+        state = remote.words(args.words, top, on_progress=say_waiting())
         print(state["line"])
         return 0
     store = settings.open_store()
@@ -174,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from app.search.service import SearchService
 
     args.must_exist = True
-    remote = app_holding(_settings(args))
+    remote = app_holding(read_settings(args))
     pending = 0
     building: dict[str, Any] = {}
     if remote is not None:
@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         pending = int(st.pop("graph_pending", 0))
         building = st.pop("graph_build", None) or {}
     else:
-        _, store = _open_store(args)
+        _, store = open_store(args)
         try:
             service = SearchService(store)
             st = service.status()
@@ -248,7 +248,7 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     i.add_argument(
         "--models",
-        type=_csv,
+        type=comma_list,
         default=None,
         help="comma-separated models: devise,conse,clip,dup (default: every model that can "
         "run; dup is the near-duplicate vector that `devise duplicates` compares)",
@@ -281,10 +281,10 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="replace vectors made by a different model instead of refusing",
     )
     i.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="default 32 (256 on a GPU)"
+        "--batch-size", type=positive_int, default=None, help="default 32 (256 on a GPU)"
     )
-    _device_flag(i)
-    i.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
+    device_flag(i)
+    i.add_argument("--workers", type=positive_int, default=None, help="decode threads")
     precision_flag(
         i,
         None,
@@ -312,7 +312,7 @@ def _add_words(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     w.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=100_000,
         help="the N most frequent alphabetic words (default 100000)",
     )

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import CliError, _cache_dir, _say_waiting, _settings
-from app.cli.flags import _csv, _device_flag, _fraction, _positive_int, precision_flag
+from app.cli.common import CliError, cache_dir, read_settings, say_waiting
+from app.cli.flags import comma_list, device_flag, fraction, positive_int, precision_flag
 from app.remote import app_holding
 
 
@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         precision=args.precision,
-        cache_dir=_cache_dir(args),
+        cache_dir=cache_dir(args),
         finetune_epochs=args.finetune,
         extract_batch_size=_extract_batch(argparse.Namespace(batch_size=None), cpu=64),
     )
@@ -87,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         clip_pretrained=args.clip_pretrained,
         clip_weights=Path(args.clip_weights) if args.clip_weights else None,
         precision=args.precision,
-        cache_dir=_cache_dir(args),
+        cache_dir=cache_dir(args),
     )
     models = avail.models
     if not explicit:
@@ -104,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         holdout=args.holdout or None,
         batch_size=_extract_batch(args, cpu=64),
         workers=args.workers,
-        cache_dir=_cache_dir(args),
+        cache_dir=cache_dir(args),
     )
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -118,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2))
         print(f"wrote {args.json}")
     if args.report:
-        text = tags_report(_cache_dir(args) / "photos", models)
+        text = tags_report(cache_dir(args) / "photos", models)
         Path(args.report).write_text(text)
         print(f"wrote {args.report}")
     if args.record:
@@ -131,11 +131,11 @@ def record_evaluation(args: argparse.Namespace, data: dict[str, Any], where: Pat
     the app when one holds the index)."""
     from app.search.evaluation import record_in
 
-    settings = _settings(args)
+    settings = read_settings(args)
     data = dict(data, data=str(where.resolve()))
     remote = app_holding(settings)
     if remote is not None:
-        state = remote.record_evaluation(data, on_progress=_say_waiting())
+        state = remote.record_evaluation(data, on_progress=say_waiting())
         print(state["line"])
         return
     store = settings.open_store()
@@ -166,7 +166,7 @@ def _add_datasets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     d.add_argument("--split", choices=["train", "test"], default="train")
     d.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="at most N images, taken evenly across classes",
     )
@@ -196,7 +196,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     t.add_argument(
         "--holdout",
-        type=_csv,
+        type=comma_list,
         default=(),
         help="comma-separated labels to keep out of training (zero-shot test)",
     )
@@ -230,13 +230,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="after the projection, also train the backbone's last stage for this "
         "many epochs (slow on a CPU: images are decoded every epoch)",
     )
-    t.add_argument("--epochs", type=_positive_int, default=40)
+    t.add_argument("--epochs", type=positive_int, default=40)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--batch-size", type=_positive_int, default=256)
-    _device_flag(t)
-    t.add_argument("--val-fraction", type=_fraction, default=0.2)
+    t.add_argument("--batch-size", type=positive_int, default=256)
+    device_flag(t)
+    t.add_argument("--val-fraction", type=fraction, default=0.2)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=_positive_int, default=None, help="decode threads")
+    t.add_argument("--workers", type=positive_int, default=None, help="decode threads")
     precision_flag(t, "fp32", "backbone numerics for feature extraction (default fp32)")
     t.set_defaults(func=cmd_train)
 
@@ -247,22 +247,22 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("--checkpoint", default=None, help="DeViSE checkpoint (needed for devise)")
     e.add_argument(
         "--models",
-        type=_csv,
+        type=comma_list,
         default=(),
         help="comma-separated: devise,conse,clip (default: every one that can run here)",
     )
     e.add_argument(
         "--holdout",
-        type=_csv,
+        type=comma_list,
         default=(),
         help="labels to score as zero-shot (default: the checkpoint's hold-out)",
     )
     e.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     e.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="default 64 (256 on a GPU)"
+        "--batch-size", type=positive_int, default=None, help="default 64 (256 on a GPU)"
     )
-    _device_flag(e)
-    e.add_argument("--workers", type=_positive_int, default=None)
+    device_flag(e)
+    e.add_argument("--workers", type=positive_int, default=None)
     e.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture")
     e.add_argument(
         "--clip-pretrained", default="laion2b_s34b_b79k", help="open_clip pretrained tag"

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, cast
 
-from app.cli.common import CliError, _abs, _open_store, _service, _settings
-from app.cli.flags import _bias_flag, index_flags, query_flags
+from app.cli.common import CliError, absolute, cli_service, open_store, read_settings
+from app.cli.flags import bias_flag, index_flags, query_flags
 from app.remote import app_holding
 
 
@@ -74,7 +74,7 @@ def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
     from app.search.service import Answer, ImageResult, TagResult
 
     record = remote.record
-    if args.checkpoint and _abs(args.checkpoint) != record.checkpoint:
+    if args.checkpoint and absolute(args.checkpoint) != record.checkpoint:
         raise CliError(
             f"the app at {record.url} (PID {record.pid}) holds this index and answers with "
             "its own checkpoint: drop --checkpoint, or stop the app"
@@ -96,13 +96,13 @@ def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
 def _query(args: argparse.Namespace, kind: str) -> int:
     # tagging needs no image in the index, so not even an index made yet
     args.must_exist = kind != "tag"
-    remote = app_holding(_settings(args))
+    remote = app_holding(read_settings(args))
     if remote is not None:
         _print_answer(_remote_query(args, kind, remote), args.json, _kind(kind))
         return 0
-    settings, store = _open_store(args)
+    settings, store = open_store(args)
     try:
-        service = _service(store, settings)
+        service = cli_service(store, settings)
         request = _request(args, kind)
         image = getattr(args, "image", None)
         if image:
@@ -143,13 +143,13 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     from app.search.duplicates import human_date, human_size, small_note
 
     args.must_exist = True
-    remote = app_holding(_settings(args))
+    remote = app_holding(read_settings(args))
     if remote is not None:
         report = _remote_duplicates(args, remote)
     else:
-        settings, store = _open_store(args)
+        settings, store = open_store(args)
         try:
-            report = _service(store, settings).duplicates(
+            report = cli_service(store, settings).duplicates(
                 model=args.model, threshold=args.threshold, folder=args.folder
             )
         finally:
@@ -216,7 +216,7 @@ def _add_search(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     s1.add_argument("text", nargs="?", default="", help="the query (may be empty with --image)")
     s1.add_argument("--image", default=None, help="an example image, added to the query's terms")
-    _bias_flag(
+    bias_flag(
         s1,
         "devise: a query that is one of the checkpoint's labels ranks images by how "
         "far that label beats every other label, seen labels less this (calibrated "
@@ -251,7 +251,7 @@ def _add_tag(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="conse: prefer specific tags (a breed, 'espresso') or general ones ('dog', "
         "'drink'); default specific",
     )
-    _bias_flag(
+    bias_flag(
         s3,
         "devise: subtract this from the score of every label the checkpoint was "
         "trained on, so that unseen labels and plain words can win (calibrated "

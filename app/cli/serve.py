@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli.common import CliError, _cache_dir, _settings
-from app.cli.flags import _device_flag, _positive_int, index_flags
+from app.cli.common import CliError, cache_dir, read_settings
+from app.cli.flags import device_flag, index_flags, positive_int
 from app.remote import app_holding
 
 
@@ -17,7 +17,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for w in args.watch or ():
         if not Path(w).is_dir():
             raise CliError(f"--watch: not a folder: {w}")
-    settings = _settings(args)
+    settings = read_settings(args)
     running = app_holding(settings)
     if running is not None:  # one app per index: the store admits one process
         raise CliError(
@@ -36,8 +36,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(
         Path(args.dir),
         launch=not args.no_launch,
-        cache_dir=_cache_dir(args),
-        settings=_settings(args),
+        cache_dir=cache_dir(args),
+        settings=read_settings(args),
         host=args.host,
         port=args.port,
         train_size=args.train,
@@ -83,7 +83,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "events (default 300; 0: never)",
     )
     index_flags(sv)
-    _device_flag(sv)
+    device_flag(sv)
     sv.set_defaults(func=cmd_serve)
 
 
@@ -93,14 +93,14 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--no-launch", action="store_true", help="stop after building")
     m.add_argument(
         "--train",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="Fashion-MNIST images to train on (default 3000; CI builds a smaller demo)",
     )
     m.add_argument(
         "--gallery",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="Fashion-MNIST test images to index and search (default 1000)",
@@ -108,5 +108,5 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     m.add_argument("--port", type=int, default=7860)
     index_flags(m)
-    _device_flag(m)
+    device_flag(m)
     m.set_defaults(func=cmd_demo)
