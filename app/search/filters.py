@@ -132,3 +132,28 @@ def read_photo_filter(
         raise BadQueryError("a radius needs a place: give near LAT,LON too")
     names = tuple(c.strip() for c in cameras if c and c.strip())
     return PhotoFilter(start, end, names, place)
+
+
+def checked_photo_filter(
+    *,
+    after: float | None = None,
+    before: float | None = None,
+    cameras: Sequence[str] = (),
+    near: tuple[float, float] | None = None,
+    radius_km: float | None = None,
+) -> PhotoFilter:
+    """The EXIF filters from values already read one by one (`parse_when`, `parse_near`,
+    `parse_radius`: the CLI's flag types), checked together as `read_photo_filter` checks
+    them, in the same words; BadQueryError names what is wrong."""
+    if after is not None and before is not None and after >= before:
+        raise BadQueryError(
+            f"the date range is empty: after {iso_of(after)} is not earlier than before "
+            f"{iso_of(before)} (after includes its date, before does not)"
+        )
+    if near is None and radius_km is not None:
+        raise BadQueryError("a radius needs a place: give near LAT,LON too")
+    place = None
+    if near is not None:
+        place = GeoCircle(near[0], near[1], DEFAULT_RADIUS_KM if radius_km is None else radius_km)
+    names = tuple(c.strip() for c in cameras if c and c.strip())
+    return PhotoFilter(after, before, names, place)
