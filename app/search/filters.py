@@ -116,11 +116,7 @@ def read_photo_filter(
         end = parse_when(before) if before and before.strip() else None
     except FilterError as e:
         raise BadQueryError(f"before: {e}") from None
-    if start is not None and end is not None and start >= end:
-        raise BadQueryError(
-            f"the date range is empty: after {iso_of(start)} is not earlier than before "
-            f"{iso_of(end)} (after includes its date, before does not)"
-        )
+    _check_range(start, end)
     place: GeoCircle | None = None
     has_radius = radius_km is not None and str(radius_km).strip() != ""
     if near and near.strip():
@@ -130,8 +126,7 @@ def read_photo_filter(
             raise BadQueryError(f"near: {e}") from None
     elif has_radius:
         raise BadQueryError("a radius needs a place: give near LAT,LON too")
-    names = tuple(c.strip() for c in cameras if c and c.strip())
-    return PhotoFilter(start, end, names, place)
+    return PhotoFilter(start, end, _names(cameras), place)
 
 
 def checked_photo_filter(
@@ -145,15 +140,23 @@ def checked_photo_filter(
     """The EXIF filters from values already read one by one (`parse_when`, `parse_near`,
     `parse_radius`: the CLI's flag types), checked together as `read_photo_filter` checks
     them, in the same words; BadQueryError names what is wrong."""
-    if after is not None and before is not None and after >= before:
-        raise BadQueryError(
-            f"the date range is empty: after {iso_of(after)} is not earlier than before "
-            f"{iso_of(before)} (after includes its date, before does not)"
-        )
+    _check_range(after, before)
     if near is None and radius_km is not None:
         raise BadQueryError("a radius needs a place: give near LAT,LON too")
     place = None
     if near is not None:
         place = GeoCircle(near[0], near[1], DEFAULT_RADIUS_KM if radius_km is None else radius_km)
-    names = tuple(c.strip() for c in cameras if c and c.strip())
-    return PhotoFilter(after, before, names, place)
+    return PhotoFilter(after, before, _names(cameras), place)
+
+
+def _check_range(after: float | None, before: float | None) -> None:
+    if after is not None and before is not None and after >= before:
+        raise BadQueryError(
+            f"the date range is empty: after {iso_of(after)} is not earlier than before "
+            f"{iso_of(before)} (after includes its date, before does not)"
+        )
+
+
+def _names(cameras: Sequence[str]) -> tuple[str, ...]:
+    """Camera names as typed, blanks dropped (a web form's empty box)."""
+    return tuple(c.strip() for c in cameras if c and c.strip())
