@@ -91,7 +91,10 @@ def glove() -> WordVectors:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, glove: WordVectors) -> Path:
-    """A real DeViSE checkpoint on a random-init resnet18, trained for a few seconds."""
+    """A real DeViSE checkpoint on a random-init resnet18, trained for a few seconds, once
+    for the whole run: every test that needs a trained checkpoint uses this one (test_web's
+    index among them). READ-ONLY by convention: a test that changes a checkpoint copies
+    the file first, as test_reliability does."""
     from model.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("tiny")

@@ -17,6 +17,7 @@ The values are random: only the layouts, formats and shapes are real.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -49,12 +50,27 @@ def hf_repo_file(hub_cache: Path, repo_id: str, filename: str, data: bytes) -> P
 
 
 def random_clip(model_name: str, quick_gelu: bool = False, seed: int = 0) -> Any:
-    """An untrained open_clip model of `model_name` (deterministic for a seed)."""
+    """An untrained open_clip model of `model_name` (deterministic for a seed).
+
+    The last one made is kept and handed out again for the same arguments: RN50 `openai`
+    is written both to the hub cache and as a TorchScript archive, and a random RN50 takes
+    seconds to initialise. READ-ONLY by convention: callers read its weights or script it,
+    never train or change it. `forget_random_clip()` lets it go."""
+    return _random_clip(model_name, quick_gelu, seed)
+
+
+@functools.lru_cache(maxsize=1)  # one model at a time: a ViT-B-32 holds 600 MB
+def _random_clip(model_name: str, quick_gelu: bool, seed: int) -> Any:
     import open_clip
     import torch
 
     torch.manual_seed(seed)
     return open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+
+
+def forget_random_clip() -> None:
+    """Drop the model `random_clip` keeps (its memory back at the end of a module)."""
+    _random_clip.cache_clear()
 
 
 def clip_weights_bytes(model_name: str, quick_gelu: bool = False, seed: int = 0) -> bytes:

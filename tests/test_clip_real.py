@@ -25,7 +25,7 @@ import pytest
 
 from tests.cli import run
 from tests.conftest import make_image_folder
-from tests.standins import write_clip_file, write_clip_hf, write_clip_url
+from tests.standins import forget_random_clip, write_clip_file, write_clip_hf, write_clip_url
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +79,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClipWorld]:
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
     env.pop("HF_HUB_CACHE", None)
-    yield ClipWorld(
-        root, env, hf_home / "hub", vit_file, _photo_folder(root / "photos"), root / "index"
-    )
+    try:
+        yield ClipWorld(
+            root, env, hf_home / "hub", vit_file, _photo_folder(root / "photos"), root / "index"
+        )
+    finally:
+        forget_random_clip()  # the stand-in kept for RN50's two layouts
 
 
 def _json(text: str) -> dict[str, object]:

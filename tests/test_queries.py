@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +36,44 @@ TABLE = {
 WITHOUT_DOG = {"chelsea", "eagle", "giraffe", "horses", "horse"}
 
 
+@dataclass
+class Photos:
+    folder: Path  # photos/: scikit-image's 17 and darknet's 7
+    index: Path  # a conse index of them alone, by `devise ingest`
+
+
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SearchService, Path]]:
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Photos:
+    """The real photos and their conse index, ingested once for the module's two indexes.
+    READ-ONLY by convention: no test writes the photos or this index; each index built on
+    it starts from a copy (`index_copy`) and ingests what it adds beside the photos."""
     pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
     if not sorted(DARKNET.glob("*.jpg")):
         pytest.skip("Debian darknet's photos are absent: apt-get install darknet")
     from model.data.datasets import export_photos
 
-    root = tmp_path_factory.mktemp("queries")
-    photos = root / "gallery" / "photos"
-    export_photos(photos)
+    root = tmp_path_factory.mktemp("photos")
+    folder = root / "photos"
+    export_photos(folder)
     for p in sorted(DARKNET.glob("*.jpg")):
-        shutil.copy2(p, photos / p.name)
+        shutil.copy2(p, folder / p.name)
+    idx = root / "index"
+    assert main(["ingest", str(folder), "--models", "conse", "--index", str(idx)]) == 0
+    return Photos(folder, idx)
+
+
+def index_copy(photos: Photos, dest: Path) -> Path:
+    """A copy of the photos' index of one's own, to ingest more into."""
+    shutil.copytree(photos.index, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def index(
+    tmp_path_factory: pytest.TempPathFactory, photos: Photos
+) -> Iterator[tuple[SearchService, Path]]:
+    root = tmp_path_factory.mktemp("queries")
+    idx = index_copy(photos, root / "index")
     try:
         from model.data.datasets import read_fashion_mnist, stratified_indices
 
@@ -57,8 +84,9 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SearchServ
             Image.fromarray(images[i]).save(out / f"{i:05d}.png")
     except Exception as e:  # noqa: BLE001 - the garments are distractors, not the subject
         print(f"no Fashion-MNIST distractors: {e}")
-    idx = root / "index"
-    assert main(["ingest", str(root / "gallery"), "--models", "conse", "--index", str(idx)]) == 0
+    if (root / "gallery").is_dir():  # the photos are in already: the garments join them
+        argv = ["ingest", str(root / "gallery"), "--models", "conse", "--index", str(idx)]
+        assert main(argv) == 0
     from qdrant.edge import EdgeStore
 
     service = SearchService(EdgeStore(idx))
@@ -224,23 +252,15 @@ def test_a_term_the_index_cannot_answer_is_named_in_the_note(
     assert {Path(r.path).stem for r in answer.results} & {"dog", "person"}
 
 
-def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path) -> None:
+def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path, photos: Photos) -> None:
     """Noise, pages of text and screenshots spread the classifier's probability over
     unrelated classes, and the mean of those classes' word vectors lies near every animal:
     by cosine alone, noise came first for "similar to eagle" and for "a horse" (a word no
     indexed image is under). conse's nearest images are weighed by the classifier's
     confidence in each picture, so real photos come first."""
-    pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
-    if not sorted(DARKNET.glob("*.jpg")):
-        pytest.skip("Debian darknet's photos are absent: apt-get install darknet")
-    from model.data.datasets import export_photos
-
-    photos = tmp_path / "library" / "photos"
-    export_photos(photos)
-    for p in sorted(DARKNET.glob("*.jpg")):
-        shutil.copy2(p, photos / p.name)
+    # the photos, ingested (the shared index's copy), and the unreadable pictures beside them
+    idx = ["--index", str(index_copy(photos, tmp_path / "index"))]
     unreadable_pictures(tmp_path / "library" / "junk")
-    idx = ["--index", str(tmp_path / "index")]
     assert main(["ingest", str(tmp_path / "library"), "--models", "conse", *idx]) == 0
     from qdrant.edge import EdgeStore
 
@@ -248,7 +268,7 @@ def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path) -> None:
     try:
         firsts = {}
         for name in ("dog", "eagle", "giraffe", "horses", "kite", "chelsea"):
-            probe = next(photos.glob(f"{name}.*"))
+            probe = next(photos.folder.glob(f"{name}.*"))
             found = service.similar(probe, model="conse", k=3).results
             firsts[name] = [Path(r.path).parent.name for r in found]
         for query in ("a horse",):  # no image is under `horse`: ranked by the word vector

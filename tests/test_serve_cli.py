@@ -76,13 +76,35 @@ COMMANDS = {
 }
 
 
+@dataclass
+class Animals:
+    photos: Path  # photos/animals/{dog,horses,eagle}.jpg
+    index: Path  # `devise ingest photos --models conse`
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    tmp = tmp_path_factory.mktemp("served")
-    index = tmp / "index"
+def animals(tmp_path_factory: pytest.TempPathFactory) -> Animals:
+    """Three darknet photos and a conse index of them, made once by `devise ingest` for the
+    tests that start from it. READ-ONLY by convention: neither the photos nor the index are
+    ever written; a test that writes to the index works on its own copy (`index_copy`)."""
+    tmp = tmp_path_factory.mktemp("animals")
     photos = copy_photos(tmp / "photos" / "animals", ["dog.jpg", "horses.jpg", "eagle.jpg"])
+    index = tmp / "index"
     r = devise("ingest", str(photos.parent), "--models", "conse", "--index", str(index))
     assert r.returncode == 0, r.stderr
+    return Animals(photos, index)
+
+
+def index_copy(animals: Animals, dest: Path) -> Path:
+    """A copy of the animals' index of one's own, to write to."""
+    shutil.copytree(animals.index, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, animals: Animals) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("served")
+    index = index_copy(animals, tmp / "index")
     down = {}
     for name, cmd in COMMANDS.items():
         out = devise(*cmd, "--index", str(index))
@@ -304,16 +326,16 @@ def _synthetic_points(index: Path, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_serve_builds_the_graph_in_the_background_and_answers_meanwhile(tmp_path: Path) -> None:
+def test_serve_builds_the_graph_in_the_background_and_answers_meanwhile(
+    tmp_path: Path, animals: Animals
+) -> None:
     """An index whose graph is not built (30,000 points past the last build, as an older
     app's ingests left them): `devise serve` builds it in another process at open, while
     the CLI's searches and `devise status` are answered, and swaps it in."""
     from qdrant.schema import INDEX_FROM_POINTS
 
-    index = tmp_path / "index"
-    photos = copy_photos(tmp_path / "photos" / "animals", ["dog.jpg", "horses.jpg", "eagle.jpg"])
-    r = devise("ingest", str(photos.parent), "--models", "conse", "--index", str(index))
-    assert r.returncode == 0, r.stderr
+    index = index_copy(animals, tmp_path / "index")  # the three photos, ingested
+    photos = animals.photos
     _synthetic_points(index, INDEX_FROM_POINTS + 10_000)
     down = devise("status", "--index", str(index))
     assert "wait for their graph (the next `devise ingest` builds it)" in down.stdout

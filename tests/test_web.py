@@ -26,7 +26,6 @@ from app.web.handlers import WebHandlers, caption, tag_key
 from ingest.pipeline import ingest
 from ingest.vocabulary import load_vocabulary
 from model.embedders.embedder import DeviseEmbedder
-from model.train import TrainConfig, train
 from model.vocab.words import WordVectors
 from qdrant.edge import EdgeStore
 from tests.cli import free_port
@@ -45,15 +44,14 @@ class WebIndex:
 
 
 @pytest.fixture(scope="session")
-def web_index(tmp_path_factory: pytest.TempPathFactory, glove: WordVectors) -> Iterator[WebIndex]:
+def web_index(
+    tmp_path_factory: pytest.TempPathFactory, glove: WordVectors, tiny_checkpoint: Path
+) -> Iterator[WebIndex]:
+    """A DeViSE index of drawn pictures, on the session's tiny checkpoint (conftest.py: the
+    same 10 seeded epochs on the same 24 pictures this fixture trained for itself before;
+    read-only, shared with the other modules that use it)."""
     base = tmp_path_factory.mktemp("web")
-    train_dir = make_image_folder(base / "train", {"cat": "disc", "truck": "stripes"}, 12)
-    ckpt = base / "ck.safetensors"
-    cfg = TrainConfig(
-        backbone="resnet18", weights=None, epochs=10, lr=3e-3, batch_size=8,
-        val_fraction=0.25, cache_dir=base / "cache",
-    )  # fmt: skip
-    train(train_dir, ckpt, cfg, words=glove)
+    ckpt = tiny_checkpoint
     root = base / "gallery"
     for folder, label, kind, n in [
         ("pets", "cat", "disc", 8),
