@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint typecheck pytest demo bench clean
+.PHONY: setup test lint typecheck pytest demo bench docs clean
 
 setup: $(BIN)/devise
 
@@ -30,6 +30,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench_all.py
+
+# The docs site (docs/, mkdocs.yml), served with live reload on http://127.0.0.1:8000
+docs: setup
+	$(BIN)/mkdocs serve
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,97 @@
+"""The docs agree with the code: docs/cli.md is the parser's own help, and every `devise …`
+command the README shows parses with the real parser (issue #36)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from app.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+FENCE = re.compile(r"^```(\w*)\s*$")
+SHELL_BLOCKS = {"bash", "sh", "shell", "console"}
+
+
+def _gen_cli() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_cli", ROOT / "docs" / "gen_cli.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reference_is_current() -> None:
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert page == _gen_cli().render(), "docs/cli.md is stale: run python docs/gen_cli.py"
+
+
+def test_cli_reference_names_every_command() -> None:
+    page = (ROOT / "docs" / "cli.md").read_text()
+    for name in ("datasets", "train", "eval", "ingest", "search", "similar", "tag", "serve"):
+        assert f"## devise {name}\n" in page
+
+
+def readme_commands(text: str) -> list[tuple[int, str]]:
+    """(line number, command) for each `devise …` line in the README's shell blocks.
+
+    Output lines (in ```text blocks, or not starting with `devise`/`$ devise`) are skipped;
+    a trailing `\\` joins the next line; `# comments` are dropped by shlex."""
+    found: list[tuple[int, str]] = []
+    lang: str | None = None
+    pending = ""
+    start = 0
+    for n, line in enumerate(text.splitlines(), 1):
+        m = FENCE.match(line.strip())
+        if m:
+            lang = None if lang is not None else m.group(1)
+            continue
+        if lang not in SHELL_BLOCKS:
+            continue
+        stripped = line.strip()
+        if pending:
+            pending += " " + stripped.rstrip("\\")
+            if not stripped.endswith("\\"):
+                found.append((start, pending))
+                pending = ""
+            continue
+        if stripped.startswith("$ "):
+            stripped = stripped[2:]
+        if not stripped.startswith("devise "):
+            continue
+        if stripped.endswith("\\"):
+            pending, start = stripped.rstrip("\\"), n
+            continue
+        found.append((n, stripped))
+    return found
+
+
+def test_readme_has_commands() -> None:
+    assert len(readme_commands((ROOT / "README.md").read_text())) >= 5
+
+
+@pytest.mark.parametrize(
+    "lineno,command", readme_commands((ROOT / "README.md").read_text()), ids=lambda v: str(v)
+)
+def test_readme_command_parses(lineno: int, command: str) -> None:
+    argv = shlex.split(command, comments=True)
+    assert argv[0] == "devise"
+    try:
+        build_parser().parse_args(argv[1:])
+    except SystemExit as exc:
+        pytest.fail(f"README.md line {lineno}: `{command}` does not parse (exit {exc.code})")
+
+
+def test_readme_is_short() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_every_page_is_in_the_nav() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f": {page.name}\n" in nav, f"docs/{page.name} is not in mkdocs.yml's nav"
