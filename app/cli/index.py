@@ -289,9 +289,9 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         i,
         None,
         "backbone numerics: auto (the default: bf16 where the CPU has it natively, for "
-        "the backbones measured to keep their results, see the README; else fp32), fp32, "
+        "the backbones measured to keep their results, see docs/speed.md; else fp32), fp32, "
         "bf16, or int8 (OpenVINO post-training quantisation; CPU only; fastest, and moves "
-        "some eval metrics by a little more than auto allows: see the README)",
+        "some eval metrics by a little more than auto allows: see docs/speed.md)",
     )
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument(

@@ -282,7 +282,7 @@ def _add_duplicates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=None,
         help="cosine at or above which two images are near-duplicates, in (0, 1] "
-        "(default 0.7 for dup, measured on planted copies: see the README)",
+        "(default 0.7 for dup, measured on planted copies: see docs/duplicates.md)",
     )
     dp.add_argument("--folder", default=None, help="only images under this folder")
     dp.add_argument("--json", action="store_true", help="print JSON")
