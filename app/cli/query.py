@@ -46,7 +46,7 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
 
 
-def _request(args: argparse.Namespace, kind: str, image: Any = None) -> Any:
+def _request(args: argparse.Namespace, kind: str) -> Any:
     """The query as the flags ask it. The flag types have read each date and the place;
     here they are checked together, once (an empty date range is a BadQueryError)."""
     from app.search.filters import checked_photo_filter
@@ -58,14 +58,14 @@ def _request(args: argparse.Namespace, kind: str, image: Any = None) -> Any:
     if kind == "search":
         fields["text"] = args.text
     if kind == "tag":
-        return QueryRequest("tag", image=image, generality=args.generality, **fields)
+        return QueryRequest("tag", generality=args.generality, **fields)
     photo = checked_photo_filter(
         after=args.after, before=args.before, cameras=args.camera or (), near=args.near,
         radius_km=args.radius_km,
     )  # fmt: skip
     return QueryRequest(
         cast(Kind, kind), labels=tuple(args.label or ()), folder=args.folder, photo=photo,
-        image=image, **fields,
+        **fields,
     )  # fmt: skip
 
 
