@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import report
+from report import add_json_flag
 
 from app.search.service import SearchService
 from ingest.vocabulary import load_vocabulary
@@ -192,6 +194,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     p.add_argument("--demo-dir", type=Path, default=Path("data/demo"))
     p.add_argument("--skip-demo", action="store_true")
+    add_json_flag(p)
     args = p.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,4 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

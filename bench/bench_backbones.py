@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import report
+from report import add_json_flag
 
 #: ingest with the fast path, as a multiple of plain fp32 backbone-only throughput (issue #7)
 GOALS = {"efficientnet_lite0": 3.0, "resnet50": 2.5}
@@ -129,6 +131,7 @@ def main() -> None:
     p.add_argument(
         "--rounds", type=int, default=3, help="turns over the precisions; medians are printed"
     )
+    add_json_flag(p)
     args = p.parse_args()
 
     import torch
@@ -335,4 +338,4 @@ def cli_times() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    main()
+    report.run(__file__, main)

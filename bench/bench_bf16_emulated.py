@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import report
+from report import add_json_flag
+
 ROWS = ("flat_hit@1", "flat_hit@5", "zeroshot_hit@1", "zeroshot_hit@5")
 
 
@@ -31,6 +34,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train", type=int, default=2000, help="training images (all 10 classes)")
     p.add_argument("--test", type=int, default=1000, help="test images (all 10 classes)")
+    add_json_flag(p)
     args = p.parse_args()
 
     from app.cli.demo import DEMO_HOLDOUT
@@ -79,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import report
+from report import add_json_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,10 +61,10 @@ def wall(cmd: list[str], env: dict[str, str], runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main() -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="images per throughput figure")
-    ap.add_argument("--json", default=None, help="also write the figures here")
+    add_json_flag(ap)
     args = ap.parse_args()
 
     import open_clip
@@ -204,9 +206,8 @@ def main() -> None:
         f"\ninside a running app: tag {out['app_tag_ms']:.0f} ms, "
         f"search {out['app_search_ms']:.0f} ms"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -29,6 +29,9 @@ from model.embedders.conse import top_probs
 from qdrant.edge import EdgeStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, run from anywhere
+import report
+from report import add_json_flag
+
 from tests.corpus import unreadable_pictures  # noqa: E402
 
 DARKNET = Path("/usr/share/darknet/data")
@@ -48,6 +51,7 @@ WORDS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    add_json_flag(p)
     args = p.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="conse-confidence-"))
     photos = out / "library" / "photos"
@@ -94,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

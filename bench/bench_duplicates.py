@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
 from bench_tags import cpu_name  # noqa: E402
 from planted import plant  # noqa: E402
+from report import add_json_flag
 
 THRESHOLDS = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98)
 
@@ -161,6 +163,7 @@ def main() -> None:
     p.add_argument("--sizes", default="10000,100000", help="points for the scan timing")
     p.add_argument("--skip-planted", action="store_true")
     p.add_argument("--skip-scan", action="store_true")
+    add_json_flag(p)
     args = p.parse_args()
     print(f"CPU: {cpu_name()}")
     if not args.skip_planted:
@@ -170,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import report
 from PIL import Image
+from report import add_json_flag
 
 DARKNET = Path("/usr/share/darknet/data")
 # photos with a person in them, by file stem (judged by eye)
@@ -25,6 +27,7 @@ PEOPLE = {"astronaut", "camera", "person", "kite"}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--fashion", type=int, default=1000)
+    add_json_flag(p)
     args = p.parse_args()
 
     from bench_tags import cpu_name
@@ -90,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

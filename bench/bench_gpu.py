@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import report
 from PIL import Image
+from report import add_json_flag
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("efficientnet_lite0", "resnet50", "clip")
@@ -318,6 +320,7 @@ def main() -> int:
     p.add_argument("--fashion", type=int, default=3000, help="Fashion-MNIST training images")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--quick", action="store_true", help="a smoke run: few images, short timings")
+    add_json_flag(p)
     args = p.parse_args()
     if args.quick:
         args.n_small, args.n_large, args.seconds, args.fashion = 512, 64, 0.5, 600
@@ -412,4 +415,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    report.run(__file__, main)

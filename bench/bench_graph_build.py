@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import report
 from bench_scale import (  # type: ignore[import-not-found]
     CHUNK,
     QUERIED,
@@ -43,6 +44,7 @@ from bench_scale import (  # type: ignore[import-not-found]
     timed,
 )
 from bench_tags import cpu_name  # type: ignore[import-not-found]
+from report import add_json_flag
 
 from app.jobs.graph import GraphJob
 from qdrant.edge import EdgeStore
@@ -70,7 +72,7 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def main() -> None:
+def main() -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--index", type=Path, help="an index bench_scale.py built (with --keep)")
     ap.add_argument("--add", type=int, default=30_000, help="new points before the build")
@@ -80,7 +82,7 @@ def main() -> None:
         "--rate", type=float, default=0.0,
         help="searches a second (0: without pause, the worst case for the build)",
     )  # fmt: skip
-    ap.add_argument("--json", type=Path)
+    add_json_flag(ap)
     args = ap.parse_args()
     if (args.index is None) == (args.points is None):
         ap.error("give --index DIR or --points N")
@@ -185,9 +187,8 @@ def main() -> None:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -17,6 +17,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import report
+from report import add_json_flag
+
 VARIANTS = (
     ("hinge, plain label vectors", {"loss": "hinge", "hypernym_weight": 0.0}),
     ("cosine, plain label vectors", {"loss": "cosine", "hypernym_weight": 0.0}),
@@ -33,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train", type=Path, default=Path("data/demo/train"))
     p.add_argument("--test", type=Path, default=Path("data/demo/gallery/fashion"))
+    add_json_flag(p)
     args = p.parse_args()
 
     import numpy as np
@@ -80,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -12,6 +12,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import report
+from report import add_json_flag
+
 from app.cli.demo import DEMO_HOLDOUT
 from model.evaluate import evaluate_checkpoint
 from model.train import TrainConfig, train
@@ -22,6 +25,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/demo"))
     ap.add_argument("--losses", default="hinge,hinge+cosine,hinge-dist,cosine")
     ap.add_argument("--hypernym-weight", type=float, default=1.0)
+    add_json_flag(ap)
     args = ap.parse_args()
     keys = ("gamma", "gzsl_seen@1", "gzsl_unseen@1", "gzsl_H", "ausuc", "flat_hit@1")
     print("| loss | " + " | ".join(keys) + " | softmax_hit@1 |")
@@ -44,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

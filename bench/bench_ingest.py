@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import report
 from PIL import Image
+from report import add_json_flag
 
 
 def make_photos(root: Path, n: int) -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", default="auto")
     p.add_argument("--skip-words", action="store_true")
+    add_json_flag(p)
     args = p.parse_args()
 
     import torch
@@ -119,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

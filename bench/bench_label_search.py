@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import report
+from report import add_json_flag
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--index", type=Path, default=Path("data/index"))
     p.add_argument("--checkpoint", type=Path, default=Path("data/demo/devise.safetensors"))
+    add_json_flag(p)
     args = p.parse_args()
 
     import numpy as np
@@ -65,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

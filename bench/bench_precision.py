@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import report
+from report import add_json_flag
 
 
 def main() -> None:
@@ -36,6 +38,7 @@ def main() -> None:
     p.add_argument("--data", default="data/demo/gallery/fashion")
     p.add_argument("--precisions", default="fp32,bf16,int8")
     p.add_argument("--cache", default=None, help="cache folder (default: a temporary one)")
+    add_json_flag(p)
     args = p.parse_args()
 
     from bench.bench_tags import cpu_name
@@ -150,4 +153,4 @@ def _print(
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    main()
+    report.run(__file__, main)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import report
+from report import add_json_flag
 
 DARKNET = Path("/usr/share/darknet/data")
 ANIMALS = ("chelsea", "eagle", "giraffe", "horses", "horse", "lion", "cheetah", "cheetah1")
@@ -174,6 +176,7 @@ def main() -> None:
     p.add_argument("--index", type=Path, default=Path("data/index"))
     p.add_argument("--demo", type=Path, default=Path("data/demo"))
     p.add_argument("--sweep", action="store_true", help="compare joint calibrations on conse")
+    add_json_flag(p)
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_tags import cpu_name  # type: ignore[import-not-found]
@@ -249,4 +252,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

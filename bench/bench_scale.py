@@ -44,7 +44,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import report
 from bench_tags import cpu_name  # type: ignore[import-not-found]
+from report import add_json_flag
 
 from qdrant.edge import EdgeStore
 from qdrant.filters import GeoCircle, SearchFilter
@@ -318,12 +320,12 @@ def measure(root: Path, n: int, work: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main() -> dict[str, object] | None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--points", type=int, required=True, help="how many photos' points")
-    ap.add_argument("--json", type=Path, required=True, help="where to write the figures")
+    add_json_flag(ap)
     ap.add_argument("--queries", type=int, default=100, help="queries per kind (default 100)")
     ap.add_argument("--index", type=Path, help="build here (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep --index's store afterwards")
@@ -342,8 +344,8 @@ def main() -> None:
     if args.measure_only is not None:
         assert args.index is not None
         out = measure(args.index, args.points, args.measure_only)
-        args.json.write_text(json.dumps(out))
-        return
+        (args.measure_only / "measured.json").write_text(json.dumps(out))
+        return None
     print(f"CPU: {cpu_name()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_scale.") as tmp:
         work = Path(tmp)
@@ -352,6 +354,7 @@ def main() -> None:
             if args.index is None or not args.index.is_dir():
                 ap.error("--reuse needs --index DIR, the index a --keep run left")
             previous = json.loads(args.reuse.read_text())
+            previous = previous.get("figures", previous)  # a --json record, or a bare dict
             if previous.get("points") != args.points:
                 ap.error(f"--reuse {args.reuse} is of {previous.get('points')} points")
             built = {k: previous[k] for k in ("upsert_s", "optimize_s")}
@@ -362,7 +365,7 @@ def main() -> None:
         else:
             built = build(root, args.points, args.queries, work)
         child = work / "measured.json"
-        cmd = [sys.executable, __file__, "--points", str(args.points), "--json", str(child)]
+        cmd = [sys.executable, __file__, "--points", str(args.points)]
         cmd += ["--index", str(root), "--measure-only", str(work)]
         subprocess.run(cmd, check=True)
         measured = json.loads(child.read_text())
@@ -383,16 +386,16 @@ def main() -> None:
         "warm_s": measured["warm_s"],
         "cpu": cpu_name(),
     }
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
     worst = max(out["p50_ms"].values())
     low = min(out["recall_at_10"].values())
     print(
         f"{args.points:,} points: worst p50 {worst:.2f} ms, lowest recall@10 {low:.4f}, "
         f"RSS {out['rss_gb']:.2f} GB, reopen {out['reopen_s']:.2f} s, camera facet "
         f"{out['facet_ms']:.1f} ms, upsert {out['upsert_s']:.0f} s, optimize "
-        f"{out['optimize_s']:.0f} s; {args.json}"
+        f"{out['optimize_s']:.0f} s"
     )
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

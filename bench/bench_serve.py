@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import report
+from report import add_json_flag
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -217,6 +220,7 @@ def main() -> None:
         "--burst", type=int, default=1000, help="then copy this many photos into the watched "
         "folder at once and time until all are searchable (0: skip)",
     )  # fmt: skip
+    add_json_flag(ap)
     args = ap.parse_args()
     args.model = "devise" if args.checkpoint else "conse"
     levels = [int(x) for x in args.clients.split(",")]
@@ -309,4 +313,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

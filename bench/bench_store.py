@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import report
 from bench_tags import cpu_name  # type: ignore[import-not-found]
+from report import add_json_flag
 
 from qdrant.edge import EdgeStore
 from qdrant.filters import GeoCircle, SearchFilter
@@ -277,6 +279,7 @@ def main() -> None:
         action="store_true",
         help="only the image queries on Edge (no GloVe words, no local mode)",
     )
+    add_json_flag(ap)
     args = ap.parse_args()
 
     print(f"CPU: {cpu_name()}")
@@ -303,4 +306,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import report
+from report import add_json_flag
 
 DARKNET = Path("/usr/share/darknet/data")
 # which photos are right answers for each query (by file stem), judged by eye
@@ -68,6 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST test images mixed in")
     p.add_argument("-k", type=int, default=5)
+    add_json_flag(p)
     args = p.parse_args()
 
     from model.data.datasets import (
@@ -152,4 +155,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)

@@ -4,6 +4,7 @@ command the README shows parses with the real parser (issue #36)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 from pathlib import Path
@@ -95,3 +96,62 @@ def test_every_page_is_in_the_nav() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f": {page.name}\n" in nav, f"docs/{page.name} is not in mkdocs.yml's nav"
+
+
+def _gen_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_bench", ROOT / "docs" / "gen_bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_page_is_written_from_the_benches_records() -> None:
+    gen = _gen_bench()
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert page == gen.page(), "docs/benchmarks.md is stale: run python docs/gen_bench.py"
+
+
+def test_every_bench_has_a_record_with_its_cpu_and_says_how_to_run() -> None:
+    gen = _gen_bench()
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    for script in gen.benches():
+        record = gen.RECORDS / f"{script.stem}.json"
+        assert record.exists(), f"{script.name} has no record: bench_all.py --record --only it"
+        r = json.loads(record.read_text())
+        assert r["bench"] == script.stem and r["output"], record
+        assert r["machine"]["cpu"] and r["command"].startswith(f"python bench/{script.name}")
+        assert f"## {script.name}\n" in page
+        first, _ = gen.describe(script)
+        assert first, f"{script.name} has no docstring to say what it measures"
+
+
+def test_a_bench_records_what_it_printed_and_where(tmp_path: Path) -> None:
+    """bench/report.py as a bench uses it: output kept, --json left out of the command."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "bench_toy.py"
+    script.write_text(
+        "import argparse, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'bench')!r})\n"
+        "import report\n"
+        "def main():\n"
+        "    p = argparse.ArgumentParser(); p.add_argument('--n', type=int, default=1)\n"
+        "    report.add_json_flag(p); a = p.parse_args()\n"
+        "    print(f'{a.n} things'); print('| a | b |')\n"
+        "    return {'n': a.n}\n"
+        "report.run(__file__, main)\n"
+    )
+    out = tmp_path / "rec.json"
+    run = subprocess.run(
+        [sys.executable, str(script), "--n", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.splitlines() == ["3 things", "| a | b |"]
+    r = json.loads(out.read_text())
+    assert r["output"] == ["3 things", "| a | b |"] and r["figures"] == {"n": 3}
+    assert r["command"] == "python bench/bench_toy.py --n 3"
+    assert r["machine"]["cores"] >= 1 and r["machine"]["cpu"]
