@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.search.answers import ImageResult
-from app.search.ranking.cosine import conse_images
+from app.search.ranking.near import near_images
 from qdrant.filters import SearchFilter
 from qdrant.store import Hit, Store
 
@@ -57,8 +57,8 @@ def concept_images(
     it (hedging): a German shepherd is a `dog` although GloVe puts the breed's name far
     from `dog`. The score is that mass, or a detector's score (a face: `person`) where
     higher; fewer than `k` under it are followed by the nearest other images, also scored
-    by their (smaller) mass. With none under it the word vectors rank the images, and
-    the notes (the second item) say so."""
+    by their (smaller) mass. With none under it, the photos of something near it answer
+    (`near.near_images`), and the notes (the second item) say so."""
     from model.embedders.conse import top_probs
     from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
@@ -87,8 +87,7 @@ def concept_images(
     # the plain word-vector search is the better guess, and the answer says so
     scored = [t for t in scored if t[0] >= MIN_MASS]
     if not scored:
-        note = f"no image indexed under '{c.name}'; ranked by word-vector similarity instead"
-        return conse_images(store, vector, k, flt, None), [note]
+        return near_images(store, c.key, c.name, vector, k, flt)
     out = [
         ImageResult.of(h, m)
         for m, _, h in reversed(scored)
