@@ -33,6 +33,7 @@ def _model_options(args: argparse.Namespace) -> Any:
         clip_pretrained=getattr(args, "clip_pretrained", "laion2b_s34b_b79k"),
         clip_weights=Path(clip_weights) if clip_weights else None,
         cache_dir=cache_dir(args),
+        regions=bool(getattr(args, "regions", False)),
     )
 
 
@@ -275,6 +276,14 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     i.add_argument("--prune", action="store_true", help="delete points whose files are gone")
+    i.add_argument(
+        "--regions",
+        action="store_true",
+        help="conse also reads each photo's regions (a 3x3 grid of half-size crops), so tags "
+        "and searches find what it holds beyond its main subject; about ten times the ingest "
+        "time (see docs/regions.md). An index made without them gets them on the next ingest "
+        "with --regions",
+    )
     i.add_argument(
         "--reembed",
         action="store_true",

@@ -94,8 +94,7 @@ def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
     image = getattr(args, "image", None)
     data = remote.query(kind, request.to_json(), _image_arg(image) if image else None)
     results = [
-        TagResult.from_json(r) if "word" in r else ImageResult.from_json(r)
-        for r in data["results"]
+        TagResult.from_json(r) if "word" in r else ImageResult.from_json(r) for r in data["results"]
     ]
     return Answer(data["model"], data["took_ms"], results, data.get("note"), data.get("query"))
 

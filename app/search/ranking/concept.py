@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from app.search.answers import ImageResult
 from app.search.ranking.near import near_images
+from app.search.regions import region_evidence
 from qdrant.filters import SearchFilter
 from qdrant.store import Hit, Store
 
@@ -77,10 +78,18 @@ def concept_images(
         rest = store.search_images("conse", vector, k + len(under), plain)
         under = under + [h for h in rest if str(h.id) not in seen]
 
+    boxes: dict[str, list[list[float]]] = {}
+
     def mass(h: Hit) -> float:
         by_classes = float(top_probs(h.payload.get("conse_top") or []) @ members)
         detected = h.payload.get("detected") or {}
-        return max(by_classes, float(detected.get(c.key, 0.0)))
+        whole = max(by_classes, float(detected.get(c.key, 0.0)))
+        # a region holding it (weighing less than the whole photo): where it is, kept
+        part, where = region_evidence(h.payload, members)
+        if part > whole:
+            boxes[str(h.id)] = where
+            return part
+        return whole
 
     scored = sorted(((mass(h), float(h.score), h) for h in under), key=lambda t: t[:2])
     # images with next to no mass under the concept are not answers; when none has any,
@@ -89,7 +98,7 @@ def concept_images(
     if not scored:
         return near_images(store, c.key, c.name, vector, k, flt)
     out = [
-        ImageResult.of(h, m)
+        replace(ImageResult.of(h, m), boxes=boxes.get(str(h.id), []))
         for m, _, h in reversed(scored)
         if flt.min_score is None or m >= flt.min_score
     ]

@@ -33,6 +33,7 @@ from app.search.answers import ImageResult
 from app.search.query import Term
 from app.search.ranking.concept import CONCEPT_CANDIDATES
 from app.search.ranking.near import near_concept
+from app.search.regions import region_masses
 from qdrant.filters import SearchFilter
 from qdrant.store import Hit, Record, Store
 
@@ -274,6 +275,9 @@ def _term_scores(
                 [float((r.payload.get("detected") or {}).get(key, 0.0)) for r in records],
                 np.float32,
             )
+            # a region holding it counts, weighing less: a phrase's terms may be found in
+            # different regions of one photo
+            mass = np.maximum(mass, region_masses([r.payload for r in records], cs.members[c])[0])
             mass = np.maximum(mass, detected)
             near_name, near = near_concept(key)
             if float(mass.max(initial=0.0)) < MIN_MASS and float((probs @ near).max()) >= MIN_MASS:
