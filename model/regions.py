@@ -144,10 +144,12 @@ def read_regions(
 
 def region_concepts(region: dict[str, Any]) -> list[tuple[int, float]]:
     """(concept index, mass) of the concepts a region holds at least REGION_MIN of."""
-    from model.embedders.conse import top_probs
     from model.vocab.hierarchy import imagenet_concepts
 
-    mass = imagenet_concepts().mass(top_probs(region["top"])[None], None)[0]
+    row = np.zeros(1000, np.float32)
+    for i, p in region["top"]:
+        row[int(i)] = float(p)
+    mass = imagenet_concepts().mass(row[None], None)[0]
     return [(int(i), float(mass[i])) for i in np.flatnonzero(mass >= REGION_MIN)]
 
 
