@@ -34,8 +34,9 @@ K = 300
 
 def all_queries(scene_words: list[str]) -> list[str]:
     from bench_queries import QUERIES  # type: ignore[import-not-found]
+    from bench_tags import TRUTH  # type: ignore[import-not-found]
 
-    return list(dict.fromkeys([*QUERIES, *scene_words]))
+    return list(dict.fromkeys([*QUERIES, *TRUTH, *scene_words]))
 
 
 def write_ranks(index: Path, out: Path, queries: list[str]) -> None:
@@ -100,7 +101,7 @@ def first_right(ranked: list[list[Any]], right: set[str], label: set[str]) -> in
 
 def report(root: Path, garments: int, baseline: str | None) -> None:
     from bench_queries import QUERIES  # type: ignore[import-not-found]
-    from bench_tags import cpu_name  # type: ignore[import-not-found]
+    from bench_tags import TRUTH, cpu_name  # type: ignore[import-not-found]
 
     from bench.scenes import SUBJECTS
 
@@ -117,7 +118,7 @@ def report(root: Path, garments: int, baseline: str | None) -> None:
     print(f"\n## scenes: {len(scenes)} scenes, {garments} garments; CPU: {cpu_name()}")
 
     def right_of(q: str) -> tuple[set[str], set[str]]:
-        right = QUERIES.get(q, ())
+        right = QUERIES.get(q) or tuple(TRUTH.get(q, ()))
         stems = {r for r in right if not r.startswith("label:")}
         labels = {r[6:] for r in right if r.startswith("label:")}
         if not right:  # a scene word: the subject photos it names

@@ -328,3 +328,15 @@ def test_evidence_is_a_concepts_mass_or_a_words_cosine_past_the_center() -> None
     terms = [_term(1.0, [0.5, 0.01, 0.0], [0.2, 0.2, 0.7]), _term(1.0, None, [0.2, 0.2, 0.7])]
     assert evidence(terms).tolist() == [True, False, True]
     assert evidence([_term(-1.0, [0.5, 0.5, 0.5]), terms[0]]).tolist() == [True, False, False]
+
+
+def test_the_model_note_is_said_only_where_there_was_a_choice() -> None:
+    from app.search.models import Models
+
+    models = Models(
+        checkpoint=None, precision="auto", embedders=None, factory=None,
+        notify=lambda _: None, progress=False,
+    )  # fmt: skip
+    assert models.pick(["conse"], "search") == ("conse", None)
+    model, note = models.pick(["conse", "clip"], "search")
+    assert model == "conse" and note is not None and "--model picks another" in note
