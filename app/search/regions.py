@@ -3,8 +3,8 @@ written at ingest with `--regions`: model/regions.py): the rule of which region 
 count, and how much, for searches and for tags.
 
 - A concept counts in a region from REGION_MIN of the region's probability mass (chosen on
-  the tuning half of bench/bench_regions.py's scenes); below it, a concept in one region is
-  noise (leaves read as a monkey at 0.3 of one crop's probability are not a monkey).
+  the tuning half of bench/scenes.py's scenes); below it, a concept in one region is noise
+  (leaves read as a monkey at 0.32 of one crop's probability are not a monkey).
 - A region hit weighs less than a whole-photo hit: its score is REGION_WEIGHT times its mass,
   so a photo of the thing itself ranks above a photo that holds it in a corner.
 - A region's tags come after the whole photo's, only for concepts the whole photo holds less
@@ -60,8 +60,8 @@ def region_tags(
     regions: Sequence[dict[str, Any]], whole: Float32Array, generality: str
 ) -> list[tuple[Any, float, list[float]]]:
     """(concept, mass, box) of the concepts the regions hold that the whole photo (its (1000,)
-    probabilities `whole`) holds less than MIN_MASS of: each concept once, in its best
-    region, at most REGION_TAGS, by mass."""
+    probabilities `whole`) holds less than MIN_MASS of: each region's best one, each concept
+    once (in its best region), at most REGION_TAGS, by mass."""
     from model.embedders.conse import top_probs
     from model.vocab.hierarchy import GENERAL, MIN_MASS, SPECIFIC, imagenet_concepts
 
@@ -70,10 +70,22 @@ def region_tags(
     held = cs.mass(np.asarray(whole, np.float32)[None], None)[0]
     best: dict[str, tuple[Any, float, list[float]]] = {}
     for r in regions:
-        for concept, mass in cs.ranked(top_probs(r.get("top") or []), 2, lam, REGION_MIN):
+        # a region's one best concept: `big cat` after `lion`, in the same crop, says nothing
+        for concept, mass in cs.ranked(top_probs(r.get("top") or []), 1, lam, REGION_MIN):
             i = cs.index(concept.key)
             if i is not None and held[i] >= MIN_MASS:
                 continue
             if concept.name not in best or mass > best[concept.name][1]:
                 best[concept.name] = (concept, mass, [float(x) for x in r["box"]])
-    return sorted(best.values(), key=lambda t: -t[1])[:REGION_TAGS]
+    chosen: list[tuple[Any, float, list[float]]] = []
+    for concept, mass, box in sorted(best.values(), key=lambda t: -t[1]):
+        # one under the other (`espresso` in one crop, `beverage` in the next): said once
+        row = cs.members[cs.index(concept.key) or 0] > 0
+        if any(_nested(row, cs.members[cs.index(c.key) or 0] > 0) for c, _, _ in chosen):
+            continue
+        chosen.append((concept, mass, box))
+    return chosen[:REGION_TAGS]
+
+
+def _nested(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> bool:
+    return bool(not (a & ~b).any() or not (b & ~a).any())
