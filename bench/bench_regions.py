@@ -133,10 +133,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--photos", type=int, default=12, help="12-megapixel photos to ingest")
     p.add_argument("--min", type=float, default=0.3, help="a region's mass that counts")
+    p.add_argument("--speed-only", action="store_true", help="only the ingest speed")
     args = p.parse_args()
     print(cpu_name())
     with tempfile.TemporaryDirectory() as tmp:
-        finds(Path(tmp), args.min)
+        if not args.speed_only:
+            finds(Path(tmp), args.min)
         ingest_speed(Path(tmp), args.photos)
 
 

@@ -142,6 +142,13 @@ def report(root: Path, garments: int, baseline: str | None) -> None:
             )
             halves.append(f"{hits}/{len(qs)} ({100 * hits / len(qs):.0f}%)")
         print(f"  {name:<8} tuning {halves[0]}, held-out {halves[1]}")
+        for half, label in ((0, "tuning"), (1, "held-out")):
+            misses = [
+                f"{q} ({first_right(ranked[q], *right_of(q)) or '-'})"
+                for q in natural[half::2]
+                if (f := first_right(ranked[q], *right_of(q))) is None or f > 3
+            ]
+            print(f"    {label} misses: " + ("; ".join(misses) or "none"))
     if "today" in got:
         one = [q for q in queries if len(q.split()) == 1 or q in words]
         worse = []
@@ -175,6 +182,7 @@ def scene_words(got: dict[str, Any], scenes: list[Any], index: Path) -> None:
     print("  (all scenes / scenes where a region holds the word), tuning | held-out")
     for run, ranked in got.items():
         cells = []
+        missed: list[str] = []
         for held in (False, True):
             every = [0, 0]
             present = [0, 0]
@@ -193,8 +201,13 @@ def scene_words(got: dict[str, Any], scenes: list[Any], index: Path) -> None:
                     every = [every[0] + hit, every[1] + 1]
                     if there:
                         present = [present[0] + hit, present[1] + 1]
+                        if not hit:
+                            at = order.index(s.name) + 1 if s.name in order else "-"
+                            missed.append(f"{s.name}: {w} at {at}")
             cells.append(f"{every[0]}/{every[1]} , {present[0]}/{present[1]}")
         print(f"  {run:<8} {cells[0]} | {cells[1]}")
+        if missed:
+            print("    present in a region, not in the top 3: " + "; ".join(missed))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ranks"]:

@@ -102,3 +102,19 @@ def test_regions_find_a_small_subject_and_an_old_index_gets_them(
     # similar stays whole-photo: the dog's nearest photos are not read by their regions
     near = _json(capsys, ["similar", str(library / "photos" / "dog.jpg"), *idx])["results"]
     assert all("boxes" not in r for r in near)
+
+
+def test_the_page_says_a_weaker_match_and_a_part() -> None:
+    from app.search.answers import ImageResult, TagResult
+    from app.web.handlers import caption, tag_row
+
+    plain = ImageResult("/p/a.jpg", 0.5, "photos", "/p")
+    assert "weaker" not in caption(plain) and "part" not in caption(plain)
+    assert caption(ImageResult("/p/a.jpg", 0.5, "photos", "/p", weak=True)).startswith("weaker")
+    part = ImageResult("/p/a.jpg", 0.5, "photos", "/p", boxes=[[0.0, 0.0, 0.5, 0.5]])
+    assert "in a part of the photo" in caption(part)
+    row = tag_row(TagResult("lion", 0.9, "label", [0.5, 0.5, 1.0, 1.0]))
+    assert row[0] == "**lion** (part: x 0.50-1.00, y 0.50-1.00)"
+    # the JSON a script reads, and what the CLI reads back from an app holding the index
+    assert TagResult.from_json(TagResult("lion", 0.9, "label", [0.5, 0.5, 1, 1]).to_json()).box
+    assert ImageResult.from_json({**part.to_json(), "weak": True}).weak

@@ -161,11 +161,14 @@ class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
             return np.zeros((0, 1000), np.float32)
         return self.class_probs(self.backbone.features(self.image_arrays(images)))
 
+    #: the payload fields `embed_payload` always writes
+    payload_fields = ("concepts", "conse_top", "detected")
+
     @property
     def extra_fields(self) -> tuple[str, ...]:
         """Payload fields `embed_payload` writes at ingest (a point lacking one is refreshed:
         an index made before regions gets them on the next ingest with regions)."""
-        return ("concepts", "conse_top", "detected") + (("regions",) if self.regions else ())
+        return self.payload_fields + ((REGIONS,) if self.regions else ())
 
     def inspect(self, image: Image.Image) -> dict[str, Any]:
         """What a detector sees in a decoded picture, by concept key ({} without one): a
@@ -186,7 +189,7 @@ class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
         return [self.inspect(im) for im in images]
 
     def embed_payload(
-        self, features: Float32Array, detected: Sequence[dict[str, float]] | None = None
+        self, features: Float32Array, detected: Sequence[dict[str, Any]] | None = None
     ) -> tuple[Float32Array, list[dict[str, Any]]]:
         """Pooled features (N, F) -> the ConSE vectors and, per image, its payload: the
         classifier runs once for both. The payload holds its top-T classes with their
