@@ -280,8 +280,8 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--regions",
         action="store_true",
         help="conse also reads each photo's regions (a 3x3 grid of half-size crops), so tags "
-        "and searches find what it holds beyond its main subject; about ten times the ingest "
-        "time (see docs/regions.md). An index made without them gets them on the next ingest "
+        "and searches find what it holds beyond its main subject; about half the ingest rate "
+        "(see docs/regions.md). An index made without them gets them on the next ingest "
         "with --regions",
     )
     i.add_argument(
