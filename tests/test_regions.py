@@ -62,7 +62,14 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cat = cat.resize((w, round(cat.height * w / cat.width)))
     beach.paste(cat, (round(0.04 * beach.width), round(0.04 * beach.height)))
     beach.save(photos / "beach-with-cat.jpg", quality=90)
-    for name in ("dog.jpg", "eagle.jpg"):
+    # a pair: the cat and darknet's eagle side by side, each 256 px high
+    eagle = Image.open(DARKNET / "eagle.jpg").convert("RGB")
+    left, right = (im.resize((round(im.width * 256 / im.height), 256)) for im in (cat, eagle))
+    pair = Image.new("RGB", (left.width + right.width, 256))
+    pair.paste(left, (0, 0))
+    pair.paste(right, (left.width, 0))
+    pair.save(photos / "cat-and-bird.jpg", quality=90)
+    for name in ("dog.jpg", "eagle.jpg", "giraffe.jpg"):
         shutil.copy2(DARKNET / name, photos / name)
     return root
 
@@ -87,8 +94,12 @@ def test_regions_find_a_small_subject_and_an_old_index_gets_them(
     # the next ingest with --regions adds them to the points made before, embedding again
     assert main(["ingest", str(library / "photos"), "--models", "conse", "--regions", *idx]) == 0
     found = _json(capsys, ["search", "cat", *idx])["results"]
-    assert found and found[0]["path"] == scene, found
-    x0, y0, x1, y1 = found[0]["boxes"][0]
+    stems = [Path(r["path"]).stem for r in found]
+    # the whole cat (the pair's left half) first: a region weighs less than a whole photo
+    assert stems[:2] == ["cat-and-bird", "beach-with-cat"], stems
+    beach = found[1]
+    assert not beach.get("weak") and "boxes" not in found[0]
+    x0, y0, x1, y1 = beach["boxes"][0]
     assert x0 == 0.0 and y0 == 0.0  # the cat is in the upper-left corner
     tags = _json(capsys, ["tag", scene, *idx])["results"]
     parts = [t for t in tags if "box" in t]
@@ -118,3 +129,17 @@ def test_the_page_says_a_weaker_match_and_a_part() -> None:
     # the JSON a script reads, and what the CLI reads back from an app holding the index
     assert TagResult.from_json(TagResult("lion", 0.9, "label", [0.5, 0.5, 1, 1]).to_json()).box
     assert ImageResult.from_json({**part.to_json(), "weak": True}).weak
+
+
+def test_a_phrases_terms_are_found_in_different_regions(
+    library: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs after the test above made the index with regions (the module's order)."""
+    idx = ["--index", str(library / "index")]
+    if not (library / "index").is_dir():
+        assert (
+            main(["ingest", str(library / "photos"), "--models", "conse", "--regions", *idx]) == 0
+        )
+    found = _json(capsys, ["search", "a cat and a bird", *idx])["results"]
+    assert Path(found[0]["path"]).stem == "cat-and-bird", found
+    assert found[0].get("boxes"), found[0]  # at least one term held by a region, not the whole

@@ -106,8 +106,9 @@ def caption(r: ImageResult) -> str:
     """`label · folder · score`, then the day the photo was taken and its camera if known."""
     parts = [r.label, r.folder, f"{r.score:.2f}"]
     parts += [x for x in ((r.taken or "")[:10], r.camera or "") if x]
-    if r.boxes:
-        parts.append("in a part of the photo")
+    if r.boxes:  # where: the best region's box, as fractions of the width and height
+        x0, y0, x1, y1 = r.boxes[0]
+        parts.append(f"in a part of the photo (x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f})")
     if r.weak:
         parts.insert(0, "weaker match")  # where evidence ends: no sign of the query in it
     return " · ".join(parts)

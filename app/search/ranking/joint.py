@@ -167,11 +167,15 @@ def joint_images(
     records = _candidates(store, terms, concepts, vectors, vector, replace(flt, min_score=None))
     if not records:
         return [], notes
-    scored = _term_scores(terms, concepts, kinds, vectors, records, notes)
+    boxes: dict[int, list[list[float]]] = {}
+    scored = _term_scores(terms, concepts, kinds, vectors, records, notes, boxes)
     order, scores, _ = rank(scored, cal)
     shown = evidence(scored, cal)
     results = [
-        ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
+        replace(
+            ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload)),
+            boxes=boxes.get(int(i), []),
+        )
         for i in order
         if flt.min_score is None or scores[i] >= flt.min_score
     ]
@@ -254,9 +258,12 @@ def _term_scores(
     vectors: Sequence[Float32Array | None],
     records: Sequence[Record],
     notes: list[str],
+    boxes: dict[int, list[list[float]]] | None = None,
 ) -> list[TermScores]:
     """Each term's evidence over the candidates; a term scored by its word vector where it
-    names no concept, or one no candidate carries, adds a note saying so."""
+    names no concept, or one no candidate carries, adds a note saying so. `boxes` gathers,
+    per candidate, the box of each positive term's best region where a region holds more of
+    it than the whole photo."""
     from model.embedders.conse import top_probs
     from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
@@ -277,7 +284,11 @@ def _term_scores(
             )
             # a region holding it counts, weighing less: a phrase's terms may be found in
             # different regions of one photo
-            mass = np.maximum(mass, region_masses([r.payload for r in records], cs.members[c])[0])
+            part, where = region_masses([r.payload for r in records], cs.members[c])
+            if boxes is not None and t.weight > 0:  # where a region, not the whole, holds it
+                for j in np.flatnonzero(part > mass):
+                    boxes.setdefault(int(j), []).extend(where[j][:1])
+            mass = np.maximum(mass, part)
             mass = np.maximum(mass, detected)
             near_name, near = near_concept(key)
             if float(mass.max(initial=0.0)) < MIN_MASS and float((probs @ near).max()) >= MIN_MASS:
