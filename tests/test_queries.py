@@ -340,3 +340,13 @@ def test_the_model_note_is_said_only_where_there_was_a_choice() -> None:
     assert models.pick(["conse"], "search") == ("conse", None)
     model, note = models.pick(["conse", "clip"], "search")
     assert model == "conse" and note is not None and "--model picks another" in note
+
+
+def test_a_word_no_concept_names_ends_where_its_cosine_does(
+    index: tuple[SearchService, Path],
+) -> None:
+    """`giraffe` names no ImageNet concept: the giraffe photo's conse vector is near the word,
+    the garments' are not, so they follow it marked weak (they came unmarked before)."""
+    answer = index[0].search_text("giraffe", model="conse", k=10)
+    assert Path(answer.results[0].path).stem == "giraffe" and not answer.results[0].weak
+    assert all(r.weak for r in answer.results if "/fashion/" in r.path)
