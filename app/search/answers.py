@@ -99,7 +99,7 @@ class Answer:
     results: list[Any] = field(default_factory=list)
     #: what the reader should know of the answer, in JSON when set: why it came back
     #: empty (a filter that can never match), or how a concept query was answered ("no
-    #: image indexed under 'giraffe'; ranked by word-vector similarity instead")
+    #: photo shows 'horse'; 2 with something near it (ungulate) first, weaker matches after")
     note: str | None = None
     #: how a text query's terms were read ("dog ×2 · beach · −people", and "(ignored: a,
     #: on)" when it dropped function words); in JSON when set
