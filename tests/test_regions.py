@@ -110,6 +110,17 @@ def test_regions_find_a_small_subject_and_an_old_index_gets_them(
     capsys.readouterr()
     assert main(["tag", scene, *idx]) == 0
     assert "(part: x 0.00-0.50, y 0.00-0.50)" in capsys.readouterr().out
+    # a later ingest without the flag goes on reading regions: the index was made with them
+    shutil.copy2(DARKNET / "horses.jpg", library / "photos" / "horses-later.jpg")
+    assert main(["ingest", str(library / "photos"), "--models", "conse", *idx]) == 0
+    from qdrant.edge import EdgeStore
+
+    store = EdgeStore(library / "index")
+    try:
+        later = str(library / "photos" / "horses-later.jpg")
+        assert len(store.find_by_path([later])[later].payload["regions"]) == 9
+    finally:
+        store.close()
     # similar stays whole-photo: the dog's nearest photos are not read by their regions
     near = _json(capsys, ["similar", str(library / "photos" / "dog.jpg"), *idx])["results"]
     assert all("boxes" not in r for r in near)

@@ -103,6 +103,7 @@ def build_embedders(
                 "backbone": emb.backbone.name,
                 "weights": emb.backbone.weights_id,
                 "top_t": emb.top_t,
+                "regions": options.regions,
             }
         elif name == "dup":
             extra[name] = {"backbone": emb.backbone.name, "weights": emb.backbone.weights_id}
