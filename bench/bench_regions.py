@@ -14,7 +14,10 @@
 
 Asserts nothing. From the repository root:
 
-    python bench/bench_regions.py [--photos 12] [--min 0.3]
+    python bench/bench_regions.py [--photos 12] [--min 0.3] [--speed-only | --sweep]
+
+`--sweep`: the region rule's threshold on crops, found and labels added per scene, each
+half apart (how REGION_MIN was chosen, on the tuning half).
 """
 
 from __future__ import annotations
@@ -33,6 +36,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_tags import cpu_name  # noqa: E402
 from bench.scenes import SUBJECTS, make_scenes, source_photos  # noqa: E402
+
+
+def sweep(root: Path) -> None:
+    """The rule's threshold, crops only: per threshold, the subjects found and the labels
+    regions add beyond the whole photo's (a measure of noise, right ones included), per
+    scene, the tuning and held-out halves apart. REGION_MIN was chosen on the tuning half."""
+    from model.data.images import decode_image_info
+    from model.embedders.conse import ConseEmbedder, top_probs
+    from model.regions import RegionSpec, read_regions
+    from model.vocab.hierarchy import LABEL, MIN_MASS, imagenet_concepts
+
+    scenes = make_scenes(source_photos(root / "photos"), root / "scenes")
+    ims = [
+        decode_image_info(root / "scenes" / f"{s.name}.jpg", draft_size=256).image for s in scenes
+    ]
+    emb = ConseEmbedder(detect_faces=False)
+    cs = imagenet_concepts()
+    labels = np.array([c.kind == LABEL for c in cs.concepts])
+    whole = cs.mass(emb.probs_images(ims), 10) >= MIN_MASS
+    regions = read_regions(emb.backbone, ims, RegionSpec("crops"))
+    best = np.stack(
+        [cs.mass(np.stack([top_probs(r["top"]) for r in rs]), None).max(axis=0) for rs in regions]
+    )
+    print("\nthreshold sweep, crops: found / labels added per scene (tuning | held-out)")
+    for t in (0.3, 0.35, 0.4, 0.45, 0.5, 0.6):
+        cells = []
+        for held in (False, True):
+            idx = [i for i, s in enumerate(scenes) if s.held_out == held]
+            hit = sum(
+                int(best[i, c] >= t or whole[i, c])
+                for i in idx
+                for c in (cs.find(w) for w in scenes[i].truth)
+            )
+            n = sum(len(scenes[i].truth) for i in idx)
+            added = sum(int(((best[i] >= t) & ~whole[i] & labels).sum()) for i in idx) / len(idx)
+            cells.append(f"{hit}/{n} found, {added:.2f} added")
+        print(f"  {t:.2f}: {cells[0]} | {cells[1]}")
 
 
 def finds(root: Path, threshold: float) -> None:
@@ -134,9 +174,13 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=12, help="12-megapixel photos to ingest")
     p.add_argument("--min", type=float, default=0.3, help="a region's mass that counts")
     p.add_argument("--speed-only", action="store_true", help="only the ingest speed")
+    p.add_argument("--sweep", action="store_true", help="only the threshold sweep (crops)")
     args = p.parse_args()
     print(cpu_name())
     with tempfile.TemporaryDirectory() as tmp:
+        if args.sweep:
+            sweep(Path(tmp))
+            return
         if not args.speed_only:
             finds(Path(tmp), args.min)
         ingest_speed(Path(tmp), args.photos)
