@@ -176,9 +176,30 @@ def main() -> None:
     p.add_argument("--index", type=Path, default=Path("data/index"))
     p.add_argument("--demo", type=Path, default=Path("data/demo"))
     p.add_argument("--sweep", action="store_true", help="compare joint calibrations on conse")
+    p.add_argument(
+        "--scenes",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead: a fresh conse gallery in DIR with bench/scenes.py's scenes, today and "
+        "with regions, tuning and held-out halves apart (bench/scene_queries.py)",
+    )
+    p.add_argument("--garments", type=int, default=300, help="with --scenes: garments mixed in")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="PYTHONPATH",
+        help="with --scenes: a checkout whose code answers 'today' (main's, say)",
+    )
     add_json_flag(p)
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
+    if args.scenes is not None:
+        sys.path.insert(0, str(Path(__file__).parents[1]))
+        from scene_queries import report as scene_report  # type: ignore[import-not-found]
+
+        scene_report(args.scenes, args.garments, args.baseline)
+        return
     from bench_tags import cpu_name  # type: ignore[import-not-found]
 
     from app.search.ranking.joint import DEFAULT, Calibration

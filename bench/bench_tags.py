@@ -70,8 +70,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST test images mixed in")
     p.add_argument("-k", type=int, default=5)
+    p.add_argument(
+        "--scenes",
+        action="store_true",
+        help="instead: tags of bench/scenes.py's scenes, the whole photo's and with regions",
+    )
     add_json_flag(p)
     args = p.parse_args()
+    if args.scenes:
+        scene_tags(args.k)
+        return
 
     from model.data.datasets import (
         PHOTO_LABELS,
@@ -152,6 +160,56 @@ def main() -> None:
         hedged = mass[:, t] + 1e-3 * word  # ties (no mass) by the word's cosine
         cells = [ranks(x, rel) for x in (word, best, hedged)]
         print(f"| {q} | " + " | ".join(f"{r} / {ap:.2f}" for r, ap in cells) + " |")
+
+
+def scene_tags(k: int) -> None:
+    """For each scene of bench/scenes.py and each of its subjects' words: whether a tag
+    (of the first `k`) names the word's concept or a kind of it, from the whole photo alone
+    and with its regions (app/search/tags.py's conse_tags); and how often a tag names another
+    subject's word (wrong), tuning and held-out scenes apart."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from app.search.tags import conse_tags
+    from bench.scenes import SUBJECTS, make_scenes, source_photos
+    from model.data.images import decode_image
+    from model.embedders.conse import ConseEmbedder
+    from model.vocab.hierarchy import imagenet_concepts
+
+    print(f"CPU: {cpu_name()}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tags-scenes-"))
+    scenes = make_scenes(source_photos(tmp / "photos"), tmp / "scenes")
+    emb = ConseEmbedder()
+    cs = imagenet_concepts()
+    words = sorted({w for ws in SUBJECTS.values() for w in ws})
+    under = {w: cs.members[cs.find(w)] > 0 for w in words}  # type: ignore[index]
+    counts = {(held, how): [0, 0, 0, 0] for held in (False, True) for how in ("whole", "regions")}
+    for s in scenes:
+        im = decode_image(tmp / "scenes" / f"{s.name}.jpg")
+        probs = emb.probs_images([im])[0]
+        regions = emb.read_regions(im)
+        for how, ev in (("whole", (probs, {}, [])), ("regions", (probs, {}, regions))):
+            tags = conse_tags(ev, k, None, "specific")
+            named = set()
+            for t in tags:
+                i = cs.find(t.word)
+                if i is None:
+                    continue
+                named |= {w for w in words if not ((cs.members[i] > 0) & ~under[w]).any()}
+            acc = counts[(s.held_out, how)]
+            acc[0] += len(named & set(s.truth))
+            acc[1] += len(s.truth)
+            acc[2] += len(named - set(s.truth))
+            acc[3] += len(set(words) - set(s.truth))
+    print(f"\n## Scene tags, top {k}: subject words named (found) and others named (wrong)\n")
+    print("| half | whole photo: found | wrong | with regions: found | wrong |")
+    print("|---|---|---|---|---|")
+    for held in (False, True):
+        cells = []
+        for how in ("whole", "regions"):
+            f, n, w, m = counts[(held, how)]
+            cells += [f"{f}/{n} ({100 * f / n:.0f}%)", f"{w}/{m} ({100 * w / m:.1f}%)"]
+        print(f"| {'held-out' if held else 'tuning'} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -381,7 +381,7 @@ def embed_batch(
     specs: Sequence[tuple[Preprocess, list[ArrayEmbedder]]],
     arrays: Sequence[Float32Array],
     extras: list[dict[str, Any]] | None = None,
-    inspected: Sequence[dict[str, float]] | None = None,
+    inspected: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Float32Array]:
     """Every embedder's vectors for one batch. Embedders on the same backbone (devise and
     conse on efficientnet_lite0) share one forward pass: only their heads differ.
@@ -425,15 +425,15 @@ def embed_batch(
 
 def _inspector(
     embedders: Sequence[ArrayEmbedder],
-) -> Callable[[Any], dict[str, float]] | None:
+) -> Callable[[Any], dict[str, Any]] | None:
     """The embedders' `inspect(image)` hooks as one (a face detector, for ConSE), to run in
     the loader threads on each decoded picture; None when no embedder has one."""
     hooks = [h for e in embedders if (h := getattr(e, "inspect", None)) is not None]
     if not hooks:
         return None
 
-    def inspect(image: Any) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def inspect(image: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for hook in hooks:
             out.update(hook(image))
         return out

@@ -278,3 +278,75 @@ def test_conse_never_ranks_unreadable_pictures_first(tmp_path: Path, photos: Pho
         service.store.close()
     junk_first = {q: folders for q, folders in firsts.items() if folders != ["photos"] * 3}
     assert not junk_first, junk_first
+
+
+def test_a_concept_no_photo_carries_ranks_the_thing_itself_first(
+    index: tuple[SearchService, Path],
+) -> None:
+    """No photo is under `horse` (the classifier calls darknet's horses an ox, a water
+    buffalo, a camel). Weighed by the classifier's confidence, the word vectors put the
+    confident kite, eagle and cat above the horses; the near concept (ungulate) ranks them
+    first, and everything with no sign of a horse comes after, marked weak."""
+    answer = index[0].search_text("horse", model="conse", k=8)
+    ranked = [Path(r.path).stem for r in answer.results]
+    assert ranked[0] == "horses", ranked
+    assert answer.note is not None and "no photo shows 'horse'" in answer.note
+    weak = [r.weak for r in answer.results]
+    assert weak == sorted(weak) and any(weak), weak  # weak ones only after the rest
+    first_weak = weak.index(True)
+    assert {"kite", "eagle", "chelsea"} & set(ranked[first_weak:]), ranked
+    assert all(r.weak for r in answer.results if "/fashion/" in r.path), ranked
+
+
+def test_where_evidence_ends_reaches_json_and_the_cli(
+    index: tuple[SearchService, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    service, idx = index
+    capsys.readouterr()
+    service.store.close()  # the CLI opens the index itself
+    try:
+        argv = ["search", "a bird on a tree", "--index", str(idx), "-k", "6"]
+        assert main([*argv, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert Path(data["results"][0]["path"]).stem == "eagle"
+        assert "weak" not in data["results"][0]
+        assert any(r.get("weak") for r in data["results"])  # trousers, sneakers: no bird
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "-- weaker matches" in out and out.index("eagle") < out.index("-- weaker")
+        # the only model the index holds answered: no note saying so
+        assert "answered with conse" not in out
+    finally:
+        from qdrant.edge import EdgeStore
+
+        service.store = EdgeStore(idx)
+
+
+def test_evidence_is_a_concepts_mass_or_a_words_cosine_past_the_center() -> None:
+    from app.search.ranking.joint import evidence
+
+    terms = [_term(1.0, [0.5, 0.01, 0.0], [0.2, 0.2, 0.7]), _term(1.0, None, [0.2, 0.2, 0.7])]
+    assert evidence(terms).tolist() == [True, False, True]
+    assert evidence([_term(-1.0, [0.5, 0.5, 0.5]), terms[0]]).tolist() == [True, False, False]
+
+
+def test_the_model_note_is_said_only_where_there_was_a_choice() -> None:
+    from app.search.models import Models
+
+    models = Models(
+        checkpoint=None, precision="auto", embedders=None, factory=None,
+        notify=lambda _: None, progress=False,
+    )  # fmt: skip
+    assert models.pick(["conse"], "search") == ("conse", None)
+    model, note = models.pick(["conse", "clip"], "search")
+    assert model == "conse" and note is not None and "--model picks another" in note
+
+
+def test_a_word_no_concept_names_ends_where_its_cosine_does(
+    index: tuple[SearchService, Path],
+) -> None:
+    """`giraffe` names no ImageNet concept: the giraffe photo's conse vector is near the word,
+    the garments' are not, so they follow it marked weak (they came unmarked before)."""
+    answer = index[0].search_text("giraffe", model="conse", k=10)
+    assert Path(answer.results[0].path).stem == "giraffe" and not answer.results[0].weak
+    assert all(r.weak for r in answer.results if "/fashion/" in r.path)

@@ -66,7 +66,7 @@ def gallery_indexed(store: Store, gallery: Path, content_id: str) -> bool:
         return False
     flt = SearchFilter(folder=abs_posix(gallery))
     first = next(iter(store.scroll_images(batch=1)), None)
-    if first is not None and any(f not in first.payload for f in ConseEmbedder.extra_fields):
+    if first is not None and any(f not in first.payload for f in ConseEmbedder.payload_fields):
         return False
     indexed = store.count(IMAGES, flt)
     return indexed >= count_images(gallery)

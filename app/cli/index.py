@@ -33,7 +33,22 @@ def _model_options(args: argparse.Namespace) -> Any:
         clip_pretrained=getattr(args, "clip_pretrained", "laion2b_s34b_b79k"),
         clip_weights=Path(clip_weights) if clip_weights else None,
         cache_dir=cache_dir(args),
+        regions=bool(getattr(args, "regions", False)),
     )
+
+
+def _keep_regions(store: Any, embedders: list[Any], extra: dict[str, Any], quiet: bool) -> None:
+    """An index made with --regions goes on reading them: a later ingest without the flag
+    would leave its new photos without the parts its older ones have."""
+    conse = next((e for e in embedders if e.name == "conse"), None)
+    record = (store.get_meta().get("models") or {}).get("conse") or {}
+    if conse is None or conse.regions or not record.get("regions"):
+        return
+    conse.regions = True
+    extra.setdefault("conse", {})["regions"] = True
+    if not quiet:
+        print("this index reads photos' regions (made with --regions): so does this ingest",
+              file=sys.stderr)  # fmt: skip
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -51,6 +66,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     embedders, extra = build_embedders(args.models, settings, _model_options(args))
     store = settings.open_store()
     try:
+        _keep_regions(store, embedders, extra, bool(args.json))
         if settings.shards or settings.replicas:
             store.ensure_collections(
                 {e.name: e.dim for e in embedders},
@@ -124,7 +140,7 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
         "clip_weights": absolute(args.clip_weights), "clip_model": args.clip_model,
         "clip_pretrained": args.clip_pretrained, "precision": settings.precision,
         "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
-        "workers": args.workers, "cache": absolute(args.cache),
+        "workers": args.workers, "cache": absolute(args.cache), "regions": args.regions,
     }  # fmt: skip
     show = not args.json and sys.stderr.isatty() or args.progress
     bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
@@ -275,6 +291,14 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     i.add_argument("--prune", action="store_true", help="delete points whose files are gone")
+    i.add_argument(
+        "--regions",
+        action="store_true",
+        help="conse also reads each photo's regions (a 3x3 grid of half-size crops), so tags "
+        "and searches find what it holds beyond its main subject; about half the ingest rate "
+        "(see docs/regions.md). An index made without them gets them on the next ingest "
+        "with --regions; one made with them goes on reading them",
+    )
     i.add_argument(
         "--reembed",
         action="store_true",

@@ -35,15 +35,26 @@ def _print_answer(answer: Any, as_json: bool, kind: str) -> None:
     if kind == "tags":
         print(f"{'score':>7}  {'kind':<8}  tag")
         for r in answer.results:
-            print(f"{r.score:7.3f}  {r.kind:<8}  {r.word}")
+            print(f"{r.score:7.3f}  {r.kind:<8}  {r.word}" + (_part(r.box) if r.box else ""))
     else:
         print(f"{'score':>7}  {'label':<16} path")
+        weak = False
         for r in answer.results:
+            if r.weak and not weak:
+                weak = True  # where evidence ends: what follows shows no sign of the query
+                print("  -- weaker matches: no evidence of the query in these --")
             exif = ", ".join(x for x in ((r.taken or "").replace("T", " "), r.camera or "") if x)
             # a path or folder name with a newline in it stays on its result's line
             label, path = printable(r.label[:16]), printable(r.path)
-            print(f"{r.score:7.3f}  {label:<16} {path}" + (f"  ({exif})" if exif else ""))
+            where = "  " + "; ".join(_part(b).strip() for b in r.boxes) if r.boxes else ""
+            print(f"{r.score:7.3f}  {label:<16} {path}" + (f"  ({exif})" if exif else "") + where)
     print(f"({len(answer.results)} results, {answer.model}, {answer.took_ms:.1f} ms)")
+
+
+def _part(box: list[float]) -> str:
+    """A region's box as a reader sees it: `  (part: x 0.50-1.00, y 0.00-0.50)`."""
+    x0, y0, x1, y1 = box
+    return f"  (part: x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f})"
 
 
 def _request(args: argparse.Namespace, kind: str) -> Any:
@@ -83,12 +94,7 @@ def _remote_query(args: argparse.Namespace, kind: str, remote: Any) -> Any:
     image = getattr(args, "image", None)
     data = remote.query(kind, request.to_json(), _image_arg(image) if image else None)
     results = [
-        TagResult(r["word"], r["score"], r.get("kind", "word"))
-        if "word" in r
-        else ImageResult(
-            r["path"], r["score"], r["label"], r["folder"], r.get("taken"), r.get("camera")
-        )
-        for r in data["results"]
+        TagResult.from_json(r) if "word" in r else ImageResult.from_json(r) for r in data["results"]
     ]
     return Answer(data["model"], data["took_ms"], results, data.get("note"), data.get("query"))
 

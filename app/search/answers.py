@@ -22,6 +22,12 @@ class ImageResult:
     #: camera's clock) and the camera
     taken: str | None = None
     camera: str | None = None
+    #: no evidence of the query in the picture: a weaker match, shown after every match
+    #: with evidence (where results end when evidence ends), marked `"weak": true` in JSON
+    weak: bool = False
+    #: the regions of the picture where the query was found ([x0, y0, x1, y1] as fractions
+    #: of its width and height), when a region and not the whole photo answered
+    boxes: list[list[float]] = field(default_factory=list)
 
     @classmethod
     def of(cls, hit: Hit, score: float | None = None) -> ImageResult:
@@ -49,7 +55,18 @@ class ImageResult:
             out["taken"] = self.taken
         if self.camera:
             out["camera"] = self.camera
+        if self.weak:
+            out["weak"] = True
+        if self.boxes:
+            out["boxes"] = [[round(float(x), 4) for x in b] for b in self.boxes]
         return out
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> ImageResult:
+        return cls(
+            r["path"], r["score"], r["label"], r["folder"], r.get("taken"), r.get("camera"),
+            bool(r.get("weak", False)), list(r.get("boxes") or []),
+        )  # fmt: skip
 
 
 @dataclass
@@ -60,9 +77,19 @@ class TagResult:
     #: generalisation, such as "dog" for a German shepherd) or "detected" (found by a
     #: detector, not the classifier: a face is a "person")
     kind: str = "word"
+    #: a part of the picture, not the whole, shows it: the region's box [x0, y0, x1, y1]
+    #: as fractions of the picture's width and height ("box" in JSON, only then)
+    box: list[float] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"word": self.word, "score": round(self.score, 6), "kind": self.kind}
+        out: dict[str, Any] = {"word": self.word, "score": round(self.score, 6), "kind": self.kind}
+        if self.box is not None:
+            out["box"] = [round(float(x), 4) for x in self.box]
+        return out
+
+    @classmethod
+    def from_json(cls, r: dict[str, Any]) -> TagResult:
+        return cls(r["word"], r["score"], r.get("kind", "word"), r.get("box"))
 
 
 @dataclass
@@ -72,7 +99,7 @@ class Answer:
     results: list[Any] = field(default_factory=list)
     #: what the reader should know of the answer, in JSON when set: why it came back
     #: empty (a filter that can never match), or how a concept query was answered ("no
-    #: image indexed under 'giraffe'; ranked by word-vector similarity instead")
+    #: photo shows 'horse'; 2 with something near it (ungulate) first, weaker matches after")
     note: str | None = None
     #: how a text query's terms were read ("dog ×2 · beach · −people", and "(ignored: a,
     #: on)" when it dropped function words); in JSON when set

@@ -28,6 +28,8 @@ class ModelOptions:
     clip_pretrained: str = "laion2b_s34b_b79k"
     clip_weights: Path | None = None
     cache_dir: Path | None = None
+    #: conse reads each photo's regions too (model/regions.py)
+    regions: bool = False
 
     def cache(self) -> Path:
         from model.paths import default_cache_dir
@@ -95,11 +97,13 @@ def build_embedders(
                 "checkpoint": str(Path(str(settings.checkpoint)).resolve()),
             }
         elif name == "conse":
+            emb.regions = options.regions
             extra[name] = {
                 "words": emb.words_source,
                 "backbone": emb.backbone.name,
                 "weights": emb.backbone.weights_id,
                 "top_t": emb.top_t,
+                "regions": options.regions,
             }
         elif name == "dup":
             extra[name] = {"backbone": emb.backbone.name, "weights": emb.backbone.weights_id}

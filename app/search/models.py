@@ -114,6 +114,8 @@ class Models:
             if kind == "tag":
                 return "conse", "tagged with conse: no DeViSE checkpoint (pass --checkpoint CKPT)"
             return "devise", None  # the empty index's message
+        if len(have) == 1:
+            return have[0], None  # the only model the index holds: nothing to choose
         return have[0], (
             f"answered with {have[0]}: the index holds no devise vectors (it was ingested "
             "without --checkpoint); --model picks another"

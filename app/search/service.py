@@ -44,7 +44,7 @@ from app.search.models import Models, index_meta, index_models, index_status, re
 from app.search.query import Reading, Term, read_query, reading
 from app.search.ranking import joint
 from app.search.ranking.concept import concept_images, concept_query, other_senses
-from app.search.ranking.cosine import nearest_images, phrase_vectors
+from app.search.ranking.cosine import conse_images, nearest_images, phrase_vectors
 from app.search.ranking.label import label_images, own_label
 from app.search.request import ImageInput, QueryRequest
 from app.search.scope import search_filter, unmatched_filter
@@ -358,7 +358,11 @@ class SearchService:
             cal = self.joint_calibration or joint.DEFAULT
             results, notes = joint.joint_images(self.store, used, words, vector, k, flt, cal)
             return results, "", notes
-        hits = nearest_images(self.store, model, vector, k + len(indexed), flt)
+        if model == "conse" and plain:  # words no concept names: evidence is their cosine
+            cal = self.joint_calibration or joint.DEFAULT
+            hits = conse_images(self.store, vector, k + len(indexed), flt, None, cal.center)
+        else:
+            hits = nearest_images(self.store, model, vector, k + len(indexed), flt)
         return [r for r in hits if r.path not in indexed][:k], "", []
 
     def read(self, text: str, model: str, image: ImageInput | None = None) -> Reading:

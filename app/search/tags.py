@@ -17,7 +17,9 @@ from qdrant.schema import abs_posix
 from qdrant.store import Store
 
 Float32Array = npt.NDArray[np.float32]
-Evidence = tuple[Float32Array, dict[str, float]]
+#: what conse tags a picture from: its class probabilities, what a detector found (concept
+#: key -> score) and its regions (model/regions.py; [] where none were read)
+Evidence = tuple[Float32Array, dict[str, float], list[dict[str, Any]]]
 
 DEFAULT_MAX_RANK = 20_000  # tags come from the 20k most frequent words
 
@@ -94,30 +96,48 @@ def indexed_evidence(store: Store, image: ImageInput) -> Evidence | None:
         rec = store.find_by_path([abs_posix(image)]).get(abs_posix(image))
         if rec is not None and rec.payload.get("conse_top"):
             detected = rec.payload.get("detected") or {}
-            return top_probs(rec.payload["conse_top"]), {
-                str(key): float(v) for key, v in detected.items()
-            }
+            return (
+                top_probs(rec.payload["conse_top"]),
+                {str(key): float(v) for key, v in detected.items()},
+                list(rec.payload.get("regions") or []),
+            )
     return None
 
 
 def classified_evidence(embedder: Any, picture: Any) -> Evidence:
-    """ConSE's class probabilities and the detector's findings for a decoded picture."""
+    """ConSE's class probabilities, the detector's findings and the regions (one picture:
+    read whether or not the index reads them) for a decoded picture."""
     probs = np.asarray(embedder.probs_images([picture])[0], dtype=np.float32)
     inspect = getattr(embedder, "inspect", None)
-    return probs, (inspect(picture) if inspect is not None else {})
+    seen = inspect(picture) if inspect is not None else {}
+    regions = seen.pop("regions", None)
+    read = getattr(embedder, "read_regions", None)
+    if regions is None and read is not None:
+        regions = read(picture)
+    return probs, seen, list(regions or [])
 
 
 def conse_tags(
     evidence: Evidence, k: int, min_score: float | None, generality: str
 ) -> list[TagResult]:
-    """Labels and hypernyms scored by the probability mass of the classes under them."""
+    """Labels and hypernyms scored by the probability mass of the classes under them; then
+    what a region holds that the whole photo does not, marked as a part with its box
+    (app/search/regions.py)."""
+    from app.search.regions import region_tags
     from model.vocab.hierarchy import GENERAL, MIN_MASS, SPECIFIC, imagenet_concepts
 
-    probs, detected = evidence
+    probs, detected, regions = evidence
     lam = SPECIFIC if generality == "specific" else GENERAL
     floor = max(MIN_MASS, min_score or 0.0)
-    ranked = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor, detected=detected)
-    return [TagResult(c.name, m, c.kind) for c, m in ranked]
+    parts = [
+        TagResult(c.name, m, c.kind, box)
+        for c, m, box in region_tags(regions, probs, generality)
+        if min_score is None or m >= min_score
+    ]
+    whole = imagenet_concepts().ranked(probs, k, lam=lam, min_mass=floor, detected=detected)
+    # the whole photo's tags first; the parts take the last places, at most half of them
+    parts = parts[: min(len(parts), k // 2, max(0, k - 1))]
+    return [TagResult(c.name, m, c.kind) for c, m in whole[: k - len(parts)]] + parts
 
 
 def word_tags(

@@ -194,7 +194,7 @@ class CliApi:
         )  # fmt: skip
         with self._embedders_lock:
             if key in self._embedders:
-                return self._embedders[key], self._meta[key]
+                return self._with_regions(opts, self._embedders[key], self._meta[key])
             ckpt = opts.get("checkpoint")
             settings = Settings(
                 index=Path(self.h.service.store.describe()),
@@ -212,7 +212,20 @@ class CliApi:
             embedders, meta = build_embedders(opts.get("models"), settings, options)
             self._embedders[key] = embedders
             self._meta[key] = meta
-            return embedders, meta
+        return self._with_regions(opts, embedders, meta)
+
+    def _with_regions(
+        self, opts: dict[str, Any], embedders: list[ArrayEmbedder], meta: dict[str, Any]
+    ) -> tuple[list[ArrayEmbedder], dict[str, dict[str, Any]]]:
+        """conse reads regions where asked (`--regions`), or where the index was made with
+        them (as `devise ingest` on its own keeps them)."""
+        recorded = (self.h.service.meta().get("models") or {}).get("conse") or {}
+        regions = bool(opts.get("regions")) or bool(recorded.get("regions"))
+        for emb in embedders:
+            if emb.name == "conse":
+                emb.regions = regions  # type: ignore[attr-defined]
+                meta.setdefault("conse", {})["regions"] = regions
+        return embedders, meta
 
     def watch_runner(
         self,

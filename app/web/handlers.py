@@ -60,7 +60,11 @@ def tag_row(r: TagResult) -> list[Any]:
     """A tag as a row of the Tag tab's table (markdown): labels in bold, hypernyms in
     italics and a detector's tag in bold italics stand out from plain words."""
     mark = {"label": "**", "hypernym": "_", "detected": "***"}.get(r.kind, "")
-    return [f"{mark}{r.word}{mark}", KIND_SHOWN.get(r.kind, r.kind), round(float(r.score), 3)]
+    word = f"{mark}{r.word}{mark}"
+    if r.box is not None:  # a region's tag: which part of the picture shows it
+        x0, y0, x1, y1 = r.box
+        word += f" (part: x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f})"
+    return [word, KIND_SHOWN.get(r.kind, r.kind), round(float(r.score), 3)]
 
 
 @dataclass
@@ -102,6 +106,11 @@ def caption(r: ImageResult) -> str:
     """`label · folder · score`, then the day the photo was taken and its camera if known."""
     parts = [r.label, r.folder, f"{r.score:.2f}"]
     parts += [x for x in ((r.taken or "")[:10], r.camera or "") if x]
+    if r.boxes:  # where: the best region's box, as fractions of the width and height
+        x0, y0, x1, y1 = r.boxes[0]
+        parts.append(f"in a part of the photo (x {x0:.2f}-{x1:.2f}, y {y0:.2f}-{y1:.2f})")
+    if r.weak:
+        parts.insert(0, "weaker match")  # where evidence ends: no sign of the query in it
     return " · ".join(parts)
 
 

@@ -48,7 +48,7 @@ class Batch:
     failures: list[tuple[int, ImageError]] = field(default_factory=list)
     wait_s: float = 0.0  # how long the consumer waited for this batch (loader starvation)
     #: per decoded image (as `indices`), what the `inspect` hook of `iter_batches` found
-    inspected: list[dict[str, float]] = field(default_factory=list)
+    inspected: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def array(self) -> Any:
@@ -70,7 +70,7 @@ def _load_chunk(
     indices: list[int] = []
     sizes: list[tuple[int, int]] = []
     failures: list[tuple[int, ImageError]] = []
-    inspected: list[dict[str, float]] = []
+    inspected: list[dict[str, Any]] = []
     draft = max(s.resize for s in specs)
     for i, src in chunk:
         try:
@@ -160,7 +160,7 @@ def iter_batches(
 T = TypeVar("T")
 #: per-image work on the decoded picture, run in the loader threads beside the decode (a face
 #: detector: `model.detectors.faces`); what it returns travels in `Batch.inspected`
-Inspect = Callable[[Image.Image], dict[str, float]]
+Inspect = Callable[[Image.Image], dict[str, Any]]
 #: what keeps a file's decoded picture (its path, the picture), in the loader threads
 Keep = Callable[[str, Image.Image], None]
 Chunk = list[tuple[int, str | os.PathLike[str] | bytes]]
@@ -249,7 +249,7 @@ def _gpu_arrays(
     dict[int, list[torch.Tensor]],
     dict[int, tuple[int, int]],
     list[tuple[int, Any]],
-    dict[int, dict[str, float]],
+    dict[int, dict[str, Any]],
 ]:
     """nvJPEG-decoded, preprocessed tensors per image; a file nvJPEG refused is decoded
     by PIL here instead, so its bad-file rules (and error) are exactly the CPU path's.
@@ -259,7 +259,7 @@ def _gpu_arrays(
     tensors: dict[int, list[torch.Tensor]] = {}
     sizes: dict[int, tuple[int, int]] = {}
     failures: list[tuple[int, Any]] = []
-    inspected: dict[int, dict[str, float]] = {}
+    inspected: dict[int, dict[str, Any]] = {}
     draft = max(s.resize for s in specs)
     # in groups: a batch of 12-megapixel pictures decoded at once would hold gigabytes of
     # GPU memory; each group is preprocessed (to 224 px) before the next is decoded
@@ -319,7 +319,7 @@ def _iter_batches_cuda(
         per_image: dict[int, list[torch.Tensor]] = {}
         sizes: dict[int, tuple[int, int]] = {}
         failures: list[tuple[int, Any]] = []
-        inspected: dict[int, dict[str, float]] = {}
+        inspected: dict[int, dict[str, Any]] = {}
         for part in done:
             b = part.cpu
             failures.extend(b.failures)

@@ -32,6 +32,8 @@ Float32Array = npt.NDArray[np.float32]
 DEFAULT_TOP_T = 10
 # an image is filed under a concept holding at least this much of its probability
 CONCEPT_PAYLOAD_MASS = 0.1
+#: the payload field (and the `inspect` key) of a picture's regions
+REGIONS = "regions"
 
 
 def softmax(logits: Float32Array) -> Float32Array:
@@ -97,6 +99,7 @@ class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
         backbone: BackboneLike | None = None,
         class_vectors: Float32Array | None = None,
         detect_faces: bool = True,
+        regions: bool = False,
     ) -> None:
         if top_t < 1:
             raise ValueError(f"top_t must be at least 1, got {top_t}")
@@ -112,6 +115,9 @@ class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
         # ImageNet-1k has no person class: a face detector supplies `person`
         # (model/detectors/faces.py)
         self._faces: FaceDetector | None = FaceDetector() if detect_faces else None
+        #: read each picture's regions too (model/regions.py): a flag, as it costs a pass of
+        #: the backbone per region at ingest
+        self.regions = regions
 
     # -- lazily built parts, each under the lock so two threads never build twice
     @property
@@ -155,19 +161,35 @@ class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
             return np.zeros((0, 1000), np.float32)
         return self.class_probs(self.backbone.features(self.image_arrays(images)))
 
-    #: payload fields `embed_payload` writes at ingest (a point lacking one is refreshed)
-    extra_fields = ("concepts", "conse_top", "detected")
+    #: the payload fields `embed_payload` always writes
+    payload_fields = ("concepts", "conse_top", "detected")
 
-    def inspect(self, image: Image.Image) -> dict[str, float]:
+    @property
+    def extra_fields(self) -> tuple[str, ...]:
+        """Payload fields `embed_payload` writes at ingest (a point lacking one is refreshed:
+        an index made before regions gets them on the next ingest with regions)."""
+        return self.payload_fields + ((REGIONS,) if self.regions else ())
+
+    def inspect(self, image: Image.Image) -> dict[str, Any]:
         """What a detector sees in a decoded picture, by concept key ({} without one): a
-        face is a `person`. Runs in the loader threads at ingest."""
-        return self._faces.concepts(image) if self._faces is not None else {}
+        face is a `person`; with regions on, also its regions under the key `regions`
+        (model/regions.py). Runs in the loader threads at ingest."""
+        out: dict[str, Any] = self._faces.concepts(image) if self._faces is not None else {}
+        if self.regions:
+            out[REGIONS] = self.read_regions(image)
+        return out
 
-    def detect_images(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+    def read_regions(self, image: Image.Image) -> list[dict[str, Any]]:
+        """The picture's regions: each one's box and top classes (model/regions.py)."""
+        from model.regions import RegionSpec, read_regions
+
+        return read_regions(self.backbone, [image], RegionSpec("crops"))[0]
+
+    def detect_images(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
         return [self.inspect(im) for im in images]
 
     def embed_payload(
-        self, features: Float32Array, detected: Sequence[dict[str, float]] | None = None
+        self, features: Float32Array, detected: Sequence[dict[str, Any]] | None = None
     ) -> tuple[Float32Array, list[dict[str, Any]]]:
         """Pooled features (N, F) -> the ConSE vectors and, per image, its payload: the
         classifier runs once for both. The payload holds its top-T classes with their
@@ -185,17 +207,23 @@ class ConseEmbedder(LazyBackbone, WordSpaceEmbedder):
         mass = cs.mass(probs, self.top_t)
         found = list(detected) if detected is not None else [{} for _ in range(len(probs))]
         out = []
-        for p, m, seen in zip(probs, mass, found, strict=True):
+        for p, m, inspected in zip(probs, mass, found, strict=True):
+            seen = {k: float(v) for k, v in inspected.items() if k != REGIONS}
             top = np.argsort(-p)[: self.top_t]
             keys = {cs.concepts[int(i)].key for i in np.flatnonzero(m >= CONCEPT_PAYLOAD_MASS)}
             keys |= {k for k, score in seen.items() if score >= CONCEPT_PAYLOAD_MASS}
-            out.append(
-                {
-                    "conse_top": [[int(i), round(float(p[i]), 5)] for i in top],
-                    "detected": {k: round(float(v), 5) for k, v in seen.items()},
-                    "concepts": sorted(keys),
-                }
-            )
+            fields: dict[str, Any] = {
+                "conse_top": [[int(i), round(float(p[i]), 5)] for i in top],
+                "detected": {k: round(float(v), 5) for k, v in seen.items()},
+            }
+            if REGIONS in inspected:
+                from model.regions import region_keys
+
+                fields[REGIONS] = inspected[REGIONS]
+                # filed under a region's concepts too, so a word's search finds the photo
+                keys |= region_keys(inspected[REGIONS])
+            fields["concepts"] = sorted(keys)
+            out.append(fields)
         return vectors, out
 
     def embed_features(self, features: Float32Array) -> Float32Array:

@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.search.answers import ImageResult
-from app.search.ranking.cosine import conse_images
+from app.search.ranking.near import near_images
+from app.search.regions import region_evidence
 from qdrant.filters import SearchFilter
 from qdrant.store import Hit, Store
 
@@ -57,8 +58,8 @@ def concept_images(
     it (hedging): a German shepherd is a `dog` although GloVe puts the breed's name far
     from `dog`. The score is that mass, or a detector's score (a face: `person`) where
     higher; fewer than `k` under it are followed by the nearest other images, also scored
-    by their (smaller) mass. With none under it the word vectors rank the images, and
-    the notes (the second item) say so."""
+    by their (smaller) mass. With none under it, the photos of something near it answer
+    (`near.near_images`), and the notes (the second item) say so."""
     from model.embedders.conse import top_probs
     from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
@@ -77,20 +78,27 @@ def concept_images(
         rest = store.search_images("conse", vector, k + len(under), plain)
         under = under + [h for h in rest if str(h.id) not in seen]
 
+    boxes: dict[str, list[list[float]]] = {}
+
     def mass(h: Hit) -> float:
         by_classes = float(top_probs(h.payload.get("conse_top") or []) @ members)
         detected = h.payload.get("detected") or {}
-        return max(by_classes, float(detected.get(c.key, 0.0)))
+        whole = max(by_classes, float(detected.get(c.key, 0.0)))
+        # a region holding it (weighing less than the whole photo): where it is, kept
+        part, where = region_evidence(h.payload, members)
+        if part > whole:
+            boxes[str(h.id)] = where
+            return part
+        return whole
 
     scored = sorted(((mass(h), float(h.score), h) for h in under), key=lambda t: t[:2])
     # images with next to no mass under the concept are not answers; when none has any,
     # the plain word-vector search is the better guess, and the answer says so
     scored = [t for t in scored if t[0] >= MIN_MASS]
     if not scored:
-        note = f"no image indexed under '{c.name}'; ranked by word-vector similarity instead"
-        return conse_images(store, vector, k, flt, None), [note]
+        return near_images(store, c.key, c.name, vector, k, flt)
     out = [
-        ImageResult.of(h, m)
+        replace(ImageResult.of(h, m), boxes=boxes.get(str(h.id), []))
         for m, _, h in reversed(scored)
         if flt.min_score is None or m >= flt.min_score
     ]

@@ -41,7 +41,12 @@ def nearest_images(
 
 
 def conse_images(
-    store: Store, vector: Float32Array, k: int, flt: SearchFilter, exclude: str | None
+    store: Store,
+    vector: Float32Array,
+    k: int,
+    flt: SearchFilter,
+    exclude: str | None,
+    evidence: float | None = None,
 ) -> list[ImageResult]:
     """conse's nearest images, each cosine weighed by the classifier's confidence in
     the picture: its top-T probability mass (from `conse_top`). A picture the classifier
@@ -49,6 +54,8 @@ def conse_images(
     unrelated classes, and the mean of their word vectors lies near every animal's (a
     hub): unweighed, noise came first for "similar to eagle" and for "a horse". The
     candidates are the nearest by cosine; the score floor applies to the weighed score.
+    With `evidence` (a word's query), a picture whose cosine to it is below that is a weaker
+    match: it follows every other, marked weak.
     """
     plain = replace(flt, min_score=None)
     pool = max(4 * k, CONSE_CANDIDATES) + (1 if exclude else 0)
@@ -62,7 +69,13 @@ def conse_images(
         scored.append((float(h.score) * confidence, h))
     scored.sort(key=lambda t: -t[0])
     floor = flt.min_score
-    return [ImageResult.of(h, s) for s, h in scored if floor is None or s >= floor][:k]
+    out = [ImageResult.of(h, s) for s, h in scored if floor is None or s >= floor]
+    if evidence is not None:
+        near = {str(h.payload.get("path")) for _, h in scored if float(h.score) >= evidence}
+        out = [r for r in out if r.path in near] + [
+            replace(r, weak=True) for r in out if r.path not in near
+        ]
+    return out[:k]
 
 
 def phrase_vectors(

@@ -32,6 +32,8 @@ import numpy.typing as npt
 from app.search.answers import ImageResult
 from app.search.query import Term
 from app.search.ranking.concept import CONCEPT_CANDIDATES
+from app.search.ranking.near import near_concept
+from app.search.regions import region_masses
 from qdrant.filters import SearchFilter
 from qdrant.store import Hit, Record, Store
 
@@ -165,14 +167,41 @@ def joint_images(
     records = _candidates(store, terms, concepts, vectors, vector, replace(flt, min_score=None))
     if not records:
         return [], notes
-    scored = _term_scores(terms, concepts, kinds, vectors, records, notes)
+    boxes: dict[int, list[list[float]]] = {}
+    scored = _term_scores(terms, concepts, kinds, vectors, records, notes, boxes)
     order, scores, _ = rank(scored, cal)
+    shown = evidence(scored, cal)
     results = [
-        ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload))
+        replace(
+            ImageResult.of(Hit(records[i].id, float(scores[i]), records[i].payload)),
+            boxes=boxes.get(int(i), []),
+        )
         for i in order
         if flt.min_score is None or scores[i] >= flt.min_score
     ]
-    return results[:k], notes
+    # where evidence ends: a photo with no sign of any positive term follows every photo
+    # with one, marked weak (the order among each stays the ranking's)
+    by_id = {str(records[i].id): bool(shown[i]) for i in order}
+    ids = [str(records[i].id) for i in order if flt.min_score is None or scores[i] >= flt.min_score]
+    strong = [r for r, pid in zip(results, ids, strict=True) if by_id[pid]]
+    weak = [replace(r, weak=True) for r, pid in zip(results, ids, strict=True) if not by_id[pid]]
+    return (strong + weak)[:k], notes
+
+
+def evidence(terms: Sequence[TermScores], cal: Calibration = DEFAULT) -> npt.NDArray[np.bool_]:
+    """Per candidate, whether it shows a sign of some positive term: a concept's mass of at
+    least MIN_MASS, or a word's cosine past the calibration's center (its score half the
+    cap). The photos with none are weaker matches, whatever their joint score."""
+    from model.vocab.hierarchy import MIN_MASS
+
+    positive = [t for t in terms if t.weight > 0]
+    out = np.zeros(len(positive[0].cosine) if positive else 0, bool)
+    for t in positive:
+        if t.mass is not None:
+            out |= np.asarray(t.mass) >= MIN_MASS
+        if t.mass is None or t.kind:
+            out |= np.asarray(t.cosine) >= cal.center
+    return out
 
 
 def _concepts_of(terms: Sequence[Term]) -> tuple[list[int | None], set[int], list[str]]:
@@ -229,9 +258,12 @@ def _term_scores(
     vectors: Sequence[Float32Array | None],
     records: Sequence[Record],
     notes: list[str],
+    boxes: dict[int, list[list[float]]] | None = None,
 ) -> list[TermScores]:
     """Each term's evidence over the candidates; a term scored by its word vector where it
-    names no concept, or one no candidate carries, adds a note saying so."""
+    names no concept, or one no candidate carries, adds a note saying so. `boxes` gathers,
+    per candidate, the box of each positive term's best region where a region holds more of
+    it than the whole photo."""
     from model.embedders.conse import top_probs
     from model.vocab.hierarchy import MIN_MASS, imagenet_concepts
 
@@ -250,8 +282,24 @@ def _term_scores(
                 [float((r.payload.get("detected") or {}).get(key, 0.0)) for r in records],
                 np.float32,
             )
+            # a region holding it counts, weighing less: a phrase's terms may be found in
+            # different regions of one photo
+            part, where = region_masses([r.payload for r in records], cs.members[c])
+            if boxes is not None and t.weight > 0:  # where a region, not the whole, holds it
+                for j in np.flatnonzero(part > mass):
+                    boxes.setdefault(int(j), []).extend(where[j][:1])
+            mass = np.maximum(mass, part)
             mass = np.maximum(mass, detected)
-            if float(mass.max(initial=0.0)) < MIN_MASS:
+            near_name, near = near_concept(key)
+            if float(mass.max(initial=0.0)) < MIN_MASS and float((probs @ near).max()) >= MIN_MASS:
+                # no photo carries it, some carry a near concept (horse: ungulate): that
+                # mass stands in, as a weaker reading (a kind)
+                notes.append(
+                    f"no photo shows '{cs.concepts[c].name}': {t.text!r} read as {near_name}"
+                )
+                mass = probs @ near
+                kinds = kinds | {i}
+            elif float(mass.max(initial=0.0)) < MIN_MASS:
                 notes.append(
                     f"no image indexed under '{cs.concepts[c].name}': {t.text!r} scored by "
                     "word-vector similarity instead, a weak cue"
