@@ -68,6 +68,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
+        faces = _face_pass(args, store)
         # points from before `folder_ids`, `camera_id` and `vectors` get them, once: the
         # folder and camera filters then check numbers, not names, and `devise status`
         # counts each vector's points from an index (qdrant/schema.py)
@@ -102,9 +103,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps(summary.to_json()))
+        print(json.dumps({**summary.to_json(), **({"faces": faces.to_json()} if faces else {})}))
     else:
         print(summary.line())
+        if faces is not None:
+            print(faces.line())
         if args.verbose and summary.batches:
             print(
                 f"backbone waited {summary.wait_seconds / summary.batches * 1000:.1f} ms per "
@@ -234,6 +237,27 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _add_status(sub)
 
 
+def _face_pass(args: argparse.Namespace, store: Any) -> Any:
+    """The face stage after the embedding (ingest/faces.py): None when turned off or when
+    dlib is absent (said on stderr)."""
+    if args.no_faces:
+        return None
+    from model.detectors.dlib_faces import FaceFinder, available
+
+    why = available()
+    if why is not None:
+        print(f"faces not looked for: {why}", file=sys.stderr)
+        return None
+    from ingest.faces import find_faces
+
+    return find_faces(
+        store,
+        FaceFinder(args.face_detector),
+        [Path(d) for d in args.dirs],
+        progress=not args.json and sys.stderr.isatty() or args.progress,
+    )
+
+
 def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser("ingest", help="index folders of images (incremental, idempotent)")
     i.add_argument(
@@ -292,6 +316,19 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "the backbones measured to keep their results, see docs/speed.md; else fp32), fp32, "
         "bf16, or int8 (OpenVINO post-training quantisation; CPU only; fastest, and moves "
         "some eval metrics by a little more than auto allows: see docs/speed.md)",
+    )
+    i.add_argument(
+        "--no-faces",
+        action="store_true",
+        help="skip the face stage (finding faces and grouping them into people, after the "
+        "embedding; docs/people.md)",
+    )
+    i.add_argument(
+        "--face-detector",
+        choices=("hog", "cnn"),
+        default="hog",
+        help="dlib's face detector: hog (the default, quick on a CPU) or cnn (finds turned "
+        "and small faces HOG misses; several times slower without a GPU)",
     )
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument(

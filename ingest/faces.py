@@ -1,0 +1,184 @@
+"""The face stage of an ingest: after the photos are embedded, find their faces, store them in
+the `faces` collection and group them into people (ingest/people.py).
+
+It is its own pass, resumable: a photo's `faces_done` payload (the face finder's version) is
+written only after its faces are stored, so a killed pass loses nothing and the next one
+starts from the photos without it. A photo whose faces are found again (its content changed)
+loses its old faces first. Deleting a photo deletes its faces (the stores' delete_images); a
+moved photo keeps them (ingest/moves.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ingest.people import choose_person, new_person, refresh_photos
+from model.data.images import ImageError
+from model.detectors.dlib_faces import FACES_VERSION, FaceFinder, PhotoFaces
+from qdrant.filters import SearchFilter
+from qdrant.schema import FACES_DONE, PEOPLE, abs_posix, face_point_id
+from qdrant.store import Record, Store
+
+log = logging.getLogger(__name__)
+
+# photos decoded and searched for faces ahead of the one being stored: enough to keep the
+# finder busy while the store writes, few enough that a kill wastes little
+LOOKAHEAD = 4
+
+
+@dataclass
+class FaceSummary:
+    """What a face pass did."""
+
+    photos: int = 0  # photos searched for faces in this pass
+    faces: int = 0  # faces found and stored
+    new_people: int = 0  # persons started by this pass
+    failed: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "photos": self.photos,
+            "faces": self.faces,
+            "new_people": self.new_people,
+            "failed": dict(self.failed),
+            "seconds": round(self.seconds, 3),
+        }
+
+    def line(self) -> str:
+        failed = sum(self.failed.values())
+        why = ", ".join(f"{r}: {n}" for r, n in sorted(self.failed.items()))
+        return (
+            f"faces: {self.faces} in {self.photos} photo(s), {self.new_people} new "
+            f"person(s), failed {failed}" + (f" ({why})" if why else "")
+            + f" in {self.seconds:.1f}s"
+        )  # fmt: skip
+
+
+def photos_to_do(store: Store, roots: Sequence[Path] | None = None) -> list[Record]:
+    """The image points under `roots` (every one when None) whose faces were not found by
+    this version of the finder."""
+    flts = [SearchFilter(folder=abs_posix(r)) for r in roots] if roots else [None]
+    seen: set[str] = set()
+    out: list[Record] = []
+    for flt in flts:
+        for rec in store.scroll_images(with_vectors=False, flt=flt):
+            if rec.id not in seen and rec.payload.get(FACES_DONE) != FACES_VERSION:
+                seen.add(rec.id)
+                out.append(rec)
+    return out
+
+
+def store_faces(store: Store, photo: Record, found: PhotoFaces | None) -> tuple[int, int]:
+    """Replace a photo's faces with `found` (None: unreadable, no faces), group them, and
+    mark the photo done. Returns (faces stored, persons started)."""
+    old = store.faces_of_photos([photo.id])
+    store.delete_faces([f.id for f in old])
+    faces = found.faces if found else []
+    sha = str(photo.payload.get("sha256", ""))
+    path = str(photo.payload.get("path", ""))
+    ids, payloads, started = [], [], 0
+    for i, face in enumerate(faces):
+        person, _ = choose_person(store, face.descriptor, photo.id)
+        if person is None:
+            person, started = new_person(store), started + 1
+        fid = face_point_id(photo.id, sha, i)
+        payload = {
+            "photo": photo.id,
+            "path": path,
+            "box": list(face.box),
+            "score": round(face.score, 4),
+            "size": face.size,
+            "person": person,
+        }
+        # stored one at a time: the next face of this photo, or of the next, votes with it
+        store.upsert_faces([fid], [payload], face.descriptor[None, :].astype(np.float32))
+        ids.append(fid)
+        payloads.append(payload)
+    people = sorted({str(p["person"]) for p in payloads})
+    store.set_image_payloads([(photo.id, {PEOPLE: people, FACES_DONE: FACES_VERSION})])
+    return len(ids), started
+
+
+def find_faces(
+    store: Store,
+    finder: FaceFinder,
+    roots: Sequence[Path] | None = None,
+    *,
+    progress: bool = True,
+    on_photo: Callable[[FaceSummary], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> FaceSummary:
+    """The face pass over the photos under `roots` that need it (see the module doc).
+    `stop`, asked between photos, ends the pass early; what is done stays done."""
+    t0 = time.perf_counter()
+    summary = FaceSummary()
+    todo = photos_to_do(store, roots)
+    if not todo:
+        return summary
+    store.ensure_faces()
+    bar = tqdm(total=len(todo), desc="faces", unit="photo", disable=not progress, file=sys.stderr)
+    try:
+        for photo, found in _found_ahead(finder, todo, summary):
+            if stop is not None and stop():
+                break
+            n, started = store_faces(store, photo, found)
+            summary.photos += 1
+            summary.faces += n
+            summary.new_people += started
+            bar.update(1)
+            if on_photo is not None:
+                on_photo(summary)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _found_ahead(
+    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary
+) -> Iterator[tuple[Record, PhotoFaces | None]]:
+    """Each photo of `todo` with its faces, found in a thread LOOKAHEAD photos ahead (the
+    decode releases the GIL; dlib does not, so one thread is enough)."""
+
+    def find(path: str) -> PhotoFaces | None:
+        try:
+            return finder.find_in_file(path)
+        except ImageError as e:
+            summary.failed[e.reason] += 1
+            tqdm.write(f"skipping {path!r}: {e.reason} (faces)", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - one photo must not end the pass
+            summary.failed["face finder failed"] += 1
+            tqdm.write(f"skipping {path!r}: face finder failed ({e})", file=sys.stderr)
+        return None
+
+    with ThreadPoolExecutor(1, thread_name_prefix="faces") as pool:
+        pending: list[tuple[Record, Future[PhotoFaces | None]]] = []
+        for photo in todo:
+            pending.append((photo, pool.submit(find, str(photo.payload.get("path", "")))))
+            if len(pending) > LOOKAHEAD:
+                rec, fut = pending.pop(0)
+                yield rec, fut.result()
+        for rec, fut in pending:
+            yield rec, fut.result()
+
+
+def forget_faces(store: Store) -> int:
+    """Drop every face and the photos' marks (to find them again with other settings)."""
+    ids = [f.id for f in store.scroll_faces()]
+    store.delete_faces(ids)
+    photos = [r.id for r in store.scroll_images() if FACES_DONE in r.payload]
+    store.set_image_payloads([(p, {FACES_DONE: 0, PEOPLE: []}) for p in photos])
+    refresh_photos(store, [])
+    return len(ids)
