@@ -96,6 +96,18 @@ class CliApi:
         out["note"] = report.note
         return out
 
+    def people(self, token: str, action: str, values: Sequence[str]) -> dict[str, Any]:
+        """`devise people`: a list or show at once; a write (name, merge, remove) with the
+        token, in the ingest slot, so it never interleaves with an ingest's face pass."""
+        from app.search import people
+
+        store = self.h.service.store
+        if action not in people.WRITES:
+            return people.run(store, action, values)
+        job = self._writer(token, f"people {action}")
+        with job.write_slot(f"people {action}"):
+            return people.run(store, action, values)
+
     # ---------------------------------------------------------------- ingest
 
     def ingest(self, token: str, paths: Sequence[str], options: dict[str, Any]) -> int:
@@ -294,13 +306,17 @@ class CliApi:
             """Queues `devise eval --record` (report: the evaluation's JSON): {"id"}."""
             return answer(lambda: {"id": self.record_evaluation(token, json.loads(report))})
 
+        def cli_people(token: str, action: str, values: str = "[]") -> str:
+            """`devise people ACTION VALUES --json` for the CLI (writes need the token)."""
+            return answer(lambda: self.people(token, action, json.loads(values)))
+
         def cli_ingest_status(job_id: int) -> str:
             """How a queued ingest goes: {"state", "message", "done", "total", "summary"}."""
             return answer(lambda: self.ingest_status(job_id))
 
         for fn in (
             cli_status, cli_query, cli_duplicates, cli_ingest, cli_words, cli_record_evaluation,
-            cli_ingest_status,
+            cli_ingest_status, cli_people,
         ):  # fmt: skip
             fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
             # no queue slot for these: the web page's searches have theirs (2), and a
