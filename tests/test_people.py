@@ -270,3 +270,70 @@ def test_photos_without_faces_are_marked_done(
     assert all(
         r.payload.get(FACES_DONE) and r.payload.get(PEOPLE) == [] for r in store.scroll_images()
     )
+
+
+# ------------------------------------------------------------------ names in queries
+
+
+def test_a_name_is_a_query_term_and_a_filter(
+    store: Store, gallery: Path, finder: FaceFinder
+) -> None:
+    from app.search import people as asked
+    from app.search.answers import Answer
+    from app.search.errors import BadQueryError
+    from app.search.request import QueryRequest
+    from app.search.service import SearchService
+
+    index(store, gallery, finder)
+    by_photo = person_of_photos(store)
+    obama, biden = (next(iter(by_photo[n])) for n in ("obama.jpg", "biden.jpg"))
+    service = SearchService(store)
+    with pytest.raises(BadQueryError, match="no person named 'Barack'"):
+        service.run(QueryRequest("search", text="dog", people=("Barack",)))
+    people.name_person(store, obama, "Barack")
+    people.name_person(store, biden, "Joe Biden")
+    paths = lambda a: sorted(Path(r.path).name for r in a.results)  # noqa: E731
+    assert paths(service.run(QueryRequest("search", text="barack"))) == sorted(OBAMA)
+    assert paths(service.run(QueryRequest("search", text="Joe  Biden"))) == ["biden.jpg"]
+    assert paths(service.run(QueryRequest("search", text="Barack -Joe Biden"))) == sorted(OBAMA)
+    assert paths(service.run(QueryRequest("search", text="Barack Joe Biden"))) == []
+    assert paths(service.run(QueryRequest("search", text="", people=(biden,)))) == ["biden.jpg"]
+    # the words left join the query as any others: here, the filter the service applies
+    req, answer = asked.with_people(store, QueryRequest("search", text="Barack at the beach"))
+    assert answer is None and req.text == "at the beach" and req.photo.people == (obama,)
+    req, _ = asked.with_people(store, QueryRequest("search", text="dog -joe biden"))
+    assert req.text == "dog" and req.photo.not_people == (biden,)
+    req, _ = asked.with_people(store, QueryRequest("search", text="barackobama"))
+    assert req.text == "barackobama" and not req.photo.people  # whole words only
+    # the tags of a photo with a named person name it first
+    tagged = asked.name_people_in_tags(store, str(gallery / "biden.jpg"), Answer("conse", 1.0))
+    assert [(t.word, t.kind) for t in tagged.results] == [("Joe Biden", "person")]
+    # the request keeps its people through JSON (the CLI through the app)
+    again = QueryRequest.from_json(QueryRequest("search", text="x", people=("Barack",)).to_json())
+    assert again.people == ("Barack",)
+
+
+def test_the_cli_lists_names_and_searches_people(
+    gallery: Path, finder: FaceFinder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from app.cli import main
+
+    idx = ["--index", str(tmp_path / "cli-index")]
+    with EdgeStore(tmp_path / "cli-index") as s:
+        index(s, gallery, finder)
+    capsys.readouterr()
+    assert main(["people", "--json", *idx]) == 0
+    listed = json.loads(capsys.readouterr().out)["people"]
+    assert sorted(p["faces"] for p in listed) == [1, 5]
+    five = next(p["id"] for p in listed if p["faces"] == 5)
+    assert main(["people", "name", five, "Barack", *idx]) == 0
+    assert "Barack" in capsys.readouterr().out
+    assert main(["search", "Barack", "--json", *idx]) == 0
+    found = json.loads(capsys.readouterr().out)["results"]
+    assert sorted(Path(r["path"]).name for r in found) == sorted(OBAMA)
+    assert main(["people", "name", "999", "Nobody", *idx]) == 1
+    assert "no person '999'" in capsys.readouterr().err
+    assert main(["people", "show", "Barack", "--json", *idx]) == 0
+    assert len(json.loads(capsys.readouterr().out)["faces"]) == 5

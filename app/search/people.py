@@ -4,11 +4,18 @@ values; the grouping itself is ingest/people.py."""
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from app.search.answers import Answer, ImageResult, TagResult
+from app.search.request import QueryRequest
 from ingest import people as book
-from qdrant.store import Store
+from qdrant.schema import FACES, PEOPLE, abs_posix
+from qdrant.store import Hit, Store
 
 #: the actions that write to the index (through the app they need its token)
 WRITES = frozenset({"name", "merge", "remove"})
@@ -93,3 +100,117 @@ def lines(action: str, out: dict[str, Any]) -> list[str]:
     p = out["person"]
     name = p["name"] or "(unnamed)"
     return [f"person {p['id']}: {name}, {p['faces']} face(s) in {p['photos']} photo(s)"]
+
+
+# ---------------------------------------------------------------------------- in queries
+
+
+def _ids_of(store: Store, word: str, known: dict[str, str]) -> list[str]:
+    """The person ids a typed name (or id) stands for: BadQueryError when none."""
+    from app.search.errors import BadQueryError
+
+    if word.isdigit() and word in {p for p in known} | _all_ids(store):
+        return [word]
+    ids = [pid for pid, n in known.items() if n.lower() == word.lower()]
+    if not ids:
+        raise BadQueryError(
+            f"no person named {word!r}: `devise people` lists them, `devise people name ID "
+            "NAME` names one"
+        )
+    return ids
+
+
+def _all_ids(store: Store) -> set[str]:
+    return {p.id for p in book.list_people(store)}
+
+
+def split_names(text: str, known: dict[str, str]) -> tuple[str, list[str], list[str]]:
+    """`text` without the persons' names it holds (whole words, any case, longest first),
+    and the names it asked for and, after a minus, against."""
+    wanted: list[str] = []
+    unwanted: list[str] = []
+    for name in sorted(set(known.values()), key=len, reverse=True):
+        words = r"\s+".join(re.escape(w) for w in name.split())
+        pattern = re.compile(rf"(?<![\w-])(-?){words}(?![\w])", re.IGNORECASE)
+        for m in pattern.finditer(text):
+            (unwanted if m.group(1) else wanted).append(name)
+        text = pattern.sub(" ", text)
+    return " ".join(text.split()), wanted, unwanted
+
+
+def with_people(store: Store, request: QueryRequest) -> tuple[QueryRequest, Answer | None]:
+    """`request` with the persons it names (in its text, or --person) as photo filters and
+    the names taken out of its text; and, when nothing but names is left to search by, the
+    answer itself: those persons' photos. Unchanged when it names nobody."""
+    known = book.names(store) if store.count(FACES) else {}
+    if not request.people and not known:
+        return request, None
+    text, wanted, unwanted = (
+        split_names(request.text, known) if request.kind == "search" else (request.text, [], [])
+    )
+    wanted += request.people
+    if not wanted and not unwanted:
+        return request, None
+    ids = [_one(store, w, known) for w in wanted]
+    against = [i for w in unwanted for i in _ids_of(store, w, known)]
+    photo = replace(
+        request.photo,
+        people=tuple(dict.fromkeys(request.photo.people + tuple(ids))),
+        not_people=tuple(dict.fromkeys(request.photo.not_people + tuple(against))),
+    )
+    asked = replace(request, text=text, photo=photo)
+    if request.kind != "search" or text or request.image is not None:
+        return asked, None
+    return asked, _photos_of(store, asked, wanted, unwanted)
+
+
+def _one(store: Store, word: str, known: dict[str, str]) -> str:
+    from app.search.errors import BadQueryError
+
+    ids = _ids_of(store, word, known)
+    if len(ids) > 1:
+        raise BadQueryError(
+            f"{len(ids)} people are named {word!r} (ids {', '.join(ids)}): `devise people "
+            "merge` makes them one"
+        )
+    return ids[0]
+
+
+def _photos_of(
+    store: Store, request: QueryRequest, wanted: list[str], unwanted: list[str]
+) -> Answer:
+    """The photos that show the persons asked for (and none of those against), by path:
+    a query of names alone."""
+    from app.search.scope import search_filter
+
+    t0 = time.perf_counter()
+    flt = search_filter(store, request.labels, request.folder, None, request.photo)
+    recs = sorted(store.scroll_images(flt=flt), key=lambda r: str(r.payload.get("path")))
+    results = [ImageResult.of(Hit(r.id, 1.0, r.payload)) for r in recs[: request.k]]
+    answer = Answer("people", (time.perf_counter() - t0) * 1000, results)
+    answer.query = " · ".join(wanted + [f"−{n}" for n in unwanted])
+    answer.note = f"the photos that show {' and '.join(wanted) or 'anyone'}" + (
+        f", without {' or '.join(unwanted)}" if unwanted else ""
+    )
+    return answer
+
+
+def name_people_in_tags(store: Store, image: Any, answer: Answer) -> Answer:
+    """An indexed photo's named people first among its tags (kind `person`), and how many
+    more faces are of people not named yet; a photo with no named person is left as it was."""
+    if not isinstance(image, (str, Path)) or not store.count(FACES):
+        return answer
+    rec = store.find_by_path([abs_posix(image)]).get(abs_posix(image))
+    if rec is None:
+        return answer
+    ids = [str(p) for p in rec.payload.get(PEOPLE) or []]
+    known = book.names(store)
+    named = [known[p] for p in ids if p in known]
+    if not named:
+        return answer
+    answer.results = [TagResult(n, 1.0, "person") for n in sorted(named)] + answer.results
+    unnamed = len(ids) - len(named)
+    if unnamed:
+        more = f"{unnamed} more person(s) not named yet (`devise people`)"
+        answer.note = f"{answer.note}; {more}" if answer.note else more
+    return answer
