@@ -10,12 +10,21 @@ moved photo keeps them (ingest/moves.py).
 
 from __future__ import annotations
 
+import functools
 import logging
+import multiprocessing
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import (
+    BrokenExecutor,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +34,7 @@ from tqdm import tqdm
 
 from ingest.people import choose_person, new_person, refresh_photos
 from model.data.images import ImageError
-from model.detectors.dlib_faces import FACES_VERSION, FaceFinder, PhotoFaces
+from model.detectors.dlib_faces import FACES_VERSION, Detector, FaceFinder, PhotoFaces
 from qdrant.filters import SearchFilter
 from qdrant.schema import FACES_DONE, PEOPLE, abs_posix, face_point_id
 from qdrant.store import Record, Store
@@ -35,6 +44,9 @@ log = logging.getLogger(__name__)
 # photos decoded and searched for faces ahead of the one being stored: enough to keep the
 # finder busy while the store writes, few enough that a kill wastes little
 LOOKAHEAD = 4
+MAX_WORKERS = 4
+# fewer photos than this are searched in this process: starting the workers costs more
+MIN_PHOTOS_FOR_PROCESSES = 16
 
 
 @dataclass
@@ -119,9 +131,12 @@ def find_faces(
     progress: bool = True,
     on_photo: Callable[[FaceSummary], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    workers: int | None = None,
 ) -> FaceSummary:
     """The face pass over the photos under `roots` that need it (see the module doc).
-    `stop`, asked between photos, ends the pass early; what is done stays done."""
+    `stop`, asked between photos, ends the pass early; what is done stays done. `workers`:
+    processes that find faces (default: one per core, at most MAX_WORKERS)."""
+    workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
     t0 = time.perf_counter()
     summary = FaceSummary()
     todo = photos_to_do(store, roots)
@@ -130,7 +145,7 @@ def find_faces(
     store.ensure_faces()
     bar = tqdm(total=len(todo), desc="faces", unit="photo", disable=not progress, file=sys.stderr)
     try:
-        for photo, found in _found_ahead(finder, todo, summary):
+        for photo, found in _found_ahead(finder, todo, summary, workers):
             if stop is not None and stop():
                 break
             n, started = store_faces(store, photo, found)
@@ -147,31 +162,73 @@ def find_faces(
 
 
 def _found_ahead(
-    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary
+    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary, workers: int
 ) -> Iterator[tuple[Record, PhotoFaces | None]]:
-    """Each photo of `todo` with its faces, found in a thread LOOKAHEAD photos ahead (the
-    decode releases the GIL; dlib does not, so one thread is enough)."""
-
-    def find(path: str) -> PhotoFaces | None:
-        try:
-            return finder.find_in_file(path)
-        except ImageError as e:
-            summary.failed[e.reason] += 1
-            tqdm.write(f"skipping {path!r}: {e.reason} (faces)", file=sys.stderr)
-        except Exception as e:  # noqa: BLE001 - one photo must not end the pass
-            summary.failed["face finder failed"] += 1
-            tqdm.write(f"skipping {path!r}: face finder failed ({e})", file=sys.stderr)
-        return None
-
-    with ThreadPoolExecutor(1, thread_name_prefix="faces") as pool:
-        pending: list[tuple[Record, Future[PhotoFaces | None]]] = []
-        for photo in todo:
-            pending.append((photo, pool.submit(find, str(photo.payload.get("path", "")))))
-            if len(pending) > LOOKAHEAD:
-                rec, fut = pending.pop(0)
-                yield rec, fut.result()
+    """Each photo of `todo` with its faces, in order, found LOOKAHEAD photos per worker
+    ahead: in `workers` processes (dlib holds the GIL, so threads would take turns), or in
+    one thread beside the writes for a handful of photos, where starting processes (about a
+    second each, to load dlib and its models) would cost more than it saves."""
+    paths = [str(photo.payload.get("path", "")) for photo in todo]
+    pool: Executor
+    if workers > 1 and len(todo) >= MIN_PHOTOS_FOR_PROCESSES:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(finder.detector, finder.detect_side),
+        )  # fmt: skip
+        find: Callable[[str], tuple[PhotoFaces | None, str, str]] = _find_in_worker
+    else:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="faces")
+        find = functools.partial(_find_safely, finder)
+    ahead = LOOKAHEAD * max(1, workers)
+    with pool:
+        pending: list[tuple[Record, Future[tuple[PhotoFaces | None, str, str]]]] = []
+        for photo, path in zip(todo, paths, strict=True):
+            pending.append((photo, pool.submit(find, path)))
+            if len(pending) > ahead:
+                yield _settled(finder, *pending.pop(0), summary)
         for rec, fut in pending:
-            yield rec, fut.result()
+            yield _settled(finder, rec, fut, summary)
+
+
+def _settled(
+    finder: FaceFinder,
+    photo: Record,
+    fut: Future[tuple[PhotoFaces | None, str, str]],
+    summary: FaceSummary,
+) -> tuple[Record, PhotoFaces | None]:
+    try:
+        found, reason, detail = fut.result()
+    except BrokenExecutor as e:
+        # a worker that could not start or died (out of memory, say): this process finds
+        # the photo's faces itself, so the pass goes on, slower
+        log.warning("a face worker failed (%s): finding faces in this process", e)
+        found, reason, detail = _find_safely(finder, str(photo.payload.get("path", "")))
+    if reason:
+        summary.failed[reason] += 1
+        path = photo.payload.get("path", "")
+        tqdm.write(f"skipping {path!r}: {reason} (faces: {detail})", file=sys.stderr)
+    return photo, found
+
+
+def _find_safely(finder: FaceFinder, path: str) -> tuple[PhotoFaces | None, str, str]:
+    """(faces, "", "") or (None, reason, detail): a bad photo never ends the pass."""
+    try:
+        return finder.find_in_file(path), "", ""
+    except ImageError as e:
+        return None, e.reason, str(e)
+    except Exception as e:  # noqa: BLE001 - one photo must not end the pass
+        return None, "face finder failed", f"{type(e).__name__}: {e}"
+
+
+_WORKER: list[FaceFinder] = []  # the finder of a worker process (set by _start_worker)
+
+
+def _start_worker(detector: Detector, detect_side: int) -> None:
+    _WORKER[:] = [FaceFinder(detector, detect_side=detect_side)]
+
+
+def _find_in_worker(path: str) -> tuple[PhotoFaces | None, str, str]:
+    return _find_safely(_WORKER[0], path)
 
 
 def forget_faces(store: Store) -> int:

@@ -45,6 +45,10 @@ UPSAMPLE_BELOW = 512
 MIN_FACE = 20  # a face narrower than this in the align copy is too small to describe
 HOG_MIN_SCORE = 0.0  # dlib's own threshold: a detection scoring below is not returned
 CROP_MARGIN = 0.6  # the crop around a face, as a fraction of its width on each side
+# a face wider than this is scaled down to it before its landmarks and descriptor: dlib's
+# descriptor reads a 150 px chip of the face and its surround (about 100 px of face), so
+# more detail is thrown away anyway; a 580 px face took 0.31 s, scaled to 150 px 0.12 s
+DESCRIBE_FACE = 200
 DESCRIPTOR_DIM = 128
 #: the version of this module's faces (detector, sizes, descriptor): faces made by another
 #: are found again at the next ingest
@@ -108,16 +112,20 @@ def available() -> str | None:
 
 
 def reduced(image: Image.Image, side: int) -> tuple[Image.Image, float]:
-    """`image` with its longest side at most `side`, and the factor back to `image`'s pixels."""
+    """`image` with its longest side at most `side`, and the factor back to `image`'s pixels.
+    By a whole factor first (PIL's reduce: box averages, a fifth of a bilinear resize's
+    time on 2,000 px), then bilinear for what is left."""
     w, h = image.size
     if max(w, h) <= side:
         return image, 1.0
-    scale = side / max(w, h)
-    small = image.resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))),
-        Image.Resampling.BILINEAR,
-        reducing_gap=2.0,
-    )
+    whole = max(w, h) // side
+    small = image.reduce(whole) if whole >= 2 else image
+    if max(small.size) > side:
+        scale = side / max(small.size)
+        small = small.resize(
+            (max(1, round(small.size[0] * scale)), max(1, round(small.size[1] * scale))),
+            Image.Resampling.BILINEAR,
+        )
     return small, w / small.size[0]
 
 
@@ -187,10 +195,10 @@ class FaceFinder:
             width = right - left
             if width < MIN_FACE:
                 continue
-            crop, origin = _crop(align, (left, top, right, bottom))
+            crop, origin, scale = _crop(align, (left, top, right, bottom))
             box = dlib.rectangle(
-                round(left - origin[0]), round(top - origin[1]),
-                round(right - origin[0]), round(bottom - origin[1]),
+                round((left - origin[0]) * scale), round((top - origin[1]) * scale),
+                round((right - origin[0]) * scale), round((bottom - origin[1]) * scale),
             )  # fmt: skip
             models = self._models()
             shape = models["landmarks"](crop, box)
@@ -209,15 +217,21 @@ class FaceFinder:
 
 def _crop(
     image: Image.Image, box: tuple[float, float, float, float]
-) -> tuple[npt.NDArray[np.uint8], tuple[int, int]]:
+) -> tuple[npt.NDArray[np.uint8], tuple[int, int], float]:
     """The pixels around `box` (CROP_MARGIN of its width on each side), clipped to the
-    picture, and the crop's top-left corner."""
+    picture and scaled so the face is at most DESCRIBE_FACE wide; the crop's top-left corner
+    in `image` and the scale."""
     left, top, right, bottom = box
     margin = (right - left) * CROP_MARGIN
     x0, y0 = max(0, int(left - margin)), max(0, int(top - margin))
     x1 = min(image.size[0], int(right + margin) + 1)
     y1 = min(image.size[1], int(bottom + margin) + 1)
-    return np.ascontiguousarray(np.asarray(image.crop((x0, y0, x1, y1)))), (x0, y0)
+    crop = image.crop((x0, y0, x1, y1))
+    scale = min(1.0, DESCRIBE_FACE / max(1.0, right - left))
+    if scale < 1.0:
+        size = (max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale)))
+        crop = crop.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.ascontiguousarray(np.asarray(crop)), (x0, y0), scale
 
 
 def distance(a: Descriptor, b: Descriptor) -> float:
