@@ -35,6 +35,8 @@ from tqdm import tqdm
 from ingest.people import choose_person, new_person, refresh_photos
 from model.data.images import ImageError
 from model.detectors.dlib_faces import FACES_VERSION, Detector, FaceFinder, PhotoFaces
+from model.detectors.faces import PERSON_SCORE
+from model.vocab.rules import PERSON
 from qdrant.filters import SearchFilter
 from qdrant.schema import FACES_DONE, PEOPLE, abs_posix, face_point_id
 from qdrant.store import Record, Store
@@ -119,8 +121,24 @@ def store_faces(store: Store, photo: Record, found: PhotoFaces | None) -> tuple[
         ids.append(fid)
         payloads.append(payload)
     people = sorted({str(p["person"]) for p in payloads})
-    store.set_image_payloads([(photo.id, {PEOPLE: people, FACES_DONE: FACES_VERSION})])
+    update: dict[str, Any] = {PEOPLE: people, FACES_DONE: FACES_VERSION}
+    if ids:
+        update.update(_person_concept(photo.payload))
+    store.set_image_payloads([(photo.id, update)])
     return len(ids), started
+
+
+def _person_concept(payload: dict[str, Any]) -> dict[str, Any]:
+    """The ConSE fields that file a photo with a face under `person`, where ConSE's own
+    face detector (the LBP cascade, model/detectors/faces.py) missed it: dlib finds frontal
+    faces the cascade does not (7 of 7 test faces against 3 of 7, no false face on either,
+    docs/people.md). Nothing for a photo without ConSE's fields, or already filed."""
+    detected = dict(payload.get("detected") or {})
+    if "conse_top" not in payload or PERSON in detected:
+        return {}
+    detected[PERSON] = PERSON_SCORE
+    concepts = sorted({*(payload.get("concepts") or []), PERSON})
+    return {"detected": detected, "concepts": concepts}
 
 
 def find_faces(

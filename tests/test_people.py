@@ -337,3 +337,28 @@ def test_the_cli_lists_names_and_searches_people(
     assert "no person '999'" in capsys.readouterr().err
     assert main(["people", "show", "Barack", "--json", *idx]) == 0
     assert len(json.loads(capsys.readouterr().out)["faces"]) == 5
+
+
+def test_a_face_dlib_finds_files_the_photo_under_person(
+    store: Store, gallery: Path, finder: FaceFinder
+) -> None:
+    """ConSE's LBP cascade misses Biden's face; the face stage files the photo under
+    `person` for ConSE's tags and concept search, and leaves a photo without ConSE's fields
+    (or already filed) as it was."""
+    from model.vocab.rules import PERSON
+
+    ingest(store, [gallery], [FakeEmbedder()], progress=False)  # type: ignore[list-item]
+    biden, obama = (image_point_id(gallery / n) for n in ("biden.jpg", "obama.jpg"))
+    store.set_image_payloads(
+        [
+            (biden, {"conse_top": [[0, 0.9]], "detected": {}, "concepts": ["n01440764"]}),
+            (obama, {"conse_top": [[0, 0.9]], "detected": {PERSON: 0.8}, "concepts": [PERSON]}),
+        ]
+    )
+    find_faces(store, finder, [gallery], progress=False)
+    got = {r.id: r.payload for r in store.retrieve_images([biden, obama])}
+    assert got[biden]["detected"] == {PERSON: 0.8}
+    assert got[biden]["concepts"] == sorted(["n01440764", PERSON])
+    assert got[obama]["concepts"] == [PERSON]
+    other = store.retrieve_images([image_point_id(gallery / "obama2.jpg")])[0].payload
+    assert "detected" not in other and "concepts" not in other
