@@ -362,3 +362,30 @@ def test_a_face_dlib_finds_files_the_photo_under_person(
     assert got[obama]["concepts"] == [PERSON]
     other = store.retrieve_images([image_point_id(gallery / "obama2.jpg")])[0].payload
     assert "detected" not in other and "concepts" not in other
+
+
+def test_the_app_finds_faces_and_its_people_writes_need_the_token(
+    gallery: Path, tmp_path: Path
+) -> None:
+    """The app's Index job runs the face stage after the embedding; `devise people` through
+    the app lists at once and names only with the token, in the write slot."""
+    from app.jobs.index import IndexJob
+    from app.search.service import SearchService
+    from app.web.cliapi import CliApi
+    from app.web.handlers import WebHandlers
+
+    with EdgeStore(tmp_path / "app-index") as store:
+        service = SearchService(store)
+        job = IndexJob(service, lambda: [FakeEmbedder()], allowed=[gallery])  # type: ignore[list-item]
+        job.start(str(gallery))
+        job.wait(120)
+        assert job.state == "done" and "faces: 6 in 6 photo(s)" in job.message, job.message
+        api = CliApi(WebHandlers(service), job, token="right", loopback=True)
+        listed = api.people("", "list", [])["people"]
+        assert sorted(p["faces"] for p in listed) == [1, 5]
+        one = next(p["id"] for p in listed if p["faces"] == 1)
+        with pytest.raises(PermissionError, match="token"):
+            api.people("wrong", "name", [one, "Joe"])
+        assert people.names(store) == {}
+        assert api.people("right", "name", [one, "Joe"])["person"]["name"] == "Joe"
+        assert people.names(store) == {one: "Joe"}

@@ -68,7 +68,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
-        faces = _face_pass(args, store)
+        summary.faces = _face_pass(args, store)
         # points from before `folder_ids`, `camera_id` and `vectors` get them, once: the
         # folder and camera filters then check numbers, not names, and `devise status`
         # counts each vector's points from an index (qdrant/schema.py)
@@ -103,11 +103,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({**summary.to_json(), **({"faces": faces.to_json()} if faces else {})}))
+        print(json.dumps(summary.to_json()))
     else:
         print(summary.line())
-        if faces is not None:
-            print(faces.line())
         if args.verbose and summary.batches:
             print(
                 f"backbone waited {summary.wait_seconds / summary.batches * 1000:.1f} ms per "
@@ -128,6 +126,7 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
         "clip_pretrained": args.clip_pretrained, "precision": settings.precision,
         "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
         "workers": args.workers, "cache": absolute(args.cache),
+        "no_faces": args.no_faces, "face_detector": args.face_detector,
     }  # fmt: skip
     show = not args.json and sys.stderr.isatty() or args.progress
     bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
@@ -242,19 +241,14 @@ def _face_pass(args: argparse.Namespace, store: Any) -> Any:
     dlib is absent (said on stderr)."""
     if args.no_faces:
         return None
-    from model.detectors.dlib_faces import FaceFinder, available
+    from app.jobs.faces import face_stage
 
-    why = available()
-    if why is not None:
-        print(f"faces not looked for: {why}", file=sys.stderr)
-        return None
-    from ingest.faces import find_faces
-
-    return find_faces(
+    return face_stage(
         store,
-        FaceFinder(args.face_detector),
         [Path(d) for d in args.dirs],
+        detector=args.face_detector,
         progress=not args.json and sys.stderr.isatty() or args.progress,
+        say=lambda text: print(text, file=sys.stderr),
     )
 
 

@@ -173,6 +173,7 @@ class CliApi:
         self, opts: dict[str, Any]
     ) -> Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary]:
         def run(req: IngestRequest, on_batch: Callable[[IngestSummary], None]) -> IngestSummary:
+            from app.jobs.faces import face_stage
             from ingest.pipeline import ingest
 
             embedders, meta = self.embedders(opts)
@@ -183,6 +184,10 @@ class CliApi:
                 workers=opts.get("workers"), progress=False, model_meta=meta,
                 on_batch=on_batch,
             )  # fmt: skip
+            if not opts.get("no_faces"):
+                summary.faces = face_stage(
+                    store, req.paths, detector=str(opts.get("face_detector") or "hog")
+                )
             # Not optimize(), which `devise ingest` runs: it holds the GIL for its whole
             # run, and every search of the app would wait (OFFLINE.md, "The GIL"). The
             # app's GraphJob builds the graph in another process once this job has ended.
