@@ -290,8 +290,12 @@ def test_a_name_is_a_query_term_and_a_filter(
     service = SearchService(store)
     with pytest.raises(BadQueryError, match="no person named 'Barack'"):
         service.run(QueryRequest("search", text="dog", people=("Barack",)))
+    unnamed = asked.name_people_in_tags(store, str(gallery / "biden.jpg"), Answer("conse", 1.0))
+    assert unnamed.results == [] and "1 person(s) in the photo not named yet" in str(unnamed.note)
     people.name_person(store, obama, "Barack")
     people.name_person(store, biden, "Joe Biden")
+    shown = asked.name_people_in_note(store, str(gallery / "obama.jpg"), Answer("conse", 1.0))
+    assert shown.note == "the photo shows Barack"
     paths = lambda a: sorted(Path(r.path).name for r in a.results)  # noqa: E731
     assert paths(service.run(QueryRequest("search", text="barack"))) == sorted(OBAMA)
     assert paths(service.run(QueryRequest("search", text="Joe  Biden"))) == ["biden.jpg"]

@@ -196,8 +196,18 @@ def _photos_of(
 
 
 def name_people_in_tags(store: Store, image: Any, answer: Answer) -> Answer:
-    """An indexed photo's named people first among its tags (kind `person`), and how many
-    more faces are of people not named yet; a photo with no named person is left as it was."""
+    """An indexed photo's named people first among its tags (kind `person`), and in the
+    note how many of its faces are of people not named yet."""
+    return _people_of_photo(store, image, answer, tags=True)
+
+
+def name_people_in_note(store: Store, image: Any, answer: Answer) -> Answer:
+    """`similar`'s answer, its note naming the people of the photo asked about."""
+    return _people_of_photo(store, image, answer, tags=False)
+
+
+def _people_of_photo(store: Store, image: Any, answer: Answer, *, tags: bool) -> Answer:
+    """A photo with no face, or not indexed, or before the face stage, is left as it was."""
     if not isinstance(image, (str, Path)) or not store.count(FACES):
         return answer
     rec = store.find_by_path([abs_posix(image)]).get(abs_posix(image))
@@ -205,12 +215,13 @@ def name_people_in_tags(store: Store, image: Any, answer: Answer) -> Answer:
         return answer
     ids = [str(p) for p in rec.payload.get(PEOPLE) or []]
     known = book.names(store)
-    named = [known[p] for p in ids if p in known]
-    if not named:
-        return answer
-    answer.results = [TagResult(n, 1.0, "person") for n in sorted(named)] + answer.results
+    named = sorted(known[p] for p in ids if p in known)
     unnamed = len(ids) - len(named)
+    if tags:
+        answer.results = [TagResult(n, 1.0, "person") for n in named] + answer.results
+    parts = [] if tags else [f"the photo shows {', '.join(named)}"] if named else []
     if unnamed:
-        more = f"{unnamed} more person(s) not named yet (`devise people`)"
-        answer.note = f"{answer.note}; {more}" if answer.note else more
+        parts.append(f"{unnamed} person(s) in the photo not named yet (`devise people`)")
+    if parts:
+        answer.note = "; ".join(([answer.note] if answer.note else []) + parts)
     return answer
