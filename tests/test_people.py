@@ -393,3 +393,25 @@ def test_the_app_finds_faces_and_its_people_writes_need_the_token(
         assert people.names(store) == {}
         assert api.people("right", "name", [one, "Joe"])["person"]["name"] == "Joe"
         assert people.names(store) == {one: "Joe"}
+
+
+def test_the_people_tab_shows_a_face_per_person_and_names_one(
+    gallery: Path, finder: FaceFinder, tmp_path: Path
+) -> None:
+    from app.search.service import SearchService
+    from app.web.handlers import WebHandlers
+    from app.web.people_tab import CROP_SIDE, PeoplePage
+
+    with EdgeStore(tmp_path / "tab-index") as store:
+        index(store, gallery, finder)
+        page = PeoplePage(WebHandlers(SearchService(store)))
+        shown = page.people()
+        assert len(shown.items) == len(shown.ids) == 2
+        for crop, caption in shown.items:
+            assert max(crop.size) <= CROP_SIDE and min(crop.size) > 40
+            assert "not named" in caption
+        assert "⚠️" in page.name(shown.ids[0], "  ").status  # an empty name: said, not raised
+        assert "⚠️" in page.name("", "Alice").status
+        named = page.name(shown.ids[0], "Alice")
+        assert named.status == f"Person {shown.ids[0]} is Alice."
+        assert any(caption.split(" · ")[1] == "Alice" for _, caption in named.items)
