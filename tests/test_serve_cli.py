@@ -73,6 +73,8 @@ COMMANDS = {
     "similar_json": ["similar", str(DARKNET / "dog.jpg"), "--model", "conse", "--json"],
     "duplicates_json": ["duplicates", "--model", "conse", "--json"],
     "bad_model": ["search", "dog", "--model", "clip"],
+    "people_json": ["people", "--json"],
+    "people_bad_id": ["people", "name", "999", "Alice"],
 }
 
 
