@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +50,7 @@ LOOKAHEAD = 4
 MAX_WORKERS = 4
 # fewer photos than this are searched in this process: starting the workers costs more
 MIN_PHOTOS_FOR_PROCESSES = 16
+ORPHAN_CHECK_S = 1.0  # how often a worker looks whether its ingest is still there
 
 
 @dataclass
@@ -191,7 +193,7 @@ def _found_ahead(
     if workers > 1 and len(todo) >= MIN_PHOTOS_FOR_PROCESSES:
         pool = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(finder.detector, finder.detect_side),
+            initializer=_start_worker, initargs=(finder.detector, finder.detect_side, os.getpid()),
         )  # fmt: skip
         find: Callable[[str], tuple[PhotoFaces | None, str, str]] = _find_in_worker
     else:
@@ -241,8 +243,17 @@ def _find_safely(finder: FaceFinder, path: str) -> tuple[PhotoFaces | None, str,
 _WORKER: list[FaceFinder] = []  # the finder of a worker process (set by _start_worker)
 
 
-def _start_worker(detector: Detector, detect_side: int) -> None:
+def _start_worker(detector: Detector, detect_side: int, parent: int) -> None:
     _WORKER[:] = [FaceFinder(detector, detect_side=detect_side)]
+    # a worker whose ingest was killed (SIGKILL: no goodbye) would wait on its queue for
+    # ever, since it holds the queue's other end itself: it leaves once it is orphaned
+    threading.Thread(target=_leave_with, args=(parent,), daemon=True).start()
+
+
+def _leave_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(0)
 
 
 def _find_in_worker(path: str) -> tuple[PhotoFaces | None, str, str]:

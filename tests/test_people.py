@@ -415,3 +415,45 @@ def test_the_people_tab_shows_a_face_per_person_and_names_one(
         named = page.name(shown.ids[0], "Alice")
         assert named.status == f"Person {shown.ids[0]} is Alice."
         assert any(caption.split(" · ")[1] == "Alice" for _, caption in named.items)
+
+
+def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
+    real_faces: Path, tmp_path: Path
+) -> None:
+    """`devise ingest` killed (SIGKILL) part-way through its face stage; run again, every
+    photo has its face once, in the right person."""
+    import re
+    import subprocess
+    import threading
+
+    from tests.cli import run, spawn
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(6):
+        for name in OBAMA + BIDEN:
+            shutil.copy2(real_faces / name, root / f"{i}_{name}")
+    index_dir = tmp_path / "killed-index"
+    args = ["ingest", str(root), "--models", "conse", "--progress", "--index", str(index_dir)]
+    proc = spawn(*args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")))  # type: ignore[union-attr]
+    reader.start()
+    bar = re.compile(r"faces:\s+\d+%\|[^|]*\|\s*(\d+)/36")
+    done = 0
+    while proc.poll() is None and done < 4:
+        found = bar.findall("".join(seen[-4000:]))
+        done = int(found[-1]) if found else 0
+    proc.kill()
+    proc.wait(30)
+    reader.join(30)
+    assert 4 <= done < 36, "the face stage ended before it could be killed"
+    with EdgeStore(index_dir) as store:
+        marked = sum(1 for r in store.scroll_images() if r.payload.get(FACES_DONE))
+        assert marked < 36
+    again = run(*args[:-1], str(index_dir), "--json", timeout=600)
+    assert again.returncode == 0, again.stderr
+    with EdgeStore(index_dir) as store:
+        assert photos_to_do(store) == [] and store.count(FACES) == 36
+        assert sorted(p.faces for p in people.list_people(store)) == [6, 30]
+        assert all(len(p) == 1 for p in person_of_photos(store).values())
