@@ -27,7 +27,7 @@ from qdrant.schema import PEOPLE
 from qdrant.store import Record, Store
 
 #: dlib's own threshold for "the same person" on its ResNet descriptor (99.38 % on LFW); the
-#: test photos' one person lies 0.24-0.43 apart, two people 0.81-0.87 (docs/people.md)
+#: test photos' one person lies 0.24-0.44 apart, two people 0.82-0.87 (docs/people.md)
 THRESHOLD = 0.6
 NEIGHBOURS = 10  # the nearest faces that vote on a new face's person
 

@@ -48,7 +48,7 @@ CROP_MARGIN = 0.6  # the crop around a face, as a fraction of its width on each 
 # a face wider than this is scaled down to it before its landmarks and descriptor: dlib's
 # descriptor reads a 150 px chip of the face and its surround (about 100 px of face), so
 # more detail is thrown away anyway; a 580 px face took 0.31 s, scaled to 150 px 0.12 s
-DESCRIBE_FACE = 200
+DESCRIBE_FACE = 150
 DESCRIPTOR_DIM = 128
 #: the version of this module's faces (detector, sizes, descriptor): faces made by another
 #: are found again at the next ingest
@@ -118,7 +118,9 @@ def reduced(image: Image.Image, side: int) -> tuple[Image.Image, float]:
     w, h = image.size
     if max(w, h) <= side:
         return image, 1.0
-    whole = max(w, h) // side
+    # a whole factor that leaves at least 0.9 x `side` (a 2,000 px copy: 1,000 px by a box
+    # reduce, 3 ms, rather than 1,024 by bilinear, 39 ms)
+    whole = int(max(w, h) // (side * 0.9))
     small = image.reduce(whole) if whole >= 2 else image
     if max(small.size) > side:
         scale = side / max(small.size)
@@ -189,7 +191,11 @@ class FaceFinder:
         upsample = 1 if max(align.size) < UPSAMPLE_BELOW else 0
         to_photo = (size[0] / align.size[0]) if size else 1.0
         out: list[FoundFace] = []
-        for rect, score in self._detect(np.asarray(small), upsample):
+        # HOG reads gradients: on grey it finds the same faces in about 0.68x the time of
+        # RGB (13 photos at 1,024 px: 65-77 against 96-111 ms, scores a little lower);
+        # the CNN detector reads colour
+        pixels = np.asarray(small if self.detector == "cnn" else small.convert("L"))
+        for rect, score in self._detect(pixels, upsample):
             left, top = rect.left() * factor, rect.top() * factor
             right, bottom = rect.right() * factor, rect.bottom() * factor
             width = right - left
