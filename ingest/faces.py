@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ingest.people import choose_person, new_person, refresh_photos
+from ingest.people import choose_person, new_person
 from model.data.images import ImageError
 from model.detectors.dlib_faces import FACES_VERSION, Detector, FaceFinder, PhotoFaces
 from model.detectors.faces import PERSON_SCORE
@@ -266,5 +266,4 @@ def forget_faces(store: Store) -> int:
     store.delete_faces(ids)
     photos = [r.id for r in store.scroll_images() if FACES_DONE in r.payload]
     store.set_image_payloads([(p, {FACES_DONE: 0, PEOPLE: []}) for p in photos])
-    refresh_photos(store, [])
     return len(ids)
