@@ -307,6 +307,8 @@ def test_a_name_is_a_query_term_and_a_filter(
     assert answer is None and req.text == "at the beach" and req.photo.people == (obama,)
     req, _ = asked.with_people(store, QueryRequest("search", text="dog -joe biden"))
     assert req.text == "dog" and req.photo.not_people == (biden,)
+    read = asked.with_people_read(req, Answer("conse", 1.0, query="dog"))
+    assert read.query == "−Joe Biden · dog"
     req, _ = asked.with_people(store, QueryRequest("search", text="barackobama"))
     assert req.text == "barackobama" and not req.photo.people  # whole words only
     # the tags of a photo with a named person name it first

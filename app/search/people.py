@@ -158,10 +158,21 @@ def with_people(store: Store, request: QueryRequest) -> tuple[QueryRequest, Answ
         people=tuple(dict.fromkeys(request.photo.people + tuple(ids))),
         not_people=tuple(dict.fromkeys(request.photo.not_people + tuple(against))),
     )
-    asked = replace(request, text=text, photo=photo)
+    # the names stay with the request (as --person's), so the answer can say how it read them
+    asked = replace(request, text=text, photo=photo, people=tuple(dict.fromkeys(wanted)))
+    asked = replace(asked, read_against=tuple(dict.fromkeys(unwanted)))
     if request.kind != "search" or text or request.image is not None:
         return asked, None
     return asked, _photos_of(store, asked, wanted, unwanted)
+
+
+def with_people_read(request: QueryRequest, answer: Answer) -> Answer:
+    """A search's answer, its reading led by the persons the request named ("Alice ·
+    −Bob · beach")."""
+    names = list(request.people) + [f"−{n}" for n in request.read_against]
+    if names and answer.query is not None:
+        answer.query = " · ".join([*names, answer.query])
+    return answer
 
 
 def _one(store: Store, word: str, known: dict[str, str]) -> str:

@@ -42,6 +42,9 @@ class QueryRequest:
     #: people the photos must show, by name or id as typed (--person), beside any name the
     #: text holds; resolved against the index by the service (app/search/people.py)
     people: tuple[str, ...] = ()
+    #: the names a query's text asked against (`-Bob`), once the service has read them; for
+    #: the answer's reading only (the filter is in `photo`)
+    read_against: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -41,7 +41,12 @@ from app.search.filters import PhotoFilter, read_photo_filter
 from app.search.models import DEFAULT_VOCABULARY as DEFAULT_VOCABULARY
 from app.search.models import MODELS as MODELS
 from app.search.models import Models, index_meta, index_models, index_status, require_images
-from app.search.people import name_people_in_note, name_people_in_tags, with_people
+from app.search.people import (
+    name_people_in_note,
+    name_people_in_tags,
+    with_people,
+    with_people_read,
+)
 from app.search.query import Reading, Term, read_query, reading
 from app.search.ranking import joint
 from app.search.ranking.concept import concept_images, concept_query, other_senses
@@ -429,10 +434,10 @@ class SearchService:
                 r.image, model=r.model, labels=r.labels, folder=r.folder,
                 min_score=r.min_score, k=r.k, photo=r.photo,
             ))  # fmt: skip
-        return self.search_text(
+        return with_people_read(r, self.search_text(
             r.text, image=r.image, model=r.model, labels=r.labels, folder=r.folder,
             min_score=r.min_score, k=r.k, zero_shot_bias=r.zero_shot_bias, photo=r.photo,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     def similar(
         self,
