@@ -321,8 +321,8 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--face-detector",
         choices=("hog", "cnn"),
         default="hog",
-        help="dlib's face detector: hog (the default, quick on a CPU) or cnn (finds turned "
-        "and small faces HOG misses; several times slower without a GPU)",
+        help="dlib's face detector: hog (the default, quick on a CPU) or cnn (faces at more "
+        "angles, by dlib's account; about 20 s a photo on 2 CPU cores; docs/people.md)",
     )
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument(
