@@ -212,6 +212,13 @@ class RemoteIndex:
         out: dict[str, Any] = self.call_json("/cli_query", kind, json.dumps(params), upload, name)
         return out
 
+    def people(self, action: str, values: list[str]) -> dict[str, Any]:
+        """`devise people ACTION`'s answer, from the app (a write sends the token)."""
+        out: dict[str, Any] = self.call_json(
+            "/cli_people", self.record.token, action, json.dumps(values)
+        )
+        return out
+
     def duplicates(self, threshold: float | None, folder: str | None, model: str) -> Any:
         return self.call_json("/cli_duplicates", threshold, folder, model)
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from model.data.images import Preprocess
+
+if TYPE_CHECKING:
+    from ingest.faces import FaceSummary
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -51,9 +54,11 @@ class IngestSummary:
     wait_seconds: float = 0.0  # time the embedders waited for the loader threads
     batches: int = 0
     to_embed: int = 0  # files found new or changed, to embed: what a progress bar counts to
+    #: what the face stage after the embedding did (ingest/faces.py), when it ran
+    faces: FaceSummary | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "indexed": self.indexed,
             "unchanged": self.unchanged,
             "moved": self.moved,
@@ -61,6 +66,9 @@ class IngestSummary:
             "failed": dict(self.failed),
             "seconds": round(self.seconds, 3),
         }
+        if self.faces is not None:
+            out["faces"] = self.faces.to_json()
+        return out
 
     def line(self) -> str:
         failed = sum(self.failed.values())
@@ -72,6 +80,7 @@ class IngestSummary:
             + (f", {self.twins} symlinked twin(s) settled" if self.twins else "")
             + (f", EXIF added to {self.exif_added} unchanged" if self.exif_added else "")
             + f" in {self.seconds:.1f}s"
+            + (f"; {self.faces.line()}" if self.faces is not None else "")
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ingest.base import FileEntry, IngestSummary
 from qdrant.filters import SearchFilter
-from qdrant.schema import abs_posix, image_payload, image_point_id
+from qdrant.schema import FACES_DONE, PEOPLE, abs_posix, image_payload, image_point_id
 from qdrant.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,17 @@ def reuse_moved(
         )
         payload.update(exif[f.path])
         reused = {n: donor.vectors[n][None, :] for n in names}
+        moved = not os.path.exists(donor.payload.get("path", ""))
+        if moved:
+            # its faces follow it, before the new point exists: a kill in between leaves
+            # them on the new id, which the next run's move writes again
+            move_faces(store, donor.id, image_point_id(f.path), f.path)
+        else:
+            # a copy gets faces of its own from the face pass
+            payload.pop(FACES_DONE, None)
+            payload.pop(PEOPLE, None)
         store.upsert_images([image_point_id(f.path)], [payload], reused)  # type: ignore[list-item]
-        if not os.path.exists(donor.payload.get("path", "")):
+        if moved:
             store.delete_images([donor.id])  # after the upsert: a kill in between loses nothing
             summary.moved += 1
         else:
@@ -81,6 +90,12 @@ def _reusable(
         if all(rec.vectors.get(n) is not None for n in names):
             return rec
     return None
+
+
+def move_faces(store: Store, old_id: str, new_id: str, path: str) -> None:
+    """The faces of image point `old_id` now belong to `new_id`, at `path`."""
+    faces = store.faces_of_photos([old_id])
+    store.set_face_payloads([(f.id, {"photo": new_id, "path": abs_posix(path)}) for f in faces])
 
 
 def prune_missing(store: Store, roots: Sequence[Path]) -> int:
@@ -128,6 +143,7 @@ def settle_symlinked_points(store: Store) -> int:
         full = store.retrieve_images([rec.id], with_vectors=names)
         vectors = {n: v[None, :] for n, v in full[0].vectors.items() if v is not None}
         payload = dict(rec.payload)
+        payload.pop(FACES_DONE, None)  # the old point's faces go with it: found again
         payload.update(
             image_payload(
                 target,

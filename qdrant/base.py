@@ -12,6 +12,9 @@ import numpy as np
 
 from qdrant.filters import SearchFilter
 from qdrant.schema import (
+    FACE_INDEXES,
+    FACE_VECTOR,
+    FACES,
     IMAGES,
     WORD_INDEXES,
     WORD_VECTOR,
@@ -36,6 +39,9 @@ from qdrant.store import (
 )
 
 PointId = int | str
+#: a face descriptor's length (dlib's ResNet; model/detectors/dlib_faces.py: qdrant knows
+#: nothing of model/, so the number is written here too)
+DESCRIPTOR_DIM = 128
 #: one batch of points to write: (point id, named vectors as lists of floats, payload)
 Points = Sequence[tuple[PointId, dict[str, Any], dict[str, Any]]]
 #: one batch of one named vector to set: the points' ids and a row for each
@@ -139,6 +145,18 @@ class BaseStore(Store):
     @abstractmethod
     def _word_records(self, words: Sequence[str]) -> list[Record]:
         """The word points of these words, with their WORD_VECTOR."""
+
+    @abstractmethod
+    def _delete(self, collection: str, ids: Sequence[str]) -> None:
+        """Delete points of `collection` (which exists); unknown ids are ignored."""
+
+    @abstractmethod
+    def _set_payloads(self, collection: str, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each payload into its point of `collection` (which exists)."""
+
+    @abstractmethod
+    def _get(self, collection: str, ids: Sequence[str], with_vectors: WithVectors) -> list[Record]:
+        """The points of `collection` (which exists) with these ids, with their payload."""
 
     # ---------------------------------------------------------------- shared
 
@@ -332,4 +350,65 @@ class BaseStore(Store):
             vec = rec.vectors.get(WORD_VECTOR)
             if vec is not None:
                 out[str(rec.payload.get("word"))] = vec
+        return out
+
+    # ---------------------------------------------------------------- faces
+
+    def ensure_faces(self) -> None:
+        if self._exists(FACES):
+            self._add_indexes(FACES, FACE_INDEXES)
+        else:
+            self._create(FACES, {FACE_VECTOR: DESCRIPTOR_DIM}, FACE_INDEXES, None, None)
+
+    def upsert_faces(
+        self, ids: Sequence[str], payloads: Sequence[dict[str, Any]], vectors: Matrix
+    ) -> None:
+        n = len(ids)
+        if len(payloads) != n:
+            raise ValueError(f"upsert_faces: {n} ids but {len(payloads)} payloads")
+        if not n:
+            return
+        mat = as_matrix(vectors, n, "face descriptors")
+        self.ensure_faces()
+        batches = (
+            [
+                (ids[i], {FACE_VECTOR: mat[i].tolist()}, dict(payloads[i]))
+                for i in range(start, min(start + UPSERT_BATCH, n))
+            ]
+            for start in range(0, n, UPSERT_BATCH)
+        )
+        self._upsert(FACES, batches)
+
+    def delete_faces(self, ids: Sequence[str]) -> None:
+        if ids and self._exists(FACES):
+            for start in range(0, len(ids), UPSERT_BATCH):
+                self._delete(FACES, list(ids[start : start + UPSERT_BATCH]))
+
+    def set_face_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if updates and self._exists(FACES):
+            for start in range(0, len(updates), UPSERT_BATCH):
+                self._set_payloads(FACES, updates[start : start + UPSERT_BATCH])
+
+    def search_faces(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        if k <= 0 or not self._exists(FACES) or not self._has_vector(FACES, FACE_VECTOR):
+            return []
+        return self._query(FACES, FACE_VECTOR, vector, k, flt)
+
+    def scroll_faces(
+        self, flt: SearchFilter | None = None, with_vectors: WithVectors = False
+    ) -> Iterator[Record]:
+        if not self._exists(FACES):
+            return iter(())
+        return self._scroll(FACES, with_vectors, flt, SCROLL_BATCH)
+
+    def retrieve_faces(self, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Record]:
+        if not ids or not self._exists(FACES):
+            return []
+        return self._get(FACES, ids, with_vectors)
+
+    def faces_of_photos(self, photo_ids: Sequence[str]) -> list[Record]:
+        out: list[Record] = []
+        for start in range(0, len(photo_ids), SCROLL_BATCH):
+            chunk = tuple(photo_ids[start : start + SCROLL_BATCH])
+            out.extend(self.scroll_faces(SearchFilter(matches=(("photo", chunk),))))
         return out

@@ -3,6 +3,7 @@
 Layout under the index root:
     root/images/        the `images` shard
     root/words/         the `words` shard
+    root/faces/         the `faces` shard (one point per face found)
     root/meta.json      the meta document, replaced atomically
     root/store.pid      PID of the process holding the index, flock-ed while open
 """
@@ -21,7 +22,7 @@ import qdrant_edge as qe
 
 from qdrant import graphbuild
 from qdrant.base import BaseStore, Points, VectorRows, with_vector
-from qdrant.edge_config import images_config, words_config
+from qdrant.edge_config import faces_config, images_config, words_config
 
 # Under these names here, because tests patch qdrant.edge._index_schema and read
 # qdrant.edge._links_or_order; the code below calls them by these names.
@@ -37,6 +38,7 @@ from qdrant.edge_files import (
     warm_paths,
 )
 from qdrant.edge_graph import EdgeGraphBuilds
+from qdrant.edge_points import EdgePoints
 from qdrant.edge_search import EdgeSearches
 from qdrant.edge_state import gated, page, pages
 from qdrant.errors import IndexInUseError, StoreError
@@ -44,6 +46,7 @@ from qdrant.filters import SearchFilter, to_edge
 from qdrant.schema import (
     DUP_VECTOR,
     EDGE_IMAGE_INDEXES,
+    FACES,
     IMAGE_INDEXING,
     IMAGES,
     INDEX_FROM_POINTS,
@@ -72,7 +75,7 @@ _WAL_LOCKED = "Kind(WouldBlock)"
 _EXISTS_DIFFERENTLY = "already exists with different parameters"
 
 
-class EdgeStore(EdgeSearches, EdgeGraphBuilds):
+class EdgeStore(EdgeSearches, EdgeGraphBuilds, EdgePoints):
     """The embedded store: Qdrant Edge shards under `root`, searched exactly.
 
     Opening takes an exclusive lock on `root`: a second open, from this process or
@@ -138,7 +141,7 @@ class EdgeStore(EdgeSearches, EdgeGraphBuilds):
         try:
             if graphbuild.recover(self.root, IMAGES):
                 log.warning("%s: a graph swap was cut off; the index is as before it", self.root)
-            for name in (IMAGES, WORDS):
+            for name in (IMAGES, WORDS, FACES):
                 if self._shard_exists(name):
                     self._shards[name] = self._load(name)
         except BaseException:
@@ -361,6 +364,8 @@ class EdgeStore(EdgeSearches, EdgeGraphBuilds):
         del shard_number, replication_factor
         if name == IMAGES:
             config = images_config(IMAGE_INDEXING, vectors)
+        elif name == FACES:
+            config = faces_config(vectors)
         else:
             config = words_config(vectors)
         shard = qe.EdgeShard.create(str(self.root / name), config)
@@ -490,6 +495,8 @@ class EdgeStore(EdgeSearches, EdgeGraphBuilds):
         if shard is None or not ids:
             return
         self._write(shard, qe.UpdateOperation.delete_points(list(ids)), ids)
+        # a photo takes its faces with it
+        self.delete_faces([f.id for f in self.faces_of_photos(list(ids))])
         self._maybe_flush()
 
     @gated

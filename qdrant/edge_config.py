@@ -99,6 +99,17 @@ def words_config(sizes: dict[str, int]) -> qe.EdgeConfig:
     )
 
 
+def faces_config(sizes: dict[str, int]) -> qe.EdgeConfig:
+    """The faces shard's config: dlib's descriptors by Euclidean distance, exact search only
+    (see optimizers)."""
+    return qe.EdgeConfig(
+        vectors={
+            k: qe.EdgeVectorParams(size=d, distance=qe.Distance.Euclid) for k, d in sizes.items()
+        },
+        optimizers=optimizers(WORDS, sizes),
+    )
+
+
 def search_params(
     ix: VectorIndexing,
     exact: bool,

@@ -18,7 +18,6 @@ from qdrant.schema import (
     FOLDER_IDS,
     IMAGES,
     VECTOR_NAMES,
-    WORDS,
     camera_id,
     folder_id,
     folders_of,
@@ -94,8 +93,8 @@ class EdgeSearches(EdgeState):
                 for p in shard.query(request)
             ]
 
-        # words: always exact (no graph); images: the graph once it is built
-        exact = collection == WORDS
+        # words and faces: always exact (no graph); images: the graph once it is built
+        exact = collection != IMAGES
         hits = run(exact)
         if len(hits) < k and may_be_stranded(shard, exact, edge_filter, threshold):
             # A filtered walk of the graph can strand itself among points the filter refuses

@@ -46,6 +46,11 @@ class SearchFilter:
     cameras: tuple[str, ...] = ()
     #: taken within this circle (an image without a GPS position fails it)
     near: GeoCircle | None = None
+    #: (keyword field, values): a point's field must hold one of the values, for each pair
+    #: (the people in a photo, a face's person or photo)
+    matches: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: (keyword field, values): a point's field must hold none of the values
+    excludes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 NO_FILTER = SearchFilter()
@@ -63,6 +68,8 @@ class Condition:
     gte: float | None = None
     lt: float | None = None
     geo: GeoCircle | None = None
+    #: the point must fail the condition instead (only with `any_of`)
+    negate: bool = False
 
     @property
     def is_range(self) -> bool:
@@ -100,6 +107,8 @@ def conditions(flt: SearchFilter | None) -> list[Condition]:
         out.append(Condition("camera", any_of=tuple(flt.cameras)))
     if flt.near is not None:
         out.append(Condition("location", geo=flt.near))
+    out += [Condition(key, any_of=tuple(values)) for key, values in flt.matches]
+    out += [Condition(key, any_of=tuple(values), negate=True) for key, values in flt.excludes]
     return out
 
 
@@ -118,8 +127,11 @@ def to_edge(
     import qdrant_edge as qe
 
     must: list[qe.FieldCondition] = []
+    must_not: list[qe.FieldCondition] = []
     for c in conditions(flt):
-        if folder_ids and c.key == "folders" and c.equals is not None:
+        if c.negate:
+            must_not.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.any_of))))
+        elif folder_ids and c.key == "folders" and c.equals is not None:
             must.append(qe.FieldCondition(FOLDER_IDS, match=qe.MatchValue(folder_id(c.equals))))
         elif camera_ids and c.key == "camera" and c.any_of:
             numbers = [camera_id(x) for x in c.any_of]
@@ -142,6 +154,8 @@ def to_edge(
             centre = qe.GeoPoint(lon=c.geo.lon, lat=c.geo.lat)
             radius = qe.GeoRadius(centre, c.geo.radius_km * 1000.0)
             must.append(qe.FieldCondition(c.key, geo_radius=radius))
+    if must_not:
+        return qe.Filter(must=list(must), must_not=list(must_not))
     return qe.Filter(must=list(must)) if must else None
 
 
@@ -150,8 +164,11 @@ def to_server(flt: SearchFilter | None) -> models.Filter | None:
     from qdrant_client import models as m
 
     must: list[m.Condition] = []
+    must_not: list[m.Condition] = []
     for c in conditions(flt):
-        if len(c.any_of) == 1:
+        if c.negate:
+            must_not.append(m.FieldCondition(key=c.key, match=m.MatchAny(any=list(c.any_of))))
+        elif len(c.any_of) == 1:
             must.append(m.FieldCondition(key=c.key, match=m.MatchValue(value=c.any_of[0])))
         elif c.any_of:
             must.append(m.FieldCondition(key=c.key, match=m.MatchAny(any=list(c.any_of))))
@@ -165,4 +182,6 @@ def to_server(flt: SearchFilter | None) -> models.Filter | None:
             centre = m.GeoPoint(lon=c.geo.lon, lat=c.geo.lat)
             radius = m.GeoRadius(center=centre, radius=c.geo.radius_km * 1000.0)
             must.append(m.FieldCondition(key=c.key, geo_radius=radius))
+    if must_not:
+        return m.Filter(must=must, must_not=must_not)
     return m.Filter(must=must) if must else None

@@ -12,6 +12,9 @@ from uuid import NAMESPACE_URL, uuid5
 
 IMAGES = "images"
 WORDS = "words"
+# one point per face found in a photo: its descriptor and where it is (model/detectors/
+# dlib_faces.py, ingest/faces.py)
+FACES = "faces"
 FOLDER_IDS = "folder_ids"
 # `camera` as a number (camera_id): what Edge's camera filter checks.
 CAMERA_ID = "camera_id"
@@ -19,6 +22,10 @@ CAMERA_ID = "camera_id"
 META = "devise_meta"
 SCHEMA_VERSION = 1
 
+# image payload: the person ids of the faces in the photo, and the version of the face pass
+# that found them (written only once its faces are stored: a killed pass resumes from it)
+PEOPLE = "people"
+FACES_DONE = "faces_done"
 # "lookup": an integer index for exact matches only, without the range part (which for
 # `folder_ids` took 1.9 of a 1,000,000-point store's 5 s to load, and no filter asks a range)
 IndexKind = Literal["keyword", "integer", "lookup", "float", "geo"]
@@ -49,6 +56,8 @@ IMAGE_INDEXES: dict[str, IndexKind] = {
     # by query, Xeon family 6 model 207)
     CAMERA_ID: "lookup",
     "location": "geo",
+    # the people whose faces a photo shows (person ids, ingest/faces.py): the person filter
+    PEOPLE: "keyword",
 }
 # The payload indexes whose big values get links of their own in every searched vector's
 # graph (VectorIndexing.payload_m): folders and labels, the filters people narrow by. Every
@@ -77,6 +86,12 @@ WORD_INDEXES: dict[str, IndexKind] = {"rank": "integer", "word": "keyword", "kin
 WORD_KINDS = ("word", "label", "hypernym")
 # Labels and hypernyms sit above every frequency rank, so a `max_rank` cap leaves them out.
 CONCEPT_RANK = 10_000_000
+# The faces collection: one vector, dlib's 128-d descriptor, compared by Euclidean distance
+# (dlib's measure: one person's faces lie under about 0.6 apart), searched exactly (a library
+# has far fewer faces than an exact scan handles in a few ms). `photo` finds a photo's faces
+# (to delete or move them), `person` a person's.
+FACE_VECTOR = "face"
+FACE_INDEXES: dict[str, IndexKind] = {"photo": "keyword", "person": "keyword"}
 # The words collection has one named vector.
 WORD_VECTOR = "word"
 # The near-duplicate vector of an image (pooled backbone features, projected and unit-norm):
@@ -210,6 +225,25 @@ class ImagePayload(TypedDict):
     camera_id: NotRequired[int]  # camera_id of `camera`, added by the store; older points lack it
     location: NotRequired[GeoPayload]
     exif: NotRequired[int]
+
+
+class FacePayload(TypedDict):
+    """Payload of one face point: its photo (point id and path), its box in the photo's
+    upright pixels (left, top, right, bottom), the detector's score, its width in pixels and
+    the person it belongs to (a person id, as a string)."""
+
+    photo: str
+    path: str
+    box: list[int]
+    score: float
+    size: int
+    person: str
+
+
+def face_point_id(photo_id: str, sha256: str, index: int) -> str:
+    """Point id of a photo's `index`-th face: uuid5 of the photo's point id and content, so a
+    photo's faces found again overwrite themselves; a moved photo's faces keep their ids."""
+    return str(uuid5(NAMESPACE_URL, f"devise-face:{photo_id}:{sha256}:{index}"))
 
 
 class WordPayload(TypedDict):

@@ -17,6 +17,7 @@ from qdrant.errors import StoreError, StoreUnavailableError
 from qdrant.filters import SearchFilter, score_threshold, to_server
 from qdrant.graphbuild import GraphBuild
 from qdrant.schema import (
+    FACES,
     IMAGE_INDEXES,
     IMAGES,
     INDEX_FROM_POINTS,
@@ -181,7 +182,11 @@ class ServerStore(BaseStore):
                 vectors_config={
                     k: image_vector_params(d, k)
                     if images
-                    else m.VectorParams(size=d, distance=m.Distance.COSINE)
+                    else m.VectorParams(
+                        size=d,
+                        # faces: dlib's descriptors compare by Euclidean distance
+                        distance=m.Distance.EUCLID if collection == FACES else m.Distance.COSINE,
+                    )
                     for k, d in vectors.items()
                 },
                 # images: no graph below schema.INDEX_FROM_POINTS; words: never a graph
@@ -313,6 +318,8 @@ class ServerStore(BaseStore):
             return
         with self._guard("delete images"):
             self.client.delete(IMAGES, m.PointIdsList(points=list(ids)), wait=True)
+        # a photo takes its faces with it
+        self.delete_faces([f.id for f in self.faces_of_photos(list(ids))])
 
     def set_image_payload(self, point_id: str, payload: dict[str, Any]) -> None:
         with self._guard("set payload"):
@@ -330,6 +337,25 @@ class ServerStore(BaseStore):
             ]
             with self._guard("set payloads"):
                 self.client.batch_update_points(IMAGES, ops, wait=True)
+
+    def _delete(self, collection: str, ids: Sequence[str]) -> None:
+        with self._guard(f"delete from {collection}"):
+            self.client.delete(collection, m.PointIdsList(points=list(ids)), wait=True)
+
+    def _set_payloads(self, collection: str, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        ops: list[m.UpdateOperation] = [
+            m.SetPayloadOperation(set_payload=m.SetPayload(payload=payload, points=[point_id]))
+            for point_id, payload in updates
+        ]
+        with self._guard(f"set payloads in {collection}"):
+            self.client.batch_update_points(collection, ops, wait=True)
+
+    def _get(self, collection: str, ids: Sequence[str], with_vectors: WithVectors) -> list[Record]:
+        with self._guard(f"retrieve from {collection}"):
+            raw = self.client.retrieve(
+                collection, list(ids), with_payload=True, with_vectors=with_vector(with_vectors)
+            )
+        return self._records(raw)
 
     # ---------------------------------------------------------------- reads
 

@@ -265,6 +265,43 @@ class Store(Protocol):
         serving."""
         ...
 
+    def ensure_faces(self) -> None:
+        """Create the faces collection and its payload indexes where missing."""
+        ...
+
+    def upsert_faces(
+        self, ids: Sequence[str], payloads: Sequence[dict[str, Any]], vectors: Matrix
+    ) -> None:
+        """Insert or replace face points (schema.FacePayload), creating the collection."""
+        ...
+
+    def delete_faces(self, ids: Sequence[str]) -> None:
+        """Delete face points; unknown ids are ignored."""
+        ...
+
+    def set_face_payloads(self, updates: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each (face id, payload) into that face's payload."""
+        ...
+
+    def search_faces(self, vector: Vector, k: int, flt: SearchFilter | None = None) -> list[Hit]:
+        """The `k` faces nearest to a descriptor, nearest first; a hit's `score` is the
+        Euclidean distance (lower is closer)."""
+        ...
+
+    def scroll_faces(
+        self, flt: SearchFilter | None = None, with_vectors: WithVectors = False
+    ) -> Iterator[Record]:
+        """Every face point matching `flt`."""
+        ...
+
+    def retrieve_faces(self, ids: Sequence[str], with_vectors: WithVectors = False) -> list[Record]:
+        """The face points with these ids that exist."""
+        ...
+
+    def faces_of_photos(self, photo_ids: Sequence[str]) -> list[Record]:
+        """The faces of these image points, payload only."""
+        ...
+
     def flush(self) -> None:
         """Make everything written so far durable."""
         ...

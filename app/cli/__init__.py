@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from app.cli import index, model, query, serve
+from app.cli import index, model, people, query, serve
 from app.cli.common import CliError, say
 
 # tests/test_gzsl.py checks the --zero-shot-bias type as app.cli._bias
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_parsers(sub)
     index.add_parsers(sub)
     query.add_parsers(sub)
+    people.add_parsers(sub)
     serve.add_parsers(sub)
     return p
 

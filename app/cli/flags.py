@@ -159,7 +159,7 @@ def query_flags(sp: argparse.ArgumentParser, filters: bool = True) -> None:
 
 
 def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
-    """--label, --folder, --after, --before, --camera, --near and --radius-km."""
+    """--label, --folder, --person, --after, --before, --camera, --near and --radius-km."""
     sp.add_argument(
         "--label",
         action="append",
@@ -167,6 +167,14 @@ def photo_filter_flags(sp: argparse.ArgumentParser) -> None:
         help="only images with this label (repeatable: any of)",
     )
     sp.add_argument("--folder", default=None, help="only images under this folder")
+    sp.add_argument(
+        "--person",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only photos that show this person (a name given with `devise people name`, or "
+        "an id); repeatable: all of them",
+    )
     sp.add_argument(
         "--after",
         type=when,

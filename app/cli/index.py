@@ -84,6 +84,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty() or args.progress,
             model_meta=extra,
         )
+        summary.faces = _face_pass(args, store)
         # points from before `folder_ids`, `camera_id` and `vectors` get them, once: the
         # folder and camera filters then check numbers, not names, and `devise status`
         # counts each vector's points from an index (qdrant/schema.py)
@@ -141,6 +142,7 @@ def _remote_ingest(args: argparse.Namespace, settings: Any, remote: Any) -> int:
         "clip_pretrained": args.clip_pretrained, "precision": settings.precision,
         "prune": args.prune, "reembed": args.reembed, "batch_size": args.batch_size,
         "workers": args.workers, "cache": absolute(args.cache), "regions": args.regions,
+        "no_faces": args.no_faces, "face_detector": args.face_detector,
     }  # fmt: skip
     show = not args.json and sys.stderr.isatty() or args.progress
     bar = tqdm(desc="ingest", unit="img", dynamic_ncols=True, disable=not show, file=sys.stderr)
@@ -250,6 +252,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _add_status(sub)
 
 
+def _face_pass(args: argparse.Namespace, store: Any) -> Any:
+    """The face stage after the embedding (ingest/faces.py): None when turned off or when
+    dlib is absent (said on stderr)."""
+    if args.no_faces:
+        return None
+    from app.jobs.faces import face_stage
+
+    return face_stage(
+        store,
+        [Path(d) for d in args.dirs],
+        detector=args.face_detector,
+        progress=not args.json and sys.stderr.isatty() or args.progress,
+        say=lambda text: print(text, file=sys.stderr),
+    )
+
+
 def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i = sub.add_parser("ingest", help="index folders of images (incremental, idempotent)")
     i.add_argument(
@@ -316,6 +334,19 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "the backbones measured to keep their results, see docs/speed.md; else fp32), fp32, "
         "bf16, or int8 (OpenVINO post-training quantisation; CPU only; fastest, and moves "
         "some eval metrics by a little more than auto allows: see docs/speed.md)",
+    )
+    i.add_argument(
+        "--no-faces",
+        action="store_true",
+        help="skip the face stage (finding faces and grouping them into people, after the "
+        "embedding; docs/people.md)",
+    )
+    i.add_argument(
+        "--face-detector",
+        choices=("hog", "cnn"),
+        default="hog",
+        help="dlib's face detector: hog (the default, quick on a CPU) or cnn (faces at more "
+        "angles, by dlib's account; about 20 s a photo on 2 CPU cores; docs/people.md)",
     )
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument(

@@ -60,7 +60,7 @@ def _part(box: list[float]) -> str:
 def _request(args: argparse.Namespace, kind: str) -> Any:
     """The query as the flags ask it. The flag types have read each date and the place;
     here they are checked together, once (an empty date range is a BadQueryError)."""
-    from app.search.filters import checked_photo_filter
+    from app.search.filters import checked_photo_filter, read_people
     from app.search.request import Kind, QueryRequest
 
     fields: dict[str, Any] = {"model": args.model, "min_score": args.min_score, "k": args.k}
@@ -76,7 +76,7 @@ def _request(args: argparse.Namespace, kind: str) -> Any:
     )  # fmt: skip
     return QueryRequest(
         cast(Kind, kind), labels=tuple(args.label or ()), folder=args.folder, photo=photo,
-        **fields,
+        people=read_people(args.person or ()), **fields,
     )  # fmt: skip
 
 

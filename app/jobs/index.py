@@ -128,6 +128,7 @@ class IndexJob:
         return self.message
 
     def _run(self, path: Path) -> None:
+        from app.jobs.faces import face_stage
         from ingest.pipeline import ingest
 
         def progress(summary: IngestSummary) -> None:
@@ -151,6 +152,8 @@ class IndexJob:
                 model_meta=meta,
                 on_batch=progress,
             )
+            self.message = f"indexing {path}: finding faces"
+            summary.faces = face_stage(self.service.store, [path])
             self.message = f"indexed {path}: {summary.line()}"
             self.state = "done"
             if self._on_done is not None:

@@ -34,6 +34,8 @@ def known_errors() -> tuple[type[BaseException], ...]:
         ("model.embedders.embedder", "UnknownWordsError"),
         ("qdrant.errors", "StoreError"),
         ("ingest.pipeline", "IngestError"),
+        ("ingest.people", "PeopleError"),
+        ("model.detectors.dlib_faces", "FacesUnavailable"),
         ("model.embedders.clip", "ClipUnavailable"),
         ("model.data.datasets", "DatasetError"),
         ("model.device", "DeviceError"),

@@ -32,9 +32,22 @@ class PhotoFilter:
     before: float | None = None
     cameras: tuple[str, ...] = ()
     near: GeoCircle | None = None
+    #: person ids: each must be in the photo (a query's names and --person, resolved by
+    #: app/search/people.py); and persons none of whom may be
+    people: tuple[str, ...] = ()
+    not_people: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.after is not None or self.before is not None or self.cameras or self.near)
+        return bool(
+            self.after is not None or self.before is not None or self.cameras or self.near
+            or self.people or self.not_people
+        )  # fmt: skip
+
+
+def read_people(names: Sequence[str]) -> tuple[str, ...]:
+    """--person values as typed: each name's words joined by one space, empty ones and
+    repeats left out."""
+    return tuple(dict.fromkeys(" ".join(n.split()) for n in names if n and n.strip()))
 
 
 def parse_when(text: str) -> float:

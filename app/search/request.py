@@ -39,6 +39,12 @@ class QueryRequest:
     photo: PhotoFilter = field(default_factory=PhotoFilter)
     zero_shot_bias: str | float = "auto"
     generality: str = "specific"
+    #: people the photos must show, by name or id as typed (--person), beside any name the
+    #: text holds; resolved against the index by the service (app/search/people.py)
+    people: tuple[str, ...] = ()
+    #: the names a query's text asked against (`-Bob`), once the service has read them; for
+    #: the answer's reading only (the filter is in `photo`)
+    read_against: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,6 +90,7 @@ class QueryRequest:
             "near": [near.lat, near.lon, near.radius_km] if near else None,
             "zero_shot_bias": self.zero_shot_bias,
             "generality": self.generality,
+            "people": list(self.people),
         }
 
     @classmethod
@@ -110,6 +117,7 @@ class QueryRequest:
                 photo=photo,
                 zero_shot_bias=data.get("zero_shot_bias", "auto"),
                 generality=data.get("generality") or "specific",
+                people=tuple(str(x) for x in data.get("people") or ()),
             )
         except (TypeError, ValueError) as e:
             raise BadQueryError(f"a malformed query: {e}") from None

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from app.search.filters import MAX_RADIUS_KM, PhotoFilter, iso_of
 from qdrant.filters import GeoCircle, SearchFilter
-from qdrant.schema import IMAGES, abs_posix
+from qdrant.schema import IMAGES, PEOPLE, abs_posix
 from qdrant.store import Store
 
 
@@ -33,6 +33,9 @@ def search_filter(
         taken_before=photo.before,
         cameras=match_cameras(store, photo.cameras),
         near=photo.near,
+        # each person is a condition of its own: the photo shows all of them
+        matches=tuple((PEOPLE, (pid,)) for pid in photo.people),
+        excludes=((PEOPLE, photo.not_people),) if photo.not_people else (),
     )
 
 

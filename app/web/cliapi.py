@@ -96,6 +96,18 @@ class CliApi:
         out["note"] = report.note
         return out
 
+    def people(self, token: str, action: str, values: Sequence[str]) -> dict[str, Any]:
+        """`devise people`: a list or show at once; a write (name, merge, remove) with the
+        token, in the ingest slot, so it never interleaves with an ingest's face pass."""
+        from app.search import people
+
+        store = self.h.service.store
+        if action not in people.WRITES:
+            return people.run(store, action, values)
+        job = self._writer(token, f"people {action}")
+        with job.write_slot(f"people {action}"):
+            return people.run(store, action, values)
+
     # ---------------------------------------------------------------- ingest
 
     def ingest(self, token: str, paths: Sequence[str], options: dict[str, Any]) -> int:
@@ -161,6 +173,7 @@ class CliApi:
         self, opts: dict[str, Any]
     ) -> Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary]:
         def run(req: IngestRequest, on_batch: Callable[[IngestSummary], None]) -> IngestSummary:
+            from app.jobs.faces import face_stage
             from ingest.pipeline import ingest
 
             embedders, meta = self.embedders(opts)
@@ -171,6 +184,10 @@ class CliApi:
                 workers=opts.get("workers"), progress=False, model_meta=meta,
                 on_batch=on_batch,
             )  # fmt: skip
+            if not opts.get("no_faces"):
+                summary.faces = face_stage(
+                    store, req.paths, detector=str(opts.get("face_detector") or "hog")
+                )
             # Not optimize(), which `devise ingest` runs: it holds the GIL for its whole
             # run, and every search of the app would wait (OFFLINE.md, "The GIL"). The
             # app's GraphJob builds the graph in another process once this job has ended.
@@ -307,13 +324,17 @@ class CliApi:
             """Queues `devise eval --record` (report: the evaluation's JSON): {"id"}."""
             return answer(lambda: {"id": self.record_evaluation(token, json.loads(report))})
 
+        def cli_people(token: str, action: str, values: str = "[]") -> str:
+            """`devise people ACTION VALUES --json` for the CLI (writes need the token)."""
+            return answer(lambda: self.people(token, action, json.loads(values)))
+
         def cli_ingest_status(job_id: int) -> str:
             """How a queued ingest goes: {"state", "message", "done", "total", "summary"}."""
             return answer(lambda: self.ingest_status(job_id))
 
         for fn in (
             cli_status, cli_query, cli_duplicates, cli_ingest, cli_words, cli_record_evaluation,
-            cli_ingest_status,
+            cli_ingest_status, cli_people,
         ):  # fmt: skip
             fn.__annotations__ = get_type_hints(fn, localns={"FileData": FileData, "Any": Any})
             # no queue slot for these: the web page's searches have theirs (2), and a

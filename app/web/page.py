@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.web.handlers import WebHandlers
+from app.web.people_tab import people_tab
 from app.web.routes import add_json_api
 from app.web.tabs import (
     Controls,
@@ -53,6 +54,7 @@ def build_demo(
         tag_model = tag_tab(h, c, models)
         compare_tab(h, c, models, service)
         duplicates_tab(h)
+        people_tab(h)
         index_box(h, c, ingest_roots)
         _refresh_on_load(demo, h, c, tag_model)
         add_json_api(h)

@@ -1,0 +1,39 @@
+"""The face stage after an ingest, as every ingest runs it: `devise ingest`, the app's
+Index box, the CLI through the app and `serve --watch` (ingest/faces.py does the work)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ingest.faces import FaceSummary
+    from qdrant.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def face_stage(
+    store: Store,
+    paths: Sequence[Path],
+    *,
+    detector: str = "hog",
+    progress: bool = False,
+    say: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> FaceSummary | None:
+    """Find the faces of the photos under `paths` that lack them; None (said once through
+    `say`, else logged) when dlib or its models are absent."""
+    from model.detectors.dlib_faces import FaceFinder, available
+
+    why = available()
+    if why is not None:
+        (say or log.warning)(f"faces not looked for: {why}")
+        return None
+    from ingest.faces import find_faces
+
+    finder = FaceFinder("cnn" if detector == "cnn" else "hog")
+    folders = [p if p.is_dir() else p.parent for p in paths]
+    return find_faces(store, finder, folders, progress=progress, stop=stop)

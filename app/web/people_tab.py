@@ -1,0 +1,158 @@
+"""The People tab: one face per person, and a name typed once (docs/people.md).
+
+`PeoplePage` holds the tab's behaviour as plain methods that tests call directly; `people_tab`
+only wires them to Gradio. Naming goes through app/search/people.py as `devise people name`
+does, in the app's write slot when the app indexes (so never beside an ingest's face stage);
+an app started with --auth asks for the login before any of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+if TYPE_CHECKING:
+    from app.web.handlers import WebHandlers
+
+log = logging.getLogger(__name__)
+
+MAX_PEOPLE = 60  # people shown, the named first, then the most faces
+CROP_SIDE = 160  # a face crop's longest side, in pixels
+MARGIN = 0.3  # around the face's box, as a fraction of its width
+
+
+@dataclass
+class PeopleOut:
+    """What the tab shows: (face crop, caption) per person, their ids in the same order, and
+    a status line."""
+
+    items: list[tuple[Image.Image, str]]
+    ids: list[str]
+    status: str
+
+
+def face_crop(path: str, box: list[int]) -> Image.Image | None:
+    """The face at `box` (the photo's upright pixels) in a small picture; None when the
+    photo cannot be read any more."""
+    from model.data.images import ImageError, decode_image_info
+
+    try:
+        info = decode_image_info(path, max_side=1024, draft_size=512)
+    except ImageError as e:
+        log.info("no face crop from %s: %s", path, e)
+        return None
+    scale = info.image.size[0] / max(1, info.width)
+    left, top, right, bottom = (v * scale for v in box)
+    pad = (right - left) * MARGIN
+    w, h = info.image.size
+    crop = info.image.crop(
+        (max(0, int(left - pad)), max(0, int(top - pad)),
+         min(w, int(right + pad)), min(h, int(bottom + pad)))
+    )  # fmt: skip
+    crop.thumbnail((CROP_SIDE, CROP_SIDE))
+    return crop
+
+
+class PeoplePage:
+    """The People tab's handlers."""
+
+    def __init__(self, h: WebHandlers) -> None:
+        self.h = h
+
+    def people(self) -> PeopleOut:
+        """Every person (up to MAX_PEOPLE) with the face of their sample photo."""
+        from app.search import people
+
+        store = self.h.service.store
+        listed = people.run(store, "list")["people"][:MAX_PEOPLE]
+        items: list[tuple[Image.Image, str]] = []
+        ids: list[str] = []
+        for p in listed:
+            face = _best_face(store, p["id"])
+            crop = (
+                face_crop(str(face.get("path")), face.get("box") or [0, 0, 1, 1]) if face else None
+            )
+            if crop is None:
+                continue
+            name = p["name"] or "not named"
+            items.append((crop, f"{p['id']} · {name} · {p['photos']} photo(s)"))
+            ids.append(p["id"])
+        if not listed:
+            return PeopleOut([], [], "No people yet: indexing finds faces (docs/people.md).")
+        return PeopleOut(items, ids, f"{len(listed)} people; pick a face, type a name.")
+
+    def name(self, person: str, name: str) -> PeopleOut:
+        """Names a person (as `devise people name`), then shows the people again; a wrong
+        id or an empty name is the status line, never an exception."""
+        from app.search import people
+        from ingest.people import PeopleError
+
+        person, name = (person or "").strip(), (name or "").strip()
+        try:
+            if not person:
+                raise PeopleError("pick a face first")
+            if self.h.job is not None:
+                with self.h.job.write_slot("naming a person"):
+                    done = people.run(self.h.service.store, "name", [person, name])
+            else:
+                done = people.run(self.h.service.store, "name", [person, name])
+        except PeopleError as e:
+            out = self.people()
+            out.status = f"⚠️ {e}"
+            return out
+        out = self.people()
+        out.status = f"Person {done['person']['id']} is {done['person']['name']}."
+        return out
+
+
+def _best_face(store: Any, pid: str) -> dict[str, Any] | None:
+    """The largest, surest face of person `pid`, payload only."""
+    from ingest.people import faces_of
+
+    faces = faces_of(store, [pid])
+    if not faces:
+        return None
+    best = max(
+        faces, key=lambda f: float(f.payload.get("size", 0)) * float(f.payload.get("score", 0))
+    )
+    return dict(best.payload)
+
+
+def people_tab(h: WebHandlers) -> None:
+    """The People tab (inside `gr.Blocks`)."""
+    import gradio as gr
+
+    page = PeoplePage(h)
+    with gr.Tab("People"):
+        gr.Markdown(
+            "The people in the photos, one face each. Pick a face, type the name once: "
+            "searches for the name then find their photos (`Alice at the beach`)."
+        )
+        status = gr.Markdown(elem_id="people-status")
+        with gr.Row():
+            refresh = gr.Button("Show people", scale=1, elem_id="people-refresh")
+            person = gr.Textbox(label="Person", scale=1, elem_id="people-id")
+            name = gr.Textbox(label="Name", placeholder="Alice", scale=2, elem_id="people-name")
+            save = gr.Button("Name", variant="primary", scale=1, elem_id="people-save")
+        gallery = gr.Gallery(
+            label="people", columns=8, height=420, allow_preview=False, object_fit="contain",
+            elem_id="people-gallery",
+        )  # fmt: skip
+        ids = gr.State([])
+
+    def show(out: PeopleOut) -> tuple[Any, list[str], str]:
+        return out.items or None, out.ids, out.status
+
+    def on_select(shown: list[str], evt: gr.SelectData) -> str:
+        index = int(evt.index) if isinstance(evt.index, int) else 0
+        return shown[index] if 0 <= index < len(shown) else ""
+
+    # Gradio finds the event's data by the parameter's class, and this module's annotations
+    # are strings (`from __future__ import annotations`)
+    on_select.__annotations__["evt"] = gr.SelectData
+    refresh.click(lambda: show(page.people()), [], [gallery, ids, status])
+    gallery.select(on_select, [ids], [person])
+    save.click(lambda p, n: show(page.name(p, n)), [person, name], [gallery, ids, status])
