@@ -310,14 +310,6 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     i.add_argument("--weights", default=None, help="backbone weights file, if not the default")
     i.add_argument("--prune", action="store_true", help="delete points whose files are gone")
     i.add_argument(
-        "--regions",
-        action="store_true",
-        help="conse also reads each photo's regions (a 3x3 grid of half-size crops), so tags "
-        "and searches find what it holds beyond its main subject; about half the ingest rate "
-        "(see docs/regions.md). An index made without them gets them on the next ingest "
-        "with --regions; one made with them goes on reading them",
-    )
-    i.add_argument(
         "--reembed",
         action="store_true",
         help="replace vectors made by a different model instead of refusing",
@@ -335,6 +327,27 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "bf16, or int8 (OpenVINO post-training quantisation; CPU only; fastest, and moves "
         "some eval metrics by a little more than auto allows: see docs/speed.md)",
     )
+    _add_seeing_flags(i)
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar even when stderr is not a terminal",
+    )
+    index_flags(i)
+    i.set_defaults(func=cmd_ingest)
+
+
+def _add_seeing_flags(i: argparse.ArgumentParser) -> None:
+    """What ingest looks for beyond the whole photo: regions (issue #38) and faces (#37)."""
+    i.add_argument(
+        "--regions",
+        action="store_true",
+        help="conse also reads each photo's regions (a 3x3 grid of half-size crops), so tags "
+        "and searches find what it holds beyond its main subject; about half the ingest rate "
+        "(see docs/regions.md). An index made without them gets them on the next ingest "
+        "with --regions; one made with them goes on reading them",
+    )
     i.add_argument(
         "--no-faces",
         action="store_true",
@@ -348,14 +361,6 @@ def _add_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="dlib's face detector: hog (the default, quick on a CPU) or cnn (faces at more "
         "angles, by dlib's account; about 20 s a photo on 2 CPU cores; docs/people.md)",
     )
-    i.add_argument("--json", action="store_true", help="print the summary as JSON")
-    i.add_argument(
-        "--progress",
-        action="store_true",
-        help="show the progress bar even when stderr is not a terminal",
-    )
-    index_flags(i)
-    i.set_defaults(func=cmd_ingest)
 
 
 def _add_words(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

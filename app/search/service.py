@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.search import people
+
 # `name as name`: the faces, tests and benches import these from here
 from app.search.answers import MAX_K as MAX_K
 from app.search.answers import Answer, TagResult, validate
@@ -41,12 +43,6 @@ from app.search.filters import PhotoFilter, read_photo_filter
 from app.search.models import DEFAULT_VOCABULARY as DEFAULT_VOCABULARY
 from app.search.models import MODELS as MODELS
 from app.search.models import Models, index_meta, index_models, index_status, require_images
-from app.search.people import (
-    name_people_in_note,
-    name_people_in_tags,
-    with_people,
-    with_people_read,
-)
 from app.search.query import Reading, Term, read_query, reading
 from app.search.ranking import joint
 from app.search.ranking.concept import concept_images, concept_query, other_senses
@@ -421,24 +417,24 @@ class SearchService:
 
     def run(self, request: QueryRequest) -> Answer:
         """The one way in for a query, whichever face asked it."""
-        r, only_people = with_people(self.store, request)  # names: filters, or the answer
+        r, only_people = people.with_people(self.store, request)  # names: filters, or the answer
         if only_people is not None:
             return only_people
         if r.kind == "tag":
             if r.image is None:
                 raise BadQueryError("tag needs an image")
-            return name_people_in_tags(self.store, r.image, self.tag(
+            return people.name_people_in_tags(self.store, r.image, self.tag(
                 r.image, model=r.model, k=r.k, min_score=r.min_score,
                 generality=r.generality, zero_shot_bias=r.zero_shot_bias,
             ))  # fmt: skip
         if r.kind == "similar":
             if r.image is None:
                 raise BadQueryError("similar needs an image")
-            return name_people_in_note(self.store, r.image, self.similar(
+            return people.name_people_in_note(self.store, r.image, self.similar(
                 r.image, model=r.model, labels=r.labels, folder=r.folder,
                 min_score=r.min_score, k=r.k, photo=r.photo,
             ))  # fmt: skip
-        return with_people_read(r, self.search_text(
+        return people.with_people_read(r, self.search_text(
             r.text, image=r.image, model=r.model, labels=r.labels, folder=r.folder,
             min_score=r.min_score, k=r.k, zero_shot_bias=r.zero_shot_bias, photo=r.photo,
         ))  # fmt: skip
