@@ -17,8 +17,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# the flags a bench needs when run from here (the others run on their defaults)
+# the flags a bench needs when run from here, or that keep a whole recorded run to about an
+# hour on 2 cores (the others run on their defaults; each record names its command). The
+# backbone bench's own defaults (both backbones, 640 images, 3 rounds) took more than an hour
+# by themselves on a 2-core AMD EPYC, most of it in NNCF's calibration of resnet50's int8
 DEFAULTS = {
+    "bench_backbones": ["--backbones", "efficientnet_lite0", "--n", "256", "--rounds", "1"],
     "bench_scale": ["--points", "100000"],
     "bench_graph_build": ["--points", "30000"],
 }
