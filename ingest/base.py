@@ -80,7 +80,8 @@ class IngestSummary:
             + (f", {self.twins} symlinked twin(s) settled" if self.twins else "")
             + (f", EXIF added to {self.exif_added} unchanged" if self.exif_added else "")
             + f" in {self.seconds:.1f}s"
-            + (f"; {self.faces.line()}" if self.faces is not None else "")
+            # the face stage's line when it had photos to read (the JSON always has it)
+            + (f"; {self.faces.line()}" if self.faces is not None and self.faces.photos else "")
         )
 
 
