@@ -349,6 +349,9 @@ def test_the_cli_lists_names_and_searches_people(
     assert "no person '999'" in capsys.readouterr().err
     assert main(["people", "show", "Barack", "--json", *idx]) == 0
     assert len(json.loads(capsys.readouterr().out)["faces"]) == 5
+    # status counts the people, and how many have a name
+    assert main(["status", *idx]) == 0
+    assert "people  2 (1 named), from 6 faces" in capsys.readouterr().out
 
 
 def test_a_face_dlib_finds_files_the_photo_under_person(

@@ -221,6 +221,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"model   {name}: {m['points']} points, {m['dim']} d{made}, id {m['id']}")
     if not st["models"]:
         print("model   none yet: `devise ingest DIR --checkpoint CKPT`")
+    if st.get("faces"):
+        faces = f"{st['faces']} face" + ("s" if st["faces"] != 1 else "")
+        print(f"people  {st['people']} ({st['named']} named), from {faces}")
     state = building.get("state")
     if remote is not None and state in BUSY:
         took = int(building.get("seconds") or 0)

@@ -12,7 +12,8 @@ from typing import Any
 
 from app.search.duplicates import DUP_MODEL
 from app.search.errors import EmptyIndexError, ModelMissingError
-from qdrant.schema import IMAGES, WORDS, check_schema
+from ingest import people as book
+from qdrant.schema import FACES, IMAGES, PEOPLE, WORDS, check_schema
 from qdrant.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,18 @@ def index_status(store: Store) -> dict[str, Any]:
         if rec.get("precision"):  # what made its vectors (ingest/pipeline.py)
             models[name]["precision"] = rec["precision"]
             models[name]["precisions"] = rec.get("precisions") or [rec["precision"]]
-    return {
+    out: dict[str, Any] = {
         "index": store.describe(),
         "images": store.count(IMAGES),
         "words": store.count(WORDS),
         "models": models,
     }
+    faces = store.count(FACES)
+    if faces:  # the face stage's work (docs/people.md): people from the photos' indexed ids
+        people = store.facet_values(PEOPLE)
+        named = book.names(store)
+        out.update(faces=faces, people=len(people), named=sum(1 for p in people if p in named))
+    return out
 
 
 class Models:
