@@ -459,3 +459,94 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
         assert photos_to_do(store) == [] and store.count(FACES) == 36
         assert sorted(p.faces for p in people.list_people(store)) == [6, 30]
         assert all(len(p) == 1 for p in person_of_photos(store).values())
+
+
+@pytest.mark.slow
+def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
+    gallery: Path, finder: FaceFinder, tmp_path: Path
+) -> None:
+    """The issue's done-when, on the page: log in, open People, pick the face of the person
+    with five photos, type a name, save; the text search for the name then shows exactly
+    that person's photos first, and the other person's photo is not above them."""
+    from app.search.service import SearchService
+    from app.web import launch_app
+    from tests.cli import free_port
+    from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
+
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed"
+    )
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with EdgeStore(tmp_path / "browser-index") as store:
+        index(store, gallery, finder)
+        app = launch_app(SearchService(store), port=free_port(), auth=("ann", "secret"))
+        try:
+            with sync_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                try:
+                    page = offline_page(browser, app.url)
+                    page.goto(app.url, wait_until="domcontentloaded")
+                    page.get_by_label("username").fill("ann")
+                    page.get_by_label("password").fill("secret")
+                    page.get_by_role("button", name="Login").click()
+                    page.get_by_role("tab", name="People").click()
+                    # the faces show on opening the tab, no button to find first
+                    faces = page.locator("#people-gallery img")
+                    faces.nth(1).wait_for(timeout=30_000)
+                    page.wait_for_function(
+                        "() => [...document.querySelectorAll('#people-gallery img')]"
+                        ".every(i => i.complete && i.naturalWidth > 0)",
+                        timeout=30_000,
+                    )
+                    page.screenshot(path=str(tmp_path / "people.png"), full_page=True)
+                    shown = faces.count()
+                    captions = page.locator("#people-gallery").inner_text()
+                    # each face a tile, its caption (id, name, photos) in sight: two people
+                    # were two tiles of the gallery's whole width, their captions below the
+                    # gallery's bottom edge
+                    boxes = page.evaluate(
+                        "() => { const g = document.querySelector('#people-gallery')"
+                        ".getBoundingClientRect(); return [...document.querySelectorAll("
+                        "'#people-gallery .thumbnail-item')].map(t => { const r = "
+                        "t.getBoundingClientRect(); return [r.width / g.width, "
+                        "r.bottom - g.bottom] }) }"
+                    )
+                    cut = page.evaluate(
+                        "() => [...document.querySelectorAll('#people-gallery .caption-label')]"
+                        ".filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)"
+                    )
+                    five = page.locator("#people-gallery button", has_text="5 photo(s)")
+                    five.first.click()
+                    picked = page.locator("#people-id textarea")
+                    page.wait_for_function(
+                        "() => document.querySelector('#people-id textarea').value !== ''",
+                        timeout=30_000,
+                    )
+                    person = picked.input_value()
+                    page.locator("#people-name textarea").fill("Barack")
+                    page.locator("#people-save").click()
+                    page.locator("#people-status", has_text="is Barack").wait_for(timeout=30_000)
+                    status = page.locator("#people-status").inner_text()
+                    page.get_by_role("tab", name="Search by text").click()
+                    page.locator("#query textarea").fill("Barack")
+                    page.locator("#search").click()
+                    results = page.locator("#text-results img")
+                    results.nth(len(OBAMA) - 1).wait_for(timeout=30_000)
+                    page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+                    found = [
+                        Path(str(src)).name
+                        for src in results.evaluate_all("(imgs) => imgs.map(i => i.src)")
+                    ]
+                finally:
+                    browser.close()
+        finally:
+            app.close()
+        named = {p.id: p.name for p in people.list_people(store)}
+    assert shown == 2, captions
+    assert len(boxes) == 2 and all(w < 0.3 and below <= 0 for w, below in boxes), boxes
+    assert cut == [], cut  # every caption whole, none cut off with an ellipsis
+    assert "5 photo(s)" in captions and "1 photo(s)" in captions
+    assert named.get(person) == "Barack" and status == f"Person {person} is Barack."
+    assert sorted(found[: len(OBAMA)]) == sorted(OBAMA), found
+    assert "biden.jpg" not in found[: len(OBAMA)]

@@ -125,8 +125,10 @@ def people_tab(h: WebHandlers) -> None:
     """The People tab (inside `gr.Blocks`)."""
     import gradio as gr
 
+    from app.web.tabs import GALLERY_CLASS
+
     page = PeoplePage(h)
-    with gr.Tab("People"):
+    with gr.Tab("People") as tab:
         gr.Markdown(
             "The people in the photos, one face each. Pick a face, type the name once: "
             "searches for the name then find their photos (`Alice at the beach`)."
@@ -137,9 +139,11 @@ def people_tab(h: WebHandlers) -> None:
             person = gr.Textbox(label="Person", scale=1, elem_id="people-id")
             name = gr.Textbox(label="Name", placeholder="Alice", scale=2, elem_id="people-name")
             save = gr.Button("Name", variant="primary", scale=1, elem_id="people-save")
+        # fit_columns=False as the search galleries (app/web/tabs.py): two people were two
+        # faces of half the row's width each, their captions out of sight below the gallery
         gallery = gr.Gallery(
             label="people", columns=8, height=420, allow_preview=False, object_fit="contain",
-            elem_id="people-gallery",
+            elem_id="people-gallery", elem_classes=[GALLERY_CLASS], fit_columns=False,
         )  # fmt: skip
         ids = gr.State([])
 
@@ -153,6 +157,9 @@ def people_tab(h: WebHandlers) -> None:
     # Gradio finds the event's data by the parameter's class, and this module's annotations
     # are strings (`from __future__ import annotations`)
     on_select.__annotations__["evt"] = gr.SelectData
+    # the faces show when the tab opens: an empty gallery under "Show people" looked like
+    # an index without people
+    tab.select(lambda: show(page.people()), [], [gallery, ids, status])
     refresh.click(lambda: show(page.people()), [], [gallery, ids, status])
     gallery.select(on_select, [ids], [person])
     save.click(lambda p, n: show(page.name(p, n)), [person, name], [gallery, ids, status])
