@@ -419,6 +419,37 @@ def test_the_people_tab_shows_a_face_per_person_and_names_one(
         assert any(caption.split(" · ")[1] == "Alice" for _, caption in named.items)
 
 
+def test_the_people_tab_merges_two_people_into_one(
+    gallery: Path, finder: FaceFinder, tmp_path: Path
+) -> None:
+    """One person found as two: the tab's merge moves the other's faces, the name stays
+    with the person picked (or comes from the other), and wrong ids are the status line."""
+    from app.search.service import SearchService
+    from app.web.handlers import WebHandlers
+    from app.web.people_tab import PeoplePage
+
+    with EdgeStore(tmp_path / "merge-index") as store:
+        index(store, gallery, finder)
+        page = PeoplePage(WebHandlers(SearchService(store)))
+        by_faces = {p.faces: p.id for p in people.list_people(store)}
+        five, one = by_faces[5], by_faces[1]
+        page.name(one, "Joe")
+        for person, other, said in [
+            ("", one, "pick a face first"),
+            (five, " ", "type the id of the other person"),
+            (five, five, "cannot merge person"),
+            (five, "999", "no person '999'"),
+        ]:
+            out = page.merge(person, other)
+            assert out.status.startswith("⚠️") and said in out.status, out.status
+            assert len(out.ids) == 2
+        out = page.merge(five, one)
+        assert out.status == f"Person {one}'s faces joined person {five} (Joe): 6 faces."
+        assert out.ids == [five] and out.items[0][1] == f"{five} · Joe · 6 photo(s)"
+        assert [(p.id, p.name, p.faces) for p in people.list_people(store)] == [(five, "Joe", 6)]
+        assert all(found == {five} for found in person_of_photos(store).values())
+
+
 def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     real_faces: Path, tmp_path: Path
 ) -> None:
@@ -467,7 +498,8 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
 ) -> None:
     """The issue's done-when, on the page: log in, open People, pick the face of the person
     with five photos, type a name, save; the text search for the name then shows exactly
-    that person's photos first, and the other person's photo is not above them."""
+    that person's photos first, and the other person's photo is not above them. Then the
+    other person is merged into the first, by the id shown under their face."""
     from app.search.service import SearchService
     from app.web import launch_app
     from tests.cli import free_port
@@ -538,6 +570,20 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
                         Path(str(src)).name
                         for src in results.evaluate_all("(imgs) => imgs.map(i => i.src)")
                     ]
+                    # back on People (the faces show again, named): the other person is
+                    # merged into the one picked, by the id under their face
+                    page.get_by_role("tab", name="People").click()
+                    single = page.locator("#people-gallery button", has_text="1 photo(s)")
+                    single.wait_for(timeout=30_000)
+                    other = single.inner_text().split(" · ")[0].strip()
+                    page.locator("#people-other textarea").fill(other)
+                    page.locator("#people-merge").click()
+                    page.locator("#people-status", has_text="joined").wait_for(timeout=30_000)
+                    merged = page.locator("#people-status").inner_text()
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('#people-gallery img').length === 1",
+                        timeout=30_000,
+                    )
                 finally:
                     browser.close()
         finally:
@@ -547,6 +593,8 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
     assert len(boxes) == 2 and all(w < 0.3 and below <= 0 for w, below in boxes), boxes
     assert cut == [], cut  # every caption whole, none cut off with an ellipsis
     assert "5 photo(s)" in captions and "1 photo(s)" in captions
-    assert named.get(person) == "Barack" and status == f"Person {person} is Barack."
+    assert status == f"Person {person} is Barack."
+    assert named == {person: "Barack"} and other != person
+    assert merged == f"Person {other}'s faces joined person {person} (Barack): 6 faces."
     assert sorted(found[: len(OBAMA)]) == sorted(OBAMA), found
     assert "biden.jpg" not in found[: len(OBAMA)]
