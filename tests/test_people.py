@@ -428,6 +428,37 @@ def test_the_people_tab_shows_a_face_per_person_and_names_one(
         assert any(caption.split(" · ")[1] == "Alice" for _, caption in named.items)
 
 
+def test_the_people_tab_merges_two_people_into_one(
+    gallery: Path, finder: FaceFinder, tmp_path: Path
+) -> None:
+    """One person found as two: the tab's merge moves the other's faces, the name stays
+    with the person picked (or comes from the other), and wrong ids are the status line."""
+    from app.search.service import SearchService
+    from app.web.handlers import WebHandlers
+    from app.web.people_tab import PeoplePage
+
+    with EdgeStore(tmp_path / "merge-index") as store:
+        index(store, gallery, finder)
+        page = PeoplePage(WebHandlers(SearchService(store)))
+        by_faces = {p.faces: p.id for p in people.list_people(store)}
+        five, one = by_faces[5], by_faces[1]
+        page.name(one, "Joe")
+        for person, other, said in [
+            ("", one, "pick a face first"),
+            (five, " ", "type the id of the other person"),
+            (five, five, "cannot merge person"),
+            (five, "999", "no person '999'"),
+        ]:
+            out = page.merge(person, other)
+            assert out.status.startswith("⚠️") and said in out.status, out.status
+            assert len(out.ids) == 2
+        out = page.merge(five, one)
+        assert out.status == f"Person {one}'s faces joined person {five} (Joe): 6 faces."
+        assert out.ids == [five] and out.items[0][1] == f"{five} · Joe · 6 photo(s)"
+        assert [(p.id, p.name, p.faces) for p in people.list_people(store)] == [(five, "Joe", 6)]
+        assert all(found == {five} for found in person_of_photos(store).values())
+
+
 def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     real_faces: Path, tmp_path: Path
 ) -> None:
@@ -468,3 +499,111 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
         assert photos_to_do(store) == [] and store.count(FACES) == 36
         assert sorted(p.faces for p in people.list_people(store)) == [6, 30]
         assert all(len(p) == 1 for p in person_of_photos(store).values())
+
+
+@pytest.mark.slow
+def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
+    gallery: Path, finder: FaceFinder, tmp_path: Path
+) -> None:
+    """The issue's done-when, on the page: log in, open People, pick the face of the person
+    with five photos, type a name, save; the text search for the name then shows exactly
+    that person's photos first, and the other person's photo is not above them. Then the
+    other person is merged into the first, by the id shown under their face."""
+    from app.search.service import SearchService
+    from app.web import launch_app
+    from tests.cli import free_port
+    from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
+
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed"
+    )
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with EdgeStore(tmp_path / "browser-index") as store:
+        index(store, gallery, finder)
+        app = launch_app(SearchService(store), port=free_port(), auth=("ann", "secret"))
+        try:
+            with sync_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                try:
+                    page = offline_page(browser, app.url)
+                    page.goto(app.url, wait_until="domcontentloaded")
+                    page.get_by_label("username").fill("ann")
+                    page.get_by_label("password").fill("secret")
+                    page.get_by_role("button", name="Login").click()
+                    page.get_by_role("tab", name="People").click()
+                    # the faces show on opening the tab, no button to find first
+                    faces = page.locator("#people-gallery img")
+                    faces.nth(1).wait_for(timeout=30_000)
+                    page.wait_for_function(
+                        "() => [...document.querySelectorAll('#people-gallery img')]"
+                        ".every(i => i.complete && i.naturalWidth > 0)",
+                        timeout=30_000,
+                    )
+                    page.screenshot(path=str(tmp_path / "people.png"), full_page=True)
+                    shown = faces.count()
+                    captions = page.locator("#people-gallery").inner_text()
+                    # each face a tile, its caption (id, name, photos) in sight: two people
+                    # were two tiles of the gallery's whole width, their captions below the
+                    # gallery's bottom edge
+                    boxes = page.evaluate(
+                        "() => { const g = document.querySelector('#people-gallery')"
+                        ".getBoundingClientRect(); return [...document.querySelectorAll("
+                        "'#people-gallery .thumbnail-item')].map(t => { const r = "
+                        "t.getBoundingClientRect(); return [r.width / g.width, "
+                        "r.bottom - g.bottom] }) }"
+                    )
+                    cut = page.evaluate(
+                        "() => [...document.querySelectorAll('#people-gallery .caption-label')]"
+                        ".filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)"
+                    )
+                    five = page.locator("#people-gallery button", has_text="5 photo(s)")
+                    five.first.click()
+                    picked = page.locator("#people-id textarea")
+                    page.wait_for_function(
+                        "() => document.querySelector('#people-id textarea').value !== ''",
+                        timeout=30_000,
+                    )
+                    person = picked.input_value()
+                    page.locator("#people-name textarea").fill("Barack")
+                    page.locator("#people-save").click()
+                    page.locator("#people-status", has_text="is Barack").wait_for(timeout=30_000)
+                    status = page.locator("#people-status").inner_text()
+                    page.get_by_role("tab", name="Search by text").click()
+                    page.locator("#query textarea").fill("Barack")
+                    page.locator("#search").click()
+                    results = page.locator("#text-results img")
+                    results.nth(len(OBAMA) - 1).wait_for(timeout=30_000)
+                    page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+                    found = [
+                        Path(str(src)).name
+                        for src in results.evaluate_all("(imgs) => imgs.map(i => i.src)")
+                    ]
+                    # back on People (the faces show again, named): the other person is
+                    # merged into the one picked, by the id under their face
+                    page.get_by_role("tab", name="People").click()
+                    single = page.locator("#people-gallery button", has_text="1 photo(s)")
+                    single.wait_for(timeout=30_000)
+                    other = single.inner_text().split(" · ")[0].strip()
+                    page.locator("#people-other textarea").fill(other)
+                    page.locator("#people-merge").click()
+                    page.locator("#people-status", has_text="joined").wait_for(timeout=30_000)
+                    merged = page.locator("#people-status").inner_text()
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('#people-gallery img').length === 1",
+                        timeout=30_000,
+                    )
+                finally:
+                    browser.close()
+        finally:
+            app.close()
+        named = {p.id: p.name for p in people.list_people(store)}
+    assert shown == 2, captions
+    assert len(boxes) == 2 and all(w < 0.3 and below <= 0 for w, below in boxes), boxes
+    assert cut == [], cut  # every caption whole, none cut off with an ellipsis
+    assert "5 photo(s)" in captions and "1 photo(s)" in captions
+    assert status == f"Person {person} is Barack."
+    assert named == {person: "Barack"} and other != person
+    assert merged == f"Person {other}'s faces joined person {person} (Barack): 6 faces."
+    assert sorted(found[: len(OBAMA)]) == sorted(OBAMA), found
+    assert "biden.jpg" not in found[: len(OBAMA)]

@@ -1,9 +1,10 @@
-"""The People tab: one face per person, and a name typed once (docs/people.md).
+"""The People tab: one face per person, a name typed once, and two people merged into one
+(docs/people.md).
 
 `PeoplePage` holds the tab's behaviour as plain methods that tests call directly; `people_tab`
-only wires them to Gradio. Naming goes through app/search/people.py as `devise people name`
-does, in the app's write slot when the app indexes (so never beside an ingest's face stage);
-an app started with --auth asks for the login before any of it.
+only wires them to Gradio. Naming and merging go through app/search/people.py as
+`devise people name` and `merge` do, in the app's write slot when the app indexes (so never
+beside an ingest's face stage); an app started with --auth asks for the login before any of it.
 """
 
 from __future__ import annotations
@@ -87,25 +88,51 @@ class PeoplePage:
     def name(self, person: str, name: str) -> PeopleOut:
         """Names a person (as `devise people name`), then shows the people again; a wrong
         id or an empty name is the status line, never an exception."""
+        person, name = (person or "").strip(), (name or "").strip()
+        missing = "" if person else "pick a face first"
+        out = self._write("naming a person", "name", [person, name], missing)
+        if isinstance(out, dict):
+            shown = self.people()
+            shown.status = f"Person {out['person']['id']} is {out['person']['name']}."
+            return shown
+        return out
+
+    def merge(self, person: str, other: str) -> PeopleOut:
+        """Moves every face of person `other` to `person` (as `devise people merge`): one
+        person found as two. `person` keeps its name, else takes `other`'s."""
+        person, other = (person or "").strip(), (other or "").strip()
+        missing = (
+            "pick a face first" if not person
+            else "type the id of the other person (the first number under a face)"
+            if not other else ""
+        )  # fmt: skip
+        out = self._write("merging two people", "merge", [person, other], missing)
+        if isinstance(out, dict):
+            p = out["person"]
+            shown = self.people()
+            who = f"{p['id']} ({p['name']})" if p["name"] else p["id"]
+            shown.status = f"Person {other}'s faces joined person {who}: {p['faces']} faces."
+            return shown
+        return out
+
+    def _write(self, what: str, action: str, args: list[str], missing: str) -> Any:
+        """A people write in the app's write slot (never beside an ingest's face stage):
+        its answer, or the people again with the error (or `missing`, what the boxes lack)
+        as the status line."""
         from app.search import people
         from ingest.people import PeopleError
 
-        person, name = (person or "").strip(), (name or "").strip()
         try:
-            if not person:
-                raise PeopleError("pick a face first")
+            if missing:
+                raise PeopleError(missing)
             if self.h.job is not None:
-                with self.h.job.write_slot("naming a person"):
-                    done = people.run(self.h.service.store, "name", [person, name])
-            else:
-                done = people.run(self.h.service.store, "name", [person, name])
+                with self.h.job.write_slot(what):
+                    return people.run(self.h.service.store, action, args)
+            return people.run(self.h.service.store, action, args)
         except PeopleError as e:
             out = self.people()
             out.status = f"⚠️ {e}"
             return out
-        out = self.people()
-        out.status = f"Person {done['person']['id']} is {done['person']['name']}."
-        return out
 
 
 def _best_face(store: Any, pid: str) -> dict[str, Any] | None:
@@ -125,11 +152,14 @@ def people_tab(h: WebHandlers) -> None:
     """The People tab (inside `gr.Blocks`)."""
     import gradio as gr
 
+    from app.web.tabs import GALLERY_CLASS
+
     page = PeoplePage(h)
-    with gr.Tab("People"):
+    with gr.Tab("People") as tab:
         gr.Markdown(
             "The people in the photos, one face each. Pick a face, type the name once: "
-            "searches for the name then find their photos (`Alice at the beach`)."
+            "searches for the name then find their photos (`Alice at the beach`). One person "
+            "shown twice: pick one face, type the other's id (the first number under it), merge."
         )
         status = gr.Markdown(elem_id="people-status")
         with gr.Row():
@@ -137,9 +167,17 @@ def people_tab(h: WebHandlers) -> None:
             person = gr.Textbox(label="Person", scale=1, elem_id="people-id")
             name = gr.Textbox(label="Name", placeholder="Alice", scale=2, elem_id="people-name")
             save = gr.Button("Name", variant="primary", scale=1, elem_id="people-save")
+        with gr.Row():
+            other = gr.Textbox(
+                label="Same person as", placeholder="another person's id (the first number)",
+                scale=3, elem_id="people-other",
+            )  # fmt: skip
+            merge = gr.Button("Merge into the person picked", scale=1, elem_id="people-merge")
+        # fit_columns=False as the search galleries (app/web/tabs.py): two people were two
+        # faces of half the row's width each, their captions out of sight below the gallery
         gallery = gr.Gallery(
             label="people", columns=8, height=420, allow_preview=False, object_fit="contain",
-            elem_id="people-gallery",
+            elem_id="people-gallery", elem_classes=[GALLERY_CLASS], fit_columns=False,
         )  # fmt: skip
         ids = gr.State([])
 
@@ -153,6 +191,10 @@ def people_tab(h: WebHandlers) -> None:
     # Gradio finds the event's data by the parameter's class, and this module's annotations
     # are strings (`from __future__ import annotations`)
     on_select.__annotations__["evt"] = gr.SelectData
+    # the faces show when the tab opens: an empty gallery under "Show people" looked like
+    # an index without people
+    tab.select(lambda: show(page.people()), [], [gallery, ids, status])
     refresh.click(lambda: show(page.people()), [], [gallery, ids, status])
     gallery.select(on_select, [ids], [person])
     save.click(lambda p, n: show(page.name(p, n)), [person, name], [gallery, ids, status])
+    merge.click(lambda p, o: show(page.merge(p, o)), [person, other], [gallery, ids, status])

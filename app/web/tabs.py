@@ -33,13 +33,17 @@ if TYPE_CHECKING:
 #: Gradio lays a gallery out in a fixed number of columns, each at least 100 px wide: on a
 #: phone (390 px) six columns overflowed and the right half of every row was cut off, out of
 #: sight. These galleries keep their columns where they fit and take as many 100 px columns
-#: as fit where they do not.
+#: as fit where they do not. The People tab's captions (id, name, photos) wrap: on one line
+#: a tile cut them off at "2 · not named · 5…", the count out of sight.
 GALLERY_CLASS = "devise-gallery"
 CSS = f"""
 .{GALLERY_CLASS} .grid-container {{
     grid-template-columns: repeat(auto-fill, minmax(max(100px,
         calc((100% - (var(--grid-cols) - 1) * var(--spacing-lg)) / var(--grid-cols))), 1fr))
         !important;
+}}
+#people-gallery .caption-label {{
+    white-space: normal;
 }}
 """
 
