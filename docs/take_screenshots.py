@@ -1,6 +1,15 @@
-"""README screenshots from a running app (`devise demo`), with headless Chromium.
+"""The docs' screenshots from a running app, with headless Chromium.
 
-    python docs/take_screenshots.py URL [--photo PATH] [--out docs]
+    python docs/take_screenshots.py URL [--photo PATH] [--query Q] [--compare Q]
+                                    [--model NAME] [--out docs]
+
+The docs' own were taken of a folder a person has, not of the build's paths: scikit-image's
+and Debian darknet's photos saved as camera-named JPEGs under /home/alice/Pictures (2024-summer,
+pets, home, phone-backup), indexed with `devise ingest ~/Pictures --checkpoint
+data/demo/devise.safetensors` and served with `devise serve`; then
+
+    python docs/take_screenshots.py http://127.0.0.1:7860/ --model conse \
+        --photo ~/Pictures/pets/IMG_0420.jpg --query "a dog on the grass" --compare dog
 
 Needs the `playwright` package and Debian's chromium (no browser is downloaded).
 """
@@ -54,6 +63,7 @@ def main() -> None:
     p.add_argument("--photo", type=Path, default=None, help="an image to tag and search by")
     p.add_argument("--query", default="ankle boot")
     p.add_argument("--compare", default="sneaker", help="the Compare tab's query")
+    p.add_argument("--model", default=None, help="pick this model in the page first")
     p.add_argument("--out", type=Path, default=Path("docs"))
     args = p.parse_args()
     url = args.url.rstrip("/") + "/"
@@ -65,6 +75,9 @@ def main() -> None:
             lambda route: route.continue_() if route.request.url.startswith(url) else route.abort(),
         )
         page.goto(url, wait_until="domcontentloaded")
+        if args.model:
+            page.get_by_label("Model").first.click()
+            page.get_by_role("option", name=args.model, exact=True).click()
         page.locator("#query textarea").fill(args.query)
         page.locator("#search").click()
         wait_images(page, "#text-results")

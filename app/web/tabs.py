@@ -347,7 +347,7 @@ def compare_tab(h: WebHandlers, c: Controls, models: list[str], service: SearchS
         _warn(out.ok, out.status)
         return _compare_updates(h, out, models)
 
-    cmp_outputs: list[Any] = [x for pair in slots for x in pair] + [cmp_status]
+    cmp_outputs: list[Any] = [x for slot in slots for x in slot] + [cmp_status]
     cmp_btn.click(
         on_compare,
         [kind, cmp_text, cmp_image, c.labels, c.folder, c.min_score, c.k, *c.photo_filters],
@@ -365,16 +365,17 @@ def _evaluation_box(service: SearchService) -> None:
         gr.Markdown(lambda: evaluation_markdown(service))
 
 
-def _compare_slots(models: list[str]) -> list[tuple[gr.Gallery, gr.Dataframe]]:
-    """A gallery and a table of tags for each model the app knows; those the index lacks
-    are hidden."""
+def _compare_slots(models: list[str]) -> list[tuple[gr.Column, gr.Gallery, gr.Dataframe]]:
+    """A column with a gallery and a table of tags for each model the app knows; those the
+    index lacks are hidden until an answer comes from them (a model ingested while the app
+    runs shows at its first comparison, not at the next start)."""
     import gradio as gr
 
-    slots: list[tuple[gr.Gallery, gr.Dataframe]] = []
+    slots: list[tuple[gr.Column, gr.Gallery, gr.Dataframe]] = []
     with gr.Row():
         for m in MODELS:
             # a model the index lacks takes no room; side by side, 3 images a row
-            with gr.Column(visible=m in models):
+            with gr.Column(visible=m in models) as col:
                 g = _results_gallery(m, f"compare-{m}", columns=3)
                 g.visible = m in models
                 # tags in each model's own order, as in the Tag tab
@@ -385,18 +386,20 @@ def _compare_slots(models: list[str]) -> list[tuple[gr.Gallery, gr.Dataframe]]:
                     interactive=False,
                     visible=False,
                 )
-                slots.append((g, lab))
+                slots.append((col, g, lab))
     return slots
 
 
 def _compare_updates(h: WebHandlers, out: CompareOut, models: list[str]) -> list[Any]:
-    """Each model's slot filled with its answer (gallery, tags), then the status line."""
+    """Each model's slot shown or hidden and filled with its answer (gallery, tags), then the
+    status line."""
     import gradio as gr
 
     updates: list[Any] = []
     for m in MODELS:
         slot = h.compare_slot(out, m)
         present = slot is not None or (not out.ok and m in models)
+        updates.append(gr.update(visible=present))  # the column
         gal, tg = slot if slot is not None else (GalleryOut(), TagsOut())
         text_label = f"{m} · {gal.status or tg.status}" if slot is not None else m
         updates.append(
