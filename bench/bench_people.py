@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import report
 from PIL import Image
+from report import add_json_flag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -206,10 +208,10 @@ def lfw() -> dict[str, Any]:
     return {"skipped": "LFW is present but this bench does not score it yet"}
 
 
-def main() -> None:
+def main() -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=40, help="12-megapixel photos for the speed run")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    add_json_flag(p)
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_tags import cpu_name
@@ -220,7 +222,7 @@ def main() -> None:
     print(f"CPU: {cpu}")
     with tempfile.TemporaryDirectory(prefix="bench-people-") as tmp_name:
         tmp = Path(tmp_name)
-        report = {
+        figures: dict[str, object] = {
             "cpu": cpu,
             "detection": detection(tmp),
             "small_faces": small_faces(tmp),
@@ -228,9 +230,8 @@ def main() -> None:
             "speed": speed(tmp, args.n),
             "lfw": lfw(),
         }
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    report.run(__file__, main)
