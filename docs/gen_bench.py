@@ -35,8 +35,10 @@ writes this page again, so each table below is the bench's own last output, not 
 
 Figures are measured on shared 2-core machines whose CPU changes between sessions: compare
 figures within one run (each bench measures its own baseline beside its subject), and read
-the CPU named under each. The pages on [speed](speed.md), [scale](scale.md),
-[serving](serving.md) and [models](models.md) discuss what these figures decided.
+the CPU named under each, and its load average (a bench counts in it; well above the cores
+means other work shared them, and absolute figures are lower than alone). The pages on
+[speed](speed.md), [scale](scale.md), [serving](serving.md) and [models](models.md) discuss
+what these figures decided.
 """
 
 
@@ -83,12 +85,9 @@ def section(script: Path) -> str:
     r = json.loads(record.read_text())
     commit = f", commit `{r['commit']}`" if r.get("commit") else ""
     busy = ""
-    load, cores = r.get("load_average"), r.get("machine", {}).get("cores") or 1
-    if load:
-        busy = f" Load average {load['start']:.1f} at the start, {load['end']:.1f} at the end"
-        if max(load["start"], load["end"]) > 0.75 * cores:
-            busy += " (other work shared the CPU: absolute figures are slower than alone)"
-        busy += "."
+    load = r.get("load_average")
+    if load:  # the bench's own threads count too: more than the cores means it shared them
+        busy = f" Load average {load['start']:.1f} at the start, {load['end']:.1f} at the end."
     out += [
         f"Last run {r['date']}{commit}, on {machine_line(r.get('machine', {}))}.{busy}",
         f"Command: `{r['command']}`",
