@@ -112,18 +112,26 @@ def test_benchmark_page_is_written_from_the_benches_records() -> None:
     assert page == gen.page(), "docs/benchmarks.md is stale: run python docs/gen_bench.py"
 
 
-def test_every_bench_has_a_record_with_its_cpu_and_says_how_to_run() -> None:
+def test_every_bench_is_on_the_page_and_each_record_names_its_cpu() -> None:
+    """Each bench has its section (what it measures, how to run it); each record that exists
+    is the bench's own, names the CPU and holds what it printed. A bench not recorded yet says
+    so on the page, with the command that records it."""
     gen = _gen_bench()
     page = (ROOT / "docs" / "benchmarks.md").read_text()
+    recorded = 0
     for script in gen.benches():
-        record = gen.RECORDS / f"{script.stem}.json"
-        assert record.exists(), f"{script.name} has no record: bench_all.py --record --only it"
-        r = json.loads(record.read_text())
-        assert r["bench"] == script.stem and r["output"], record
-        assert r["machine"]["cpu"] and r["command"].startswith(f"python bench/{script.name}")
         assert f"## {script.name}\n" in page
         first, _ = gen.describe(script)
         assert first, f"{script.name} has no docstring to say what it measures"
+        record = gen.RECORDS / f"{script.stem}.json"
+        if not record.exists():
+            assert f"--record --only {script.stem}`" in page
+            continue
+        recorded += 1
+        r = json.loads(record.read_text())
+        assert r["bench"] == script.stem and r["output"], record
+        assert r["machine"]["cpu"] and r["command"].startswith(f"python bench/{script.name}")
+    assert recorded >= len(gen.benches()) // 2, "most benches should have a recorded run"
 
 
 def test_a_bench_records_what_it_printed_and_where(tmp_path: Path) -> None:
