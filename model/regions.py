@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from PIL import Image
 
 from model.data.images import Preprocess
@@ -69,11 +68,14 @@ def grid_boxes(grid: int = GRID, fraction: float = FRACTION) -> list[Box]:
     ]
 
 
-def _normalised(im: Image.Image, size: tuple[int, int], spec: Preprocess) -> torch.Tensor:
+def _normalised(im: Image.Image, size: tuple[int, int], spec: Preprocess) -> Float32Array:
+    """(3, H, W), normalised as the backbone's own input. numpy, not torch: reading regions
+    with a compiled backbone, and every query that only reads their payload, import no torch
+    (`devise tag` on a compiled backbone imports none, tests/test_fastpath.py)."""
     arr = np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32)
     mean = np.asarray(spec.mean, np.float32) * 255.0
     std = np.asarray(spec.std, np.float32) * 255.0
-    return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())
+    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
 def _softmax(logits: Float32Array) -> Float32Array:
@@ -82,34 +84,36 @@ def _softmax(logits: Float32Array) -> Float32Array:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-@torch.inference_mode()
 def window_probs(backbone: Any, image: Image.Image, side: int) -> tuple[Float32Array, list[Box]]:
     """One pass over the whole picture (short side `side`, both sides multiples of 32):
-    (R, 1000) class probabilities of the grid's windows of its feature map, and their boxes."""
+    (R, 1000) class probabilities of the grid's windows of its feature map, and their boxes.
+    Eager torch (the bench compares it; ingest reads crops)."""
+    import torch
+
     w, h = image.size
     scale = side / min(w, h)
     size = (max(32, round(w * scale / 32) * 32), max(32, round(h * scale / 32) * 32))
-    x = _normalised(image, size, backbone.spec.preprocess)[None]
-    fmap = backbone.body(x.contiguous(memory_format=torch.channels_last)).float()[0]
-    _, gh, gw = fmap.shape
-    boxes = grid_boxes()
-    pooled = []
-    for x0, y0, x1, y1 in boxes:
-        c0, c1 = round(x0 * gw), max(round(x1 * gw), round(x0 * gw) + 1)
-        r0, r1 = round(y0 * gh), max(round(y1 * gh), round(y0 * gh) + 1)
-        pooled.append(fmap[:, r0:r1, c0:c1].mean(dim=(1, 2)))
-    feats = torch.stack(pooled).numpy()
+    x = torch.from_numpy(_normalised(image, size, backbone.spec.preprocess))[None]
+    with torch.inference_mode():
+        fmap = backbone.body(x.contiguous(memory_format=torch.channels_last)).float()[0]
+        _, gh, gw = fmap.shape
+        boxes = grid_boxes()
+        pooled = []
+        for x0, y0, x1, y1 in boxes:
+            c0, c1 = round(x0 * gw), max(round(x1 * gw), round(x0 * gw) + 1)
+            r0, r1 = round(y0 * gh), max(round(y1 * gh), round(y0 * gh) + 1)
+            pooled.append(fmap[:, r0:r1, c0:c1].mean(dim=(1, 2)))
+        feats = torch.stack(pooled).numpy()
     return _softmax(backbone.logits(feats)), boxes
 
 
-@torch.inference_mode()
 def crop_probs(backbone: Any, image: Image.Image) -> tuple[Float32Array, list[Box]]:
     """(R, 1000) class probabilities of the grid's crops, each through the backbone at its
     own input size, and their boxes."""
     w, h = image.size
     size = backbone.spec.preprocess.size
     boxes = grid_boxes()
-    batch = torch.stack(
+    batch = np.stack(
         [
             _normalised(
                 image.crop((x0 * w, y0 * h, x1 * w, y1 * h)), (size, size), backbone.spec.preprocess
@@ -117,7 +121,7 @@ def crop_probs(backbone: Any, image: Image.Image) -> tuple[Float32Array, list[Bo
             for x0, y0, x1, y1 in boxes
         ]
     )
-    feats = backbone.features(batch.numpy())
+    feats = backbone.features(batch)
     return _softmax(backbone.logits(feats)), boxes
 
 
