@@ -172,7 +172,10 @@ def test_cli_json_shapes_end_to_end(
         return json.loads(capsys.readouterr().out)
 
     ing = run_json(["ingest", str(data), "--checkpoint", str(tiny_checkpoint), "--json", *idx])
-    assert set(ing) == {"indexed", "unchanged", "moved", "pruned", "failed", "seconds"}
+    assert set(ing) == {"indexed", "unchanged", "moved", "pruned", "failed", "seconds", "faces"}
+    # the face stage ran after the embedding (on by default; drawn discs and stripes: no face)
+    assert set(ing["faces"]) == {"photos", "faces", "new_people", "failed", "seconds"}
+    assert ing["faces"]["photos"] == 12 and ing["faces"]["faces"] == 0
     assert ing["indexed"] == 12 and ing["failed"] == {}
     # the first ingest loaded the default vocabulary by itself, with no `devise words`
     st = run_json(["status", "--json", *idx])
