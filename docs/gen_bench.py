@@ -10,12 +10,13 @@ No figure on the page is typed by hand, so none can drift from what the bench pr
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+import pagegen
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -108,19 +109,8 @@ def page() -> str:
     return HEAD + "\n" + "\n".join(section(s) for s in benches()).rstrip("\n") + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
-    args = p.parse_args()
-    text = page()
-    if args.check:
-        if PAGE.read_text() != text:
-            print(f"{PAGE} is stale: run python docs/gen_bench.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(text)
-    print(f"wrote {PAGE.relative_to(ROOT)}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return pagegen.main(PAGE, page, "gen_bench.py", argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pagegen
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "cli.md"
 WIDTH = "100"
@@ -62,18 +64,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only say whether docs/cli.md is stale")
-    args = ap.parse_args(argv)
-    text = render()
-    if args.check:
-        if PAGE.read_text() != text:
-            print(f"{PAGE} is stale: run python docs/gen_cli.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(text)
-    print(f"wrote {PAGE}")
-    return 0
+    return pagegen.main(PAGE, render, "gen_cli.py", argv)
 
 
 if __name__ == "__main__":
