@@ -46,6 +46,7 @@ def main() -> None:
     from model.data.features import extract_features, scan_image_folder
     from model.embedders.embedder import DeviseEmbedder
     from model.evaluate import evaluate_checkpoint
+    from model.paths import default_cache_dir
     from model.train import TrainConfig, train
 
     print(f"CPU: {cpu_name()}")
@@ -56,16 +57,17 @@ def main() -> None:
     )
     print(head + "\n" + "-" * len(head))
     tmp = Path(tempfile.mkdtemp(prefix="bench-gzsl-"))
+    cache = default_cache_dir()  # the features, once for all variants
     data = scan_image_folder(args.test)
     for name, opts in VARIANTS:
-        cfg = TrainConfig(holdout=("sandal", "shirt"), **opts)  # type: ignore[arg-type]
+        cfg = TrainConfig(holdout=("sandal", "shirt"), cache_dir=cache, **opts)  # type: ignore[arg-type]
         ckpt = tmp / "devise.safetensors"
         train(args.train, ckpt, cfg)
-        rep = evaluate_checkpoint(args.test, ckpt)
+        rep = evaluate_checkpoint(args.test, ckpt, cache_dir=cache)
         d, sm = rep.models["devise"] or {}, rep.models["softmax"] or {}
         # the test curve's own best H, to judge how well validation chose gamma
         model = DeviseEmbedder(ckpt)
-        feats = extract_features(model.backbone, data.paths, desc="test")
+        feats = extract_features(model.backbone, data.paths, desc="test", cache_dir=cache)
         labels = list(model.labels)
         y = np.asarray([labels.index(data.labels[t]) for t in data.targets[feats.ok]])
         scores = model.embed_features(feats.features) @ model.label_matrix(labels).T
