@@ -182,8 +182,6 @@ def find_faces(
     if not todo:
         return summary
     store.ensure_faces()
-    if on_photo is not None:
-        on_photo(summary)  # the count to do, before the first photo's faces
     bar = tqdm(total=len(todo), desc="faces", unit="photo", disable=not progress, file=sys.stderr)
     try:
         for photo, found in _found_ahead(finder, todo, summary, workers):

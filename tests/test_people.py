@@ -593,11 +593,35 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
                         "() => document.querySelectorAll('#people-gallery img').length === 1",
                         timeout=30_000,
                     )
+                    # the merge was wrong: the person's faces show under their photos'
+                    # names, and Biden's is taken out again
+                    page.locator("#people-gallery button", has_text="6 photo(s)").first.click()
+                    theirs = page.locator("#people-faces button")
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('#people-faces img').length === 6",
+                        timeout=30_000,
+                    )
+                    face_captions = page.locator("#people-faces").inner_text()
+                    theirs.filter(has_text="biden.jpg").first.click()
+                    page.wait_for_function(
+                        "() => document.querySelector('#people-face textarea').value !== ''",
+                        timeout=30_000,
+                    )
+                    page.locator("#people-remove").click()
+                    page.locator("#people-status", has_text="now").wait_for(timeout=30_000)
+                    taken = page.locator("#people-status").inner_text()
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('#people-gallery img').length === 2"
+                        " && document.querySelectorAll('#people-faces img').length === 5",
+                        timeout=30_000,
+                    )
+                    page.screenshot(path=str(tmp_path / "taken-out.png"), full_page=True)
                 finally:
                     browser.close()
         finally:
             app.close()
-        named = {p.id: p.name for p in people.list_people(store)}
+        named = {p.id: p.name for p in people.list_people(store) if p.name}
+        after = {p.id: (p.name, p.faces) for p in people.list_people(store)}
     assert shown == 2, captions
     assert len(boxes) == 2 and all(w < 0.3 and below <= 0 for w, below in boxes), boxes
     assert cut == [], cut  # every caption whole, none cut off with an ellipsis
@@ -607,3 +631,7 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
     assert merged == f"Person {other}'s faces joined person {person} (Barack): 6 faces."
     assert sorted(found[: len(OBAMA)]) == sorted(OBAMA), found
     assert "biden.jpg" not in found[: len(OBAMA)]
+    assert all(n in face_captions for n in OBAMA + BIDEN), face_captions
+    alone = next(pid for pid, (_, n) in after.items() if n == 1)
+    assert taken == f"The face is out of person {person}: it is person {alone} now.", taken
+    assert after[person] == ("Barack", 5)
