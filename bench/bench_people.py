@@ -7,9 +7,13 @@
   at each detection size.
 - identity: the face stage over the test photos (five of one person, one of another):
   pairwise precision and recall of the people it makes.
-- speed: the face stage on 12-megapixel JPEGs (4000x3000, a face each, made from the test
-  faces) in photos/s and faces/s, with 1 and 2 worker processes, beside the backbone ingest
-  of the same photos (conse, EfficientNet-Lite0).
+- small faces: that group photo, and a photo of one large face, at each `--face-side`.
+- speed: where one 12-megapixel photo's time goes, step by step (CPU time of one core,
+  before and after the descriptor moved to torch and the decode to the detection copy's
+  size); then the face stage on 12-megapixel JPEGs (4000x3000, a face each, made from the
+  test faces) in photos/s and faces/s, with 1 and 2 worker processes, beside the backbone
+  ingest of the same photos (conse, EfficientNet-Lite0), and the CPU time of the 2-worker
+  pass split into the workers' start, their work per photo and the ingest's writes.
 - LFW (sklearn's fetch_lfw_people) only where it is already downloaded: never fetched.
 
 Asserts nothing. From the repository root:
