@@ -54,8 +54,11 @@ log = logging.getLogger(__name__)
 # finder busy while the store writes, few enough that a kill wastes little
 LOOKAHEAD = 4
 MAX_WORKERS = 4
-# fewer photos than this are searched in this process: starting the workers costs more
-MIN_PHOTOS_FOR_PROCESSES = 16
+# fewer photos than this are searched in this process, unless the caller names the workers:
+# a worker takes 3.7 CPU s to start (mostly `import torch`), a 12-megapixel photo 90 ms here
+# and 140 in a worker (bench_people, 2-core Zen 3), so two workers on two cores catch up
+# with this process from about 80 photos
+MIN_PHOTOS_FOR_PROCESSES = 80
 ORPHAN_CHECK_S = 1.0  # how often a worker looks whether its ingest is still there
 
 
@@ -173,7 +176,9 @@ def find_faces(
 ) -> FaceSummary:
     """The face pass over the photos under `roots` that need it (see the module doc).
     `stop`, asked between photos, ends the pass early; what is done stays done. `workers`:
-    processes that find faces (default: one per core, at most MAX_WORKERS)."""
+    processes that find faces (default: one per core, at most MAX_WORKERS, and none under
+    MIN_PHOTOS_FOR_PROCESSES photos)."""
+    least = 1 if workers else MIN_PHOTOS_FOR_PROCESSES
     workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
     t0 = time.perf_counter()
     summary = FaceSummary()
@@ -184,7 +189,7 @@ def find_faces(
     store.ensure_faces()
     bar = tqdm(total=len(todo), desc="faces", unit="photo", disable=not progress, file=sys.stderr)
     try:
-        for photo, found in _found_ahead(finder, todo, summary, workers):
+        for photo, found in _found_ahead(finder, todo, summary, workers, least):
             if stop is not None and stop():
                 break
             n, started = store_faces(store, photo, found, finder.detect_side)
@@ -201,15 +206,15 @@ def find_faces(
 
 
 def _found_ahead(
-    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary, workers: int
+    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary, workers: int, least: int
 ) -> Iterator[tuple[Record, PhotoFaces | None]]:
     """Each photo of `todo` with its faces, in order, found LOOKAHEAD photos per worker
     ahead: in `workers` processes (dlib holds the GIL, so threads would take turns), or in
-    one thread beside the writes for a handful of photos, where starting processes (about a
-    second each, to load dlib and its models) would cost more than it saves."""
+    one thread beside the writes for fewer than `least` photos, where starting processes
+    (3.7 CPU s each, to load torch, dlib and the models) would cost more than it saves."""
     paths = [str(photo.payload.get("path", "")) for photo in todo]
     pool: Executor
-    if workers > 1 and len(todo) >= MIN_PHOTOS_FOR_PROCESSES:
+    if workers > 1 and len(todo) >= least:
         pool = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker, initargs=(finder.detector, finder.detect_side, os.getpid()),

@@ -462,8 +462,9 @@ def test_the_people_tab_merges_two_people_into_one(
 def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     real_faces: Path, tmp_path: Path
 ) -> None:
-    """`devise ingest` killed (SIGKILL) part-way through its face stage; run again, every
-    photo has its face once, in the right person."""
+    """`devise ingest` killed (SIGKILL) part-way through its face stage, in its worker
+    processes (84 photos: from MIN_PHOTOS_FOR_PROCESSES up); run again, every photo has its
+    face once, in the right person."""
     import re
     import subprocess
     import threading
@@ -472,7 +473,7 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
 
     root = tmp_path / "many"
     root.mkdir()
-    for i in range(6):
+    for i in range(14):
         for name in OBAMA + BIDEN:
             shutil.copy2(real_faces / name, root / f"{i}_{name}")
     index_dir = tmp_path / "killed-index"
@@ -481,7 +482,7 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")))  # type: ignore[union-attr]
     reader.start()
-    bar = re.compile(r"faces:\s+\d+%\|[^|]*\|\s*(\d+)/36")
+    bar = re.compile(r"faces:\s+\d+%\|[^|]*\|\s*(\d+)/84")
     done = 0
     while proc.poll() is None and done < 4:
         found = bar.findall("".join(seen[-4000:]))
@@ -489,15 +490,15 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     proc.kill()
     proc.wait(30)
     reader.join(30)
-    assert 4 <= done < 36, "the face stage ended before it could be killed"
+    assert 4 <= done < 84, "the face stage ended before it could be killed"
     with EdgeStore(index_dir) as store:
         marked = sum(1 for r in store.scroll_images() if r.payload.get(FACES_DONE))
-        assert marked < 36
+        assert marked < 84
     again = run(*args[:-1], str(index_dir), "--json", timeout=600)
     assert again.returncode == 0, again.stderr
     with EdgeStore(index_dir) as store:
-        assert photos_to_do(store) == [] and store.count(FACES) == 36
-        assert sorted(p.faces for p in people.list_people(store)) == [6, 30]
+        assert photos_to_do(store) == [] and store.count(FACES) == 84
+        assert sorted(p.faces for p in people.list_people(store)) == [14, 70]
         assert all(len(p) == 1 for p in person_of_photos(store).values())
 
 
