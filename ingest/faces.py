@@ -35,11 +35,17 @@ from tqdm import tqdm
 
 from ingest.people import choose_person, new_person
 from model.data.images import ImageError
-from model.detectors.dlib_faces import FACES_VERSION, Detector, FaceFinder, PhotoFaces
+from model.detectors.dlib_faces import (
+    DETECT_SIDE,
+    FACES_VERSION,
+    Detector,
+    FaceFinder,
+    PhotoFaces,
+)
 from model.detectors.faces import PERSON_SCORE
 from model.vocab.rules import PERSON
 from qdrant.filters import SearchFilter
-from qdrant.schema import FACES_DONE, PEOPLE, abs_posix, face_point_id
+from qdrant.schema import FACES_DONE, FACES_SIDE, PEOPLE, abs_posix, face_point_id
 from qdrant.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -48,8 +54,11 @@ log = logging.getLogger(__name__)
 # finder busy while the store writes, few enough that a kill wastes little
 LOOKAHEAD = 4
 MAX_WORKERS = 4
-# fewer photos than this are searched in this process: starting the workers costs more
-MIN_PHOTOS_FOR_PROCESSES = 16
+# fewer photos than this are searched in this process, unless the caller names the workers:
+# a worker takes 3.7 CPU s to start (mostly `import torch`), a 12-megapixel photo 90 ms here
+# and 140 in a worker (bench_people, 2-core Zen 3), so two workers on two cores catch up
+# with this process from about 80 photos
+MIN_PHOTOS_FOR_PROCESSES = 80
 ORPHAN_CHECK_S = 1.0  # how often a worker looks whether its ingest is still there
 
 
@@ -58,6 +67,7 @@ class FaceSummary:
     """What a face pass did."""
 
     photos: int = 0  # photos searched for faces in this pass
+    to_do: int = 0  # photos this pass set out to search
     faces: int = 0  # faces found and stored
     new_people: int = 0  # persons started by this pass
     failed: Counter[str] = field(default_factory=Counter)
@@ -72,6 +82,10 @@ class FaceSummary:
             "seconds": round(self.seconds, 3),
         }
 
+    def progress(self) -> str:
+        """Where a running pass is, for a page or a status line."""
+        return f"finding faces: {self.photos} of {self.to_do} photo(s), {self.faces} face(s) so far"
+
     def line(self) -> str:
         failed = sum(self.failed.values())
         why = ", ".join(f"{r}: {n}" for r, n in sorted(self.failed.items()))
@@ -82,23 +96,30 @@ class FaceSummary:
         )  # fmt: skip
 
 
-def photos_to_do(store: Store, roots: Sequence[Path] | None = None) -> list[Record]:
+def photos_to_do(
+    store: Store, roots: Sequence[Path] | None = None, side: int = DETECT_SIDE
+) -> list[Record]:
     """The image points under `roots` (every one when None) whose faces were not found by
-    this version of the finder."""
+    this version of the finder, or were looked for at a detection side under `side`."""
     flts = [SearchFilter(folder=abs_posix(r)) for r in roots] if roots else [None]
     seen: set[str] = set()
     out: list[Record] = []
     for flt in flts:
         for rec in store.scroll_images(with_vectors=False, flt=flt):
-            if rec.id not in seen and rec.payload.get(FACES_DONE) != FACES_VERSION:
+            done = rec.payload.get(FACES_DONE) == FACES_VERSION
+            if done and int(rec.payload.get(FACES_SIDE) or DETECT_SIDE) >= side:
+                continue
+            if rec.id not in seen:
                 seen.add(rec.id)
                 out.append(rec)
     return out
 
 
-def store_faces(store: Store, photo: Record, found: PhotoFaces | None) -> tuple[int, int]:
+def store_faces(
+    store: Store, photo: Record, found: PhotoFaces | None, side: int = DETECT_SIDE
+) -> tuple[int, int]:
     """Replace a photo's faces with `found` (None: unreadable, no faces), group them, and
-    mark the photo done. Returns (faces stored, persons started)."""
+    mark the photo done at detection side `side`. Returns (faces stored, persons started)."""
     old = store.faces_of_photos([photo.id])
     store.delete_faces([f.id for f in old])
     faces = found.faces if found else []
@@ -123,7 +144,7 @@ def store_faces(store: Store, photo: Record, found: PhotoFaces | None) -> tuple[
         ids.append(fid)
         payloads.append(payload)
     people = sorted({str(p["person"]) for p in payloads})
-    update: dict[str, Any] = {PEOPLE: people, FACES_DONE: FACES_VERSION}
+    update: dict[str, Any] = {PEOPLE: people, FACES_DONE: FACES_VERSION, FACES_SIDE: side}
     if ids:
         update.update(_person_concept(photo.payload))
     store.set_image_payloads([(photo.id, update)])
@@ -155,20 +176,23 @@ def find_faces(
 ) -> FaceSummary:
     """The face pass over the photos under `roots` that need it (see the module doc).
     `stop`, asked between photos, ends the pass early; what is done stays done. `workers`:
-    processes that find faces (default: one per core, at most MAX_WORKERS)."""
+    processes that find faces (default: one per core, at most MAX_WORKERS, and none under
+    MIN_PHOTOS_FOR_PROCESSES photos)."""
+    least = 1 if workers else MIN_PHOTOS_FOR_PROCESSES
     workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
     t0 = time.perf_counter()
     summary = FaceSummary()
-    todo = photos_to_do(store, roots)
+    todo = photos_to_do(store, roots, finder.detect_side)
+    summary.to_do = len(todo)
     if not todo:
         return summary
     store.ensure_faces()
     bar = tqdm(total=len(todo), desc="faces", unit="photo", disable=not progress, file=sys.stderr)
     try:
-        for photo, found in _found_ahead(finder, todo, summary, workers):
+        for photo, found in _found_ahead(finder, todo, summary, workers, least):
             if stop is not None and stop():
                 break
-            n, started = store_faces(store, photo, found)
+            n, started = store_faces(store, photo, found, finder.detect_side)
             summary.photos += 1
             summary.faces += n
             summary.new_people += started
@@ -182,15 +206,15 @@ def find_faces(
 
 
 def _found_ahead(
-    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary, workers: int
+    finder: FaceFinder, todo: Sequence[Record], summary: FaceSummary, workers: int, least: int
 ) -> Iterator[tuple[Record, PhotoFaces | None]]:
     """Each photo of `todo` with its faces, in order, found LOOKAHEAD photos per worker
     ahead: in `workers` processes (dlib holds the GIL, so threads would take turns), or in
-    one thread beside the writes for a handful of photos, where starting processes (about a
-    second each, to load dlib and its models) would cost more than it saves."""
+    one thread beside the writes for fewer than `least` photos, where starting processes
+    (3.7 CPU s each, to load torch, dlib and the models) would cost more than it saves."""
     paths = [str(photo.payload.get("path", "")) for photo in todo]
     pool: Executor
-    if workers > 1 and len(todo) >= MIN_PHOTOS_FOR_PROCESSES:
+    if workers > 1 and len(todo) >= least:
         pool = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker, initargs=(finder.detector, finder.detect_side, os.getpid()),
@@ -245,6 +269,14 @@ _WORKER: list[FaceFinder] = []  # the finder of a worker process (set by _start_
 
 def _start_worker(detector: Detector, detect_side: int, parent: int) -> None:
     _WORKER[:] = [FaceFinder(detector, detect_side=detect_side)]
+    # one worker per core: torch's own threads (the descriptor, face_net.py) would only
+    # fight the other workers for the cores
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
     # a worker whose ingest was killed (SIGKILL: no goodbye) would wait on its queue for
     # ever, since it holds the queue's other end itself: it leaves once it is orphaned
     threading.Thread(target=_leave_with, args=(parent,), daemon=True).start()

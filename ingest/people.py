@@ -14,6 +14,7 @@ docs/people.md.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -194,6 +195,12 @@ def merge_people(store: Store, keep: str, other: str) -> Person:
 
 def remove_face(store: Store, face_id: str) -> str:
     """Take face `face_id` out of its person: it becomes a person of its own (returned)."""
+    try:
+        uuid.UUID(face_id)
+    except ValueError:
+        raise PeopleError(
+            f"no face {face_id!r}: a face id is a UUID, as `devise people show ID` lists them"
+        ) from None
     found = store.retrieve_faces([face_id])
     if not found:
         raise PeopleError(f"no face {face_id!r}: `devise people show ID` lists a person's faces")

@@ -26,6 +26,9 @@ SCHEMA_VERSION = 1
 # that found them (written only once its faces are stored: a killed pass resumes from it)
 PEOPLE = "people"
 FACES_DONE = "faces_done"
+# the detection side (`--face-side`) that pass ran at: a later pass with a larger side looks
+# again for the smaller faces (absent: the default side)
+FACES_SIDE = "faces_side"
 # "lookup": an integer index for exact matches only, without the range part (which for
 # `folder_ids` took 1.9 of a 1,000,000-point store's 5 s to load, and no filter asks a range)
 IndexKind = Literal["keyword", "integer", "lookup", "float", "geo"]

@@ -462,8 +462,9 @@ def test_the_people_tab_merges_two_people_into_one(
 def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     real_faces: Path, tmp_path: Path
 ) -> None:
-    """`devise ingest` killed (SIGKILL) part-way through its face stage; run again, every
-    photo has its face once, in the right person."""
+    """`devise ingest` killed (SIGKILL) part-way through its face stage, in its worker
+    processes (84 photos: from MIN_PHOTOS_FOR_PROCESSES up); run again, every photo has its
+    face once, in the right person."""
     import re
     import subprocess
     import threading
@@ -472,7 +473,7 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
 
     root = tmp_path / "many"
     root.mkdir()
-    for i in range(6):
+    for i in range(14):
         for name in OBAMA + BIDEN:
             shutil.copy2(real_faces / name, root / f"{i}_{name}")
     index_dir = tmp_path / "killed-index"
@@ -481,7 +482,7 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")))  # type: ignore[union-attr]
     reader.start()
-    bar = re.compile(r"faces:\s+\d+%\|[^|]*\|\s*(\d+)/36")
+    bar = re.compile(r"faces:\s+\d+%\|[^|]*\|\s*(\d+)/84")
     done = 0
     while proc.poll() is None and done < 4:
         found = bar.findall("".join(seen[-4000:]))
@@ -489,15 +490,15 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     proc.kill()
     proc.wait(30)
     reader.join(30)
-    assert 4 <= done < 36, "the face stage ended before it could be killed"
+    assert 4 <= done < 84, "the face stage ended before it could be killed"
     with EdgeStore(index_dir) as store:
         marked = sum(1 for r in store.scroll_images() if r.payload.get(FACES_DONE))
-        assert marked < 36
+        assert marked < 84
     again = run(*args[:-1], str(index_dir), "--json", timeout=600)
     assert again.returncode == 0, again.stderr
     with EdgeStore(index_dir) as store:
-        assert photos_to_do(store) == [] and store.count(FACES) == 36
-        assert sorted(p.faces for p in people.list_people(store)) == [6, 30]
+        assert photos_to_do(store) == [] and store.count(FACES) == 84
+        assert sorted(p.faces for p in people.list_people(store)) == [14, 70]
         assert all(len(p) == 1 for p in person_of_photos(store).values())
 
 
@@ -593,11 +594,35 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
                         "() => document.querySelectorAll('#people-gallery img').length === 1",
                         timeout=30_000,
                     )
+                    # the merge was wrong: the person's faces show under their photos'
+                    # names, and Biden's is taken out again
+                    page.locator("#people-gallery button", has_text="6 photo(s)").first.click()
+                    theirs = page.locator("#people-faces button")
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('#people-faces img').length === 6",
+                        timeout=30_000,
+                    )
+                    face_captions = page.locator("#people-faces").inner_text()
+                    theirs.filter(has_text="biden.jpg").first.click()
+                    page.wait_for_function(
+                        "() => document.querySelector('#people-face textarea').value !== ''",
+                        timeout=30_000,
+                    )
+                    page.locator("#people-remove").click()
+                    page.locator("#people-status", has_text="now").wait_for(timeout=30_000)
+                    taken = page.locator("#people-status").inner_text()
+                    page.wait_for_function(
+                        "() => document.querySelectorAll('#people-gallery img').length === 2"
+                        " && document.querySelectorAll('#people-faces img').length === 5",
+                        timeout=30_000,
+                    )
+                    page.screenshot(path=str(tmp_path / "taken-out.png"), full_page=True)
                 finally:
                     browser.close()
         finally:
             app.close()
-        named = {p.id: p.name for p in people.list_people(store)}
+        named = {p.id: p.name for p in people.list_people(store) if p.name}
+        after = {p.id: (p.name, p.faces) for p in people.list_people(store)}
     assert shown == 2, captions
     assert len(boxes) == 2 and all(w < 0.3 and below <= 0 for w, below in boxes), boxes
     assert cut == [], cut  # every caption whole, none cut off with an ellipsis
@@ -607,3 +632,7 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
     assert merged == f"Person {other}'s faces joined person {person} (Barack): 6 faces."
     assert sorted(found[: len(OBAMA)]) == sorted(OBAMA), found
     assert "biden.jpg" not in found[: len(OBAMA)]
+    assert all(n in face_captions for n in OBAMA + BIDEN), face_captions
+    alone = next(pid for pid, (_, n) in after.items() if n == 1)
+    assert taken == f"The face is out of person {person}: it is person {alone} now.", taken
+    assert after[person] == ("Barack", 5)

@@ -20,13 +20,17 @@ def face_stage(
     paths: Sequence[Path],
     *,
     detector: str = "hog",
+    side: int | None = None,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    on_photo: Callable[[FaceSummary], None] | None = None,
 ) -> FaceSummary | None:
     """Find the faces of the photos under `paths` that lack them; None (said once through
-    `say`, else logged) when dlib or its models are absent."""
-    from model.detectors.dlib_faces import FaceFinder, available
+    `say`, else logged) when dlib or its models are absent. `side`: the detection copy's
+    longest side (`--face-side`; default DETECT_SIDE). `on_photo` hears of each photo
+    done (the page's progress: `FaceSummary.progress()`)."""
+    from model.detectors.dlib_faces import DETECT_SIDE, FaceFinder, available
 
     why = available()
     if why is not None:
@@ -34,6 +38,6 @@ def face_stage(
         return None
     from ingest.faces import find_faces
 
-    finder = FaceFinder("cnn" if detector == "cnn" else "hog")
+    finder = FaceFinder("cnn" if detector == "cnn" else "hog", detect_side=side or DETECT_SIDE)
     folders = [p if p.is_dir() else p.parent for p in paths]
-    return find_faces(store, finder, folders, progress=progress, stop=stop)
+    return find_faces(store, finder, folders, progress=progress, stop=stop, on_photo=on_photo)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from app.search.service import SearchService
+    from ingest.faces import FaceSummary
     from ingest.pipeline import ArrayEmbedder, IngestSummary
 
 
@@ -153,7 +154,11 @@ class IndexJob:
                 on_batch=progress,
             )
             self.message = f"indexing {path}: finding faces"
-            summary.faces = face_stage(self.service.store, [path])
+
+            def faces_done(s: FaceSummary) -> None:
+                self.message = f"indexing {path}: {s.progress()}"
+
+            summary.faces = face_stage(self.service.store, [path], on_photo=faces_done)
             self.message = f"indexed {path}: {summary.line()}"
             self.state = "done"
             if self._on_done is not None:

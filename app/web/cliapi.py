@@ -24,6 +24,7 @@ from app.search.evaluation import record_in
 if TYPE_CHECKING:
     from app.jobs.index import IndexJob, IngestRequest
     from app.web.handlers import WebHandlers
+    from ingest.faces import FaceSummary
     from ingest.pipeline import ArrayEmbedder, IngestSummary
 
 log = logging.getLogger(__name__)
@@ -185,9 +186,17 @@ class CliApi:
                 on_batch=on_batch,
             )  # fmt: skip
             if not opts.get("no_faces"):
+                where = ", ".join(str(p) for p in req.paths)
+
+                def faces_done(s: FaceSummary) -> None:
+                    # the page (serve --watch) and `devise ingest` through the app read it
+                    req.message = f"indexing {where}: {s.progress()}"
+
+                req.message = f"indexing {where}: finding faces"
                 summary.faces = face_stage(
-                    store, req.paths, detector=str(opts.get("face_detector") or "hog")
-                )
+                    store, req.paths, detector=str(opts.get("face_detector") or "hog"),
+                    side=opts.get("face_side"), on_photo=faces_done,
+                )  # fmt: skip
             # Not optimize(), which `devise ingest` runs: it holds the GIL for its whole
             # run, and every search of the app would wait (OFFLINE.md, "The GIL"). The
             # app's GraphJob builds the graph in another process once this job has ended.

@@ -1,16 +1,18 @@
-"""The People tab: one face per person, a name typed once, and two people merged into one
-(docs/people.md).
+"""The People tab: one face per person, a name typed once, two people merged into one, and a
+wrong face taken out of its person (docs/people.md).
 
 `PeoplePage` holds the tab's behaviour as plain methods that tests call directly; `people_tab`
-only wires them to Gradio. Naming and merging go through app/search/people.py as
-`devise people name` and `merge` do, in the app's write slot when the app indexes (so never
-beside an ingest's face stage); an app started with --auth asks for the login before any of it.
+only wires them to Gradio. Naming, merging and taking a face out go through
+app/search/people.py as `devise people name`, `merge` and `remove` do, in the app's write
+slot when the app indexes (so never beside an ingest's face stage); an app started with
+--auth asks for the login before any of it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PEOPLE = 60  # people shown, the named first, then the most faces
+MAX_FACES = 120  # faces of the person picked shown, by photo path
 CROP_SIDE = 160  # a face crop's longest side, in pixels
 MARGIN = 0.3  # around the face's box, as a fraction of its width
 
@@ -115,6 +118,48 @@ class PeoplePage:
             return shown
         return out
 
+    def faces(self, person: str) -> PeopleOut:
+        """Every face of the person picked (up to MAX_FACES), captioned with its photo's
+        name, and their face ids: the faces one may take out."""
+        from app.search import people
+        from ingest.people import PeopleError
+
+        person = (person or "").strip()
+        if not person:
+            return PeopleOut([], [], "")
+        try:
+            shown = people.run(self.h.service.store, "show", [person])
+        except PeopleError as e:
+            return PeopleOut([], [], f"⚠️ {e}")
+        items: list[tuple[Image.Image, str]] = []
+        ids: list[str] = []
+        for f in shown["faces"][:MAX_FACES]:
+            crop = face_crop(str(f["path"]), f["box"] or [0, 0, 1, 1])
+            if crop is not None:
+                items.append((crop, Path(str(f["path"])).name))
+                ids.append(str(f["face"]))
+        who = f"{person} ({shown['name']})" if shown["name"] else person
+        return PeopleOut(
+            items,
+            ids,
+            f"Person {who}: {len(shown['faces'])} face(s); pick a wrong one to take out.",
+        )
+
+    def take_out(self, person: str, face: str) -> tuple[PeopleOut, PeopleOut]:
+        """Takes face `face` out of its person (as `devise people remove`): it becomes a
+        person of its own. The people again and the faces of `person` again; a missing pick
+        is the status line."""
+        person, face = (person or "").strip(), (face or "").strip()
+        missing = "pick the wrong face first (among the person's faces)" if not face else ""
+        out = self._write("taking a face out", "remove", [face], missing)
+        if isinstance(out, dict):
+            shown = self.people()
+            shown.status = (
+                f"The face is out of person {person or '?'}: it is person {out['person']} now."
+            )
+            return shown, self.faces(person)
+        return out, self.faces(person)
+
     def _write(self, what: str, action: str, args: list[str], missing: str) -> Any:
         """A people write in the app's write slot (never beside an ingest's face stage):
         its answer, or the people again with the error (or `missing`, what the boxes lack)
@@ -159,7 +204,9 @@ def people_tab(h: WebHandlers) -> None:
         gr.Markdown(
             "The people in the photos, one face each. Pick a face, type the name once: "
             "searches for the name then find their photos (`Alice at the beach`). One person "
-            "shown twice: pick one face, type the other's id (the first number under it), merge."
+            "shown twice: pick one face, type the other's id (the first number under it), merge. "
+            "A face in the wrong person: pick the person, then the wrong face among theirs "
+            "below, and take it out (it becomes a person of its own)."
         )
         status = gr.Markdown(elem_id="people-status")
         with gr.Row():
@@ -180,6 +227,16 @@ def people_tab(h: WebHandlers) -> None:
             elem_id="people-gallery", elem_classes=[GALLERY_CLASS], fit_columns=False,
         )  # fmt: skip
         ids = gr.State([])
+        with gr.Row():
+            face = gr.Textbox(label="Face", scale=3, elem_id="people-face", interactive=False)
+            take = gr.Button("Take this face out", scale=1, elem_id="people-remove")
+        faces = gr.Gallery(
+            label="faces of the person picked", columns=8, height=300, allow_preview=False,
+            object_fit="contain", elem_id="people-faces", elem_classes=[GALLERY_CLASS],
+            fit_columns=False,
+        )  # fmt: skip
+        faces_status = gr.Markdown(elem_id="people-faces-status")
+        face_ids = gr.State([])
 
     def show(out: PeopleOut) -> tuple[Any, list[str], str]:
         return out.items or None, out.ids, out.status
@@ -195,6 +252,18 @@ def people_tab(h: WebHandlers) -> None:
     # an index without people
     tab.select(lambda: show(page.people()), [], [gallery, ids, status])
     refresh.click(lambda: show(page.people()), [], [gallery, ids, status])
-    gallery.select(on_select, [ids], [person])
+
+    def show_faces(out: PeopleOut) -> tuple[Any, list[str], str, str]:
+        return out.items or None, out.ids, "", out.status
+
+    def on_take(p: str, f: str) -> tuple[Any, ...]:
+        shown, theirs = page.take_out(p, f)
+        return (*show(shown), *show_faces(theirs))
+
+    gallery.select(on_select, [ids], [person]).then(
+        lambda p: show_faces(page.faces(p)), [person], [faces, face_ids, face, faces_status]
+    )
+    faces.select(on_select, [face_ids], [face])
+    take.click(on_take, [person, face], [gallery, ids, status, faces, face_ids, face, faces_status])
     save.click(lambda p, n: show(page.name(p, n)), [person, name], [gallery, ids, status])
     merge.click(lambda p, o: show(page.merge(p, o)), [person, other], [gallery, ids, status])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import stat
 import struct
@@ -342,8 +343,11 @@ def decode_image_info(
     max_pixels: int = MAX_PIXELS,
     max_side: int = MAX_SIDE,
     draft_size: int | None = 256,
+    draft_longest: bool = False,
 ) -> DecodedImage:
-    """Decode like `decode_image`, and also report the file's size and the decoded size."""
+    """Decode like `decode_image`, and also report the file's size and the decoded size.
+    With `draft_longest`, `draft_size` bounds the longest side instead of both (a 4000x3000
+    JPEG with 900: 1000x750 rather than 2000x1500, a quarter of the pixels)."""
     name = _describe(source)
     f, nbytes = _open(source, name)
     with f:
@@ -356,7 +360,11 @@ def decode_image_info(
             if draft_size and fmt in _DRAFTABLE:
                 # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both sides at
                 # least `draft_size`, so the model sees the same detail for far less work.
-                im.draft("RGB", (draft_size, draft_size))
+                want = (draft_size, draft_size)
+                if draft_longest:
+                    scale = draft_size / max(w, h)
+                    want = (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale)))
+                im.draft("RGB", want)
                 _check_budget(name, (w, h), im.size, max_pixels)
             im.load()
             orientation = _orientation(im)

@@ -8,14 +8,16 @@ data) are used directly, not through the `face_recognition` package:
   photo whose longest side is at most `DETECT_SIDE`. HOG's window is 80 px, so a face
   narrower than about 8 % of that copy's longest side is not found; a photo already smaller
   than `UPSAMPLE_BELOW` is upsampled once instead, so a small picture's face is still found.
-- alignment and descriptor: the 5-point landmark model, then dlib's ResNet descriptor
-  (`compute_face_descriptor`: a 150 px chip, 128 floats, about 0.1 s a face on 2 cores),
-  computed on a crop around the face from a larger copy of the photo (longest side at most
-  `ALIGN_SIDE`), so a face found small in the detection copy is still aligned on its own
-  detail. Two descriptors of one person lie about 0.2-0.45 apart (Euclidean), of two people
-  0.65-0.9 (docs/people.md).
+- alignment and descriptor: the 5-point landmark model, dlib's 150 px face chip, then dlib's
+  ResNet descriptor (128 floats) run by torch on the same weights (face_net.py: 25-35 ms a
+  face on one core against dlib-bin's 150-185 ms, which has no BLAS; dlib's own where torch
+  is absent). Two descriptors of one person lie about 0.2-0.45 apart (Euclidean), of two
+  people 0.65-0.9 (docs/people.md).
 - JPEGs decode at a reduced scale (PIL's draft mode: libjpeg scales by 1/2, 1/4 or 1/8 while
-  decoding), which is most of what makes a 12-megapixel photo quick.
+  decoding), just large enough for the detection copy: a 12-megapixel photo decodes at
+  1000x750 (about 20 ms). A face narrower than `DETAIL` there is described from a larger
+  copy (longest side at most `ALIGN_SIDE`), decoded again for it, so a small face is still
+  aligned on its own detail.
 
 Everything is loaded lazily, once per thread (dlib's objects are not shared between threads).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,11 +36,12 @@ import numpy.typing as npt
 from PIL import Image
 
 from model.data.images import decode_image_info
+from model.detectors import face_net
 
 Descriptor = npt.NDArray[np.float32]
 Detector = Literal["hog", "cnn"]
 
-DETECT_SIDE = 1024  # the detection copy's longest side (HOG at 1,024 px: 50-66 ms, 2 cores)
+DETECT_SIDE = 1024  # the detection copy's longest side (HOG at 1,024 px: 50-100 ms, one core)
 ALIGN_SIDE = 2048  # the copy the landmarks and descriptor read, at most this long a side
 # a photo smaller than this (longest side) is upsampled once to detect: not scikit-image's
 # 512 px astronaut, where one upsampling adds a weak detection (0.12) on her suit
@@ -52,6 +56,9 @@ CROP_MARGIN = 0.6  # the crop around a face, as a fraction of its width on each 
 # descriptor reads a 150 px chip of the face and its surround (about 100 px of face), so
 # more detail is thrown away anyway; a 580 px face took 0.31 s, scaled to 150 px 0.12 s
 DESCRIBE_FACE = 150
+# a face narrower than this in the decoded copy is described from a larger copy, decoded again
+# for it: dlib's chip holds about 100 px of face, so a wider face loses nothing
+DETAIL = 100
 DESCRIPTOR_DIM = 128
 #: the version of this module's faces (detector, sizes, descriptor): faces made by another
 #: are found again at the next ingest
@@ -154,6 +161,7 @@ class FaceFinder:
 
             folder = models_dir()
             models = {
+                "net": _torch_net(folder / _MODELS["descriptor"]),
                 "landmarks": dlib.shape_predictor(str(folder / _MODELS["landmarks"])),
                 "descriptor": dlib.face_recognition_model_v1(str(folder / _MODELS["descriptor"])),
                 "detect": (
@@ -173,54 +181,104 @@ class FaceFinder:
         rects, scores, _ = detect.run(rgb, upsample, HOG_MIN_SCORE)
         return list(zip(rects, (float(s) for s in scores), strict=True))
 
+    def _describe(self, chips: list[npt.NDArray[np.uint8]]) -> list[Descriptor]:
+        """The descriptors of face chips: by torch where it is installed (face_net.py, the
+        same numbers five times faster), else by dlib."""
+        models = self._models()
+        if not chips:
+            return []
+        if models["net"] is not None:
+            return list(face_net.describe(models["net"], chips))
+        return [
+            np.asarray(models["descriptor"].compute_face_descriptor(c), np.float32) for c in chips
+        ]
+
     def find_in_file(self, path: str | Path) -> PhotoFaces:
         """The faces of an image file; ImageError (model.data.images) when it cannot be read.
-        A JPEG decodes at the smallest scale that keeps the align copy's detail."""
+        A JPEG decodes at the smallest scale that gives the detection copy (draft mode); a
+        face found narrower than DETAIL there is described from a larger copy, decoded
+        again only then."""
         info = decode_image_info(
-            str(path), max_side=ALIGN_SIDE, draft_size=min(ALIGN_SIDE // 2, self.detect_side)
-        )
-        faces = self.find(info.image, (info.width, info.height))
+            str(path), max_side=max(ALIGN_SIDE, self.detect_side),
+            draft_size=int(self.detect_side * 0.9), draft_longest=True,
+        )  # fmt: skip
+
+        def larger() -> Image.Image:
+            return decode_image_info(
+                str(path), max_side=ALIGN_SIDE, draft_size=int(ALIGN_SIDE * 0.9),
+                draft_longest=True,
+            ).image  # fmt: skip
+
+        faces = self.find(info.image, (info.width, info.height), larger=larger)
         return PhotoFaces(faces, info.width, info.height, info.image.size)
 
-    def find(self, image: Image.Image, size: tuple[int, int] | None = None) -> list[FoundFace]:
+    def find(
+        self,
+        image: Image.Image,
+        size: tuple[int, int] | None = None,
+        *,
+        larger: Callable[[], Image.Image] | None = None,
+    ) -> list[FoundFace]:
         """The faces of a picture (any mode, any size), boxes in the pixels of `size` (the
-        photo's own size, when `image` is a reduced copy of it; default `image.size`)."""
-        import dlib
-
+        photo's own size, when `image` is a reduced copy of it; default `image.size`).
+        `larger`, when given, returns a larger copy of the photo for faces small in this
+        one."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        align, _ = reduced(image, ALIGN_SIDE)
+        size = size or image.size
+        align, _ = reduced(image, max(ALIGN_SIDE, self.detect_side))
         small, factor = reduced(align, self.detect_side)
         upsample = 1 if max(align.size) < UPSAMPLE_BELOW else 0
-        to_photo = (size[0] / align.size[0]) if size else 1.0
-        out: list[FoundFace] = []
         # HOG reads gradients: on grey it finds the same faces in about 0.68x the time of
         # RGB (13 photos at 1,024 px: 65-77 against 96-111 ms, scores a little lower);
         # the CNN detector reads colour
         pixels = np.asarray(small if self.detector == "cnn" else small.convert("L"))
+        found = []  # (box in `align` pixels, score)
         for rect, score in self._detect(pixels, upsample):
-            left, top = rect.left() * factor, rect.top() * factor
-            right, bottom = rect.right() * factor, rect.bottom() * factor
-            width = right - left
-            if width < MIN_FACE:
-                continue
+            box = tuple(v * factor for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
+            if box[2] - box[0] >= MIN_FACE:
+                found.append((box, score))
+        narrow = any(b[2] - b[0] < DETAIL for b, _ in found)
+        if narrow and larger is not None and max(align.size) < min(ALIGN_SIDE, max(size)):
+            bigger, _ = reduced(larger().convert("RGB"), ALIGN_SIDE)
+            k = bigger.size[0] / align.size[0]
+            found = [(tuple(v * k for v in b), s) for b, s in found]
+            align = bigger
+        return self._described(align, found, size)
+
+    def _described(
+        self,
+        align: Image.Image,
+        found: list[tuple[tuple[float, ...], float]],
+        size: tuple[int, int],
+    ) -> list[FoundFace]:
+        """Each face of `found` (boxes in `align`'s pixels) aligned, described, and boxed in
+        the photo's pixels (`size`)."""
+        import dlib
+
+        to_photo = size[0] / align.size[0]
+        chips = []
+        for (left, top, right, bottom), _ in found:
             crop, origin, scale = _crop(align, (left, top, right, bottom))
             box = dlib.rectangle(
                 round((left - origin[0]) * scale), round((top - origin[1]) * scale),
                 round((right - origin[0]) * scale), round((bottom - origin[1]) * scale),
             )  # fmt: skip
-            models = self._models()
-            shape = models["landmarks"](crop, box)
-            vec = np.asarray(models["descriptor"].compute_face_descriptor(crop, shape), np.float32)
+            shape = self._models()["landmarks"](crop, box)
+            chips.append(dlib.get_face_chip(crop, shape, face_net.CHIP, face_net.CHIP_PADDING))
+        out = []
+        pw, ph = size
+        for ((left, top, right, bottom), score), vec in zip(
+            found, self._describe(chips), strict=True
+        ):
             # a face cut by the picture's edge gets a box within it
-            pw, ph = size or align.size
             photo_box = (
                 min(pw - 1, max(0, round(left * to_photo))),
                 min(ph - 1, max(0, round(top * to_photo))),
                 min(pw, max(1, round(right * to_photo))),
                 min(ph, max(1, round(bottom * to_photo))),
             )
-            out.append(FoundFace(photo_box, score, int(round(width * to_photo)), vec))
+            out.append(FoundFace(photo_box, score, int(round((right - left) * to_photo)), vec))
         return out
 
 
@@ -241,6 +299,15 @@ def _crop(
         size = (max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale)))
         crop = crop.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.ascontiguousarray(np.asarray(crop)), (x0, y0), scale
+
+
+def _torch_net(path: Path) -> Any:
+    """dlib's descriptor network in torch (face_net.py), or None without torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    return face_net.build(path)
 
 
 def distance(a: Descriptor, b: Descriptor) -> float:
