@@ -40,30 +40,16 @@ from PIL import Image
 from report import add_json_flag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.real_faces import BIDEN, OBAMA, faces_dir  # noqa: E402
 
 DARKNET = Path("/usr/share/darknet/data")
 CHILDREN = resource.RUSAGE_CHILDREN
 SIDES = (1024, 2048, 3072, 4096)  # the detection sides the small-faces run tries
-OBAMA = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-]
-BIDEN = ["biden.jpg"]
 # frontal faces in each photo, counted by eye; darknet's person.jpg shows a person from the
 # side, behind a dog: no frontal face
 PRESENT = {**{n: 1 for n in OBAMA + BIDEN}, "astronaut.png": 1, "person.jpg": 0, "dog.jpg": 0,
            "horses.jpg": 0, "eagle.jpg": 0, "giraffe.jpg": 0, "scream.jpg": 0, "kite.jpg": 0,
            "chelsea.png": 0, "coffee.png": 0, "rocket.png": 0}  # fmt: skip
-
-
-def faces_dir() -> Path:
-    root = os.environ.get("DEVISE_FACES_DIR") or (
-        Path.home() / ".cache" / "devise-search" / "face_recognition-1.3.0"
-    )
-    return Path(root) / "tests" / "test_images"
 
 
 def real_photos(tmp: Path) -> list[Path]:

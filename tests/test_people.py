@@ -29,36 +29,17 @@ from qdrant.edge import EdgeStore  # noqa: E402
 from qdrant.schema import FACES, FACES_DONE, PEOPLE, image_point_id  # noqa: E402
 from qdrant.store import Store  # noqa: E402
 from tests.fakes import FakeEmbedder  # noqa: E402
+from tests.real_faces import BIDEN, OBAMA, faces_dir, missing  # noqa: E402
 
-OBAMA = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "obama_partial_face.jpg",
-    "obama_partial_face2.jpg",
-]
-BIDEN = ["biden.jpg"]
 DARKNET_PERSON = Path("/usr/share/darknet/data/person.jpg")
-
-
-def faces_dir() -> Path:
-    root = Path(
-        os.environ.get("DEVISE_FACES_DIR")
-        or Path.home() / ".cache" / "devise-search" / "face_recognition-1.3.0"
-    )
-    return root / "tests" / "test_images"
 
 
 @pytest.fixture(scope="module")
 def real_faces() -> Path:
-    folder = faces_dir()
-    if not all((folder / n).is_file() for n in OBAMA + BIDEN):
-        pytest.skip(
-            f"the real test faces are absent from {folder}: .ci/run unpacks the sdist of "
-            "face_recognition 1.3.0 there (pip download --no-deps --no-binary :all: "
-            "face_recognition==1.3.0)"
-        )
-    return folder
+    why = missing()
+    if why:
+        pytest.skip(why)
+    return faces_dir()
 
 
 @pytest.fixture(scope="module")

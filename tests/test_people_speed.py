@@ -5,7 +5,6 @@ photos, see tests/test_people.py), no timings asserted."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,17 @@ import dlib  # noqa: E402
 from model.data.images import decode_image_info  # noqa: E402
 from model.detectors import face_net  # noqa: E402
 from model.detectors.dlib_faces import FaceFinder, distance, models_dir  # noqa: E402
+from tests.real_faces import faces_dir, missing  # noqa: E402
 
 NAMES = ["obama.jpg", "obama2.jpg", "biden.jpg"]
 
 
 @pytest.fixture(scope="module")
 def real_faces() -> Path:
-    folder = Path(
-        os.environ.get("DEVISE_FACES_DIR")
-        or Path.home() / ".cache" / "devise-search" / "face_recognition-1.3.0"
-    ) / "tests" / "test_images"  # fmt: skip
-    if not all((folder / n).is_file() for n in NAMES):
-        pytest.skip(f"the real test faces are absent from {folder} (see tests/test_people.py)")
-    return folder
+    why = missing(NAMES)
+    if why:
+        pytest.skip(why)
+    return faces_dir()
 
 
 def test_the_torch_descriptor_gives_dlib_s_numbers(real_faces: Path) -> None:
