@@ -88,7 +88,8 @@ def sweep(root: Path) -> None:
 
 
 #: rules a region concept might have to pass (issue #38's noise: darknet's person.jpg gets
-#: `llama 0.60` from one crop of the horses behind her): (name, masses (9, C) -> kept (C,))
+#: `llama 0.60` from one crop holding half of the white pony beside her): name -> (masses
+#: (9, C) -> kept (C,))
 RULES: dict[str, Any] = {
     "one region at 0.45 (today)": lambda m: (m >= 0.45).any(0),
     "one region at 0.61": lambda m: (m >= 0.61).any(0),

@@ -20,7 +20,7 @@ from app.cli import main
 from app.search.service import SearchService
 from app.web import WebApp, launch_app
 from app.web.handlers import WebHandlers
-from model.data.thumbs import OUTLINE, Thumbnails, default_folder, draw_boxes
+from model.data.thumbs import OUTLINE, Thumbnails, default_folder, draw_boxes, outline_width
 from qdrant.edge import EdgeStore
 from tests.cli import free_port
 from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
@@ -34,7 +34,7 @@ def outline_share(picture: Image.Image, box: list[float]) -> float:
     rgb = picture.convert("RGB")
     w, h = rgb.size
     x0, y0, x1, _ = box
-    line = max(2, round(max(w, h) / 100))
+    line = outline_width(rgb.size)
     y = min(h - 1, round(y0 * (h - 1)) + 1 + line // 2)
     xs = range(round(x0 * (w - 1)) + line + 2, round(x1 * (w - 1)) - line - 2)
     near = 0
