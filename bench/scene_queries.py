@@ -46,6 +46,13 @@ def write_ranks(index: Path, out: Path, queries: list[str]) -> None:
     from app.search.service import SearchService
     from qdrant.edge import EdgeStore
 
+    try:  # the ranking, not the page: every weaker match kept (what a capped list would
+        # hide could be in a library's top 3 once the other scenes are left out)
+        from app.search import answers
+
+        answers.WEAK_SHOWN = K  # type: ignore[misc]
+    except ImportError:
+        pass
     store = EdgeStore(index)
     try:
         service = SearchService(store)
@@ -97,7 +104,8 @@ def ranks_of(index: Path, queries: list[str], pythonpath: str, out: Path) -> dic
 
 def first_right(ranked: list[list[Any]], right: set[str], label: set[str]) -> int | None:
     """The first right photo's rank in the gallery less the scenes (the table's gallery)."""
-    ranked = [r for r in ranked if "/scenes/" not in r[0]]
+    # the scenes' own folder (DIR/scenes), not any path with "scenes" in it (DIR itself)
+    ranked = [r for r in ranked if Path(r[0]).parent.name != "scenes"]
     for i, (path, _) in enumerate(ranked):
         p = Path(path)
         if p.stem in right or ("/fashion/" in path and p.parent.name in label):
@@ -149,6 +157,7 @@ def report(root: Path, garments: int, baseline: str | None) -> None:
                 if (f := first_right(ranked[q], *right_of(q))) is None or f > 3
             ]
             print(f"    {label} misses: " + ("; ".join(misses) or "none"))
+    weak_places(got, queries, right_of)
     if "today" in got:
         one = [q for q in queries if len(q.split()) == 1 or q in words]
         worse = []
@@ -162,6 +171,20 @@ def report(root: Path, garments: int, baseline: str | None) -> None:
     scene_words(got, scenes, regions)
 
 
+def weak_places(got: dict[str, Any], queries: list[str], right_of: Any) -> None:
+    """Where the first right photo is a weaker match, its place among them (how many weaker
+    matches a page must show to keep it: WEAK_SHOWN was chosen from this)."""
+    print("\nfirst right photo among the weaker matches: query (its place among them)")
+    for name, ranked in got.items():
+        places = []
+        for q in queries:
+            gallery = [r for r in ranked[q] if Path(r[0]).parent.name != "scenes"]
+            f = first_right(ranked[q], *right_of(q))
+            if f is not None and gallery[f - 1][1]:
+                places.append(f"{q} ({f - sum(1 for r in gallery if not r[1])})")
+        print(f"  {name:<8} {len(places)} of {len(queries)}: " + ("; ".join(places) or "none"))
+
+
 def scene_words(got: dict[str, Any], scenes: list[Any], index: Path) -> None:
     from app.search.regions import region_evidence
     from model.vocab.hierarchy import imagenet_concepts
@@ -173,7 +196,7 @@ def scene_words(got: dict[str, Any], scenes: list[Any], index: Path) -> None:
         payload = {
             Path(str(r.payload["path"])).stem: r.payload
             for r in store.scroll_images()
-            if "/scenes/" in str(r.payload.get("path"))
+            if Path(str(r.payload.get("path"))).parent.name == "scenes"
         }
     finally:
         store.close()

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from app.cli import main
+from app.search.answers import WEAK_SHOWN
 from app.search.ranking.joint import DEFAULT, TermScores, rank
 from app.search.service import SearchService
 from model.vocab.words import WordVectors
@@ -311,6 +312,11 @@ def test_where_evidence_ends_reaches_json_and_the_cli(
         assert Path(data["results"][0]["path"]).stem == "eagle"
         assert "weak" not in data["results"][0]
         assert any(r.get("weak") for r in data["results"])  # trousers, sneakers: no bird
+        # a few weaker matches, not the page filled with strangers; the note says so
+        assert main([*argv[:-1], "12", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert sum(bool(r.get("weak")) for r in data["results"]) == WEAK_SHOWN, data
+        assert "more weaker match" in data["note"] and len(data["results"]) < 12
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "-- weaker matches" in out and out.index("eagle") < out.index("-- weaker")

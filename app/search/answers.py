@@ -10,6 +10,10 @@ from app.search.errors import BadQueryError
 from qdrant.store import Hit
 
 MAX_K = 1000
+#: after the last result with evidence of the query, at most this many weaker matches: they
+#: say the results go on past the evidence without filling the page with strangers (nine
+#: photos at 0.100 after the eagle for "a bird on a tree"). Why 3: docs/regions.md
+WEAK_SHOWN = 3
 
 
 @dataclass
@@ -123,3 +127,14 @@ def validate(k: int, min_score: float | None) -> None:
         raise BadQueryError(f"k must be between 1 and {MAX_K}, got {k}")
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise BadQueryError(f"min score must be between 0 and 1, got {min_score}")
+
+
+def end_weak(results: list[ImageResult], notes: list[str]) -> list[ImageResult]:
+    """`results` (weaker matches last) with at most WEAK_SHOWN weaker matches; a note in
+    `notes` says how many more there were."""
+    weak = [r for r in results if r.weak]
+    if len(weak) <= WEAK_SHOWN:
+        return results
+    more = len(weak) - WEAK_SHOWN
+    notes.append(f"{more} more weaker match{'es' if more > 1 else ''} left out")
+    return [r for r in results if not r.weak] + weak[:WEAK_SHOWN]

@@ -27,7 +27,7 @@ from app.search import people
 
 # `name as name`: the faces, tests and benches import these from here
 from app.search.answers import MAX_K as MAX_K
-from app.search.answers import Answer, TagResult, validate
+from app.search.answers import Answer, TagResult, end_weak, validate
 from app.search.answers import ImageResult as ImageResult
 from app.search.duplicates import (
     DEFAULT_THRESHOLDS,
@@ -315,6 +315,7 @@ class SearchService:
         vector, indexed, used = self._compound(terms, model, image)
         flt = self._filter(labels, folder, min_score, photo)
         results, note, notes = self._rank(model, used, vector, indexed, k, flt, zero_shot_bias)
+        results = end_weak(results, notes)  # results end where evidence ends, or soon after
         answer = Answer(model, (time.perf_counter() - t0) * 1000, results)
         answer.query = note or read.line(used)
         if len(used) < len(terms):

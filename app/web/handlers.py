@@ -14,9 +14,12 @@ from app.search.duplicates import DuplicateReport, describe, human_date, human_s
 from app.search.filters import PhotoFilter
 from app.search.request import Kind, QueryRequest
 from app.search.service import Answer, ImageResult, ServiceError, TagResult
+from app.web.parts import outlined_items, tag_parts
 from model.data.images import ImageError
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from app.jobs.graph import GraphJob
     from app.jobs.index import IndexJob
     from app.search.service import SearchService
@@ -75,6 +78,8 @@ class TagsOut:
     ok: bool = True
     #: the tags in the service's order (hedged: a breed before `dog`), as table rows
     rows: list[list[Any]] = field(default_factory=list)
+    #: the photo with the region tags' boxes outlined and named; None: no tag is a part
+    parts: Image.Image | None = None
 
 
 @dataclass
@@ -239,14 +244,16 @@ class WebHandlers:
 
     def _gallery(self, answer: Answer, what: str) -> GalleryOut:
         out = GalleryOut()
-        hidden = 0
+        hidden, kept = 0, []
         for r in answer.results:
             if self.served is not None and not self.served.allows(r.path):
                 hidden += 1  # a file gone since indexing, or a symlink out of the roots
                 continue
             out.items.append((r.path, caption(r)))
             out.paths.append(r.path)
-        out.items = self._shown(out.items)
+            kept.append(r)
+        # a result found in a part of its photo is shown with that part outlined
+        out.items = outlined_items(self.thumbnails, kept, self._shown(out.items))
         out.status = (
             f"{len(out.items)} result(s) for {what} by {answer.model} in {answer.took_ms:.0f} ms"
         )
@@ -370,7 +377,8 @@ class WebHandlers:
         status = f"{len(tags)} tag(s) by {answer.model} in {answer.took_ms:.0f} ms"
         if any(r.kind == "detected" for r in results):
             status += "; `person` is from a face detector, not the classifier"
-        return TagsOut(tags, status, rows=[tag_row(r) for r in results])
+        parts = tag_parts(data, results)  # where the region tags are, outlined
+        return TagsOut(tags, status, rows=[tag_row(r) for r in results], parts=parts)
 
     def compare(
         self,

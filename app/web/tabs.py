@@ -301,21 +301,33 @@ def tag_tab(h: WebHandlers, c: Controls, models: list[str]) -> gr.Radio:
                     interactive=False,
                     elem_id="tag-table",
                 )
+        # the photo with the parts its region tags come from outlined and named; hidden
+        # where no tag is a part
+        parts = gr.Image(
+            type="pil", label="Parts of the photo the tags marked 'part' come from",
+            interactive=False, visible=False, elem_id="tag-parts", height=480,
+        )  # fmt: skip
+        drawn = gr.State(None)
 
     def on_tag(
         image: str | None, model: str = "devise", k: float = DEFAULT_K,
         min_score: float | None = None, generality: str = "specific",
-    ) -> tuple[list[list[Any]], str]:  # fmt: skip
+    ) -> tuple[list[list[Any]], str, Any]:  # fmt: skip
         r = h.tag(image, model, k, min_score, generality)
         _warn(r.ok, r.status)
-        return r.rows, r.status
+        return r.rows, r.status, r.parts
 
+    def show_parts(picture: Any) -> Any:
+        return gr.update(value=picture, visible=picture is not None)
+
+    # the outlined photo goes through a State, which API clients do not see: /tag answers
+    # the table and the status line, as before
     tag_btn.click(
         on_tag,
         [tag_image, tag_model, c.k, c.min_score, generality],
-        [tags, tag_status],
+        [tags, tag_status, drawn],
         api_name="tag",
-    )
+    ).then(show_parts, drawn, parts, api_visibility="private")
     return tag_model
 
 
