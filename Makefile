@@ -21,7 +21,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 pytest: setup
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=15 -n 3 --dist loadfile
 
 test: lint typecheck pytest
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,32 @@ def make_image_folder(root: Path, classes: dict[str, str], per_class: int) -> Pa
     return root
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder `build` fills once for the whole run: under pytest-xdist, once for all its
+    workers (the first to come builds it under a file lock, the others wait and read it),
+    in the run's own base folder, so that nothing leaks from one run into the next.
+    READ-ONLY by convention, as every session fixture here."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    # each worker's base folder is <the run's base folder>/<worker id>
+    folder = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (folder / ".built").is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # a build cut off halfway
+                folder.mkdir()
+                build(folder)
+                (folder / ".built").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
+
+
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data", {"cat": "disc", "truck": "stripes"}, 16)
@@ -92,25 +120,25 @@ def glove() -> WordVectors:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, glove: WordVectors) -> Path:
     """A real DeViSE checkpoint on a random-init resnet18, trained for a few seconds, once
-    for the whole run: every test that needs a trained checkpoint uses this one (test_web's
-    index among them). READ-ONLY by convention: a test that changes a checkpoint copies
-    the file first, as test_reliability does."""
+    for the whole run (pytest-xdist's workers share it): every test that needs a trained
+    checkpoint uses this one (test_web's index among them). READ-ONLY by convention: a test
+    that changes a checkpoint copies the file first, as test_reliability does."""
     from model.train import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("tiny")
-    data = make_image_folder(root / "data", {"cat": "disc", "truck": "stripes"}, 12)
-    cfg = TrainConfig(
-        backbone="resnet18",
-        weights=None,
-        epochs=10,
-        lr=3e-3,
-        batch_size=8,
-        val_fraction=0.25,
-        cache_dir=root / "cache",
-    )
-    out = root / "tiny.safetensors"
-    train(data, out, cfg, words=glove)
-    return out
+    def build(root: Path) -> None:
+        data = make_image_folder(root / "data", {"cat": "disc", "truck": "stripes"}, 12)
+        cfg = TrainConfig(
+            backbone="resnet18",
+            weights=None,
+            epochs=10,
+            lr=3e-3,
+            batch_size=8,
+            val_fraction=0.25,
+            cache_dir=root / "cache",
+        )
+        train(data, root / "tiny.safetensors", cfg, words=glove)
+
+    return built_once(tmp_path_factory, "tiny", build) / "tiny.safetensors"
 
 
 @pytest.fixture
@@ -129,3 +157,33 @@ def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
         "IMAGE_INDEXING",
         dataclasses.replace(qdrant.edge.IMAGE_INDEXING, full_scan_points=200),
     )
+
+
+# The files that take longest (minutes on a 2-core machine: NNCF's int8 calibration, CLIP
+# stand-ins behind subprocesses, `devise serve` started per module, OpenVINO conversions),
+# slowest first. Under pytest-xdist (`make pytest` runs `-n 3 --dist loadfile`: each file on
+# one worker, its module fixtures built once) they are handed out first, so that no worker
+# starts one of them when the others are nearly done. The order within a file is kept; a
+# file not named here keeps its place after them.
+SLOW_FILES = (
+    "test_precision.py",
+    "test_clip_real.py",
+    "test_serve_cli.py",
+    "test_fastpath.py",
+    "test_compare.py",
+    "test_people.py",
+    "test_golden.py",
+    "test_demo.py",
+    "test_needs.py",
+    "test_reliability.py",
+    "test_graph_build.py",
+    "test_index_scale.py",
+    "test_online_paths.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
