@@ -140,3 +140,52 @@ def test_a_larger_face_side_looks_again_and_the_flag_is_checked(
             devise(["ingest", str(gallery), "--face-side", bad])
         err = capsys.readouterr().err
         assert "--face-side" in err and said in err, err
+
+
+def test_search_answers_while_the_face_stage_runs(
+    gallery: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app's Index job holds its ingest slot through the face stage, not the store: a
+    query made while the stage is halfway (held there after its first photo) is answered
+    from the photos already embedded, and the stage then finishes with nothing lost."""
+    import threading
+
+    import app.jobs.faces as stage
+    from app.jobs.index import IndexJob
+    from app.search.request import QueryRequest
+    from app.search.service import SearchService
+
+    real, halfway, go = stage.face_stage, threading.Event(), threading.Event()
+
+    def held(store: object, paths: object, **kw: object) -> object:
+        told = kw.get("on_photo")
+
+        def on_photo(s: object) -> None:
+            if callable(told):
+                told(s)
+            if not halfway.is_set():
+                halfway.set()
+                go.wait(120)
+
+        return real(store, paths, **{**kw, "on_photo": on_photo})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stage, "face_stage", held)
+    with EdgeStore(tmp_path / "busy-index") as store:
+        service = SearchService(store)
+        job = IndexJob(service, lambda: [FakeEmbedder()], allowed=[gallery])  # type: ignore[list-item]
+        job.start(str(gallery))
+        try:
+            assert halfway.wait(120), job.message
+            assert PROGRESS.search(job.message) and job.state == "running", job.message
+            answer = service.run(QueryRequest("similar", image=str(gallery / "obama.jpg"), k=6))
+            assert job.state == "running"  # still held in the face stage
+        finally:
+            go.set()
+        job.wait(120)
+        assert job.state == "done", job.message
+        # the five other photos, every one embedded before the face stage began
+        got = sorted(Path(r.path).name for r in answer.results)
+        assert got == sorted(set(OBAMA + BIDEN) - {"obama.jpg"})
+        assert photos_to_do(store, [gallery]) == [] and "faces: 6 in 6 photo(s)" in job.message
