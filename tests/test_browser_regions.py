@@ -23,6 +23,7 @@ from app.web.handlers import WebHandlers
 from model.data.thumbs import OUTLINE, Thumbnails, default_folder, draw_boxes, outline_width
 from qdrant.edge import EdgeStore
 from tests.cli import free_port
+from tests.test_regions import beach_with_cat
 from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
 
 pytestmark = pytest.mark.slow
@@ -54,21 +55,8 @@ def test_draw_boxes_outlines_and_names_a_part() -> None:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, SearchService]]:
-    pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
-    if not (DARKNET / "kite.jpg").is_file():
-        pytest.skip("Debian darknet's photos are absent: apt-get install darknet")
-    from model.data.datasets import export_photos
-
     root = tmp_path_factory.mktemp("parts")
-    export_photos(root / "src", ["chelsea"])
-    photos = root / "photos"
-    photos.mkdir()
-    beach = Image.open(DARKNET / "kite.jpg").convert("RGB")
-    cat = Image.open(root / "src" / "chelsea.png").convert("RGB")
-    w = beach.width // 4
-    cat = cat.resize((w, round(cat.height * w / cat.width)))
-    beach.paste(cat, (round(0.04 * beach.width), round(0.04 * beach.height)))
-    beach.save(photos / "beach-with-cat.jpg", quality=90)
+    photos, _ = beach_with_cat(root)
     for name in ("eagle.jpg", "giraffe.jpg"):
         shutil.copy2(DARKNET / name, photos / name)
     idx = ["--index", str(root / "index")]

@@ -45,23 +45,31 @@ def test_a_region_counts_from_its_minimum_mass_and_weighs_less_than_the_whole() 
     assert region_evidence({}, members) == (0.0, [])  # a point made before regions
 
 
-@pytest.fixture(scope="module")
-def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def beach_with_cat(root: Path) -> tuple[Path, Image.Image]:
+    """root/photos/beach-with-cat.jpg: darknet's kite photo (a beach) with scikit-image's
+    cat pasted small in its upper-left corner, a subject only a region sees; the folder and
+    the cat. Skips where darknet's or scikit-image's photos are absent."""
     pytest.importorskip("skimage.data", reason="scikit-image's photos are absent")
     if not (DARKNET / "kite.jpg").is_file():
         pytest.skip("Debian darknet's photos are absent: apt-get install darknet")
     from model.data.datasets import export_photos
 
-    root = tmp_path_factory.mktemp("regions")
     export_photos(root / "src", ["chelsea"])
     photos = root / "photos"
     photos.mkdir()
     beach = Image.open(DARKNET / "kite.jpg").convert("RGB")
     cat = Image.open(root / "src" / "chelsea.png").convert("RGB")
     w = beach.width // 4
-    cat = cat.resize((w, round(cat.height * w / cat.width)))
-    beach.paste(cat, (round(0.04 * beach.width), round(0.04 * beach.height)))
+    small = cat.resize((w, round(cat.height * w / cat.width)))
+    beach.paste(small, (round(0.04 * beach.width), round(0.04 * beach.height)))
     beach.save(photos / "beach-with-cat.jpg", quality=90)
+    return photos, small
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("regions")
+    photos, cat = beach_with_cat(root)
     # a pair: the cat and darknet's eagle side by side, each 256 px high
     eagle = Image.open(DARKNET / "eagle.jpg").convert("RGB")
     left, right = (im.resize((round(im.width * 256 / im.height), 256)) for im in (cat, eagle))
