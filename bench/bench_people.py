@@ -180,10 +180,12 @@ def breakdown(root: Path, n: int = 12) -> dict[str, Any]:
         DETECT_SIDE,
         FaceFinder,
         _crop,
+        dlib_descriptor,
         reduced,
     )  # fmt: skip
 
-    models = FaceFinder()._models()
+    # dlib's own descriptor beside torch's copy, for the 'before' column
+    models = {**FaceFinder()._models(), "descriptor": dlib_descriptor()}
     steps: dict[str, dict[str, list[float]]] = {"before": {}, "now": {}}
 
     def timed(way: str, step: str, fn: Any) -> Any:

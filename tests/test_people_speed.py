@@ -20,7 +20,7 @@ import dlib  # noqa: E402
 
 from model.data.images import decode_image_info  # noqa: E402
 from model.detectors import face_net  # noqa: E402
-from model.detectors.dlib_faces import FaceFinder, distance, models_dir  # noqa: E402
+from model.detectors.dlib_faces import FaceFinder, distance, dlib_descriptor  # noqa: E402
 from tests.real_faces import faces_dir, missing  # noqa: E402
 
 NAMES = ["obama.jpg", "obama2.jpg", "biden.jpg"]
@@ -38,19 +38,34 @@ def test_the_torch_descriptor_gives_dlib_s_numbers(real_faces: Path) -> None:
     finder = FaceFinder()
     models = finder._models()
     assert models["net"] is not None
-    net = face_net.build(models_dir() / "dlib_face_recognition_resnet_model_v1.dat")
+    net, dlib_own = models["net"], dlib_descriptor()
     chips, want = [], []
     for name in NAMES:
         rgb = np.asarray(Image.open(real_faces / name).convert("RGB"))
         (rect,) = models["detect"](rgb, 1)
         shape = models["landmarks"](rgb, rect)
         chips.append(dlib.get_face_chip(rgb, shape, face_net.CHIP, face_net.CHIP_PADDING))
-        want.append(np.asarray(models["descriptor"].compute_face_descriptor(rgb, shape)))
+        want.append(np.asarray(dlib_own.compute_face_descriptor(rgb, shape)))
     got = face_net.describe(net, chips)
     assert got.shape == (3, 128) and got.dtype == np.float32
     assert np.abs(got - np.asarray(want)).max() < 1e-4
     # and it still tells people apart: the two of Obama close, Biden far
     assert distance(got[0], got[1]) < 0.6 < distance(got[0], got[2])
+
+
+def test_without_torch_dlib_describes_the_same_faces(
+    real_faces: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where torch is absent, dlib's own network (loaded only then) describes the faces:
+    the same boxes and the same numbers as torch's copy."""
+    with_torch = FaceFinder().find_in_file(real_faces / "obama.jpg")
+    monkeypatch.setattr(dlib_faces, "_torch_net", lambda path: None)
+    finder = FaceFinder()
+    assert finder._models()["net"] is None and finder._models()["descriptor"] is not None
+    without = finder.find_in_file(real_faces / "obama.jpg")
+    assert [f.box for f in without.faces] == [f.box for f in with_torch.faces] != []
+    got, want = without.faces[0].descriptor, with_torch.faces[0].descriptor
+    assert np.abs(np.asarray(got) - np.asarray(want)).max() < 1e-4
 
 
 def test_a_file_that_is_not_dlib_s_network_is_refused(tmp_path: Path) -> None:

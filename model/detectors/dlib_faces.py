@@ -160,10 +160,12 @@ class FaceFinder:
             import dlib
 
             folder = models_dir()
+            net = _torch_net(folder / _MODELS["descriptor"])
             models = {
-                "net": _torch_net(folder / _MODELS["descriptor"]),
+                "net": net,
                 "landmarks": dlib.shape_predictor(str(folder / _MODELS["landmarks"])),
-                "descriptor": dlib.face_recognition_model_v1(str(folder / _MODELS["descriptor"])),
+                # dlib's own network only where torch's copy is absent (0.1 s a thread)
+                "descriptor": dlib_descriptor() if net is None else None,
                 "detect": (
                     dlib.cnn_face_detection_model_v1(str(folder / _MODELS["cnn"]))
                     if self.detector == "cnn"
@@ -299,6 +301,13 @@ def _crop(
         size = (max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale)))
         crop = crop.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.ascontiguousarray(np.asarray(crop)), (x0, y0), scale
+
+
+def dlib_descriptor() -> Any:
+    """dlib's own descriptor network (`compute_face_descriptor`), as dlib runs it."""
+    import dlib
+
+    return dlib.face_recognition_model_v1(str(models_dir() / _MODELS["descriptor"]))
 
 
 def _torch_net(path: Path) -> Any:
