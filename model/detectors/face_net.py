@@ -116,15 +116,12 @@ def build(path: Path) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x * self.gamma + self.beta
 
-    def affine(c: int) -> nn.Module:
-        return Affine(c)
-
     class Block(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
             super().__init__()
             self.body = nn.Sequential(
-                con(cin, cout, 3, stride), affine(cout), nn.ReLU(),
-                con(cout, cout, 3, 1), affine(cout),
+                con(cin, cout, 3, stride), Affine(cout), nn.ReLU(),
+                con(cout, cout, 3, 1), Affine(cout),
             )  # fmt: skip
             self.down = stride != 1
 
@@ -139,7 +136,7 @@ def build(path: Path) -> Any:
             y = F.pad(y, (0, w - y.shape[3], 0, h - y.shape[2], 0, c - y.shape[1]))
             return F.relu(x + y)
 
-    layers: list[nn.Module] = [con(3, 32, 7, 2), affine(32), nn.ReLU(), nn.MaxPool2d(3, 2)]
+    layers: list[nn.Module] = [con(3, 32, 7, 2), Affine(32), nn.ReLU(), nn.MaxPool2d(3, 2)]
     cin = 32
     for cout, stride in _BLOCKS:
         layers.append(Block(cin, cout, stride))
