@@ -21,6 +21,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def face_side(text: str) -> int:
+    """--face-side: a whole number of pixels, 256 to 8192."""
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--face-side takes pixels, not {text!r}") from None
+    if not 256 <= side <= 8192:
+        raise argparse.ArgumentTypeError(f"--face-side {side}: from 256 to 8192 pixels")
+    return side
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1)."""
     try:

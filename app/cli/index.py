@@ -18,7 +18,14 @@ from app.cli.common import (
     read_settings,
     say_waiting,
 )
-from app.cli.flags import comma_list, device_flag, index_flags, positive_int, precision_flag
+from app.cli.flags import (
+    comma_list,
+    device_flag,
+    face_side,
+    index_flags,
+    positive_int,
+    precision_flag,
+)
 from app.remote import app_holding
 
 
@@ -376,17 +383,6 @@ def _add_seeing_flags(i: argparse.ArgumentParser) -> None:
         "faces of 8%% of it and up, 3072 of 2.6%% (small faces in a group photo) at about 8 "
         "times the cost. Photos searched at a smaller side are searched again (docs/people.md)",
     )
-
-
-def face_side(text: str) -> int:
-    """--face-side: a whole number of pixels, 256 to 8192."""
-    try:
-        side = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--face-side takes pixels, not {text!r}") from None
-    if not 256 <= side <= 8192:
-        raise argparse.ArgumentTypeError(f"--face-side {side}: from 256 to 8192 pixels")
-    return side
 
 
 def _add_words(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
