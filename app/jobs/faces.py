@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ingest.faces import FaceSummary
@@ -41,3 +41,17 @@ def face_stage(
     finder = FaceFinder("cnn" if detector == "cnn" else "hog", detect_side=side or DETECT_SIDE)
     folders = [p if p.is_dir() else p.parent for p in paths]
     return find_faces(store, finder, folders, progress=progress, stop=stop, on_photo=on_photo)
+
+
+def face_stage_shown(
+    store: Store, paths: Sequence[Path], show: Callable[[str], None], **kw: Any
+) -> FaceSummary | None:
+    """`face_stage` with its progress shown as an app job's line (`indexing <paths>: ...`),
+    which the page, `serve --watch` and `devise ingest` through the app read."""
+    where = ", ".join(str(p) for p in paths)
+    show(f"indexing {where}: finding faces")
+
+    def photo_done(s: FaceSummary) -> None:
+        show(f"indexing {where}: {s.progress()}")
+
+    return face_stage(store, paths, on_photo=photo_done, **kw)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from app.search.service import SearchService
-    from ingest.faces import FaceSummary
     from ingest.pipeline import ArrayEmbedder, IngestSummary
 
 
@@ -129,7 +128,7 @@ class IndexJob:
         return self.message
 
     def _run(self, path: Path) -> None:
-        from app.jobs.faces import face_stage
+        from app.jobs.faces import face_stage_shown
         from ingest.pipeline import ingest
 
         def progress(summary: IngestSummary) -> None:
@@ -153,12 +152,7 @@ class IndexJob:
                 model_meta=meta,
                 on_batch=progress,
             )
-            self.message = f"indexing {path}: finding faces"
-
-            def faces_done(s: FaceSummary) -> None:
-                self.message = f"indexing {path}: {s.progress()}"
-
-            summary.faces = face_stage(self.service.store, [path], on_photo=faces_done)
+            summary.faces = face_stage_shown(self.service.store, [path], self._show)
             self.message = f"indexed {path}: {summary.line()}"
             self.state = "done"
             if self._on_done is not None:
@@ -170,6 +164,9 @@ class IndexJob:
         finally:
             self._wrote()  # before the release: who waits for the slot sees the poke
             self._ingest_lock.release()
+
+    def _show(self, message: str) -> None:
+        self.message = message
 
     def _wrote(self) -> None:
         for hook in self.after_write:

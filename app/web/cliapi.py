@@ -24,7 +24,6 @@ from app.search.evaluation import record_in
 if TYPE_CHECKING:
     from app.jobs.index import IndexJob, IngestRequest
     from app.web.handlers import WebHandlers
-    from ingest.faces import FaceSummary
     from ingest.pipeline import ArrayEmbedder, IngestSummary
 
 log = logging.getLogger(__name__)
@@ -174,7 +173,7 @@ class CliApi:
         self, opts: dict[str, Any]
     ) -> Callable[[IngestRequest, Callable[[IngestSummary], None]], IngestSummary]:
         def run(req: IngestRequest, on_batch: Callable[[IngestSummary], None]) -> IngestSummary:
-            from app.jobs.faces import face_stage
+            from app.jobs.faces import face_stage_shown
             from ingest.pipeline import ingest
 
             embedders, meta = self.embedders(opts)
@@ -186,16 +185,13 @@ class CliApi:
                 on_batch=on_batch,
             )  # fmt: skip
             if not opts.get("no_faces"):
-                where = ", ".join(str(p) for p in req.paths)
 
-                def faces_done(s: FaceSummary) -> None:
-                    # the page (serve --watch) and `devise ingest` through the app read it
-                    req.message = f"indexing {where}: {s.progress()}"
+                def show(message: str) -> None:
+                    req.message = message
 
-                req.message = f"indexing {where}: finding faces"
-                summary.faces = face_stage(
-                    store, req.paths, detector=str(opts.get("face_detector") or "hog"),
-                    side=opts.get("face_side"), on_photo=faces_done,
+                summary.faces = face_stage_shown(
+                    store, req.paths, show, detector=str(opts.get("face_detector") or "hog"),
+                    side=opts.get("face_side"),
                 )  # fmt: skip
             # Not optimize(), which `devise ingest` runs: it holds the GIL for its whole
             # run, and every search of the app would wait (OFFLINE.md, "The GIL"). The
