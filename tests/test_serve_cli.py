@@ -335,14 +335,15 @@ def _synthetic_points(index: Path, n: int) -> None:
 def test_serve_builds_the_graph_in_the_background_and_answers_meanwhile(
     tmp_path: Path, animals: Animals
 ) -> None:
-    """An index whose graph is not built (30,000 points past the last build, as an older
-    app's ingests left them): `devise serve` builds it in another process at open, while
+    """An index whose graph is not built (1,000 points past the size that gets one, as an
+    older app's ingests left them): `devise serve` builds it in another process at open, while
     the CLI's searches and `devise status` are answered, and swaps it in."""
     from qdrant.schema import INDEX_FROM_POINTS
 
+    EXTRA = 1_000  # any number past the threshold: the build's time grows with it
     index = index_copy(animals, tmp_path / "index")  # the three photos, ingested
     photos = animals.photos
-    _synthetic_points(index, INDEX_FROM_POINTS + 10_000)
+    _synthetic_points(index, INDEX_FROM_POINTS + EXTRA)
     down = devise("status", "--index", str(index))
     assert "wait for their graph (the next `devise ingest` builds it)" in down.stdout
     search = ["search", "dog", "--model", "conse", "-k", "3", "--json", "--index", str(index)]
@@ -380,14 +381,14 @@ def test_serve_builds_the_graph_in_the_background_and_answers_meanwhile(
         assert top(search)[:1] == exact["all"][:1] and top(in_photos) == exact["photos"]
     finally:
         stop(proc)
-    building = f"is building the search graph of {INDEX_FROM_POINTS + 10_003} images in the"
+    building = f"is building the search graph of {INDEX_FROM_POINTS + EXTRA + 3} images in the"
     assert any(building in s for s in said), said
     assert answered_while_building >= 1
     assert not (index / ".graph-build").exists()
     # the app is down: the index holds the graph, and nothing waits for it
     down = devise("status", "--index", str(index))
     assert down.returncode == 0 and "search" not in down.stdout, down.stdout
-    assert images(index) == INDEX_FROM_POINTS + 10_003
+    assert images(index) == INDEX_FROM_POINTS + EXTRA + 3
 
 
 # ---------------------------------------------------------------------------- in process
