@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +21,9 @@ from app.web import WebApp, launch_app
 from app.web.handlers import WebHandlers
 from model.data.thumbs import OUTLINE, Thumbnails, default_folder, draw_boxes, outline_width
 from qdrant.edge import EdgeStore
+from tests.browser import app_page
 from tests.cli import free_port
 from tests.test_regions import beach_with_cat
-from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
 
 pytestmark = pytest.mark.slow
 DARKNET = Path("/usr/share/darknet/data")
@@ -93,11 +92,6 @@ def test_handlers_outline_a_part_in_the_gallery_and_the_tag_tab(
 
 
 def test_browser_shows_the_part_outlined(scene: tuple[Path, SearchService], tmp_path: Path) -> None:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is not installed"
-    )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     path, service = scene
     found = service.search_text("cat", model="conse", k=5).results
     i = [r.path for r in found].index(str(path))
@@ -105,45 +99,39 @@ def test_browser_shows_the_part_outlined(scene: tuple[Path, SearchService], tmp_
     want = hashlib.sha256(Path(outlined).read_bytes()).hexdigest()
     app: WebApp = launch_app(service, port=free_port())
     try:
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            try:
-                page = offline_page(browser, app.url)
-                page.goto(app.url, wait_until="domcontentloaded")
-                k = page.locator("#k input[type=number]")
-                k.wait_for(timeout=30_000)
-                k.fill("5")
-                k.press("Enter")
-                page.locator("#query textarea").fill("cat")
-                page.locator("#search").click()
-                images = page.locator("#text-results img")
-                images.nth(len(found) - 1).wait_for(timeout=60_000)
-                page.wait_for_function(
-                    "() => [...document.querySelectorAll('#text-results img')]"
-                    ".every(i => i.complete && i.naturalWidth > 0)",
-                    timeout=30_000,
-                )
-                page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
-                # the tile of the photo found in a part is the outlined copy, byte for byte
-                src = images.nth(i).get_attribute("src") or ""
-                served = page.request.get(src).body()
-                images.nth(i).screenshot(path=str(tmp_path / "tile.png"))
-                page.get_by_role("tab", name="Tag an image").click()
-                page.locator("#tag-query input[type=file]").set_input_files(str(path))
-                page.get_by_role("button", name="Tag", exact=True).click()
-                drawn = page.locator("#tag-parts img")
-                drawn.wait_for(timeout=60_000)
-                page.wait_for_function(
-                    "() => { const i = document.querySelector('#tag-parts img');"
-                    " return i && i.complete && i.naturalWidth > 0 }",
-                    timeout=30_000,
-                )
-                page.screenshot(path=str(tmp_path / "tag.png"), full_page=True)
-                parts = Image.open(
-                    io.BytesIO(page.request.get(drawn.get_attribute("src") or "").body())
-                )
-            finally:
-                browser.close()
+        with app_page(app.url) as page:
+            k = page.locator("#k input[type=number]")
+            k.wait_for(timeout=30_000)
+            k.fill("5")
+            k.press("Enter")
+            page.locator("#query textarea").fill("cat")
+            page.locator("#search").click()
+            images = page.locator("#text-results img")
+            images.nth(len(found) - 1).wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#text-results img')]"
+                ".every(i => i.complete && i.naturalWidth > 0)",
+                timeout=30_000,
+            )
+            page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+            # the tile of the photo found in a part is the outlined copy, byte for byte
+            src = images.nth(i).get_attribute("src") or ""
+            served = page.request.get(src).body()
+            images.nth(i).screenshot(path=str(tmp_path / "tile.png"))
+            page.get_by_role("tab", name="Tag an image").click()
+            page.locator("#tag-query input[type=file]").set_input_files(str(path))
+            page.get_by_role("button", name="Tag", exact=True).click()
+            drawn = page.locator("#tag-parts img")
+            drawn.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#tag-parts img');"
+                " return i && i.complete && i.naturalWidth > 0 }",
+                timeout=30_000,
+            )
+            page.screenshot(path=str(tmp_path / "tag.png"), full_page=True)
+            parts = Image.open(
+                io.BytesIO(page.request.get(drawn.get_attribute("src") or "").body())
+            )
     finally:
         app.close()
     assert hashlib.sha256(served).hexdigest() == want

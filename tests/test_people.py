@@ -8,7 +8,6 @@ one of Joe Biden), never copied into this repository: `.ci/run` unpacks the sdis
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -493,113 +492,99 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
     other person is merged into the first, by the id shown under their face."""
     from app.search.service import SearchService
     from app.web import launch_app
+    from tests.browser import app_page
     from tests.cli import free_port
-    from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
 
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is not installed"
-    )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     with EdgeStore(tmp_path / "browser-index") as store:
         index(store, gallery, finder)
         app = launch_app(SearchService(store), port=free_port(), auth=("ann", "secret"))
         try:
-            with sync_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-                try:
-                    page = offline_page(browser, app.url)
-                    page.goto(app.url, wait_until="domcontentloaded")
-                    page.get_by_label("username").fill("ann")
-                    page.get_by_label("password").fill("secret")
-                    page.get_by_role("button", name="Login").click()
-                    page.get_by_role("tab", name="People").click()
-                    # the faces show on opening the tab, no button to find first
-                    faces = page.locator("#people-gallery img")
-                    faces.nth(1).wait_for(timeout=30_000)
-                    page.wait_for_function(
-                        "() => [...document.querySelectorAll('#people-gallery img')]"
-                        ".every(i => i.complete && i.naturalWidth > 0)",
-                        timeout=30_000,
-                    )
-                    page.screenshot(path=str(tmp_path / "people.png"), full_page=True)
-                    shown = faces.count()
-                    captions = page.locator("#people-gallery").inner_text()
-                    # each face a tile, its caption (id, name, photos) in sight: two people
-                    # were two tiles of the gallery's whole width, their captions below the
-                    # gallery's bottom edge
-                    boxes = page.evaluate(
-                        "() => { const g = document.querySelector('#people-gallery')"
-                        ".getBoundingClientRect(); return [...document.querySelectorAll("
-                        "'#people-gallery .thumbnail-item')].map(t => { const r = "
-                        "t.getBoundingClientRect(); return [r.width / g.width, "
-                        "r.bottom - g.bottom] }) }"
-                    )
-                    cut = page.evaluate(
-                        "() => [...document.querySelectorAll('#people-gallery .caption-label')]"
-                        ".filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)"
-                    )
-                    five = page.locator("#people-gallery button", has_text="5 photo(s)")
-                    five.first.click()
-                    picked = page.locator("#people-id textarea")
-                    page.wait_for_function(
-                        "() => document.querySelector('#people-id textarea').value !== ''",
-                        timeout=30_000,
-                    )
-                    person = picked.input_value()
-                    page.locator("#people-name textarea").fill("Barack")
-                    page.locator("#people-save").click()
-                    page.locator("#people-status", has_text="is Barack").wait_for(timeout=30_000)
-                    status = page.locator("#people-status").inner_text()
-                    page.get_by_role("tab", name="Search by text").click()
-                    page.locator("#query textarea").fill("Barack")
-                    page.locator("#search").click()
-                    results = page.locator("#text-results img")
-                    results.nth(len(OBAMA) - 1).wait_for(timeout=30_000)
-                    page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
-                    found = [
-                        Path(str(src)).name
-                        for src in results.evaluate_all("(imgs) => imgs.map(i => i.src)")
-                    ]
-                    # back on People (the faces show again, named): the other person is
-                    # merged into the one picked, by the id under their face
-                    page.get_by_role("tab", name="People").click()
-                    single = page.locator("#people-gallery button", has_text="1 photo(s)")
-                    single.wait_for(timeout=30_000)
-                    other = single.inner_text().split(" · ")[0].strip()
-                    page.locator("#people-other textarea").fill(other)
-                    page.locator("#people-merge").click()
-                    page.locator("#people-status", has_text="joined").wait_for(timeout=30_000)
-                    merged = page.locator("#people-status").inner_text()
-                    page.wait_for_function(
-                        "() => document.querySelectorAll('#people-gallery img').length === 1",
-                        timeout=30_000,
-                    )
-                    # the merge was wrong: the person's faces show under their photos'
-                    # names, and Biden's is taken out again
-                    page.locator("#people-gallery button", has_text="6 photo(s)").first.click()
-                    theirs = page.locator("#people-faces button")
-                    page.wait_for_function(
-                        "() => document.querySelectorAll('#people-faces img').length === 6",
-                        timeout=30_000,
-                    )
-                    face_captions = page.locator("#people-faces").inner_text()
-                    theirs.filter(has_text="biden.jpg").first.click()
-                    page.wait_for_function(
-                        "() => document.querySelector('#people-face textarea').value !== ''",
-                        timeout=30_000,
-                    )
-                    page.locator("#people-remove").click()
-                    page.locator("#people-status", has_text="now").wait_for(timeout=30_000)
-                    taken = page.locator("#people-status").inner_text()
-                    page.wait_for_function(
-                        "() => document.querySelectorAll('#people-gallery img').length === 2"
-                        " && document.querySelectorAll('#people-faces img').length === 5",
-                        timeout=30_000,
-                    )
-                    page.screenshot(path=str(tmp_path / "taken-out.png"), full_page=True)
-                finally:
-                    browser.close()
+            with app_page(app.url, login=("ann", "secret")) as page:
+                page.get_by_role("tab", name="People").click()
+                # the faces show on opening the tab, no button to find first
+                faces = page.locator("#people-gallery img")
+                faces.nth(1).wait_for(timeout=30_000)
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('#people-gallery img')]"
+                    ".every(i => i.complete && i.naturalWidth > 0)",
+                    timeout=30_000,
+                )
+                page.screenshot(path=str(tmp_path / "people.png"), full_page=True)
+                shown = faces.count()
+                captions = page.locator("#people-gallery").inner_text()
+                # each face a tile, its caption (id, name, photos) in sight: two people
+                # were two tiles of the gallery's whole width, their captions below the
+                # gallery's bottom edge
+                boxes = page.evaluate(
+                    "() => { const g = document.querySelector('#people-gallery')"
+                    ".getBoundingClientRect(); return [...document.querySelectorAll("
+                    "'#people-gallery .thumbnail-item')].map(t => { const r = "
+                    "t.getBoundingClientRect(); return [r.width / g.width, "
+                    "r.bottom - g.bottom] }) }"
+                )
+                cut = page.evaluate(
+                    "() => [...document.querySelectorAll('#people-gallery .caption-label')]"
+                    ".filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)"
+                )
+                five = page.locator("#people-gallery button", has_text="5 photo(s)")
+                five.first.click()
+                picked = page.locator("#people-id textarea")
+                page.wait_for_function(
+                    "() => document.querySelector('#people-id textarea').value !== ''",
+                    timeout=30_000,
+                )
+                person = picked.input_value()
+                page.locator("#people-name textarea").fill("Barack")
+                page.locator("#people-save").click()
+                page.locator("#people-status", has_text="is Barack").wait_for(timeout=30_000)
+                status = page.locator("#people-status").inner_text()
+                page.get_by_role("tab", name="Search by text").click()
+                page.locator("#query textarea").fill("Barack")
+                page.locator("#search").click()
+                results = page.locator("#text-results img")
+                results.nth(len(OBAMA) - 1).wait_for(timeout=30_000)
+                page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
+                found = [
+                    Path(str(src)).name
+                    for src in results.evaluate_all("(imgs) => imgs.map(i => i.src)")
+                ]
+                # back on People (the faces show again, named): the other person is
+                # merged into the one picked, by the id under their face
+                page.get_by_role("tab", name="People").click()
+                single = page.locator("#people-gallery button", has_text="1 photo(s)")
+                single.wait_for(timeout=30_000)
+                other = single.inner_text().split(" · ")[0].strip()
+                page.locator("#people-other textarea").fill(other)
+                page.locator("#people-merge").click()
+                page.locator("#people-status", has_text="joined").wait_for(timeout=30_000)
+                merged = page.locator("#people-status").inner_text()
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#people-gallery img').length === 1",
+                    timeout=30_000,
+                )
+                # the merge was wrong: the person's faces show under their photos'
+                # names, and Biden's is taken out again
+                page.locator("#people-gallery button", has_text="6 photo(s)").first.click()
+                theirs = page.locator("#people-faces button")
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#people-faces img').length === 6",
+                    timeout=30_000,
+                )
+                face_captions = page.locator("#people-faces").inner_text()
+                theirs.filter(has_text="biden.jpg").first.click()
+                page.wait_for_function(
+                    "() => document.querySelector('#people-face textarea').value !== ''",
+                    timeout=30_000,
+                )
+                page.locator("#people-remove").click()
+                page.locator("#people-status", has_text="now").wait_for(timeout=30_000)
+                taken = page.locator("#people-status").inner_text()
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#people-gallery img').length === 2"
+                    " && document.querySelectorAll('#people-faces img').length === 5",
+                    timeout=30_000,
+                )
+                page.screenshot(path=str(tmp_path / "taken-out.png"), full_page=True)
         finally:
             app.close()
         named = {p.id: p.name for p in people.list_people(store) if p.name}

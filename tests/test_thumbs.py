@@ -134,35 +134,25 @@ def test_the_live_app_shows_heic_and_tiff_results_as_jpegs(
 def _browser_upload_preview(url: str, photo: Path) -> tuple[int, int, bool] | None:
     """Drop `photo` on the Tag tab in Chromium: the input's drawn size, and whether the tag
     answer came. None without playwright or Chromium."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None
-    from tests.test_web import CHROMIUM, CHROMIUM_FLAGS, offline_page
+    from tests.browser import app_page, chromium_missing
 
-    if not os.path.exists(CHROMIUM):
+    if chromium_missing() is not None:
         return None
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = offline_page(browser, url)
-            page.goto(url, wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Tag an image").click()
-            page.locator("#tag-query input[type=file]").set_input_files(str(photo))
-            page.wait_for_function(
-                "() => { const i = document.querySelector('#tag-query img');"
-                " return i && i.complete && i.naturalWidth > 0 }",
-                timeout=30_000,
-            )
-            size = page.evaluate(
-                "() => { const i = document.querySelector('#tag-query img');"
-                " return [i.naturalWidth, i.naturalHeight] }"
-            )
-            page.get_by_role("button", name="Tag", exact=True).click()
-            page.get_by_text("tag(s) by").wait_for(timeout=60_000)
-            return int(size[0]), int(size[1]), True
-        finally:
-            browser.close()
+    with app_page(url) as page:
+        page.get_by_role("tab", name="Tag an image").click()
+        page.locator("#tag-query input[type=file]").set_input_files(str(photo))
+        page.wait_for_function(
+            "() => { const i = document.querySelector('#tag-query img');"
+            " return i && i.complete && i.naturalWidth > 0 }",
+            timeout=30_000,
+        )
+        size = page.evaluate(
+            "() => { const i = document.querySelector('#tag-query img');"
+            " return [i.naturalWidth, i.naturalHeight] }"
+        )
+        page.get_by_role("button", name="Tag", exact=True).click()
+        page.get_by_text("tag(s) by").wait_for(timeout=60_000)
+        return int(size[0]), int(size[1]), True
 
 
 def test_the_app_can_open_heic_before_any_picture_is_decoded(photos: Path, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -28,6 +27,7 @@ from ingest.vocabulary import load_vocabulary
 from model.embedders.embedder import DeviseEmbedder
 from model.vocab.words import WordVectors
 from qdrant.edge import EdgeStore
+from tests.browser import app_page
 from tests.cli import free_port
 from tests.conftest import draw_image, make_image_folder
 
@@ -352,79 +352,45 @@ def test_live_app_limits_upload_size(live: WebApp) -> None:
 
 # ---------------------------------------------------------------------------- browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def offline_page(browser: Any, url: str) -> Any:
-    """A 1280x900 page that loads only the app's own files: anything else (web fonts, say)
-    is refused, not awaited, as there is no network here."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.route(
-        "**/*",
-        lambda route: route.continue_() if route.request.url.startswith(url) else route.abort(),
-    )
-    return page
-
 
 def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is not installed"
-    )
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     want = len(web_index.service.search_text("truck", k=7).results)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = offline_page(browser, live.url)
-            page.goto(live.url, wait_until="domcontentloaded")
-            k = page.locator("#k input[type=number]")
-            k.wait_for(timeout=30_000)
-            k.fill("7")
-            k.press("Enter")
-            page.locator("#query textarea").fill("truck")
-            page.locator("#search").click()
-            images = page.locator("#text-results img")
-            images.nth(want - 1).wait_for(timeout=30_000)
-            assert images.count() == want
-            # every result image arrives through the file guard, not just its tag
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('#text-results img')]"
-                ".every(i => i.complete && i.naturalWidth > 0)",
-                timeout=30_000,
-            )
-            page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
-            tile = images.first.bounding_box()
-            # on a phone, every result stays in the gallery's width: six fixed columns of
-            # at least 100 px overflowed a 390 px screen, cutting off half of each row
-            page.set_viewport_size({"width": 390, "height": 844})
-            page.wait_for_timeout(500)
-            overflow = page.evaluate(
-                "() => { const g = document.querySelector('#text-results')"
-                ".getBoundingClientRect(); return [...document.querySelectorAll("
-                "'#text-results img')].map(i => i.getBoundingClientRect().right - g.right) }"
-            )
-            page.set_viewport_size({"width": 1280, "height": 900})
-            # one result keeps a tile's size: Gradio widened it to the whole row (1,200 px)
-            k.fill("1")
-            k.press("Enter")
-            page.locator("#search").click()
-            page.wait_for_function(
-                "() => document.querySelectorAll('#text-results img').length === 1", timeout=30_000
-            )
-            one = images.first.bounding_box()
-        finally:
-            browser.close()
+    with app_page(live.url) as page:
+        k = page.locator("#k input[type=number]")
+        k.wait_for(timeout=30_000)
+        k.fill("7")
+        k.press("Enter")
+        page.locator("#query textarea").fill("truck")
+        page.locator("#search").click()
+        images = page.locator("#text-results img")
+        images.nth(want - 1).wait_for(timeout=30_000)
+        assert images.count() == want
+        # every result image arrives through the file guard, not just its tag
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#text-results img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)",
+            timeout=30_000,
+        )
+        page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
+        tile = images.first.bounding_box()
+        # on a phone, every result stays in the gallery's width: six fixed columns of
+        # at least 100 px overflowed a 390 px screen, cutting off half of each row
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(500)
+        overflow = page.evaluate(
+            "() => { const g = document.querySelector('#text-results')"
+            ".getBoundingClientRect(); return [...document.querySelectorAll("
+            "'#text-results img')].map(i => i.getBoundingClientRect().right - g.right) }"
+        )
+        page.set_viewport_size({"width": 1280, "height": 900})
+        # one result keeps a tile's size: Gradio widened it to the whole row (1,200 px)
+        k.fill("1")
+        k.press("Enter")
+        page.locator("#search").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#text-results img').length === 1", timeout=30_000
+        )
+        one = images.first.bounding_box()
     assert (tmp_path / "web.png").stat().st_size > 10_000
     assert tile is not None and one is not None and one["width"] < 1.5 * tile["width"], (one, tile)
     assert len(overflow) == want and max(overflow) <= 1, overflow
