@@ -11,6 +11,7 @@ import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -138,3 +139,28 @@ def test_browser_shows_the_part_outlined(scene: tuple[Path, SearchService], tmp_
     part = next(r for r in service.tag(path.read_bytes(), model="conse", k=12).results if r.box)
     assert outline_share(parts, part.box or []) > 0.8
     assert (tmp_path / "tag.png").stat().st_size > 10_000
+
+
+def test_a_part_found_is_decoded_once_for_its_first_view(
+    scene: tuple[Path, SearchService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo too big to hand out whole, found in a part of it: the gallery's first view
+    decodes it once, for the outlined copy at the thumbnail's size (it was decoded a second
+    time for a plain thumbnail the gallery never showed)."""
+    from model.data import thumbs
+
+    path, service = scene
+    decoded: list[str] = []
+    real = thumbs.decode_image
+
+    def counting(src: Any, **kw: Any) -> Image.Image:
+        decoded.append(str(src))
+        return real(src, **kw)
+
+    monkeypatch.setattr(thumbs, "decode_image", counting)
+    # every file "too big": each result is shown from a JPEG made for it
+    h = WebHandlers(service, thumbnails=Thumbnails(tmp_path / "thumbs", big_file=1))
+    out = h.search_text("cat", "conse", k=5)
+    assert out.ok and str(path) in out.paths, out.status
+    assert all(Path(f).is_relative_to(tmp_path / "thumbs") for f, _ in out.items)
+    assert sorted(decoded) == sorted(out.paths)  # each result's photo decoded once

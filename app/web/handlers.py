@@ -252,8 +252,9 @@ class WebHandlers:
             out.items.append((r.path, caption(r)))
             out.paths.append(r.path)
             kept.append(r)
-        # a result found in a part of its photo is shown with that part outlined
-        out.items = outlined_items(self.thumbnails, kept, self._shown(out.items))
+        # a result found in a part of its photo is shown with that part outlined: a copy at
+        # the thumbnail's size, so the photo is decoded once for it, not for a thumbnail too
+        out.items = self._shown(outlined_items(self.thumbnails, kept, out.items))
         out.status = (
             f"{len(out.items)} result(s) for {what} by {answer.model} in {answer.took_ms:.0f} ms"
         )

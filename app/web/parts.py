@@ -25,7 +25,8 @@ def outlined_items(
     items: list[tuple[str, str]],
 ) -> list[tuple[str, str]]:
     """A gallery's (file, caption) items, one per result, with the file of each result found
-    in a region swapped for a copy with its regions outlined (`Thumbnails.outlined`)."""
+    in a region swapped for a copy with its regions outlined (`Thumbnails.outlined`, a JPEG
+    at the thumbnail's size, which needs no thumbnail of its own)."""
     if thumbnails is None:
         return items
     return [

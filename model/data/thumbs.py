@@ -103,7 +103,10 @@ class Thumbnails:
         self.cannot_keep: str | None = None
 
     def needs_one(self, path: str) -> bool:
-        """True for a file a browser cannot show, or one too big to hand out whole."""
+        """True for a file a browser cannot show, or one too big to hand out whole; never
+        for a file made here (an outlined copy is shown as it is)."""
+        if Path(path).is_relative_to(self.folder):
+            return False
         try:
             size = os.stat(path).st_size
         except OSError:
