@@ -448,6 +448,7 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     import re
     import subprocess
     import threading
+    import time
 
     from tests.cli import run, spawn
 
@@ -465,6 +466,7 @@ def test_a_killed_ingest_resumes_its_face_stage_and_loses_nothing(
     bar = re.compile(r"faces:\s+\d+%\|[^|]*\|\s*(\d+)/84")
     done = 0
     while proc.poll() is None and done < 4:
+        time.sleep(0.05)  # not a busy loop: the ingest it waits for needs the cores
         found = bar.findall("".join(seen[-4000:]))
         done = int(found[-1]) if found else 0
     proc.kill()
