@@ -578,6 +578,8 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
                     "() => document.querySelector('#people-face textarea').value !== ''",
                     timeout=30_000,
                 )
+                # the face picked is named by its photo; its id (a UUID) is not shown
+                picked_face = page.locator("#people-face textarea").input_value()
                 page.locator("#people-remove").click()
                 page.locator("#people-status", has_text="now").wait_for(timeout=30_000)
                 taken = page.locator("#people-status").inner_text()
@@ -603,4 +605,5 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
     assert all(n in face_captions for n in OBAMA + BIDEN), face_captions
     alone = next(pid for pid, (_, n) in after.items() if n == 1)
     assert taken == f"The face is out of person {person}: it is person {alone} now.", taken
+    assert picked_face.endswith("biden.jpg"), picked_face
     assert after[person] == ("Barack", 5)

@@ -228,7 +228,10 @@ def people_tab(h: WebHandlers) -> None:
         )  # fmt: skip
         ids = gr.State([])
         with gr.Row():
-            face = gr.Textbox(label="Face", scale=3, elem_id="people-face", interactive=False)
+            # the photo the face picked is in; its id (a UUID) is kept out of sight
+            face = gr.Textbox(
+                label="Face picked (its photo)", scale=3, elem_id="people-face", interactive=False
+            )
             take = gr.Button("Take this face out", scale=1, elem_id="people-remove")
         faces = gr.Gallery(
             label="faces of the person picked", columns=8, height=300, allow_preview=False,
@@ -237,6 +240,8 @@ def people_tab(h: WebHandlers) -> None:
         )  # fmt: skip
         faces_status = gr.Markdown(elem_id="people-faces-status")
         face_ids = gr.State([])
+        face_names = gr.State([])
+        face_id = gr.State("")
 
     def show(out: PeopleOut) -> tuple[Any, list[str], str]:
         return out.items or None, out.ids, out.status
@@ -253,17 +258,28 @@ def people_tab(h: WebHandlers) -> None:
     tab.select(lambda: show(page.people()), [], [gallery, ids, status])
     refresh.click(lambda: show(page.people()), [], [gallery, ids, status])
 
-    def show_faces(out: PeopleOut) -> tuple[Any, list[str], str, str]:
-        return out.items or None, out.ids, "", out.status
+    def show_faces(out: PeopleOut) -> tuple[Any, list[str], list[str], str, str, str]:
+        names = [caption for _, caption in out.items]
+        return out.items or None, out.ids, names, "", "", out.status
+
+    faces_out = [faces, face_ids, face_names, face_id, face, faces_status]
+
+    def on_pick_face(ids: list[str], names: list[str], evt: gr.SelectData) -> tuple[str, str]:
+        index = int(evt.index) if isinstance(evt.index, int) else -1
+        if not 0 <= index < min(len(ids), len(names)):
+            return "", ""
+        return ids[index], names[index]
+
+    on_pick_face.__annotations__["evt"] = gr.SelectData
 
     def on_take(p: str, f: str) -> tuple[Any, ...]:
         shown, theirs = page.take_out(p, f)
         return (*show(shown), *show_faces(theirs))
 
     gallery.select(on_select, [ids], [person]).then(
-        lambda p: show_faces(page.faces(p)), [person], [faces, face_ids, face, faces_status]
+        lambda p: show_faces(page.faces(p)), [person], faces_out
     )
-    faces.select(on_select, [face_ids], [face])
-    take.click(on_take, [person, face], [gallery, ids, status, faces, face_ids, face, faces_status])
+    faces.select(on_pick_face, [face_ids, face_names], [face_id, face])
+    take.click(on_take, [person, face_id], [gallery, ids, status, *faces_out])
     save.click(lambda p, n: show(page.name(p, n)), [person, name], [gallery, ids, status])
     merge.click(lambda p, o: show(page.merge(p, o)), [person, other], [gallery, ids, status])
