@@ -142,6 +142,42 @@ def test_a_larger_face_side_looks_again_and_the_flag_is_checked(
         assert "--face-side" in err and said in err, err
 
 
+def test_the_face_side_given_once_is_kept_by_the_index_s_later_ingests(
+    gallery: Path,  # noqa: F811
+    real_faces: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`--face-side 2048` on one ingest: the index records it, and a later face pass that
+    names no side (the page's Index box, `serve --watch`, a plain `devise ingest`) looks as
+    closely at a new photo, and says so; naming the default again puts it back."""
+    import shutil
+
+    from app.jobs.faces import face_side, face_stage
+    from ingest.pipeline import ingest
+    from model.detectors.dlib_faces import DETECT_SIDE
+    from qdrant.schema import FACES_SIDE
+
+    def sides(store: EdgeStore) -> dict[str, int]:
+        return {Path(r.payload["path"]).name: r.payload[FACES_SIDE] for r in store.scroll_images()}
+
+    with EdgeStore(tmp_path / "kept-index") as store:
+        ingest(store, [gallery], [FakeEmbedder()], progress=False, workers=1)  # type: ignore[list-item]
+        assert face_stage(store, [gallery], side=2048) is not None
+        assert set(sides(store).values()) == {2048}
+        shutil.copy2(real_faces / OBAMA[0], gallery / "new.jpg")
+        ingest(store, [gallery], [FakeEmbedder()], progress=False, workers=1)  # type: ignore[list-item]
+        said: list[str] = []
+        summary = face_stage(store, [gallery], say=said.append)
+        assert summary is not None and summary.photos == 1 and summary.faces == 1
+        assert sides(store)["new.jpg"] == 2048
+        assert said == [
+            "this index looks for faces on a copy 2048 px long (made with --face-side): so "
+            "does this ingest"
+        ]
+        assert face_side(store, DETECT_SIDE) == DETECT_SIDE
+        assert face_side(store, None, said.append) == DETECT_SIDE and len(said) == 1
+
+
 def test_search_answers_while_the_face_stage_runs(
     gallery: Path,  # noqa: F811
     tmp_path: Path,

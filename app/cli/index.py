@@ -381,7 +381,8 @@ def _add_seeing_flags(i: argparse.ArgumentParser) -> None:
         help="the longest side of the copy faces are looked for in (default 1024): a face "
         "narrower than about 80/PX of the photo's longest side is not found, so 1024 finds "
         "faces of 8%% of it and up, 3072 of 2.6%% (small faces in a group photo) at about 8 "
-        "times the cost. Photos searched at a smaller side are searched again (docs/people.md)",
+        "times the cost. Photos searched at a smaller side are searched again, and the index "
+        "keeps the side for its later ingests, the app's included (docs/people.md)",
     )
 
 

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from qdrant.store import Store
 
 log = logging.getLogger(__name__)
+#: the index's meta key for how its faces are looked for ({"side": px})
+FACES_META = "faces"
 
 
 def face_stage(
@@ -30,7 +32,7 @@ def face_stage(
     `say`, else logged) when dlib or its models are absent. `side`: the detection copy's
     longest side (`--face-side`; default DETECT_SIDE). `on_photo` hears of each photo
     done (the page's progress: `FaceSummary.progress()`)."""
-    from model.detectors.dlib_faces import DETECT_SIDE, FaceFinder, available
+    from model.detectors.dlib_faces import FaceFinder, available
 
     why = available()
     if why is not None:
@@ -38,9 +40,32 @@ def face_stage(
         return None
     from ingest.faces import find_faces
 
-    finder = FaceFinder("cnn" if detector == "cnn" else "hog", detect_side=side or DETECT_SIDE)
+    side = face_side(store, side, say)
+    finder = FaceFinder("cnn" if detector == "cnn" else "hog", detect_side=side)
     folders = [p if p.is_dir() else p.parent for p in paths]
     return find_faces(store, finder, folders, progress=progress, stop=stop, on_photo=on_photo)
+
+
+def face_side(store: Store, side: int | None, say: Callable[[str], None] | None = None) -> int:
+    """The detection side of this face pass: `side` where given (`--face-side`), and then
+    recorded in the index, so that its later ingests (`devise ingest`, the page's Index box,
+    `serve --watch`) look as closely; else the side the index records (said through `say`
+    where it is not the default), else DETECT_SIDE."""
+    from model.detectors.dlib_faces import DETECT_SIDE
+
+    meta = store.get_meta()
+    recorded = int((meta.get(FACES_META) or {}).get("side") or 0)
+    if side is None:
+        if recorded and recorded != DETECT_SIDE and say is not None:
+            say(
+                f"this index looks for faces on a copy {recorded} px long (made with "
+                "--face-side): so does this ingest"
+            )
+        return recorded or DETECT_SIDE
+    if side != (recorded or DETECT_SIDE):
+        meta[FACES_META] = {**(meta.get(FACES_META) or {}), "side": side}
+        store.set_meta(meta)
+    return side
 
 
 def face_stage_shown(
