@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
+# Under pytest-xdist the workers share the machine's cores: three workers on two cores, each
+# with torch's default of one OpenMP thread per core (and the `devise` processes they start,
+# which inherit this), ran six threads on two cores, and OpenMP's threads spin while they
+# wait. One core's share each, before torch is imported: on the 2-core Zen 3 a run took
+# 1,263 CPU-seconds and 692 s instead of 1,527 and 810 (docs/architecture.md).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
 import atexit
 import fcntl
-import os
 import random
 import shutil
 import tempfile
