@@ -8,7 +8,7 @@ import os
 # with torch's default of one OpenMP thread per core (and the `devise` processes they start,
 # which inherit this), ran six threads on two cores, and OpenMP's threads spin while they
 # wait. One core's share each, before torch is imported: on the 2-core Zen 3 a run took
-# 1,263 CPU-seconds and 692 s instead of 1,527 and 810 (docs/architecture.md).
+# 1,263 CPU-seconds and 692 s instead of 1,477 and 792 (docs/architecture.md).
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
