@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,8 @@ class ClipVocabularySummary:
     entries: int
     seconds: float
     model: str
+    #: read from the cache a previous index of the same model wrote (`clip_words_cache`)
+    cached: bool = False
 
 
 def clip_tag_entries(store: Store, top: int) -> list[tuple[int | str, str, str]]:
@@ -217,12 +219,67 @@ def clip_tag_entries(store: Store, top: int) -> list[tuple[int | str, str, str]]
     return out
 
 
+def clip_words_cache(clip: Any, names: Sequence[str]) -> Path | None:
+    """Where CLIP's vectors of these tag words are kept for every index on this machine
+    (`~/.cache/devise-search/clip-words`, or `$DEVISE_CACHE`): keyed by the weights'
+    identity, the prompts and the words. None for weights known by no content hash (a
+    test's random tower): their vectors are never shared."""
+    import hashlib
+    import json
+
+    from model.paths import default_cache_dir
+
+    if ":sha256:" not in str(clip.content_id):
+        return None
+    key = json.dumps([clip.content_id, list(clip.templates), list(names)]).encode()
+    return default_cache_dir() / "clip-words" / f"{hashlib.sha256(key).hexdigest()[:32]}.npy"
+
+
+def _read_cached(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The cached vectors at `path` when they are whole and of `shape`; None otherwise."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        vecs = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        log.warning("ignoring an unreadable CLIP word cache %s: %s", path, e)
+        return None
+    if vecs.shape != shape or vecs.dtype != np.float32 or not np.isfinite(vecs).all():
+        return None
+    return vecs
+
+
+def _keep(path: Path | None, vecs: np.ndarray) -> None:
+    """Write `vecs` to the cache (aside, then renamed); a cache that cannot be written only
+    costs the next index the embedding."""
+    if path is None:
+        return
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(vecs, np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("CLIP's tag word vectors not cached in %s: %s", path.parent, e)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def embed_clip_vocabulary(
-    store: Store, clip: Any, progress: bool = True, top: int | None = None
+    store: Store,
+    clip: Any,
+    progress: bool = True,
+    top: int | None = None,
+    announce: Callable[[], None] | None = None,
 ) -> ClipVocabularySummary | None:
     """CLIP's prompted text vectors of the tag vocabulary (labels, hypernyms and the most
     frequent words), stored once as the words' named vector `clip` and recorded with the
-    model's identity; None when they are already there for this model."""
+    model's identity; None when they are already there for this model. They are read from
+    the machine's cache where another index of the same model put them (`clip_words_cache`),
+    else embedded (`announce` is called first: a wait of seconds to a minute) and cached."""
     meta = store.get_meta()
     words_meta = meta.get("words") or {}
     done = words_meta.get("clip") or {}
@@ -234,13 +291,20 @@ def embed_clip_vocabulary(
         return None
     store.ensure_word_vector(CLIP_WORD_VECTOR, clip.dim)
     names = [name for _, name, _ in entries]
-    with tqdm(
-        total=len(names) * len(clip.templates),
-        desc="clip tag vocabulary",
-        unit="prompt",
-        disable=not progress,
-    ) as bar:
-        vecs = clip.embed_texts(names, progress=bar)  # batched by prompt length inside
+    cache = clip_words_cache(clip, names)
+    vecs = _read_cached(cache, (len(names), clip.dim))
+    cached = vecs is not None
+    if vecs is None:
+        if announce is not None:
+            announce()
+        with tqdm(
+            total=len(names) * len(clip.templates),
+            desc="clip tag vocabulary",
+            unit="prompt",
+            disable=not progress,
+        ) as bar:
+            vecs = clip.embed_texts(names, progress=bar)  # batched by prompt length inside
+        _keep(cache, vecs)
     store.update_word_vectors([pid for pid, _, _ in entries], CLIP_WORD_VECTOR, vecs)
     meta = store.get_meta()
     words_meta = dict(meta.get("words") or {})
@@ -249,4 +313,4 @@ def embed_clip_vocabulary(
     meta["words"] = words_meta
     store.set_meta(meta)
     store.flush()
-    return ClipVocabularySummary(len(entries), seconds, clip.content_id)
+    return ClipVocabularySummary(len(entries), seconds, clip.content_id, cached)

@@ -179,6 +179,31 @@ def test_same_weights_found_another_way_share_the_index(world: ClipWorld) -> Non
     assert r.returncode == 1 and "--reembed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_second_index_of_the_same_model_reads_the_tag_words_from_the_cache(
+    world: ClipWorld,
+) -> None:
+    """CLIP's tag vocabulary is embedded once per model on a machine, not once per index:
+    the second index of the same weights reads the vectors the first one cached, says so,
+    and tags a photo exactly as the first does."""
+    env = {**world.env, "DEVISE_CACHE": str(world.root / "own-cache")}
+    photo = str(world.photos / "cat" / "chelsea.png")
+    said, tags = [], []
+    for name in ("first", "second"):
+        idx = str(world.root / f"{name}-index")
+        r = world.devise(
+            "ingest", str(world.photos / "cat"), "--models", "clip", "--index", idx, env=env
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        said.append(r.stderr)
+        out = _json(world.ok("tag", photo, "--model", "clip", "--index", idx, "--json", env=env))
+        tags.append(out["results"])
+    assert "embedding the tag vocabulary" in said[0] and "machine's cache" not in said[0]
+    assert "embedding the tag vocabulary" not in said[1]
+    assert "tag words from this machine's cache" in said[1], said[1]
+    assert tags[0] == tags[1] and tags[0]
+    assert len(list((world.root / "own-cache" / "clip-words").glob("*.npy"))) == 1
+
+
 def test_an_identity_named_by_tag_is_migrated(world: ClipWorld) -> None:
     """Indexes made before identities were hashes named CLIP by its tag."""
     idx = str(world.index)

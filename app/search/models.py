@@ -224,15 +224,24 @@ class Models:
             self.ensure_vocabulary(store)
         with self.vocabulary_lock:
             clip = clip if clip is not None else self.embedder(store, "clip")
-            self.notify(
-                "embedding the tag vocabulary (labels, hypernyms and the "
-                f"{clip_tag_words():,} most frequent words) with clip's text tower, once for "
-                "this model: about 15 s on 2 desktop cores, a minute or more on a slow CPU"
-            )
-            summary = embed_clip_vocabulary(store, clip, self.progress)
+
+            def announce() -> None:
+                self.notify(
+                    "embedding the tag vocabulary (labels, hypernyms and the "
+                    f"{clip_tag_words():,} most frequent words) with clip's text tower, once "
+                    "for this model: about 15 s on 2 desktop cores, a minute or more on a slow "
+                    "CPU"
+                )
+
+            summary = embed_clip_vocabulary(store, clip, self.progress, announce=announce)
             if summary is not None:
                 self.notify(
-                    f"embedded {summary.entries:,} tag words with clip in {summary.seconds:.1f}s"
+                    f"read clip's vectors of {summary.entries:,} tag words from this machine's "
+                    "cache (another index of the same model embedded them) in "
+                    f"{summary.seconds:.1f}s"
+                    if summary.cached
+                    else f"embedded {summary.entries:,} tag words with clip in "
+                    f"{summary.seconds:.1f}s"
                 )
             return summary is not None
 
