@@ -193,6 +193,32 @@ def _best_face(store: Any, pid: str) -> dict[str, Any] | None:
     return dict(best.payload)
 
 
+def show(out: PeopleOut) -> tuple[Any, list[str], str]:
+    """The people gallery's outputs: (items, their ids, status)."""
+    return out.items or None, out.ids, out.status
+
+
+def show_faces(out: PeopleOut) -> tuple[Any, list[str], list[str], str, str, str]:
+    """The faces gallery's outputs: (items, face ids, their photos' names, the face picked's
+    id and name, both cleared, status)."""
+    names = [caption for _, caption in out.items]
+    return out.items or None, out.ids, names, "", "", out.status
+
+
+def on_select(shown: list[str], evt: Any) -> str:
+    """The id of the person picked in the gallery."""
+    index = int(evt.index) if isinstance(evt.index, int) else 0
+    return shown[index] if 0 <= index < len(shown) else ""
+
+
+def on_pick_face(ids: list[str], names: list[str], evt: Any) -> tuple[str, str]:
+    """The face picked: its id (kept in the page's state) and its photo's name (shown)."""
+    index = int(evt.index) if isinstance(evt.index, int) else -1
+    if not 0 <= index < min(len(ids), len(names)):
+        return "", ""
+    return ids[index], names[index]
+
+
 def people_tab(h: WebHandlers) -> None:
     """The People tab (inside `gr.Blocks`)."""
     import gradio as gr
@@ -243,34 +269,15 @@ def people_tab(h: WebHandlers) -> None:
         face_names = gr.State([])
         face_id = gr.State("")
 
-    def show(out: PeopleOut) -> tuple[Any, list[str], str]:
-        return out.items or None, out.ids, out.status
-
-    def on_select(shown: list[str], evt: gr.SelectData) -> str:
-        index = int(evt.index) if isinstance(evt.index, int) else 0
-        return shown[index] if 0 <= index < len(shown) else ""
-
     # Gradio finds the event's data by the parameter's class, and this module's annotations
     # are strings (`from __future__ import annotations`)
-    on_select.__annotations__["evt"] = gr.SelectData
+    on_select.__annotations__["evt"] = on_pick_face.__annotations__["evt"] = gr.SelectData
     # the faces show when the tab opens: an empty gallery under "Show people" looked like
     # an index without people
     tab.select(lambda: show(page.people()), [], [gallery, ids, status])
     refresh.click(lambda: show(page.people()), [], [gallery, ids, status])
 
-    def show_faces(out: PeopleOut) -> tuple[Any, list[str], list[str], str, str, str]:
-        names = [caption for _, caption in out.items]
-        return out.items or None, out.ids, names, "", "", out.status
-
     faces_out = [faces, face_ids, face_names, face_id, face, faces_status]
-
-    def on_pick_face(ids: list[str], names: list[str], evt: gr.SelectData) -> tuple[str, str]:
-        index = int(evt.index) if isinstance(evt.index, int) else -1
-        if not 0 <= index < min(len(ids), len(names)):
-            return "", ""
-        return ids[index], names[index]
-
-    on_pick_face.__annotations__["evt"] = gr.SelectData
 
     def on_take(p: str, f: str) -> tuple[Any, ...]:
         shown, theirs = page.take_out(p, f)
