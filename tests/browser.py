@@ -67,3 +67,16 @@ def app_page(url: str, login: tuple[str, str] | None = None) -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+def search_text(page: Any, query: str, k: int | None = None) -> Any:
+    """Search the page's text tab for `query` (with `k` results, where given, set first):
+    the result images, as a locator to wait on."""
+    if k is not None:
+        box = page.locator("#k input[type=number]")
+        box.wait_for(timeout=30_000)
+        box.fill(str(k))
+        box.press("Enter")
+    page.locator("#query textarea").fill(query)
+    page.locator("#search").click()
+    return page.locator("#text-results img")

@@ -22,7 +22,7 @@ from app.web import WebApp, launch_app
 from app.web.handlers import WebHandlers
 from model.data.thumbs import OUTLINE, Thumbnails, default_folder, draw_boxes, outline_width
 from qdrant.edge import EdgeStore
-from tests.browser import app_page
+from tests.browser import app_page, search_text
 from tests.cli import free_port
 from tests.test_regions import beach_with_cat
 
@@ -101,13 +101,7 @@ def test_browser_shows_the_part_outlined(scene: tuple[Path, SearchService], tmp_
     app: WebApp = launch_app(service, port=free_port())
     try:
         with app_page(app.url) as page:
-            k = page.locator("#k input[type=number]")
-            k.wait_for(timeout=30_000)
-            k.fill("5")
-            k.press("Enter")
-            page.locator("#query textarea").fill("cat")
-            page.locator("#search").click()
-            images = page.locator("#text-results img")
+            images = search_text(page, "cat", 5)
             images.nth(len(found) - 1).wait_for(timeout=60_000)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('#text-results img')]"

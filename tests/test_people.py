@@ -494,7 +494,7 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
     other person is merged into the first, by the id shown under their face."""
     from app.search.service import SearchService
     from app.web import launch_app
-    from tests.browser import app_page
+    from tests.browser import app_page, search_text
     from tests.cli import free_port
 
     with EdgeStore(tmp_path / "browser-index") as store:
@@ -541,9 +541,7 @@ def test_the_people_tab_names_a_person_in_the_browser_and_the_search_finds_them(
                 page.locator("#people-status", has_text="is Barack").wait_for(timeout=30_000)
                 status = page.locator("#people-status").inner_text()
                 page.get_by_role("tab", name="Search by text").click()
-                page.locator("#query textarea").fill("Barack")
-                page.locator("#search").click()
-                results = page.locator("#text-results img")
+                results = search_text(page, "Barack")
                 results.nth(len(OBAMA) - 1).wait_for(timeout=30_000)
                 page.screenshot(path=str(tmp_path / "search.png"), full_page=True)
                 found = [

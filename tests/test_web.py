@@ -27,7 +27,7 @@ from ingest.vocabulary import load_vocabulary
 from model.embedders.embedder import DeviseEmbedder
 from model.vocab.words import WordVectors
 from qdrant.edge import EdgeStore
-from tests.browser import app_page
+from tests.browser import app_page, search_text
 from tests.cli import free_port
 from tests.conftest import draw_image, make_image_folder
 
@@ -356,13 +356,7 @@ def test_live_app_limits_upload_size(live: WebApp) -> None:
 def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) -> None:
     want = len(web_index.service.search_text("truck", k=7).results)
     with app_page(live.url) as page:
-        k = page.locator("#k input[type=number]")
-        k.wait_for(timeout=30_000)
-        k.fill("7")
-        k.press("Enter")
-        page.locator("#query textarea").fill("truck")
-        page.locator("#search").click()
-        images = page.locator("#text-results img")
+        images = search_text(page, "truck", 7)
         images.nth(want - 1).wait_for(timeout=30_000)
         assert images.count() == want
         # every result image arrives through the file guard, not just its tag
@@ -384,9 +378,7 @@ def test_browser_text_search(live: WebApp, web_index: WebIndex, tmp_path: Path) 
         )
         page.set_viewport_size({"width": 1280, "height": 900})
         # one result keeps a tile's size: Gradio widened it to the whole row (1,200 px)
-        k.fill("1")
-        k.press("Enter")
-        page.locator("#search").click()
+        search_text(page, "truck", 1)
         page.wait_for_function(
             "() => document.querySelectorAll('#text-results img').length === 1", timeout=30_000
         )
